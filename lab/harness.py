@@ -1,0 +1,190 @@
+"""Running fleetyd and download clients inside the lab, measured.
+
+Shared by the end-to-end tests (tests/e2e/), the main job (scripts/demo.py) and the
+benchmarks (bench/): start fleetyd in the client namespace with a config, fetch a
+URL with curl or aria2c, and report the sha256 of what the client received, its
+goodput and the bytes each interface carried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from fleety_lab import Lab, LabError, OBJECT_DIR
+
+REPO = Path(__file__).resolve().parent.parent
+
+MINIMAL_CONFIG = """\
+[proxy]
+listen = "127.0.0.1:{port}"
+
+[[path]]
+name = "wifi"
+interface = "wlan0"
+kind = "wifi"
+
+[[path]]
+name = "cell"
+interface = "rmnet0"
+kind = "cellular"
+"""
+
+
+def find_fleetyd() -> str:
+    """fleetyd from $FLEETYD, else the default build directory."""
+    explicit = os.environ.get("FLEETYD")
+    candidates = [explicit] if explicit else []
+    candidates += [str(REPO / "build" / "src" / "app" / "fleetyd")]
+    for c in candidates:
+        if c and os.access(c, os.X_OK):
+            return c
+    raise LabError("fleetyd not found: build it (cmake -S . -B build -G Ninja && ninja -C build) "
+                   "or set FLEETYD=/path/to/fleetyd")
+
+
+def object_sha256(name: str) -> str:
+    """sha256 of a lab object as the CDNs serve it."""
+    h = hashlib.sha256()
+    with open(OBJECT_DIR / name, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Fleetyd:
+    """fleetyd running in the lab's client namespace; a context manager that stops it
+    (SIGTERM, then SIGKILL) and keeps its log."""
+
+    def __init__(self, lab: Lab, config_text: str | None = None, port: int = 3128,
+                 log_level: str = "info", extra_args: Sequence[str] = ()):
+        self.lab = lab
+        self.port = port
+        self.workdir = Path(tempfile.mkdtemp(prefix="fleetyd-"))
+        self.config_path = self.workdir / "fleety.toml"
+        self.config_path.write_text(config_text if config_text is not None
+                                    else MINIMAL_CONFIG.format(port=port))
+        self.log_path = self.workdir / "fleetyd.log"
+        self.args = [find_fleetyd(), "--config", str(self.config_path), "--log-level", log_level,
+                     *extra_args]
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Fleetyd":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 10.0) -> None:
+        log = open(self.log_path, "wb")
+        self.process = self.lab.popen("cli", self.args, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise LabError(f"fleetyd exited with {self.process.returncode}: {self.log()}")
+            if "listening on" in self.log():
+                return
+            time.sleep(0.05)
+        raise LabError(f"fleetyd did not start within {timeout:g}s: {self.log()}")
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.terminate()
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(timeout=timeout)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclasses.dataclass
+class Transfer:
+    """What one download did."""
+    exit_code: int
+    seconds: float
+    body_bytes: int
+    sha256: str
+    iface_rx: dict[str, int]     # bytes received on each client interface during the transfer
+    stderr: str = ""
+    http_code: str = ""
+
+    @property
+    def mbit_s(self) -> float:
+        return self.body_bytes * 8 / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+
+def _rx(lab: Lab) -> dict[str, int]:
+    return {name: c["rx"] for name, c in lab.iface_bytes().items()}
+
+
+def _measured(lab: Lab, argv: Sequence[str], out_path: Path, timeout: float) -> Transfer:
+    before = _rx(lab)
+    start = time.monotonic()
+    cp = lab.exec("cli", list(argv), timeout=timeout, capture_output=True, text=True)
+    seconds = time.monotonic() - start
+    after = _rx(lab)
+    h = hashlib.sha256()
+    size = 0
+    if out_path.exists():
+        with open(out_path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+    return Transfer(cp.returncode, seconds, size, h.hexdigest(),
+                    {k: after[k] - before.get(k, 0) for k in after}, cp.stderr, cp.stdout.strip())
+
+
+def curl(lab: Lab, url: str, proxy: str | None = None, interface: str | None = None,
+         extra: Sequence[str] = (), timeout: float = 600.0) -> Transfer:
+    """curl URL in the client namespace (through `proxy`, or bound to `interface`)."""
+    with tempfile.TemporaryDirectory(prefix="fleety-dl-") as tmp:
+        out = Path(tmp) / "body"
+        argv = ["curl", "-sS", "-o", str(out), "-w", "%{http_code}", "--max-time", str(int(timeout))]
+        if proxy:
+            argv += ["--proxy", proxy]
+        else:
+            argv += ["--noproxy", "*"]
+        if interface:
+            argv += ["--interface", interface]
+        argv += [*extra, url]
+        return _measured(lab, argv, out, timeout + 10)
+
+
+def aria2c(lab: Lab, url: str, interfaces: Sequence[str] = ("wlan0", "rmnet0"),
+           timeout: float = 600.0) -> Transfer:
+    """The peer: aria2c splitting one download over the interfaces."""
+    with tempfile.TemporaryDirectory(prefix="fleety-aria2-") as tmp:
+        out = Path(tmp) / "body"
+        n = len(interfaces)
+        argv = ["aria2c", "-q", "--allow-overwrite=true", "--file-allocation=none",
+                f"--multiple-interface={','.join(interfaces)}", f"-x{n}", f"-s{n}", "-k1M",
+                "--max-tries=2", f"--timeout={int(min(timeout, 60))}", "-d", tmp, "-o", "body", url]
+        return _measured(lab, argv, out, timeout + 10)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False

@@ -1,0 +1,357 @@
+#include "core/config.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
+#include "core/units.hpp"
+
+namespace fleety::core {
+namespace {
+
+/// Carries the file name and turns a node into "FILE:LINE: ".
+struct context {
+  std::string_view source;
+
+  std::string where(const toml::node& node) const {
+    const auto& begin = node.source().begin;
+    if (begin.line == 0) return fmt::format("{}: ", source);
+    return fmt::format("{}:{}: ", source, begin.line);
+  }
+};
+
+/// Rejects keys we don't know: a typo must not be silently ignored.
+std::optional<std::string> check_keys(const context& ctx, const toml::table& table,
+                                      std::string_view section,
+                                      std::initializer_list<std::string_view> known) {
+  for (const auto& [key, node] : table) {
+    if (std::find(known.begin(), known.end(), key.str()) == known.end()) {
+      std::string list;
+      for (auto k : known) list += fmt::format("{}{}", list.empty() ? "" : ", ", k);
+      return fmt::format("{}unknown key '{}' in {} (known: {})", ctx.where(node), key.str(), section,
+                         list);
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> read_string(const context& ctx, const toml::table& table,
+                                       std::string_view key, std::string_view section,
+                                       std::string& out) {
+  const toml::node* node = table.get(key);
+  if (node == nullptr) return std::nullopt;
+  const auto* value = node->as_string();
+  if (value == nullptr) {
+    return fmt::format("{}{}.{} must be a string", ctx.where(*node), section, key);
+  }
+  out = value->get();
+  return std::nullopt;
+}
+
+template <class Parsed, class Parser, class Store>
+std::optional<std::string> read_unit(const context& ctx, const toml::table& table,
+                                     std::string_view key, std::string_view section,
+                                     Parser parser, Store store) {
+  const toml::node* node = table.get(key);
+  if (node == nullptr) return std::nullopt;
+  std::string text;
+  if (const auto* s = node->as_string()) {
+    text = s->get();
+  } else if (const auto* i = node->as_integer()) {
+    text = std::to_string(i->get());
+  } else {
+    return fmt::format("{}{}.{} must be a string such as \"20mbit\", \"50ms\" or \"32MiB\"",
+                       ctx.where(*node), section, key);
+  }
+  auto parsed = parser(text);
+  if (!parsed) return fmt::format("{}{}.{}: {}", ctx.where(*node), section, key, parsed.error());
+  return store(*parsed, *node);
+}
+
+std::optional<std::string> read_proxy(const context& ctx, const toml::table& table,
+                                      proxy_config& proxy) {
+  if (auto e = check_keys(ctx, table, "[proxy]",
+                          {"listen", "connect_timeout", "io_timeout", "max_connections"})) {
+    return e;
+  }
+  if (const toml::node* node = table.get("listen")) {
+    std::string listen;
+    if (auto e = read_string(ctx, table, "listen", "proxy", listen)) return e;
+    // "127.0.0.1:3128" or "[::1]:3128"
+    const auto colon = listen.rfind(':');
+    if (colon == std::string::npos || colon + 1 == listen.size()) {
+      return fmt::format("{}proxy.listen '{}' must be ADDRESS:PORT, e.g. \"127.0.0.1:3128\"",
+                         ctx.where(*node), listen);
+    }
+    std::string host = listen.substr(0, colon);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+    unsigned port = 0;
+    const std::string port_text = listen.substr(colon + 1);
+    auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+    if (ec != std::errc{} || end != port_text.data() + port_text.size() || port > 65535) {
+      return fmt::format("{}proxy.listen '{}': '{}' is not a port number (0-65535)",
+                         ctx.where(*node), listen, port_text);
+    }
+    proxy.listen_address = host;
+    proxy.listen_port = static_cast<std::uint16_t>(port);
+  }
+  auto store_duration = [](std::chrono::microseconds& target) {
+    return [&target](std::chrono::microseconds value, const toml::node&) -> std::optional<std::string> {
+      target = value;
+      return std::nullopt;
+    };
+  };
+  if (auto e = read_unit<std::chrono::microseconds>(ctx, table, "connect_timeout", "proxy",
+                                                    parse_duration,
+                                                    store_duration(proxy.connect_timeout))) {
+    return e;
+  }
+  if (auto e = read_unit<std::chrono::microseconds>(ctx, table, "io_timeout", "proxy", parse_duration,
+                                                    store_duration(proxy.io_timeout))) {
+    return e;
+  }
+  if (const toml::node* node = table.get("max_connections")) {
+    const auto* value = node->as_integer();
+    if (value == nullptr || value->get() < 1 || value->get() > 100000) {
+      return fmt::format("{}proxy.max_connections must be a whole number from 1 to 100000",
+                         ctx.where(*node));
+    }
+    proxy.max_connections = static_cast<std::uint32_t>(value->get());
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> read_path(const context& ctx, const toml::table& table,
+                                     path_config& path) {
+  if (auto e = check_keys(ctx, table, "[[path]]",
+                          {"name", "interface", "kind", "cost", "dns", "rate", "rtt"})) {
+    return e;
+  }
+  for (auto key : {"name", "interface", "kind"}) {
+    if (!table.contains(key)) {
+      return fmt::format("{}[[path]] needs '{}'", ctx.where(table), key);
+    }
+  }
+  if (auto e = read_string(ctx, table, "name", "path", path.name)) return e;
+  if (auto e = read_string(ctx, table, "interface", "path", path.interface)) return e;
+  if (path.name.empty()) return fmt::format("{}path.name must not be empty", ctx.where(table));
+  // IFNAMSIZ is 16 including the terminating NUL.
+  if (path.interface.empty() || path.interface.size() > 15 ||
+      path.interface.find_first_of("/ \t") != std::string::npos) {
+    return fmt::format("{}path '{}': '{}' is not a valid interface name", ctx.where(*table.get("interface")),
+                       path.name, path.interface);
+  }
+  std::string kind;
+  if (auto e = read_string(ctx, table, "kind", "path", kind)) return e;
+  if (kind == "wifi") {
+    path.kind = path_kind::wifi;
+  } else if (kind == "cellular") {
+    path.kind = path_kind::cellular;
+  } else if (kind == "wired") {
+    path.kind = path_kind::wired;
+  } else {
+    return fmt::format("{}path '{}': unknown kind '{}' (expected wifi, cellular or wired)",
+                       ctx.where(*table.get("kind")), path.name, kind);
+  }
+  path.cost = path.kind == path_kind::cellular ? 10 : 0;
+  if (const toml::node* node = table.get("cost")) {
+    const auto* value = node->as_integer();
+    if (value == nullptr || value->get() < 0 || value->get() > 1000000) {
+      return fmt::format("{}path '{}': cost must be a whole number from 0 to 1000000",
+                         ctx.where(*node), path.name);
+    }
+    path.cost = static_cast<int>(value->get());
+  }
+  if (const toml::node* node = table.get("dns")) {
+    auto add = [&](const toml::node& entry) -> std::optional<std::string> {
+      const auto* s = entry.as_string();
+      if (s == nullptr || s->get().empty()) {
+        return fmt::format("{}path '{}': dns must be a list of server addresses",
+                           ctx.where(entry), path.name);
+      }
+      path.dns_servers.push_back(s->get());
+      return std::nullopt;
+    };
+    if (const auto* list = node->as_array()) {
+      for (const auto& entry : *list) {
+        if (auto e = add(entry)) return e;
+      }
+    } else if (auto e = add(*node)) {
+      return e;
+    }
+  }
+  if (auto e = read_unit<std::uint64_t>(ctx, table, "rate", "path", parse_rate_bps,
+                                        [&](std::uint64_t v, const toml::node& n) -> std::optional<std::string> {
+                                          if (v == 0) return fmt::format("{}path '{}': rate must be above 0", ctx.where(n), path.name);
+                                          path.prior_rate_bps = v;
+                                          return std::nullopt;
+                                        })) {
+    return e;
+  }
+  return read_unit<std::chrono::microseconds>(
+      ctx, table, "rtt", "path", parse_duration,
+      [&](std::chrono::microseconds v, const toml::node&) -> std::optional<std::string> {
+        path.prior_rtt = v;
+        return std::nullopt;
+      });
+}
+
+std::optional<std::string> read_scheduler(const context& ctx, const toml::table& table,
+                                          scheduler_config& s) {
+  if (auto e = check_keys(ctx, table, "[scheduler]",
+                          {"mode", "tolerance", "portion_time", "memory_per_session",
+                           "min_split_size", "overlap", "default_rate", "default_rtt"})) {
+    return e;
+  }
+  if (const toml::node* node = table.get("mode")) {
+    std::string mode;
+    if (auto e = read_string(ctx, table, "mode", "scheduler", mode)) return e;
+    if (mode == "cost") {
+      s.mode = scheduler_mode::cost;
+    } else if (mode == "aggregate") {
+      s.mode = scheduler_mode::aggregate;
+    } else {
+      return fmt::format("{}scheduler.mode '{}' is unknown (expected \"cost\" or \"aggregate\")",
+                         ctx.where(*node), mode);
+    }
+  }
+  auto duration_into = [&ctx](std::chrono::microseconds& target, std::chrono::microseconds min,
+                              std::string_view key) {
+    return [&target, min, key, &ctx](std::chrono::microseconds v,
+                                     const toml::node& n) -> std::optional<std::string> {
+      if (v < min) {
+        return fmt::format("{}scheduler.{} must be at least {} ms", ctx.where(n), key,
+                           min.count() / 1000);
+      }
+      target = v;
+      return std::nullopt;
+    };
+  };
+  auto size_into = [&ctx](std::uint64_t& target, std::uint64_t min, std::uint64_t max,
+                          std::string_view key) {
+    return [&target, min, max, key, &ctx](std::uint64_t v,
+                                          const toml::node& n) -> std::optional<std::string> {
+      if (v < min || v > max) {
+        return fmt::format("{}scheduler.{} must be from {} to {}", ctx.where(n), key,
+                           format_size(min), format_size(max));
+      }
+      target = v;
+      return std::nullopt;
+    };
+  };
+  using us = std::chrono::microseconds;
+  if (auto e = read_unit<us>(ctx, table, "tolerance", "scheduler", parse_duration,
+                             duration_into(s.tolerance, us(0), "tolerance"))) return e;
+  if (auto e = read_unit<us>(ctx, table, "portion_time", "scheduler", parse_duration,
+                             duration_into(s.portion_time, us(100'000), "portion_time"))) return e;
+  if (auto e = read_unit<us>(ctx, table, "default_rtt", "scheduler", parse_duration,
+                             duration_into(s.default_rtt, us(0), "default_rtt"))) return e;
+  if (auto e = read_unit<std::uint64_t>(ctx, table, "memory_per_session", "scheduler", parse_size_bytes,
+                                        size_into(s.memory_per_session_bytes, 1ULL << 20, 4ULL << 30,
+                                                  "memory_per_session"))) return e;
+  if (auto e = read_unit<std::uint64_t>(ctx, table, "min_split_size", "scheduler", parse_size_bytes,
+                                        size_into(s.min_split_bytes, 0, 1ULL << 40, "min_split_size"))) return e;
+  if (auto e = read_unit<std::uint64_t>(ctx, table, "overlap", "scheduler", parse_size_bytes,
+                                        size_into(s.overlap_bytes, 0, 1ULL << 20, "overlap"))) return e;
+  return read_unit<std::uint64_t>(ctx, table, "default_rate", "scheduler", parse_rate_bps,
+                                  [&](std::uint64_t v, const toml::node& n) -> std::optional<std::string> {
+                                    if (v == 0) return fmt::format("{}scheduler.default_rate must be above 0", ctx.where(n));
+                                    s.default_rate_bps = v;
+                                    return std::nullopt;
+                                  });
+}
+
+}  // namespace
+
+std::string_view to_string(path_kind kind) {
+  switch (kind) {
+    case path_kind::wifi: return "wifi";
+    case path_kind::cellular: return "cellular";
+    case path_kind::wired: return "wired";
+  }
+  return "unknown";
+}
+
+expected<config> parse_config(std::string_view toml_text, std::string_view source_name) {
+  const context ctx{source_name};
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, source_name);
+  } catch (const toml::parse_error& error) {
+    return make_error(fmt::format("{}:{}: {}", source_name, error.source().begin.line,
+                                  error.description()));
+  }
+  config result;
+  if (auto e = check_keys(ctx, root, "the file", {"proxy", "path", "scheduler", "log"})) {
+    return make_error(*e);
+  }
+  if (const toml::node* node = root.get("proxy")) {
+    const auto* table = node->as_table();
+    if (table == nullptr) return make_error(ctx.where(*node) + "[proxy] must be a table");
+    if (auto e = read_proxy(ctx, *table, result.proxy)) return make_error(*e);
+  }
+  if (const toml::node* node = root.get("scheduler")) {
+    const auto* table = node->as_table();
+    if (table == nullptr) return make_error(ctx.where(*node) + "[scheduler] must be a table");
+    if (auto e = read_scheduler(ctx, *table, result.scheduler)) return make_error(*e);
+  }
+  if (const toml::node* node = root.get("log")) {
+    const auto* table = node->as_table();
+    if (table == nullptr) return make_error(ctx.where(*node) + "[log] must be a table");
+    if (auto e = check_keys(ctx, *table, "[log]", {"level"})) return make_error(*e);
+    if (auto e = read_string(ctx, *table, "level", "log", result.log_level)) return make_error(*e);
+    static const std::set<std::string> levels{"trace", "debug", "info", "warn", "error", "off"};
+    if (!levels.contains(result.log_level)) {
+      return make_error(fmt::format("{}log.level '{}' is unknown (trace, debug, info, warn, error, off)",
+                                    ctx.where(*table->get("level")), result.log_level));
+    }
+  }
+  const toml::node* paths = root.get("path");
+  if (paths == nullptr) {
+    return make_error(fmt::format("{}: no [[path]]: name at least one uplink (name, interface, kind)",
+                                  source_name));
+  }
+  const auto* path_array = paths->as_array();
+  if (path_array == nullptr) {
+    return make_error(ctx.where(*paths) + "path must be an array of tables: write [[path]]");
+  }
+  std::set<std::string> names;
+  std::set<std::string> interfaces;
+  for (const auto& entry : *path_array) {
+    const auto* table = entry.as_table();
+    if (table == nullptr) return make_error(ctx.where(entry) + "each [[path]] must be a table");
+    path_config path;
+    if (auto e = read_path(ctx, *table, path)) return make_error(*e);
+    if (!names.insert(path.name).second) {
+      return make_error(fmt::format("{}path name '{}' is used twice", ctx.where(entry), path.name));
+    }
+    if (!interfaces.insert(path.interface).second) {
+      return make_error(fmt::format("{}interface '{}' is used by two paths", ctx.where(entry),
+                                    path.interface));
+    }
+    result.paths.push_back(std::move(path));
+  }
+  if (result.paths.empty()) {
+    return make_error(fmt::format("{}: no [[path]]: name at least one uplink", source_name));
+  }
+  // Preference order: cheapest first; the file's order breaks ties.
+  std::stable_sort(result.paths.begin(), result.paths.end(),
+                   [](const path_config& a, const path_config& b) { return a.cost < b.cost; });
+  return result;
+}
+
+expected<config> load_config(const std::string& path) {
+  std::ifstream file(path);
+  if (!file) return make_error(fmt::format("{}: cannot open the config file", path));
+  std::ostringstream text;
+  text << file.rdbuf();
+  if (file.bad()) return make_error(fmt::format("{}: cannot read the config file", path));
+  return parse_config(text.str(), path);
+}
+
+}  // namespace fleety::core

@@ -1,0 +1,78 @@
+#pragma once
+// fleetyd's configuration: a TOML file turned into a validated struct. Pure: the
+// file's text in, a config or one clear error line ("FILE:LINE: what is wrong") out.
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/expected.hpp"
+
+namespace fleety::core {
+
+/// What kind of link a path is; decides its default cost (Wi-Fi and wired first).
+enum class path_kind { wifi, cellular, wired };
+
+std::string_view to_string(path_kind kind);
+
+/// One uplink of the client.
+struct path_config {
+  std::string name;       ///< unique, for logs and the CLI ("wifi")
+  std::string interface;  ///< network device the path's sockets are bound to ("wlan0")
+  path_kind kind = path_kind::wifi;
+  /// Lower is preferred; ties keep file order. Default: 0 for wifi/wired, 10 for cellular.
+  int cost = 0;
+  /// DNS servers ("198.18.0.53" or "[::1]:5353") queried through this path; empty means the
+  /// system's resolvers (/etc/resolv.conf), still queried through this path's interface.
+  std::vector<std::string> dns_servers;
+  /// Prior estimates used until the path has been measured.
+  std::uint64_t prior_rate_bps = 0;  ///< 0: use [scheduler] default_rate
+  std::chrono::microseconds prior_rtt{0};  ///< 0: use [scheduler] default_rtt
+};
+
+/// The scheduler's two policies (DESIGN.md): Wi-Fi first with a tolerance, or pure aggregation.
+enum class scheduler_mode { cost, aggregate };
+
+struct scheduler_config {
+  scheduler_mode mode = scheduler_mode::cost;
+  /// T_tol: Wi-Fi alone when it finishes within this time.
+  std::chrono::microseconds tolerance{1'000'000};
+  /// T_portion: a portion holds about this much time of all paths' combined rate.
+  std::chrono::microseconds portion_time{2'000'000};
+  /// M: the most a session buffers (portion size cap, bytes).
+  std::uint64_t memory_per_session_bytes = 32ULL << 20;
+  /// Objects smaller than this are fetched on one path, unsplit.
+  std::uint64_t min_split_bytes = 2'000'000;
+  /// Bytes the earlier range overlaps the next, compared to catch two versions of an object.
+  std::uint64_t overlap_bytes = 64;
+  std::uint64_t default_rate_bps = 10'000'000;
+  std::chrono::microseconds default_rtt{50'000};
+};
+
+struct proxy_config {
+  std::string listen_address = "127.0.0.1";
+  std::uint16_t listen_port = 3128;
+  std::chrono::microseconds connect_timeout{5'000'000};
+  /// A read or write that makes no progress for this long fails the transfer.
+  std::chrono::microseconds io_timeout{15'000'000};
+  /// Most app connections served at once; more wait in the kernel's backlog.
+  std::uint32_t max_connections = 256;
+};
+
+struct config {
+  proxy_config proxy;
+  std::vector<path_config> paths;  ///< in preference order: cost, then file order
+  scheduler_config scheduler;
+  std::string log_level = "info";
+};
+
+/// Parses and validates. `source_name` names the file in error messages.
+expected<config> parse_config(std::string_view toml_text, std::string_view source_name);
+
+/// Reads the file and parses it; the error names the file.
+expected<config> load_config(const std::string& path);
+
+}  // namespace fleety::core

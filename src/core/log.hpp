@@ -1,0 +1,14 @@
+#pragma once
+// One logger for the daemon: spdlog to stderr, journald-friendly (no colour, and
+// without timestamps when journald adds its own).
+
+#include <string_view>
+
+#include <spdlog/spdlog.h>
+
+namespace fleety::core {
+
+/// Sets the level ("info", "debug", ...) and a pattern that suits a terminal or journald.
+void setup_logging(std::string_view level);
+
+}  // namespace fleety::core

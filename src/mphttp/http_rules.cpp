@@ -1,0 +1,134 @@
+#include "mphttp/http_rules.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <string>
+#include <vector>
+
+#include <boost/beast/http/field.hpp>
+#include <boost/beast/http/rfc7230.hpp>
+#include <boost/url/parse.hpp>
+
+namespace fleety::mphttp {
+namespace http = boost::beast::http;
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+std::optional<std::uint64_t> parse_u64(std::string_view text) {
+  std::uint64_t value = 0;
+  if (text.empty()) return std::nullopt;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc{} || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+}  // namespace
+
+std::optional<proxy_target> parse_absolute_target(std::string_view target) {
+  auto url = boost::urls::parse_absolute_uri(target);
+  if (!url) return std::nullopt;
+  if (!iequals(url->scheme(), "http") || !url->has_authority() || url->has_userinfo()) {
+    return std::nullopt;
+  }
+  proxy_target result;
+  result.host = url->encoded_host_address();
+  if (result.host.size() >= 2 && result.host.front() == '[') {
+    result.host = result.host.substr(1, result.host.size() - 2);
+  }
+  if (result.host.empty()) return std::nullopt;
+  if (url->has_port()) {
+    auto port = parse_u64(url->port());
+    if (!port || *port == 0 || *port > 65535) return std::nullopt;
+    result.port = static_cast<std::uint16_t>(*port);
+  }
+  result.authority = url->encoded_authority();
+  result.origin_form = url->encoded_path();
+  if (result.origin_form.empty()) result.origin_form = "/";
+  if (url->has_query()) {
+    result.origin_form += '?';
+    result.origin_form += url->encoded_query();
+  }
+  return result;
+}
+
+void strip_hop_by_hop(http::fields& fields) {
+  // Fields named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
+  std::vector<std::string> named;
+  for (auto it = fields.find(http::field::connection);
+       it != fields.end() && it->name() == http::field::connection; ++it) {
+    for (auto token : http::token_list(it->value())) named.emplace_back(token);
+  }
+  for (const auto& name : named) fields.erase(name);
+  for (auto field : {http::field::connection, http::field::keep_alive, http::field::proxy_connection,
+                     http::field::proxy_authorization, http::field::proxy_authenticate, http::field::te,
+                     http::field::trailer, http::field::transfer_encoding, http::field::upgrade}) {
+    fields.erase(field);
+  }
+}
+
+std::optional<content_range> parse_content_range(std::string_view value) {
+  constexpr std::string_view unit = "bytes ";
+  if (value.size() <= unit.size() || !iequals(value.substr(0, unit.size()), unit)) return std::nullopt;
+  value.remove_prefix(unit.size());
+  const auto dash = value.find('-');
+  const auto slash = value.find('/');
+  if (dash == std::string_view::npos || slash == std::string_view::npos || dash > slash) {
+    return std::nullopt;
+  }
+  auto first = parse_u64(value.substr(0, dash));
+  auto last = parse_u64(value.substr(dash + 1, slash - dash - 1));
+  auto length = parse_u64(value.substr(slash + 1));  // "*" (unknown) is refused: we need it
+  if (!first || !last || !length || *first > *last || *last >= *length) return std::nullopt;
+  return content_range{*first, *last, *length};
+}
+
+std::string strong_validator(const response_header& response) {
+  auto etag = response[http::field::etag];
+  if (!etag.empty() && !etag.starts_with("W/")) return std::string(etag);
+  auto modified = response[http::field::last_modified];
+  return std::string(modified);
+}
+
+std::string_view to_string(split_verdict verdict) {
+  switch (verdict) {
+    case split_verdict::split: return "split";
+    case split_verdict::not_get: return "not a GET";
+    case split_verdict::app_conditional: return "app sent a range or condition";
+    case split_verdict::not_ok: return "status is not 200";
+    case split_verdict::unknown_length: return "length unknown";
+    case split_verdict::too_small: return "small object";
+    case split_verdict::no_ranges: return "server refuses ranges";
+    case split_verdict::single_path_only: return "one path only";
+  }
+  return "unknown";
+}
+
+split_verdict decide_split(const request_header& request, const response_header& response,
+                           std::uint64_t min_split_bytes, std::size_t usable_paths) {
+  if (request.method() != http::verb::get) return split_verdict::not_get;
+  for (auto field : {http::field::range, http::field::if_range, http::field::if_match,
+                     http::field::if_none_match, http::field::if_modified_since,
+                     http::field::if_unmodified_since}) {
+    if (request.find(field) != request.end()) return split_verdict::app_conditional;
+  }
+  if (response.result() != http::status::ok) return split_verdict::not_ok;
+  if (response.find(http::field::transfer_encoding) != response.end()) {
+    return split_verdict::unknown_length;
+  }
+  auto length_text = response[http::field::content_length];
+  auto length = parse_u64(length_text);
+  if (!length) return split_verdict::unknown_length;
+  if (iequals(response[http::field::accept_ranges], "none")) return split_verdict::no_ranges;
+  if (*length < min_split_bytes) return split_verdict::too_small;
+  if (usable_paths < 2) return split_verdict::single_path_only;
+  return split_verdict::split;
+}
+
+}  // namespace fleety::mphttp

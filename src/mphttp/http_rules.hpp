@@ -1,0 +1,64 @@
+#pragma once
+// The HTTP decisions of the proxy, as pure functions over Beast's header types
+// (RFC 9110 / RFC 9112). No I/O here: unit-tested with literal messages.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <boost/beast/http/fields.hpp>
+#include <boost/beast/http/message.hpp>
+
+namespace fleety::mphttp {
+
+using request_header = boost::beast::http::request_header<>;
+using response_header = boost::beast::http::response_header<>;
+
+/// Where an explicit-proxy request goes (RFC 9112 §3.2.2 absolute-form).
+struct proxy_target {
+  std::string host;           ///< name or literal address, without brackets
+  std::uint16_t port = 80;
+  std::string origin_form;    ///< "/path?query" as sent upstream
+  std::string authority;      ///< "host[:port]" for a missing Host header
+};
+
+/// Parses "http://host[:port]/path?query". nullopt for anything else (https, origin-form,
+/// userinfo, a bad port): the proxy answers 400.
+std::optional<proxy_target> parse_absolute_target(std::string_view target);
+
+/// Removes hop-by-hop fields (RFC 9110 §7.6.1): Connection and the fields it names,
+/// Keep-Alive, Proxy-Connection, Proxy-Authorization, Proxy-Authenticate, TE, Trailer,
+/// Transfer-Encoding, Upgrade.
+void strip_hop_by_hop(boost::beast::http::fields& fields);
+
+/// "bytes 100-199/1000" (RFC 9110 §14.4).
+struct content_range {
+  std::uint64_t first = 0;
+  std::uint64_t last = 0;   ///< inclusive
+  std::uint64_t complete_length = 0;
+};
+std::optional<content_range> parse_content_range(std::string_view value);
+
+/// The first response's strong validator (RFC 9110 §8.8.1), for If-Range on the other
+/// paths: a strong ETag, else Last-Modified; empty when there is none usable.
+std::string strong_validator(const response_header& response);
+
+/// Why a GET is, or is not, fetched over several paths.
+enum class split_verdict {
+  split,             ///< 200 with a known length, at least the threshold, ranges allowed
+  not_get,           ///< only GET is split
+  app_conditional,   ///< the app sent Range / If-Range / If-Match…: answer exactly what it asked
+  not_ok,            ///< status other than 200
+  unknown_length,    ///< chunked or close-delimited
+  too_small,         ///< under min_split_bytes
+  no_ranges,         ///< Accept-Ranges: none
+  single_path_only,  ///< fewer than two paths
+};
+std::string_view to_string(split_verdict verdict);
+
+/// Decides from the app's request and the first path's response header.
+split_verdict decide_split(const request_header& request, const response_header& response,
+                           std::uint64_t min_split_bytes, std::size_t usable_paths);
+
+}  // namespace fleety::mphttp

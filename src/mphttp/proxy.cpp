@@ -1,0 +1,1031 @@
+#include "mphttp/proxy.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <deque>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http.hpp>
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
+
+#include "core/units.hpp"
+#include "mphttp/http_rules.hpp"
+#include "mphttp/reorder_buffer.hpp"
+#include "mphttp/scheduler.hpp"
+#include "net/bound_socket.hpp"
+
+namespace fleety::mphttp {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using asio::awaitable;
+using tcp = asio::ip::tcp;
+using boost::system::error_code;
+using clock_type = std::chrono::steady_clock;
+constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
+
+constexpr std::size_t chunk_bytes = 64 * 1024;
+constexpr std::uint32_t header_limit_bytes = 64 * 1024;
+constexpr std::uint64_t min_portion_bytes = 1 << 20;
+
+/// [begin, end) of the object.
+struct byte_range {
+  std::uint64_t begin = 0;
+  std::uint64_t end = 0;
+  std::uint64_t size() const { return end - begin; }
+};
+
+std::chrono::steady_clock::duration as_duration(std::chrono::microseconds us) { return us; }
+
+/// An HTTP/1.1 connection to a server over one path. Owned by one coroutine frame.
+struct upstream {
+  beast::tcp_stream stream;
+  beast::flat_buffer buffer;
+  std::string server;  ///< "198.18.10.1:80", for logs
+
+  explicit upstream(const asio::any_io_executor& executor) : stream(executor) {}
+  bool is_open() { return stream.socket().is_open(); }
+  void reset() {
+    net::close_with_reset(stream.socket());
+    buffer.clear();
+  }
+};
+
+/// Resolves `host` through the path and connects a socket bound to the path's interface.
+awaitable<error_code> async_connect_on_path(upstream& up, path_runtime& path, const std::string& host,
+                                            std::uint16_t port, const core::proxy_config& limits) {
+  auto resolved = co_await path.resolver->async_resolve(host);
+  if (!resolved) co_return resolved.error();
+  error_code last = asio::error::host_not_found;
+  for (const auto& address : resolved->addresses) {
+    tcp::endpoint endpoint(address, port);
+    error_code ec = net::open_bound(up.stream.socket(), endpoint.protocol(), path.config.interface);
+    if (ec) co_return ec;  // binding fails the same way for every address
+    up.stream.expires_after(as_duration(limits.connect_timeout));
+    auto [connect_ec] = co_await up.stream.async_connect(endpoint, nothrow);
+    if (!connect_ec) {
+      up.server = fmt::format("{}:{}", address.to_string(), port);
+      if (auto metrics = net::read_tcp_metrics(up.stream.socket())) {
+        path.estimator.on_rtt(metrics->smoothed_rtt);
+      }
+      co_return error_code{};
+    }
+    last = connect_ec;
+    up.reset();
+  }
+  co_return last;
+}
+
+/// The request a path sends upstream: the app's end-to-end fields, origin-form target.
+http::request<http::empty_body> upstream_request(const request_header& app_request,
+                                                 const proxy_target& target) {
+  http::request<http::empty_body> request;
+  request.base() = app_request;
+  strip_hop_by_hop(request.base());
+  request.version(11);
+  request.target(target.origin_form);
+  if (request.find(http::field::host) == request.end()) request.set(http::field::host, target.authority);
+  request.keep_alive(true);
+  return request;
+}
+
+/// Writes a short error response the app can show (RFC 9110 §15.5/15.6).
+awaitable<void> async_write_error(beast::tcp_stream& app, http::status status, std::string text,
+                                  unsigned version, const core::proxy_config& limits) {
+  http::response<http::string_body> response{status, version};
+  response.set(http::field::content_type, "text/plain; charset=utf-8");
+  response.set(http::field::server, "fleety");
+  response.keep_alive(false);
+  response.body() = "fleety: " + std::move(text) + "\n";
+  response.prepare_payload();
+  app.expires_after(as_duration(limits.io_timeout));
+  co_await http::async_write(app, response, nothrow);
+}
+
+/// Whether the app wants its connection kept open (RFC 9112 §9.3).
+bool wants_keep_alive(const request_header& request) {
+  http::request<http::empty_body> message;
+  message.base() = request;
+  return message.keep_alive();
+}
+
+/// The header the app receives for an upstream response: end-to-end fields only.
+http::response<http::buffer_body> app_response_header(const response_header& upstream_header,
+                                                      const request_header& app_request) {
+  http::response<http::buffer_body> out;
+  out.base() = upstream_header;
+  const bool chunked = upstream_header.find(http::field::transfer_encoding) != upstream_header.end();
+  const bool has_length = upstream_header.find(http::field::content_length) != upstream_header.end();
+  strip_hop_by_hop(out.base());
+  out.version(app_request.version());
+  out.keep_alive(wants_keep_alive(app_request));
+  // Unknown length (chunked or ended by close upstream): re-chunk for an HTTP/1.1 app;
+  // an HTTP/1.0 app gets a body ended by our close.
+  if ((chunked || !has_length) && app_request.version() >= 11) {
+    out.chunked(true);
+  } else if (chunked || !has_length) {
+    out.keep_alive(false);
+  }
+  out.set(http::field::via, fmt::format("{}.{} fleety", upstream_header.version() / 10,
+                                        upstream_header.version() % 10));
+  return out;
+}
+
+/// Streams a message body from `input` (header already parsed into `parser`) to `output`
+/// whose header is `out` (Beast's relay pattern). Bounded: one chunk in flight.
+template <bool is_request>
+awaitable<error_code> async_relay_body(beast::tcp_stream& input, beast::flat_buffer& input_buffer,
+                                       http::parser<is_request, http::buffer_body>& parser,
+                                       beast::tcp_stream& output,
+                                       http::message<is_request, http::buffer_body>& out,
+                                       const core::proxy_config& limits,
+                                       std::uint64_t* relayed_bytes) {
+  std::vector<char> chunk(chunk_bytes);
+  http::serializer<is_request, http::buffer_body> serializer{out};
+  output.expires_after(as_duration(limits.io_timeout));
+  if (auto [ec, n] = co_await http::async_write_header(output, serializer, nothrow); ec) co_return ec;
+  do {
+    if (!parser.is_done()) {
+      parser.get().body().data = chunk.data();
+      parser.get().body().size = chunk.size();
+      input.expires_after(as_duration(limits.io_timeout));
+      auto [ec, n] = co_await http::async_read(input, input_buffer, parser, nothrow);
+      if (ec == http::error::need_buffer) ec = {};
+      if (ec) co_return ec;
+      out.body().size = chunk.size() - parser.get().body().size;
+      out.body().data = chunk.data();
+      out.body().more = !parser.is_done();
+      if (relayed_bytes != nullptr) *relayed_bytes += out.body().size;
+    } else {
+      out.body().data = nullptr;
+      out.body().size = 0;
+      out.body().more = false;
+    }
+    output.expires_after(as_duration(limits.io_timeout));
+    auto [ec, n] = co_await http::async_write(output, serializer, nothrow);
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec) co_return ec;
+  } while (!parser.is_done() || !serializer.is_done());
+  co_return error_code{};
+}
+
+// ---------------------------------------------------------------------------
+// Multipath fetch of one object
+
+/// One path's part in a multipath fetch.
+struct path_work {
+  path_runtime* path = nullptr;   ///< not owned
+  std::deque<byte_range> queue;   ///< planned ranges not requested yet, in offset order
+  /// The range being received. Its end can move down when an idle path takes its tail.
+  std::optional<byte_range> current;
+  std::uint64_t current_received = 0;  ///< bytes of `current` received so far
+  std::optional<clock_type::time_point> current_first_byte;
+  /// A range whose request is already sent behind `current` on the same connection
+  /// (HTTP/1.1 pipelining), so the path doesn't idle for an RTT between ranges.
+  std::optional<byte_range> pipelined;
+  bool connected = false;
+  bool failed = false;
+  std::uint64_t bytes = 0;        ///< bytes of the object this path delivered first
+  std::uint64_t ranges = 0;       ///< range responses received
+  std::uint64_t stolen = 0;       ///< ranges this path took over from another
+  std::unique_ptr<asio::steady_timer> wake;  ///< cancelled to wake the fetcher
+  std::unique_ptr<asio::cancellation_signal> cancel;  ///< terminal cancellation of the fetcher
+
+  std::uint64_t current_left() const {
+    return current ? current->size() - std::min(current->size(), current_received) : 0;
+  }
+  std::uint64_t backlog_bytes() const {
+    std::uint64_t left = current_left() + (pipelined ? pipelined->size() : 0);
+    for (const auto& r : queue) left += r.size();
+    return left;
+  }
+  /// Goodput of the current range so far, else the path's estimate.
+  double live_rate(clock_type::time_point now) const {
+    if (current_first_byte) {
+      const double seconds = std::chrono::duration<double>(now - *current_first_byte).count();
+      if (seconds > 0.3 && current_received > 0) return static_cast<double>(current_received) / seconds;
+    }
+    return path->estimator.rate_bytes_per_s();
+  }
+  /// Seconds until a new request on this path would bring its first byte.
+  double request_lead_s() const { return (connected ? 1.0 : 2.0) * path->estimator.rtt_s(); }
+};
+
+/// Shared state of one multipath fetch. Lives in the session's frame, which waits for
+/// every fetcher to end before it returns: references to it never dangle.
+class object_fetch {
+ public:
+  object_fetch(const asio::any_io_executor& executor, const core::config& config,
+               std::vector<path_runtime*> paths, std::uint64_t total)
+      : config_(config), total_(total), writer_wake_(executor) {
+    for (auto* path : paths) {
+      path_work w;
+      w.path = path;
+      w.wake = std::make_unique<asio::steady_timer>(executor);
+      w.cancel = std::make_unique<asio::cancellation_signal>();
+      work_.push_back(std::move(w));
+    }
+    planned_share_.assign(work_.size(), 0);
+  }
+
+  const core::config& config() const { return config_; }
+  std::uint64_t total() const { return total_; }
+  reorder_buffer& buffer() { return buffer_; }
+  std::vector<path_work>& work() { return work_; }
+  bool stopping() const { return stopping_; }
+  bool complete() const { return buffer_.delivered() + buffer_.buffered_bytes() >= total_; }
+  bool all_failed() const {
+    return std::all_of(work_.begin(), work_.end(), [](const path_work& w) { return w.failed; });
+  }
+  std::uint64_t planned_share(std::size_t index) const { return planned_share_[index]; }
+  int running = 0;  ///< fetcher coroutines not yet ended
+
+  /// Something changed (data arrived, a path failed, the window moved): wake everyone.
+  void notify() {
+    writer_wake_.cancel();
+    for (auto& w : work_) w.wake->cancel();
+  }
+
+  void stop() {
+    stopping_ = true;
+    for (auto& w : work_) w.cancel->emit(asio::cancellation_type::terminal);
+    notify();
+  }
+
+  /// Waits for notify() or `timeout`.
+  static awaitable<void> async_wait(asio::steady_timer& timer, clock_type::duration timeout) {
+    timer.expires_after(timeout);
+    co_await timer.async_wait(nothrow);
+  }
+  asio::steady_timer& writer_wake() { return writer_wake_; }
+
+  /// Bytes that arrived from path `index` at `offset`.
+  void on_data(std::size_t index, std::uint64_t offset, std::span<const char> data) {
+    work_[index].bytes += buffer_.add(offset, data);
+    writer_wake_.cancel();
+  }
+
+  /// A path failed: what it had not fetched goes to the other paths.
+  void on_path_failed(std::size_t index) {
+    auto& w = work_[index];
+    w.failed = true;
+    if (w.current_left() > 0) orphans_.push_back({w.current->begin + w.current_received, w.current->end});
+    if (w.pipelined) orphans_.push_back(*w.pipelined);
+    for (const auto& r : w.queue) orphans_.push_back(r);
+    w.current.reset();
+    w.pipelined.reset();
+    w.queue.clear();
+    std::sort(orphans_.begin(), orphans_.end(),
+              [](const byte_range& a, const byte_range& b) { return a.begin < b.begin; });
+    notify();
+  }
+
+  /// Plans the first portion while path 0 already receives the object from offset 0:
+  /// its share is the head. Returns that share.
+  std::uint64_t plan_initial() {
+    std::vector<double> leads(work_.size());
+    for (std::size_t i = 0; i < work_.size(); ++i) {
+      // Path 0's bytes are already flowing; the others need a handshake and a request.
+      leads[i] = i == 0 ? 0.0 : work_[i].request_lead_s();
+    }
+    plan_next_portion(leads, 0);
+    if (work_[0].queue.empty()) return 0;
+    const std::uint64_t share = work_[0].queue.front().size();
+    work_[0].queue.pop_front();
+    return share;
+  }
+
+  /// The next range for path `index`, or nothing for now. In order of preference: its
+  /// own planned ranges, ranges of failed paths, a new portion, a range another path
+  /// has not started, the tail of the range another path is slowly receiving.
+  std::optional<byte_range> take_range(std::size_t index) {
+    auto& w = work_[index];
+    if (w.failed || stopping_) return std::nullopt;
+    if (w.queue.empty() && !orphans_.empty()) {
+      w.queue.push_back(orphans_.front());
+      orphans_.pop_front();
+    }
+    if (w.queue.empty() && planned_until_ < total_) {
+      const auto now = clock_type::now();
+      std::vector<double> leads(work_.size());
+      for (std::size_t i = 0; i < work_.size(); ++i) {
+        const auto& other = work_[i];
+        const double rate = other.live_rate(now);
+        leads[i] = other.request_lead_s() +
+                   (rate > 0 ? static_cast<double>(other.backlog_bytes()) / rate : 0.0);
+      }
+      plan_next_portion(leads, index);
+    }
+    if (w.queue.empty()) steal_queued_range(index);
+    if (w.queue.empty()) steal_tail(index);
+    if (w.queue.empty()) return std::nullopt;
+    const byte_range next = w.queue.front();
+    w.queue.pop_front();
+    return next;
+  }
+
+ private:
+  /// Plans [planned_until_, +S) if the window allows; `first_index` takes the head,
+  /// then the others by how soon they can start.
+  void plan_next_portion(const std::vector<double>& leads, std::size_t first_index) {
+    const auto& sched = config_.scheduler;
+    const std::uint64_t window = sched.memory_per_session_bytes;
+    std::vector<path_estimate> estimates(work_.size());
+    for (std::size_t i = 0; i < work_.size(); ++i) {
+      estimates[i] = {work_[i].failed ? 0.0 : work_[i].path->estimator.rate_bytes_per_s(), leads[i]};
+    }
+    // Two portions can be in flight at once (the tail of one, the head of the next):
+    // each gets half of the session's memory.
+    const std::uint64_t portion =
+        std::min(total_ - planned_until_,
+                 portion_bytes(estimates, static_cast<double>(sched.portion_time.count()) / 1e6,
+                               static_cast<double>(sched.tolerance.count()) / 1e6, window / 2,
+                               min_portion_bytes));
+    if (planned_until_ + portion > buffer_.delivered() + window) return;  // window full: wait
+    const split_policy policy{sched.mode == core::scheduler_mode::cost,
+                              static_cast<double>(sched.tolerance.count()) / 1e6};
+    const split_plan plan = plan_portion(total_ - planned_until_, portion, estimates, policy);
+    std::vector<std::size_t> order(work_.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+      if (a == first_index || b == first_index) return a == first_index && b != first_index;
+      return leads[a] < leads[b];
+    });
+    std::uint64_t offset = planned_until_;
+    for (std::size_t i : order) {
+      const std::uint64_t share = plan.share_bytes[i];
+      if (share == 0) continue;
+      work_[i].queue.push_back({offset, offset + share});
+      planned_share_[i] += share;
+      offset += share;
+    }
+    spdlog::debug("portion [{}, {}) planned ({}): {}", planned_until_, offset,
+                  plan.kind == split_case::single_path ? "one path"
+                  : plan.kind == split_case::tolerance_fill ? "Wi-Fi to tolerance"
+                                                            : "equal completion",
+                  fmt::join(plan.share_bytes, "/"));
+    planned_until_ = offset;
+    notify();
+  }
+
+  /// An idle path takes a planned range that a busier path has not requested yet (the
+  /// last one queued, so the busy path keeps the earlier bytes).
+  void steal_queued_range(std::size_t index) {
+    std::size_t victim = work_.size();
+    std::uint64_t most = 0;
+    for (std::size_t i = 0; i < work_.size(); ++i) {
+      if (i == index || work_[i].queue.empty()) continue;
+      if (work_[i].backlog_bytes() > most) {
+        most = work_[i].backlog_bytes();
+        victim = i;
+      }
+    }
+    if (victim == work_.size()) return;
+    work_[index].queue.push_back(work_[victim].queue.back());
+    work_[victim].queue.pop_back();
+    ++work_[index].stolen;
+  }
+
+  /// DESIGN.md: "when a path runs dry while another still has a long tail, the tail of
+  /// the slow path's range is re-requested on the free path". The split point is where
+  /// both would finish together; the slow path stops there.
+  void steal_tail(std::size_t index) {
+    constexpr std::uint64_t min_steal_bytes = 128 * 1024;
+    const auto now = clock_type::now();
+    auto& thief = work_[index];
+    std::size_t victim = work_.size();
+    double longest = 0;
+    for (std::size_t i = 0; i < work_.size(); ++i) {
+      const auto& w = work_[i];
+      // A path with a pipelined request can't be cut short without losing that request.
+      if (i == index || w.failed || !w.current || w.pipelined || w.current_left() < min_steal_bytes) continue;
+      const double rate = std::max(w.live_rate(now), 1.0);
+      const double time_left = static_cast<double>(w.current_left()) / rate;
+      if (time_left > longest) {
+        longest = time_left;
+        victim = i;
+      }
+    }
+    if (victim == work_.size() || longest <= thief.request_lead_s()) return;
+    auto& slow = work_[victim];
+    const path_estimate both[] = {{slow.live_rate(now), 0.0},
+                                  {thief.path->estimator.rate_bytes_per_s(), thief.request_lead_s()}};
+    const split_plan plan = split_equal_completion(slow.current_left(), both);
+    if (plan.share_bytes[1] < min_steal_bytes) return;
+    const std::uint64_t cut = slow.current->end - plan.share_bytes[1];
+    thief.queue.push_back({cut, slow.current->end});
+    spdlog::debug("path {} takes [{}, {}) from path {} ({:.2f} s left there)", thief.path->config.name, cut,
+                  slow.current->end, slow.path->config.name, longest);
+    slow.current->end = cut;
+    ++thief.stolen;
+  }
+
+  const core::config& config_;
+  std::uint64_t total_;
+  std::vector<path_work> work_;
+  reorder_buffer buffer_;
+  std::deque<byte_range> orphans_;            ///< ranges given back by failed paths, by offset
+  std::uint64_t planned_until_ = 0;           ///< bytes before this are assigned to some path
+  std::vector<std::uint64_t> planned_share_;  ///< bytes planned per path (for logs and tests)
+  asio::steady_timer writer_wake_;
+  bool stopping_ = false;
+};
+
+/// Sends a range request for `range` on the path's connection.
+awaitable<error_code> async_request_range(upstream& up, path_runtime& path, const request_header& app_request,
+                                          const proxy_target& target, const std::string& validator,
+                                          byte_range range, const core::proxy_config& limits) {
+  auto request = upstream_request(app_request, target);
+  request.set(http::field::range, fmt::format("bytes={}-{}", range.begin, range.end - 1));
+  if (!validator.empty()) request.set(http::field::if_range, validator);
+  ++path.requests;
+  up.stream.expires_after(as_duration(limits.io_timeout));
+  auto [ec, n] = co_await http::async_write(up.stream, request, nothrow);
+  co_return ec;
+}
+
+/// Reads the body of the response to `work.current` (header already in `parser`) into
+/// the fetch, until the range's end, which may move down while we read. Near the end it
+/// pipelines the request for the path's next range. `stopped_early` tells the caller
+/// that the response goes on past what we wanted, so the connection can't be reused.
+awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index, upstream& up,
+                                          http::response_parser<http::buffer_body>& parser,
+                                          const request_header& app_request, const proxy_target& target,
+                                          const std::string& validator, bool may_pipeline,
+                                          bool& stopped_early) {
+  const auto& limits = fetch.config().proxy;
+  auto& work = fetch.work()[index];
+  std::vector<char> chunk(chunk_bytes);
+  std::uint64_t timed_bytes = 0;  // bytes after the first read: their time is pure transfer time
+  stopped_early = false;
+  while (work.current_left() > 0) {
+    if (parser.is_done()) co_return http::error::partial_message;
+    // Ask for the next range about one RTT before this one ends.
+    if (may_pipeline && !work.pipelined && parser.keep_alive()) {
+      const double rate = work.live_rate(clock_type::now());
+      const double lead_bytes = rate * work.path->estimator.rtt_s() * 1.5 + chunk_bytes;
+      if (static_cast<double>(work.current_left()) <= lead_bytes) {
+        if (auto next = fetch.take_range(index)) {
+          work.pipelined = next;
+          if (auto ec = co_await async_request_range(up, *work.path, app_request, target, validator, *next, limits)) {
+            co_return ec;
+          }
+        }
+      }
+    }
+    parser.get().body().data = chunk.data();
+    parser.get().body().size = chunk.size();
+    up.stream.expires_after(as_duration(limits.io_timeout));
+    auto [ec, n] = co_await http::async_read(up.stream, up.buffer, parser, nothrow);
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec) co_return ec;
+    if (fetch.stopping()) co_return asio::error::operation_aborted;
+    const std::size_t got = chunk.size() - parser.get().body().size;
+    if (got == 0) continue;
+    if (!work.current_first_byte) {
+      work.current_first_byte = clock_type::now();
+    } else {
+      timed_bytes += got;
+    }
+    work.path->bytes_received += got;
+    // The range's end may have moved down (another path took the tail): drop the rest.
+    const std::uint64_t usable = std::min<std::uint64_t>(got, work.current_left());
+    fetch.on_data(index, work.current->begin + work.current_received, std::span<const char>(chunk.data(), usable));
+    work.current_received += usable;
+  }
+  stopped_early = !parser.is_done();
+  if (work.current_first_byte) {
+    work.path->estimator.on_transfer(timed_bytes, std::chrono::duration_cast<std::chrono::microseconds>(
+                                                      clock_type::now() - *work.current_first_byte));
+  }
+  co_return error_code{};
+}
+
+/// What the first path already opened: its connection, mid-body, at offset 0.
+struct initial_stream {
+  upstream up;
+  std::unique_ptr<http::response_parser<http::buffer_body>> parser;
+};
+
+/// One path's fetcher: takes ranges from the plan and fetches each with a range request
+/// on a keep-alive connection, until the object is complete or the path fails.
+awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index, const request_header& app_request,
+                                 const proxy_target& target, std::string validator,
+                                 std::optional<initial_stream> initial, std::uint64_t initial_share) {
+  auto executor = co_await asio::this_coro::executor;
+  // Stopping cancels the pending operation; we check fetch.stopping() ourselves rather
+  // than have the next co_await throw.
+  co_await asio::this_coro::throw_if_cancelled(false);
+  auto& work = fetch.work()[index];
+  auto& path = *work.path;
+  const auto& limits = fetch.config().proxy;
+  upstream up(executor);
+  const std::string url = fmt::format("http://{}{}", target.authority, target.origin_form);
+  auto fail = [&](std::string_view what, const error_code& ec) {
+    if (!fetch.stopping()) {
+      spdlog::warn("path {}: {} of {} failed after {} bytes of [{}, {}): {}", path.config.name, what, url,
+                   work.current_received, work.current ? work.current->begin : 0,
+                   work.current ? work.current->end : 0, ec.message());
+    }
+    up.reset();
+    fetch.on_path_failed(index);
+  };
+
+  if (initial) {
+    // Paper §4.2: the first path keeps the response it already has for its share, then
+    // is reset: we don't want the rest of that response.
+    work.connected = true;
+    if (initial_share > 0) {
+      work.current = byte_range{0, initial_share};
+      work.current_received = 0;
+      bool stopped_early = false;
+      auto ec = co_await async_receive_range(fetch, index, initial->up, *initial->parser, app_request, target,
+                                             validator, /*may_pipeline=*/false, stopped_early);
+      if (ec) {
+        initial->up.reset();
+        fail("first response", ec);
+        co_return;
+      }
+      ++work.ranges;
+      work.current.reset();
+    }
+    initial->up.reset();
+    work.connected = false;
+  }
+
+  while (!fetch.stopping() && !work.failed) {
+    // 1. The next range: already requested behind the previous one, or a new one.
+    const bool already_sent = work.pipelined.has_value();
+    byte_range range;
+    if (already_sent) {
+      range = *work.pipelined;
+      work.pipelined.reset();
+    } else {
+      auto next = fetch.take_range(index);
+      if (!next) {
+        if (fetch.complete() || fetch.all_failed()) break;
+        co_await object_fetch::async_wait(*work.wake, std::chrono::seconds(1));
+        continue;
+      }
+      range = *next;
+    }
+    work.current = range;
+    work.current_received = 0;
+    work.current_first_byte.reset();
+    // 2. Connect if needed and send the request.
+    if (!already_sent) {
+      if (!up.is_open()) {
+        work.connected = false;
+        if (auto ec = co_await async_connect_on_path(up, path, target.host, target.port, limits)) {
+          fail("connect", ec);
+          break;
+        }
+        work.connected = true;
+      }
+      if (auto ec = co_await async_request_range(up, path, app_request, target, validator, range, limits)) {
+        fail("request", ec);
+        break;
+      }
+    }
+    // 3. The response must be exactly the range of the same object (RFC 9110 §14.4).
+    http::response_parser<http::buffer_body> parser;
+    parser.header_limit(header_limit_bytes);
+    parser.body_limit(boost::none);
+    up.stream.expires_after(as_duration(limits.io_timeout));
+    auto [read_ec, n] = co_await http::async_read_header(up.stream, up.buffer, parser, nothrow);
+    if (read_ec) {
+      fail("response", read_ec);
+      break;
+    }
+    const auto& header = parser.get().base();
+    const auto content_range = parse_content_range(header[http::field::content_range]);
+    if (header.result() != http::status::partial_content || !content_range ||
+        content_range->first != range.begin || content_range->last != range.end - 1 ||
+        content_range->complete_length != fetch.total()) {
+      // A server that ignores Range, or another version of the object (If-Range
+      // failed): this path can't help with this object.
+      spdlog::warn("path {}: {} answered range {}-{} with {} '{}': not using this path for it", path.config.name,
+                   url, range.begin, range.end - 1, header.result_int(),
+                   std::string(header[http::field::content_range]));
+      up.reset();
+      fetch.on_path_failed(index);
+      break;
+    }
+    // 4. The body, into the reorder buffer.
+    bool stopped_early = false;
+    auto ec = co_await async_receive_range(fetch, index, up, parser, app_request, target, validator,
+                                           /*may_pipeline=*/true, stopped_early);
+    if (ec) {
+      fail("range", ec);
+      break;
+    }
+    ++work.ranges;
+    work.current.reset();
+    if (stopped_early || !parser.keep_alive()) {
+      // The rest of this response is unwanted, or the server closes: a request
+      // pipelined behind it is lost and goes back to the front of our queue.
+      up.reset();
+      work.connected = false;
+      if (work.pipelined) {
+        work.queue.push_front(*work.pipelined);
+        work.pipelined.reset();
+      }
+    }
+  }
+  up.reset();
+}
+
+/// The app's side of a multipath fetch: writes bytes in order as they become contiguous.
+/// Returns false if the object could not be completed (the caller resets the app).
+awaitable<bool> async_deliver_in_order(object_fetch& fetch, beast::tcp_stream& app) {
+  const auto& limits = fetch.config().proxy;
+  auto& buffer = fetch.buffer();
+  auto last_progress = clock_type::now();
+  while (buffer.delivered() < fetch.total()) {
+    auto data = buffer.front();
+    if (data.empty()) {
+      if (fetch.all_failed()) co_return false;
+      if (clock_type::now() - last_progress > as_duration(limits.io_timeout)) {
+        spdlog::warn("no progress for {} ms: giving up", limits.io_timeout.count() / 1000);
+        co_return false;
+      }
+      co_await object_fetch::async_wait(fetch.writer_wake(), std::chrono::milliseconds(500));
+      continue;
+    }
+    // Bounded write: at most one chunk, so the buffer can't change under the write.
+    app.expires_after(as_duration(limits.io_timeout));
+    auto [ec, n] = co_await asio::async_write(app, asio::buffer(data.data(), data.size()), nothrow);
+    if (ec) co_return false;
+    buffer.consume(n);
+    last_progress = clock_type::now();
+    fetch.notify();  // the window moved: fetchers waiting for room may plan
+  }
+  co_return true;
+}
+
+/// Everything a request handler needs from the session.
+struct request_context {
+  beast::tcp_stream& app;
+  proxy_context& proxy;
+  const request_header& request;
+  const proxy_target& target;
+  std::uint64_t session_id;
+};
+
+/// Paths in preference order, each with its connection attempt for the first request.
+std::vector<path_runtime*> usable_paths(proxy_context& proxy) {
+  std::vector<path_runtime*> paths;
+  for (auto& p : proxy.paths) paths.push_back(&p);
+  return paths;
+}
+
+/// Serves one request. Returns true if the app connection can carry another request.
+awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app_buffer,
+                                    http::request_parser<http::buffer_body>& app_parser) {
+  auto executor = co_await asio::this_coro::executor;
+  const auto& limits = ctx.proxy.config.proxy;
+  const auto started = clock_type::now();
+  const std::string url = fmt::format("http://{}{}", ctx.target.authority, ctx.target.origin_form);
+  auto paths = usable_paths(ctx.proxy);
+
+  // 1. Open the first path that connects (preference order) and send the request there.
+  upstream first(executor);
+  std::size_t first_index = paths.size();
+  error_code connect_ec;
+  for (std::size_t i = 0; i < paths.size(); ++i) {
+    connect_ec = co_await async_connect_on_path(first, *paths[i], ctx.target.host, ctx.target.port, limits);
+    if (!connect_ec) {
+      first_index = i;
+      break;
+    }
+    spdlog::warn("[{}] path {}: cannot reach {}:{}: {}", ctx.session_id, paths[i]->config.name,
+                 ctx.target.host, ctx.target.port, connect_ec.message());
+  }
+  if (first_index == paths.size()) {
+    const bool timed_out = connect_ec == beast::error::timeout || connect_ec == dns::errc::timed_out;
+    co_await async_write_error(ctx.app, timed_out ? http::status::gateway_timeout : http::status::bad_gateway,
+                               fmt::format("cannot reach {}: {}", ctx.target.authority, connect_ec.message()),
+                               ctx.request.version(), limits);
+    co_return false;
+  }
+  // The first path goes to the front; the others keep their order.
+  std::rotate(paths.begin(), paths.begin() + static_cast<std::ptrdiff_t>(first_index),
+              paths.begin() + static_cast<std::ptrdiff_t>(first_index) + 1);
+  path_runtime& first_path = *paths[0];
+
+  http::request<http::buffer_body> request_out;
+  request_out.base() = upstream_request(ctx.request, ctx.target).base();
+  const bool has_body = !app_parser.is_done();
+  if (has_body && ctx.request.find(http::field::expect) != ctx.request.end()) {
+    // We answer the app's 100-continue ourselves (RFC 9110 §10.1.1) and relay the body.
+    request_out.erase(http::field::expect);
+    ctx.app.expires_after(as_duration(limits.io_timeout));
+    co_await asio::async_write(ctx.app, asio::buffer(std::string_view("HTTP/1.1 100 Continue\r\n\r\n")), nothrow);
+  }
+  if (app_parser.chunked()) request_out.chunked(true);
+  ++first_path.requests;
+  error_code ec = co_await async_relay_body(ctx.app, app_buffer, app_parser, first.stream, request_out,
+                                            limits, nullptr);
+  if (ec) {
+    spdlog::warn("[{}] sending {} on {} failed: {}", ctx.session_id, url, first_path.config.name, ec.message());
+    co_await async_write_error(ctx.app, http::status::bad_gateway, "upstream write failed: " + ec.message(),
+                               ctx.request.version(), limits);
+    co_return false;
+  }
+
+  // 2. The response header decides: one path, or a multipath fetch.
+  auto parser = std::make_unique<http::response_parser<http::buffer_body>>();
+  parser->header_limit(header_limit_bytes);
+  parser->body_limit(boost::none);
+  if (ctx.request.method() == http::verb::head) parser->skip(true);
+  do {
+    first.stream.expires_after(as_duration(limits.io_timeout));
+    auto [read_ec, n] = co_await http::async_read_header(first.stream, first.buffer, *parser, nothrow);
+    ec = read_ec;
+    // Interim 1xx responses (other than 101) are not forwarded: we already said 100.
+    if (!ec && parser->get().result_int() >= 100 && parser->get().result_int() < 200 &&
+        parser->get().result() != http::status::switching_protocols) {
+      parser = std::make_unique<http::response_parser<http::buffer_body>>();
+      parser->header_limit(header_limit_bytes);
+      parser->body_limit(boost::none);
+      if (ctx.request.method() == http::verb::head) parser->skip(true);
+      continue;
+    }
+    break;
+  } while (true);
+  if (ec) {
+    spdlog::warn("[{}] {} on {}: no response: {}", ctx.session_id, url, first_path.config.name, ec.message());
+    co_await async_write_error(ctx.app,
+                               ec == beast::error::timeout ? http::status::gateway_timeout : http::status::bad_gateway,
+                               "no response from " + ctx.target.authority + ": " + ec.message(),
+                               ctx.request.version(), limits);
+    co_return false;
+  }
+  if (auto metrics = net::read_tcp_metrics(first.stream.socket())) first_path.estimator.on_rtt(metrics->smoothed_rtt);
+  const response_header& response = parser->get().base();
+  const auto verdict = decide_split(ctx.request, response, ctx.proxy.config.scheduler.min_split_bytes, paths.size());
+
+  if (verdict != split_verdict::split) {
+    // 3a. One path: relay the response as it comes.
+    auto out = app_response_header(response, ctx.request);
+    std::uint64_t relayed = 0;
+    if (ctx.request.method() == http::verb::head) {
+      http::response<http::empty_body> head_out;
+      head_out.base() = out.base();
+      ctx.app.expires_after(as_duration(limits.io_timeout));
+      http::response_serializer<http::empty_body> serializer{head_out};
+      auto [head_ec, n] = co_await http::async_write_header(ctx.app, serializer, nothrow);
+      ec = head_ec;
+    } else {
+      ec = co_await async_relay_body(first.stream, first.buffer, *parser, ctx.app, out, limits, &relayed);
+    }
+    first_path.bytes_received += relayed;
+    const double seconds = std::chrono::duration<double>(clock_type::now() - started).count();
+    spdlog::info("[{}] {} {} → {} one path ({}): {} on {} in {:.2f} s", ctx.session_id,
+                 std::string(http::to_string(ctx.request.method())), url, response.result_int(),
+                 to_string(verdict), core::format_size(relayed), first_path.config.name, seconds);
+    if (ec) {
+      spdlog::warn("[{}] relay of {} failed: {}", ctx.session_id, url, ec.message());
+      net::close_with_reset(ctx.app.socket());
+      co_return false;
+    }
+    if (!parser->keep_alive()) first.reset();
+    co_return out.keep_alive();
+  }
+
+  // 3b. Multipath: the app gets the first response's header now, the body from all paths.
+  const std::uint64_t total = *parser->content_length();
+  const std::string validator = strong_validator(response);
+  object_fetch fetch(executor, ctx.proxy.config, paths, total);
+  const std::uint64_t first_share = fetch.plan_initial();
+
+  auto out = app_response_header(response, ctx.request);
+  out.content_length(total);
+  {
+    http::response<http::empty_body> header_only;
+    header_only.base() = out.base();
+    http::response_serializer<http::empty_body> serializer{header_only};
+    ctx.app.expires_after(as_duration(limits.io_timeout));
+    auto [header_ec, n] = co_await http::async_write_header(ctx.app, serializer, nothrow);
+    if (header_ec) co_return false;
+  }
+
+  for (std::size_t i = 0; i < paths.size(); ++i) {
+    std::optional<initial_stream> initial;
+    if (i == 0) initial.emplace(initial_stream{std::move(first), std::move(parser)});
+    ++fetch.running;
+    asio::co_spawn(executor,
+                   run_path_fetcher(fetch, i, ctx.request, ctx.target, validator, std::move(initial),
+                                    i == 0 ? first_share : 0),
+                   asio::bind_cancellation_slot(fetch.work()[i].cancel->slot(),
+                                                [&fetch, i](std::exception_ptr error) {
+                                                  if (error) {
+                                                    try {
+                                                      std::rethrow_exception(error);
+                                                    } catch (const std::exception& e) {
+                                                      spdlog::error("path fetcher {} failed: {}", i, e.what());
+                                                    }
+                                                    fetch.on_path_failed(i);
+                                                  }
+                                                  --fetch.running;
+                                                  fetch.notify();
+                                                }));
+  }
+
+  const bool delivered = co_await async_deliver_in_order(fetch, ctx.app);
+  fetch.stop();
+  while (fetch.running > 0) {
+    co_await object_fetch::async_wait(fetch.writer_wake(), std::chrono::milliseconds(200));
+  }
+
+  const double seconds = std::chrono::duration<double>(clock_type::now() - started).count();
+  std::string per_path;
+  for (std::size_t i = 0; i < paths.size(); ++i) {
+    const auto& w = fetch.work()[i];
+    per_path += fmt::format("{}{}: {} bytes (planned {}, {} ranges, {} taken over)",
+                            per_path.empty() ? "" : ", ", w.path->config.name, w.bytes,
+                            fetch.planned_share(i), w.ranges, w.stolen);
+  }
+  if (!delivered) {
+    // DESIGN.md: a clean failure, never a truncated body.
+    spdlog::warn("[{}] GET {} multipath failed after {} of {} bytes ({}): resetting the app connection",
+                 ctx.session_id, url, fetch.buffer().delivered(), total, per_path);
+    net::close_with_reset(ctx.app.socket());
+    co_return false;
+  }
+  spdlog::info("[{}] GET {} → 200 multipath: {} in {:.2f} s = {}; {}", ctx.session_id, url,
+               core::format_size(total), seconds,
+               core::format_rate(static_cast<double>(total) * 8 / std::max(seconds, 1e-6)), per_path);
+  co_return out.keep_alive();
+}
+
+/// CONNECT host:port: a byte tunnel on the preferred path (RFC 9110 §9.3.6).
+awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buffer, proxy_context& proxy,
+                             const request_header& request, std::uint64_t session_id) {
+  auto executor = co_await asio::this_coro::executor;
+  const auto& limits = proxy.config.proxy;
+  const std::string authority(request.target());
+  const auto colon = authority.rfind(':');
+  std::string host = colon == std::string::npos ? authority : authority.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  unsigned port = 0;
+  if (colon != std::string::npos) {
+    const std::string port_text = authority.substr(colon + 1);
+    std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  }
+  if (host.empty() || port == 0 || port > 65535) {
+    co_await async_write_error(app, http::status::bad_request, "CONNECT needs host:port", request.version(), limits);
+    co_return;
+  }
+  upstream up(executor);
+  error_code ec = asio::error::host_not_found;
+  path_runtime* used = nullptr;
+  for (auto& path : proxy.paths) {
+    ec = co_await async_connect_on_path(up, path, host, static_cast<std::uint16_t>(port), limits);
+    if (!ec) {
+      used = &path;
+      break;
+    }
+  }
+  if (used == nullptr) {
+    co_await async_write_error(app, http::status::bad_gateway, "cannot reach " + authority + ": " + ec.message(),
+                               request.version(), limits);
+    co_return;
+  }
+  spdlog::info("[{}] CONNECT {} on {}", session_id, authority, used->config.name);
+  app.expires_after(as_duration(limits.io_timeout));
+  auto [write_ec, n] = co_await asio::async_write(
+      app, asio::buffer(std::string_view("HTTP/1.1 200 Connection established\r\n\r\n")), nothrow);
+  if (write_ec) co_return;
+  // Bytes the app sent after its CONNECT header belong to the tunnel.
+  if (app_buffer.size() > 0) {
+    auto [ec2, n2] = co_await asio::async_write(up.stream, app_buffer.data(), nothrow);
+    if (ec2) co_return;
+    app_buffer.consume(app_buffer.size());
+  }
+  auto pump = [&limits](beast::tcp_stream& from, beast::tcp_stream& to, std::uint64_t& count) -> awaitable<void> {
+    std::vector<char> chunk(chunk_bytes);
+    for (;;) {
+      from.expires_after(as_duration(limits.io_timeout) * 8);
+      auto [read_ec, got] = co_await from.async_read_some(asio::buffer(chunk), nothrow);
+      if (read_ec) break;
+      to.expires_after(as_duration(limits.io_timeout));
+      auto [wr_ec, put] = co_await asio::async_write(to, asio::buffer(chunk.data(), got), nothrow);
+      if (wr_ec) break;
+      count += put;
+    }
+    error_code ignored;
+    to.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  };
+  std::uint64_t up_bytes = 0;
+  std::uint64_t down_bytes = 0;
+  // Both directions run until each side is done; one coroutine per direction.
+  int left = 2;
+  asio::steady_timer done(executor);
+  auto finish = [&](std::exception_ptr) {
+    if (--left == 0) done.cancel();
+  };
+  asio::co_spawn(executor, pump(app, up.stream, up_bytes), finish);
+  asio::co_spawn(executor, pump(up.stream, app, down_bytes), finish);
+  while (left > 0) co_await object_fetch::async_wait(done, std::chrono::seconds(1));
+  used->bytes_received += down_bytes;
+}
+
+/// One app connection: requests in order (keep-alive) until either side is done.
+awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::uint64_t session_id) {
+  beast::tcp_stream app(std::move(socket));
+  beast::flat_buffer app_buffer;
+  const auto& limits = proxy.config.proxy;
+  for (;;) {
+    http::request_parser<http::buffer_body> parser;
+    parser.header_limit(header_limit_bytes);
+    parser.body_limit(boost::none);
+    // An idle keep-alive connection is closed after the I/O timeout.
+    app.expires_after(as_duration(limits.io_timeout));
+    auto [ec, n] = co_await http::async_read_header(app, app_buffer, parser, nothrow);
+    if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == beast::error::timeout ||
+        ec == asio::error::connection_reset) {
+      break;
+    }
+    if (ec) {
+      spdlog::warn("[{}] bad request from app: {}", session_id, ec.message());
+      co_await async_write_error(app,
+                                 ec == http::error::header_limit ? http::status::request_header_fields_too_large
+                                                                 : http::status::bad_request,
+                                 "malformed request: " + ec.message(), 11, limits);
+      break;
+    }
+    const request_header& request = parser.get().base();
+    if (request.method() == http::verb::connect) {
+      co_await async_tunnel(app, app_buffer, proxy, request, session_id);
+      break;
+    }
+    auto target = parse_absolute_target(request.target());
+    if (!target) {
+      spdlog::warn("[{}] refused target '{}': not an http:// absolute URL", session_id,
+                   std::string(request.target()));
+      co_await async_write_error(app, http::status::bad_request,
+                                 "this proxy serves http:// URLs in absolute form (and CONNECT)",
+                                 request.version(), limits);
+      break;
+    }
+    const bool keep_alive = co_await async_serve_request(
+        request_context{app, proxy, request, *target, session_id}, app_buffer, parser);
+    if (!keep_alive) break;
+  }
+  error_code ignored;
+  app.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  app.close();
+}
+
+}  // namespace
+
+awaitable<void> run_proxy_listener(tcp::acceptor acceptor, proxy_context& context) {
+  auto executor = co_await asio::this_coro::executor;
+  asio::steady_timer slot_freed(executor);
+  for (;;) {
+    while (context.sessions_active >= context.config.proxy.max_connections) {
+      // At the limit, leave new connections in the kernel's backlog until one ends.
+      co_await object_fetch::async_wait(slot_freed, std::chrono::seconds(1));
+    }
+    auto [ec, socket] = co_await acceptor.async_accept(nothrow);
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+    if (ec) {
+      spdlog::warn("accept failed: {}", ec.message());
+      continue;
+    }
+    const std::uint64_t id = ++context.sessions_started;
+    ++context.sessions_active;
+    asio::co_spawn(executor, run_app_session(std::move(socket), context, id),
+                   [&context, &slot_freed, id](std::exception_ptr error) {
+                     if (error) {
+                       try {
+                         std::rethrow_exception(error);
+                       } catch (const std::exception& e) {
+                         spdlog::error("[{}] session ended by an error: {}", id, e.what());
+                       }
+                     }
+                     --context.sessions_active;
+                     slot_freed.cancel();
+                   });
+  }
+}
+
+}  // namespace fleety::mphttp

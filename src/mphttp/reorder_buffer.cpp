@@ -1,0 +1,58 @@
+#include "mphttp/reorder_buffer.hpp"
+
+#include <algorithm>
+
+namespace fleety::mphttp {
+
+std::uint64_t reorder_buffer::add(std::uint64_t offset, std::span<const char> data) {
+  std::uint64_t begin = std::max(offset, delivered_);
+  const std::uint64_t end = offset + data.size();
+  std::uint64_t stored = 0;
+  // Walk the held chunks that could overlap [begin, end) and store only the gaps.
+  auto it = chunks_.upper_bound(begin);
+  if (it != chunks_.begin()) {
+    auto prev = std::prev(it);
+    const std::uint64_t prev_begin = prev->first + (prev == chunks_.begin() ? front_consumed_ : 0);
+    const std::uint64_t prev_end = prev->first + prev->second.size();
+    if (prev_begin <= begin && prev_end > begin) begin = prev_end;
+  }
+  while (begin < end) {
+    it = chunks_.lower_bound(begin);
+    const std::uint64_t gap_end = it == chunks_.end() ? end : std::min(end, it->first);
+    if (gap_end > begin) {
+      const auto first = data.begin() + static_cast<std::ptrdiff_t>(begin - offset);
+      const auto last = data.begin() + static_cast<std::ptrdiff_t>(gap_end - offset);
+      chunks_.emplace(begin, std::vector<char>(first, last));
+      stored += gap_end - begin;
+    }
+    if (it == chunks_.end()) break;
+    begin = std::max(gap_end, it->first + it->second.size());
+  }
+  buffered_ += stored;
+  return stored;
+}
+
+std::span<const char> reorder_buffer::front() const {
+  if (chunks_.empty()) return {};
+  const auto& [offset, bytes] = *chunks_.begin();
+  if (offset + front_consumed_ != delivered_) return {};
+  return std::span<const char>(bytes).subspan(front_consumed_);
+}
+
+void reorder_buffer::consume(std::uint64_t bytes) {
+  while (bytes > 0 && !chunks_.empty()) {
+    auto first = chunks_.begin();
+    const std::uint64_t left = first->second.size() - front_consumed_;
+    const std::uint64_t take = std::min(left, bytes);
+    front_consumed_ += take;
+    delivered_ += take;
+    buffered_ -= take;
+    bytes -= take;
+    if (front_consumed_ == first->second.size()) {
+      chunks_.erase(first);
+      front_consumed_ = 0;
+    }
+  }
+}
+
+}  // namespace fleety::mphttp

@@ -1,0 +1,38 @@
+#pragma once
+// Bytes of one object that arrived out of order, kept until everything before them
+// has gone to the app. Pure data structure; the session bounds what it may hold by
+// only requesting ranges inside its window.
+
+#include <cstdint>
+#include <map>
+#include <span>
+#include <vector>
+
+namespace fleety::mphttp {
+
+class reorder_buffer {
+ public:
+  /// Starts delivering at `first_offset` (0 for a whole object).
+  explicit reorder_buffer(std::uint64_t first_offset = 0) : delivered_(first_offset) {}
+
+  /// Stores `data` found at `offset`. Bytes before the delivery point, and bytes already
+  /// held, are ignored (a range fetched twice counts once). Returns bytes newly stored.
+  std::uint64_t add(std::uint64_t offset, std::span<const char> data);
+
+  /// The next bytes for the app, contiguous from `delivered()`; empty when they are missing.
+  std::span<const char> front() const;
+
+  /// The app took `bytes` from the front.
+  void consume(std::uint64_t bytes);
+
+  std::uint64_t delivered() const { return delivered_; }
+  std::uint64_t buffered_bytes() const { return buffered_; }
+
+ private:
+  std::map<std::uint64_t, std::vector<char>> chunks_;  ///< start offset → bytes; never overlapping
+  std::uint64_t delivered_;                            ///< bytes before this went to the app
+  std::uint64_t front_consumed_ = 0;                   ///< bytes of the first chunk already taken
+  std::uint64_t buffered_ = 0;                         ///< bytes held, not yet delivered
+};
+
+}  // namespace fleety::mphttp

@@ -1,0 +1,167 @@
+#include "mphttp/scheduler.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace fleety::mphttp {
+namespace {
+
+/// Turns real-valued shares into whole bytes that sum exactly to `total`: rounds each
+/// to the nearest byte (so 4 999 999.9999 is 5 000 000), then the largest share absorbs
+/// the difference.
+std::vector<std::uint64_t> to_whole_bytes(const std::vector<double>& shares, std::uint64_t total) {
+  std::vector<std::uint64_t> whole(shares.size(), 0);
+  if (whole.empty()) return whole;
+  std::uint64_t assigned = 0;
+  for (std::size_t i = 0; i < shares.size(); ++i) {
+    const double clamped = std::clamp(shares[i], 0.0, static_cast<double>(total));
+    whole[i] = static_cast<std::uint64_t>(std::llround(clamped));
+    assigned += whole[i];
+  }
+  const auto largest = static_cast<std::size_t>(std::max_element(shares.begin(), shares.end()) - shares.begin());
+  while (assigned > total) {
+    // Take the excess from the largest shares first.
+    auto biggest = std::max_element(whole.begin(), whole.end());
+    const std::uint64_t cut = std::min(*biggest, assigned - total);
+    *biggest -= cut;
+    assigned -= cut;
+  }
+  whole[largest] += total - assigned;
+  return whole;
+}
+
+/// Equal completion over the paths flagged in `used`; clears flags of dropped paths.
+split_plan equal_completion_over(std::uint64_t total_bytes, std::span<const path_estimate> paths,
+                                 std::vector<bool> used) {
+  const auto d = static_cast<double>(total_bytes);
+  for (std::size_t i = 0; i < paths.size(); ++i) {
+    if (paths[i].rate_bytes_per_s <= 0) used[i] = false;
+  }
+  split_plan plan;
+  plan.kind = split_case::equal_completion;
+  std::vector<double> shares(paths.size(), 0.0);
+  // Each round drops at least one path or ends, so at most N rounds.
+  for (std::size_t round = 0; round <= paths.size(); ++round) {
+    double rate_sum = 0;
+    double weighted_lead = 0;
+    for (std::size_t i = 0; i < paths.size(); ++i) {
+      if (!used[i]) continue;
+      rate_sum += paths[i].rate_bytes_per_s;
+      weighted_lead += paths[i].rate_bytes_per_s * paths[i].lead_s;
+    }
+    if (rate_sum <= 0) break;
+    const double t = (d + weighted_lead) / rate_sum;
+    bool dropped = false;
+    for (std::size_t i = 0; i < paths.size(); ++i) {
+      if (!used[i]) continue;
+      shares[i] = paths[i].rate_bytes_per_s * (t - paths[i].lead_s);
+      if (shares[i] <= 0) {
+        used[i] = false;
+        shares[i] = 0;
+        dropped = true;
+      }
+    }
+    plan.completion_s = t;
+    if (!dropped) break;
+    std::fill(shares.begin(), shares.end(), 0.0);
+  }
+  if (std::none_of(used.begin(), used.end(), [](bool u) { return u; })) {
+    // No usable estimate at all: the first path carries the object.
+    std::fill(shares.begin(), shares.end(), 0.0);
+    if (!shares.empty()) shares[0] = d;
+    plan.kind = split_case::single_path;
+    plan.completion_s = paths.empty() || paths[0].rate_bytes_per_s <= 0
+                            ? 0
+                            : paths[0].lead_s + d / paths[0].rate_bytes_per_s;
+  }
+  plan.share_bytes = to_whole_bytes(shares, total_bytes);
+  return plan;
+}
+
+split_plan scaled(split_plan plan, std::uint64_t from_total, std::uint64_t to_total) {
+  if (from_total == to_total || from_total == 0) return plan;
+  std::vector<double> shares(plan.share_bytes.size());
+  const double factor = static_cast<double>(to_total) / static_cast<double>(from_total);
+  for (std::size_t i = 0; i < shares.size(); ++i) {
+    shares[i] = static_cast<double>(plan.share_bytes[i]) * factor;
+  }
+  plan.share_bytes = to_whole_bytes(shares, to_total);
+  return plan;
+}
+
+}  // namespace
+
+split_plan split_equal_completion(std::uint64_t total_bytes, std::span<const path_estimate> paths) {
+  return equal_completion_over(total_bytes, paths, std::vector<bool>(paths.size(), true));
+}
+
+split_plan plan_split(std::uint64_t total_bytes, std::span<const path_estimate> paths,
+                      const split_policy& policy) {
+  if (paths.empty()) return {};
+  if (!policy.cost_aware || paths.size() == 1) {
+    return split_equal_completion(total_bytes, paths);
+  }
+  const auto d = static_cast<double>(total_bytes);
+  const path_estimate& cheapest = paths[0];
+  // Case 1: the cheapest path alone is fast enough.
+  if (cheapest.rate_bytes_per_s > 0 &&
+      cheapest.lead_s + d / cheapest.rate_bytes_per_s <= policy.tolerance_s) {
+    split_plan plan;
+    plan.kind = split_case::single_path;
+    plan.share_bytes.assign(paths.size(), 0);
+    plan.share_bytes[0] = total_bytes;
+    plan.completion_s = cheapest.lead_s + d / cheapest.rate_bytes_per_s;
+    return plan;
+  }
+  // Case 2: even all paths together need more than T_tol.
+  split_plan everyone = split_equal_completion(total_bytes, paths);
+  if (everyone.completion_s > policy.tolerance_s) return everyone;
+  // Case 3: the smallest prefix that can finish within T_tol; its cheaper paths work
+  // until T_tol and its most expensive path takes what is left.
+  for (std::size_t k = 2; k <= paths.size(); ++k) {
+    std::vector<bool> prefix(paths.size(), false);
+    std::fill(prefix.begin(), prefix.begin() + static_cast<std::ptrdiff_t>(k), true);
+    split_plan candidate = equal_completion_over(total_bytes, paths, prefix);
+    if (candidate.completion_s > policy.tolerance_s && k < paths.size()) continue;
+    std::vector<double> shares(paths.size(), 0.0);
+    double filled = 0;
+    for (std::size_t i = 0; i + 1 < k; ++i) {
+      shares[i] = std::max(0.0, paths[i].rate_bytes_per_s * (policy.tolerance_s - paths[i].lead_s));
+      shares[i] = std::min(shares[i], d - filled);
+      filled += shares[i];
+    }
+    shares[k - 1] = d - filled;
+    split_plan plan;
+    plan.kind = split_case::tolerance_fill;
+    plan.share_bytes = to_whole_bytes(shares, total_bytes);
+    const path_estimate& last = paths[k - 1];
+    plan.completion_s =
+        last.rate_bytes_per_s > 0 ? last.lead_s + shares[k - 1] / last.rate_bytes_per_s : 0;
+    plan.completion_s = std::max(plan.completion_s, std::min(policy.tolerance_s, everyone.completion_s));
+    return plan;
+  }
+  return everyone;
+}
+
+std::uint64_t portion_bytes(std::span<const path_estimate> paths, double portion_time_s,
+                            double tolerance_s, std::uint64_t memory_bytes,
+                            std::uint64_t min_portion_bytes) {
+  double rate_sum = 0;
+  for (const auto& p : paths) rate_sum += std::max(0.0, p.rate_bytes_per_s);
+  const double wanted = rate_sum * std::max(portion_time_s, tolerance_s);
+  const auto wanted_bytes = static_cast<std::uint64_t>(std::min(wanted, 1e18));
+  return std::min(memory_bytes, std::max(wanted_bytes, min_portion_bytes));
+}
+
+split_plan plan_portion(std::uint64_t remaining, std::uint64_t portion,
+                        std::span<const path_estimate> paths, const split_policy& policy) {
+  portion = std::min(portion, remaining);
+  split_plan whole = plan_split(remaining, paths, policy);
+  if (whole.kind == split_case::equal_completion) {
+    return split_equal_completion(portion, paths);
+  }
+  return scaled(std::move(whole), remaining, portion);
+}
+
+}  // namespace fleety::mphttp

@@ -1,0 +1,69 @@
+#pragma once
+// The MPHTTP split (DESIGN.md "The MPHTTP scheduler", paper §4.2): how many bytes
+// of an object each path fetches so that all finish together, with Wi-Fi
+// priority. Pure functions of numbers: no sockets, no clocks.
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace fleety::mphttp {
+
+/// What the scheduler knows of one path when it plans.
+struct path_estimate {
+  double rate_bytes_per_s = 0;  ///< R_i, expected goodput
+  /// Time from now until the path's first byte of a new range would arrive: RTT_i for
+  /// a connected idle path, 2·RTT_i when a connection must be opened first, plus the
+  /// time the path still needs for the work it already has (its backlog).
+  double lead_s = 0;
+};
+
+/// The planning policy.
+struct split_policy {
+  /// true: Wi-Fi (the cheapest paths) first within `tolerance_s`; false: pure aggregation.
+  bool cost_aware = true;
+  double tolerance_s = 1.0;  ///< T_tol
+};
+
+/// Which of DESIGN.md's cases produced a plan (for logs, metrics and tests).
+enum class split_case {
+  single_path,        ///< case 1: the cheapest path alone finishes within T_tol
+  equal_completion,   ///< case 2 (or aggregate mode): all used paths finish at the same T
+  tolerance_fill,     ///< case 3: cheaper paths filled up to T_tol, the next takes the rest
+};
+
+struct split_plan {
+  std::vector<std::uint64_t> share_bytes;  ///< per path, same order as the input; sums to D
+  split_case kind = split_case::equal_completion;
+  double completion_s = 0;  ///< when the last used path is expected to finish
+};
+
+/// Equal completion over the paths: T = (D + Σ R_i·lead_i) / Σ R_i, D_i = R_i·(T − lead_i);
+/// paths whose share would be ≤ 0 are dropped and T recomputed. Shares are whole bytes
+/// summing exactly to `total_bytes`. Paths with rate ≤ 0 get nothing; if no path has a
+/// positive rate, the first path gets everything.
+split_plan split_equal_completion(std::uint64_t total_bytes, std::span<const path_estimate> paths);
+
+/// DESIGN.md's full rule. `paths` must be in cost order (cheapest first).
+/// Cost-aware: 1. the first path alone if lead_0 + D/R_0 ≤ T_tol; 2. equal completion over
+/// all paths if its T > T_tol; 3. otherwise the smallest prefix of paths whose equal
+/// completion fits in T_tol: all but its last path are filled up to T_tol and its last
+/// path takes the rest. Aggregate: equal completion over all paths.
+split_plan plan_split(std::uint64_t total_bytes, std::span<const path_estimate> paths,
+                      const split_policy& policy);
+
+/// Bytes of one portion (paper §4.2 "Buffer overhead"): S = min(M, ΣR·T_portion), but at
+/// least ΣR·T_tol in cost-aware mode (so case 3 fits in one portion) and at least
+/// `min_portion_bytes`, never more than M.
+std::uint64_t portion_bytes(std::span<const path_estimate> paths, double portion_time_s,
+                            double tolerance_s, std::uint64_t memory_bytes,
+                            std::uint64_t min_portion_bytes);
+
+/// Plans one portion of `portion` bytes out of `remaining` bytes still to be planned.
+/// The cost decision is taken on the whole remainder (Wi-Fi alone can finish the rest
+/// in time → Wi-Fi alone); case 2 is solved on the portion itself; cases 1 and 3 are
+/// solved on the remainder and scaled to the portion.
+split_plan plan_portion(std::uint64_t remaining, std::uint64_t portion,
+                        std::span<const path_estimate> paths, const split_policy& policy);
+
+}  // namespace fleety::mphttp

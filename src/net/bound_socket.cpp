@@ -1,0 +1,52 @@
+#include "net/bound_socket.hpp"
+
+#include <net/if.h>
+
+#include <cstddef>
+
+#include "net/kernel_tcp_info.hpp"
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+namespace fleety::net {
+
+boost::system::error_code open_bound(boost::asio::ip::tcp::socket& socket,
+                                     const boost::asio::ip::tcp& protocol,
+                                     const std::string& interface) {
+  boost::system::error_code ec;
+  socket.open(protocol, ec);
+  if (ec) return ec;
+  if (interface.empty()) return ec;
+  if (::setsockopt(socket.native_handle(), SOL_SOCKET, SO_BINDTODEVICE, interface.data(),
+                   static_cast<socklen_t>(interface.size())) != 0) {
+    ec.assign(errno, boost::system::system_category());
+    boost::system::error_code ignored;
+    socket.close(ignored);
+  }
+  return ec;
+}
+
+void close_with_reset(boost::asio::ip::tcp::socket& socket) {
+  if (!socket.is_open()) return;
+  boost::system::error_code ignored;
+  socket.set_option(boost::asio::socket_base::linger(true, 0), ignored);
+  socket.close(ignored);
+}
+
+std::optional<tcp_metrics> read_tcp_metrics(boost::asio::ip::tcp::socket& socket) {
+  if (!socket.is_open()) return std::nullopt;
+  kernel_tcp_sample sample;
+  if (!read_kernel_tcp_info(socket.native_handle(), sample)) return std::nullopt;
+  tcp_metrics metrics;
+  metrics.smoothed_rtt = std::chrono::microseconds(sample.rtt_us);
+  metrics.min_rtt = std::chrono::microseconds(sample.min_rtt_us);
+  metrics.delivery_rate_bps = sample.delivery_rate_Bps * 8;
+  metrics.retransmits = sample.total_retrans;
+  return metrics;
+}
+
+bool interface_exists(const std::string& interface) {
+  return ::if_nametoindex(interface.c_str()) != 0;
+}
+
+}  // namespace fleety::net

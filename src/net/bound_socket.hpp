@@ -1,0 +1,40 @@
+#pragma once
+// Sockets that belong to one path: opened bound to the path's interface so that
+// they leave through it whatever the routing table says, plus what the kernel
+// knows of a connection (TCP_INFO).
+
+#include <chrono>
+#include <optional>
+#include <string>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/system/error_code.hpp>
+
+namespace fleety::net {
+
+/// Opens `socket` for `protocol` and binds it to `interface` (SO_BINDTODEVICE). Needs
+/// CAP_NET_RAW. An empty interface leaves the socket unbound. The socket is closed again
+/// when binding fails.
+boost::system::error_code open_bound(boost::asio::ip::tcp::socket& socket,
+                                     const boost::asio::ip::tcp& protocol,
+                                     const std::string& interface);
+
+/// Closes with an RST instead of a FIN (SO_LINGER 0): used to stop a response we no
+/// longer want without reading the rest of it (paper §4.2: "we reset the connection").
+void close_with_reset(boost::asio::ip::tcp::socket& socket);
+
+/// The kernel's view of a TCP connection.
+struct tcp_metrics {
+  std::chrono::microseconds smoothed_rtt{0};
+  std::chrono::microseconds min_rtt{0};
+  std::uint64_t delivery_rate_bps = 0;  ///< bits per second; 0 if the kernel gives none
+  std::uint32_t retransmits = 0;
+};
+
+/// Reads TCP_INFO; nullopt if the socket is not a connected TCP socket.
+std::optional<tcp_metrics> read_tcp_metrics(boost::asio::ip::tcp::socket& socket);
+
+/// True when a network interface of that name exists in this network namespace.
+bool interface_exists(const std::string& interface);
+
+}  // namespace fleety::net

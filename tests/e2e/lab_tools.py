@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Small stdlib-only network tools run inside the lab's namespaces by the e2e
+tests (via `fleety-lab exec` / Lab.exec), each bounded in time:
+
+  lab_tools.py dns --server IP [--dev IFACE] [--type A|AAAA] NAME
+      one DNS query over UDP (socket bound with SO_BINDTODEVICE when --dev);
+      prints JSON {"rcode": .., "answers": [..], "elapsed_ms": ..}
+  lab_tools.py sink --bind IP [--port N] [--max-seconds S]
+      accepts one TCP connection, reads to EOF, records a byte timeline,
+      answers with a JSON summary on the connection and prints it
+  lab_tools.py upload --dst IP [--port N] [--dev IFACE] --bytes N [--max-seconds S]
+      sends N bytes to a sink, prints the sink's JSON summary
+"""
+
+import argparse
+import json
+import os
+import random
+import socket
+import struct
+import sys
+import time
+
+QTYPES = {"A": 1, "AAAA": 28}
+
+
+def bind_device(sock: socket.socket, dev: str | None) -> None:
+    if dev:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode() + b"\0")
+
+
+def encode_name(name: str) -> bytes:
+    out = b""
+    for label in name.rstrip(".").split("."):
+        out += bytes([len(label)]) + label.encode()
+    return out + b"\0"
+
+
+def skip_name(msg: bytes, off: int) -> int:
+    while True:
+        n = msg[off]
+        if n == 0:
+            return off + 1
+        if n & 0xC0 == 0xC0:
+            return off + 2
+        off += 1 + n
+
+
+def dns_query(server: str, name: str, qtype: str, dev: str | None, timeout: float) -> dict:
+    qid = random.randrange(65536)
+    query = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + encode_name(name) + struct.pack(
+        "!HH", QTYPES[qtype], 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    bind_device(s, dev)
+    s.settimeout(timeout)
+    t0 = time.monotonic()
+    s.sendto(query, (server, 53))
+    while True:
+        msg, _ = s.recvfrom(4096)
+        if len(msg) >= 12 and struct.unpack("!H", msg[:2])[0] == qid:
+            break
+    elapsed = (time.monotonic() - t0) * 1000
+    _, flags, qd, an, _, _ = struct.unpack("!HHHHHH", msg[:12])
+    off = 12
+    for _ in range(qd):
+        off = skip_name(msg, off) + 4
+    answers = []
+    for _ in range(an):
+        off = skip_name(msg, off)
+        rtype, _, _, rdlen = struct.unpack("!HHIH", msg[off:off + 10])
+        off += 10
+        rdata = msg[off:off + rdlen]
+        off += rdlen
+        if rtype == 1 and rdlen == 4:
+            answers.append(socket.inet_ntoa(rdata))
+        elif rtype == 28 and rdlen == 16:
+            answers.append(socket.inet_ntop(socket.AF_INET6, rdata))
+    return {"rcode": flags & 0xF, "answers": answers, "elapsed_ms": round(elapsed, 2)}
+
+
+def sink(bind: str, port: int, max_seconds: float) -> dict:
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((bind, port))
+    ls.listen(1)
+    ls.settimeout(max_seconds)
+    print(json.dumps({"listening": f"{bind}:{port}"}), flush=True)
+    conn, peer = ls.accept()
+    deadline = time.monotonic() + max_seconds
+    conn.settimeout(max_seconds)
+    total = 0
+    first = None
+    timeline = []  # (seconds since first byte, bytes), every >= 20 ms
+    last_mark = 0.0
+    while time.monotonic() < deadline:
+        data = conn.recv(1 << 18)
+        now = time.monotonic()
+        if not data:
+            break
+        if first is None:
+            first = now
+        total += len(data)
+        if now - last_mark >= 0.02:
+            timeline.append((round(now - first, 4), total))
+            last_mark = now
+    end = time.monotonic()
+    summary = {"peer": f"{peer[0]}:{peer[1]}", "bytes": total,
+               "seconds": round(end - first, 4) if first else 0.0,
+               "timeline": timeline + [(round(end - first, 4) if first else 0.0, total)]}
+    try:
+        conn.sendall(json.dumps(summary).encode())
+    finally:
+        conn.close()
+        ls.close()
+    return summary
+
+
+def upload(dst: str, port: int, dev: str | None, nbytes: int, max_seconds: float) -> dict:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    bind_device(s, dev)
+    s.settimeout(max_seconds)
+    t0 = time.monotonic()
+    s.connect((dst, port))
+    block = os.urandom(1 << 16)
+    left = nbytes
+    deadline = t0 + max_seconds
+    while left > 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError("upload took longer than --max-seconds")
+        n = s.send(block[:min(left, len(block))])
+        left -= n
+    s.shutdown(socket.SHUT_WR)
+    reply = b""
+    while True:
+        data = s.recv(65536)
+        if not data:
+            break
+        reply += data
+    summary = json.loads(reply)
+    summary["client_seconds"] = round(time.monotonic() - t0, 4)
+    return summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("dns")
+    d.add_argument("--server", required=True)
+    d.add_argument("--dev")
+    d.add_argument("--type", default="A", choices=sorted(QTYPES))
+    d.add_argument("--timeout", type=float, default=3.0)
+    d.add_argument("name")
+    k = sub.add_parser("sink")
+    k.add_argument("--bind", required=True)
+    k.add_argument("--port", type=int, default=5001)
+    k.add_argument("--max-seconds", type=float, default=30.0)
+    u = sub.add_parser("upload")
+    u.add_argument("--dst", required=True)
+    u.add_argument("--port", type=int, default=5001)
+    u.add_argument("--dev")
+    u.add_argument("--bytes", type=int, required=True)
+    u.add_argument("--max-seconds", type=float, default=30.0)
+    a = ap.parse_args()
+    if a.cmd == "dns":
+        print(json.dumps(dns_query(a.server, a.name, a.type, a.dev, a.timeout)))
+    elif a.cmd == "sink":
+        print(json.dumps(sink(a.bind, a.port, a.max_seconds)))
+    else:
+        print(json.dumps(upload(a.dst, a.port, a.dev, a.bytes, a.max_seconds)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

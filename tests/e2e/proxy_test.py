@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""fleetyd as an explicit HTTP proxy in the two-path lab (issue 3).
+
+curl in the client namespace downloads through fleetyd; every test checks what the
+app received (sha256, status) and where the bytes went (interface counters in the
+client namespace, the CDNs' access logs). Paths are shaped faster than in the
+benchmark to keep the suite quick; realistic rates belong to bench/aggregation.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import unittest
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "lab"))
+
+from fleety_lab import Lab  # noqa: E402
+from harness import Fleetyd, curl, object_sha256  # noqa: E402
+
+PREFIX = "flp"
+CDN_URL = "http://cdn.fleety.test"
+SUMMARY = re.compile(r"→ 200 multipath: .*?; (?P<paths>.*)$", re.M)
+PATH_PART = re.compile(r"(?P<name>\w+): (?P<bytes>\d+) bytes \(planned (?P<planned>\d+), (?P<ranges>\d+) ranges, (?P<stolen>\d+) taken over\)")
+
+
+def multipath_summaries(log: str) -> list[dict[str, dict[str, int]]]:
+    """Per multipath download in fleetyd's log: {path: {bytes, planned, ranges}}."""
+    out = []
+    for m in SUMMARY.finditer(log):
+        out.append({p["name"]: {k: int(p[k]) for k in ("bytes", "planned", "ranges", "stolen")}
+                    for p in PATH_PART.finditer(m["paths"])})
+    return out
+
+
+class ProxyInLab(unittest.TestCase):
+    lab: Lab
+    fleetyd: Fleetyd
+
+    @classmethod
+    def setUpClass(cls):
+        cls.lab = Lab(PREFIX)
+        cls.lab.__enter__()
+        try:
+            cls.lab.up(wifi="80mbit/5ms", cell="50mbit/10ms")
+            cls.fleetyd = Fleetyd(cls.lab)
+            cls.fleetyd.start()
+        except BaseException:
+            cls.lab.__exit__(None, None, None)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            if getattr(cls, "fleetyd", None):
+                cls.fleetyd.stop()
+                print("--- fleetyd log (tail) ---\n" + "\n".join(cls.fleetyd.log().splitlines()[-15:]))
+        finally:
+            cls.lab.__exit__(None, None, None)
+
+    def fetch_split(self, name: str, url: str | None = None):
+        before = len(multipath_summaries(self.fleetyd.log()))
+        t = curl(self.lab, url or f"{CDN_URL}/{name}", proxy=self.fleetyd.proxy_url, timeout=120)
+        self.assertEqual(t.exit_code, 0, t.stderr)
+        self.assertEqual(t.http_code, "200")
+        self.assertEqual(t.sha256, object_sha256(name), "the app received other bytes than the origin's")
+        summaries = multipath_summaries(self.fleetyd.log())
+        self.assertEqual(len(summaries), before + 1, "fleetyd did not report one multipath download")
+        return t, summaries[-1]
+
+    def assert_split_matches_interfaces(self, t, summary, size: int):
+        wifi, cell = summary["wifi"], summary["cell"]
+        # Both paths carried a real part of the object.
+        self.assertGreater(wifi["bytes"], size * 0.1, summary)
+        self.assertGreater(cell["bytes"], size * 0.1, summary)
+        self.assertEqual(wifi["bytes"] + cell["bytes"], size, summary)
+        # What each path carried matches the plan within 10% of the object size.
+        self.assertLessEqual(abs(wifi["bytes"] - wifi["planned"]), 0.10 * size, summary)
+        self.assertLessEqual(abs(cell["bytes"] - cell["planned"]), 0.10 * size, summary)
+        # The interfaces saw that split: the sockets really are bound to their paths.
+        rx_wlan, rx_rmnet = t.iface_rx["wlan0"], t.iface_rx["rmnet0"]
+        self.assertGreater(rx_wlan + rx_rmnet, size, t.iface_rx)
+        self.assertLess(rx_wlan + rx_rmnet, size * 1.15, t.iface_rx)
+        share_iface = rx_rmnet / (rx_wlan + rx_rmnet)
+        share_planned = cell["planned"] / size
+        self.assertLessEqual(abs(share_iface - share_planned), 0.10,
+                             f"cellular share on the interface {share_iface:.3f}, planned {share_planned:.3f}")
+
+    def test_10MB_split_over_both_paths(self):
+        t, summary = self.fetch_split("10MB")
+        self.assert_split_matches_interfaces(t, summary, 10_000_000)
+
+    def test_100MB_split_over_both_paths(self):
+        t, summary = self.fetch_split("100MB")
+        self.assert_split_matches_interfaces(t, summary, 100_000_000)
+        print(f"100MB through fleety: {t.mbit_s:.1f} Mbit/s, {summary}")
+
+    def test_each_path_asks_its_own_cdn(self):
+        """Each path's requests go to the address its own resolver gave, Host unchanged."""
+        state = Path(self.lab.info()["state_dir"])
+        logs = {n: state / f"nginx-{n}.access.log" for n in ("wifi", "cell")}
+        sizes = {n: p.stat().st_size if p.exists() else 0 for n, p in logs.items()}
+        self.fetch_split("10MB")
+        new = {n: p.read_text()[sizes[n]:] for n, p in logs.items()}
+        # The wifi CDN (198.18.10.1) saw range requests only from the wlan0 address and
+        # the cell CDN (198.18.20.1) only from the rmnet0 address.
+        self.assertIn("198.18.1.2 198.18.10.1:80", new["wifi"])
+        self.assertIn("198.18.2.2 198.18.20.1:80", new["cell"])
+        self.assertNotIn("198.18.2.2", new["wifi"])
+        self.assertNotIn("198.18.1.2", new["cell"])
+        self.assertIn('range="bytes=', new["cell"])
+
+    def test_literal_address_url_is_split_too(self):
+        t, summary = self.fetch_split("10MB", url="http://198.18.10.1/10MB")
+        self.assertGreater(summary["cell"]["bytes"], 0)
+        self.assertGreater(t.iface_rx["rmnet0"], 1_000_000)
+
+    def test_1MB_passes_unsplit_on_one_path(self):
+        t = curl(self.lab, f"{CDN_URL}/1MB", proxy=self.fleetyd.proxy_url, timeout=60)
+        self.assertEqual(t.exit_code, 0, t.stderr)
+        self.assertEqual(t.sha256, object_sha256("1MB"))
+        self.assertGreater(t.iface_rx["wlan0"], 1_000_000)
+        # Not a byte of the object on cellular (a few hundred bytes of ARP/ND at most).
+        self.assertLess(t.iface_rx["rmnet0"], 20_000, t.iface_rx)
+        self.assertRegex(self.fleetyd.log(), r"/1MB → 200 one path \(small object\)")
+
+    def test_errors_reach_the_app_unchanged(self):
+        t = curl(self.lab, f"{CDN_URL}/no-such-object", proxy=self.fleetyd.proxy_url, timeout=30)
+        self.assertEqual(t.http_code, "404")
+        t = curl(self.lab, "http://nonexistent.fleety.test/x", proxy=self.fleetyd.proxy_url, timeout=30)
+        self.assertEqual(t.http_code, "502")
+
+    def test_keep_alive_serves_several_requests_on_one_connection(self):
+        # curl reuses its proxy connection for URLs given together.
+        t = curl(self.lab, f"{CDN_URL}/1MB", proxy=self.fleetyd.proxy_url, timeout=60,
+                 extra=[f"{CDN_URL}/1MB", "-o", "/dev/null", "-w", "%{http_code} %{num_connects} "])
+        self.assertEqual(t.exit_code, 0, t.stderr)
+        self.assertEqual(t.sha256, object_sha256("1MB"))
+        self.assertEqual(t.http_code.split(), ["200", "1", "200", "0"])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,149 @@
+#include "core/config.hpp"
+
+#include <gtest/gtest.h>
+
+namespace fleety::core {
+namespace {
+
+constexpr const char* minimal = R"(
+[proxy]
+listen = "127.0.0.1:3128"
+
+[[path]]
+name = "wifi"
+interface = "wlan0"
+kind = "wifi"
+
+[[path]]
+name = "cell"
+interface = "rmnet0"
+kind = "cellular"
+)";
+
+TEST(Config, MinimalFileFromTheIssueWorksAsItIs) {
+  auto config = parse_config(minimal, "fleety.toml");
+  ASSERT_TRUE(config) << config.error();
+  EXPECT_EQ(config->proxy.listen_address, "127.0.0.1");
+  EXPECT_EQ(config->proxy.listen_port, 3128);
+  ASSERT_EQ(config->paths.size(), 2U);
+  EXPECT_EQ(config->paths[0].name, "wifi");
+  EXPECT_EQ(config->paths[0].cost, 0);
+  EXPECT_EQ(config->paths[1].kind, path_kind::cellular);
+  EXPECT_EQ(config->paths[1].cost, 10);
+  EXPECT_EQ(config->scheduler.mode, scheduler_mode::cost);
+  EXPECT_EQ(config->scheduler.tolerance, std::chrono::seconds(1));
+}
+
+TEST(Config, CellularListedFirstStillComesAfterWifi) {
+  auto config = parse_config(R"(
+[[path]]
+name = "cell"
+interface = "rmnet0"
+kind = "cellular"
+[[path]]
+name = "wifi"
+interface = "wlan0"
+kind = "wifi"
+)",
+                             "f.toml");
+  ASSERT_TRUE(config) << config.error();
+  EXPECT_EQ(config->paths[0].name, "wifi");
+  EXPECT_EQ(config->paths[1].name, "cell");
+}
+
+TEST(Config, EverySettingIsRead) {
+  auto config = parse_config(R"(
+[proxy]
+listen = "[::1]:8080"
+connect_timeout = "2s"
+io_timeout = "10s"
+max_connections = 64
+[scheduler]
+mode = "aggregate"
+tolerance = "500ms"
+portion_time = "3s"
+memory_per_session = "64MiB"
+min_split_size = "1MB"
+overlap = 128
+default_rate = "5mbit"
+default_rtt = "80ms"
+[log]
+level = "debug"
+[[path]]
+name = "wifi"
+interface = "wlan0"
+kind = "wifi"
+cost = 3
+dns = ["198.18.0.53", "198.18.0.54:5353"]
+rate = "20mbit"
+rtt = "50ms"
+)",
+                             "f.toml");
+  ASSERT_TRUE(config) << config.error();
+  EXPECT_EQ(config->proxy.listen_address, "::1");
+  EXPECT_EQ(config->proxy.listen_port, 8080);
+  EXPECT_EQ(config->proxy.connect_timeout, std::chrono::seconds(2));
+  EXPECT_EQ(config->proxy.max_connections, 64U);
+  EXPECT_EQ(config->scheduler.mode, scheduler_mode::aggregate);
+  EXPECT_EQ(config->scheduler.tolerance, std::chrono::milliseconds(500));
+  EXPECT_EQ(config->scheduler.memory_per_session_bytes, 64U << 20);
+  EXPECT_EQ(config->scheduler.min_split_bytes, 1'000'000U);
+  EXPECT_EQ(config->scheduler.overlap_bytes, 128U);
+  EXPECT_EQ(config->scheduler.default_rate_bps, 5'000'000U);
+  EXPECT_EQ(config->log_level, "debug");
+  EXPECT_EQ(config->paths[0].cost, 3);
+  EXPECT_EQ(config->paths[0].dns_servers.size(), 2U);
+  EXPECT_EQ(config->paths[0].prior_rate_bps, 20'000'000U);
+  EXPECT_EQ(config->paths[0].prior_rtt, std::chrono::milliseconds(50));
+}
+
+struct bad_case {
+  const char* text;
+  const char* expected;  // a substring of the one-line error
+};
+
+class ConfigError : public testing::TestWithParam<bad_case> {};
+
+TEST_P(ConfigError, NamesFileLineAndProblem) {
+  auto config = parse_config(GetParam().text, "fleety.toml");
+  ASSERT_FALSE(config);
+  EXPECT_NE(config.error().find(GetParam().expected), std::string::npos) << config.error();
+  EXPECT_EQ(config.error().find('\n'), std::string::npos) << "one line: " << config.error();
+  EXPECT_EQ(config.error().rfind("fleety.toml", 0), 0U) << config.error();
+}
+
+constexpr const char* one_path = "[[path]]\nname = \"wifi\"\ninterface = \"wlan0\"\nkind = \"wifi\"\n";
+
+INSTANTIATE_TEST_SUITE_P(
+    BadConfigs, ConfigError,
+    testing::Values(
+        bad_case{"[proxy]\nlisten = \"127.0.0.1:3128\"\n", "no [[path]]"},
+        bad_case{"[[path]]\nname = \"wifi\"\nkind = \"wifi\"\n", "needs 'interface'"},
+        bad_case{"[[path]]\nname = \"w\"\ninterface = \"wlan0\"\nkind = \"wlan\"\n",
+                 "fleety.toml:4: path 'w': unknown kind 'wlan'"},
+        bad_case{"[proxy]\nlisten = \"127.0.0.1\"\n", "fleety.toml:2: proxy.listen '127.0.0.1' must be ADDRESS:PORT"},
+        bad_case{"[proxy]\nlisten = \"127.0.0.1:99999\"\n", "is not a port number"},
+        bad_case{"[proxy]\nlisen = \"127.0.0.1:1\"\n", "fleety.toml:2: unknown key 'lisen' in [proxy]"},
+        bad_case{"[scheduler]\nmode = \"fast\"\n", "scheduler.mode 'fast' is unknown"},
+        bad_case{"[scheduler]\ntolerance = \"1\"\n", "not a duration"},
+        bad_case{"[scheduler]\nmemory_per_session = \"1KiB\"\n", "memory_per_session must be from"},
+        bad_case{"[[path]]\nname = \"a\"\ninterface = \"wlan0\"\nkind = \"wifi\"\n"
+                 "[[path]]\nname = \"a\"\ninterface = \"rmnet0\"\nkind = \"cellular\"\n",
+                 "path name 'a' is used twice"},
+        bad_case{"[[path]]\nname = \"a\"\ninterface = \"wlan0\"\nkind = \"wifi\"\n"
+                 "[[path]]\nname = \"b\"\ninterface = \"wlan0\"\nkind = \"cellular\"\n",
+                 "interface 'wlan0' is used by two paths"},
+        bad_case{"[[path]]\nname = \"a\"\ninterface = \"a/b\"\nkind = \"wifi\"\n", "not a valid interface name"},
+        bad_case{"[[path]]\nname = \"a\"\ninterface = \"w\"\nkind = \"wifi\"\nrate = \"fast\"\n",
+                 "fleety.toml:5: path.rate"},
+        bad_case{"[proxy\n", "fleety.toml:1:"},
+        bad_case{"[log]\nlevel = \"loud\"\n", "log.level 'loud' is unknown"}));
+
+TEST(Config, MissingFileIsNamed) {
+  auto config = load_config("/nonexistent/fleety.toml");
+  ASSERT_FALSE(config);
+  EXPECT_EQ(config.error(), "/nonexistent/fleety.toml: cannot open the config file");
+}
+
+}  // namespace
+}  // namespace fleety::core

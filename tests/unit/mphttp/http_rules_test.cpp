@@ -1,0 +1,125 @@
+#include "mphttp/http_rules.hpp"
+
+#include <gtest/gtest.h>
+
+namespace fleety::mphttp {
+namespace {
+namespace http = boost::beast::http;
+
+TEST(ParseAbsoluteTarget, HostPortPathQuery) {
+  auto t = parse_absolute_target("http://cdn.fleety.test:8080/videos/a.ts?x=1");
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->host, "cdn.fleety.test");
+  EXPECT_EQ(t->port, 8080);
+  EXPECT_EQ(t->origin_form, "/videos/a.ts?x=1");
+  EXPECT_EQ(t->authority, "cdn.fleety.test:8080");
+}
+
+TEST(ParseAbsoluteTarget, DefaultsAndLiterals) {
+  auto t = parse_absolute_target("http://198.18.10.1");
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->port, 80);
+  EXPECT_EQ(t->origin_form, "/");
+  auto v6 = parse_absolute_target("http://[::1]:81/x");
+  ASSERT_TRUE(v6);
+  EXPECT_EQ(v6->host, "::1");
+}
+
+TEST(ParseAbsoluteTarget, RefusesWhatItCannotServe) {
+  EXPECT_FALSE(parse_absolute_target("/origin-form"));
+  EXPECT_FALSE(parse_absolute_target("https://example.test/"));
+  EXPECT_FALSE(parse_absolute_target("http://user:pw@example.test/"));
+  EXPECT_FALSE(parse_absolute_target("http://example.test:0/"));
+  EXPECT_FALSE(parse_absolute_target("http://example.test:70000/"));
+}
+
+TEST(StripHopByHop, RemovesConnectionAndTheFieldsItNames) {
+  http::fields fields;
+  fields.set(http::field::connection, "keep-alive, X-Private");
+  fields.set("X-Private", "1");
+  fields.set(http::field::keep_alive, "timeout=5");
+  fields.set(http::field::proxy_connection, "keep-alive");
+  fields.set(http::field::transfer_encoding, "chunked");
+  fields.set(http::field::user_agent, "curl");
+  strip_hop_by_hop(fields);
+  EXPECT_EQ(fields.find("X-Private"), fields.end());
+  EXPECT_EQ(fields.find(http::field::connection), fields.end());
+  EXPECT_EQ(fields.find(http::field::keep_alive), fields.end());
+  EXPECT_EQ(fields.find(http::field::transfer_encoding), fields.end());
+  EXPECT_EQ(fields[http::field::user_agent], "curl");
+}
+
+TEST(ParseContentRange, ValidAndInvalid) {
+  auto r = parse_content_range("bytes 100-199/1000");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->first, 100U);
+  EXPECT_EQ(r->last, 199U);
+  EXPECT_EQ(r->complete_length, 1000U);
+  EXPECT_FALSE(parse_content_range("bytes 100-199/*"));
+  EXPECT_FALSE(parse_content_range("bytes 200-100/1000"));
+  EXPECT_FALSE(parse_content_range("bytes 0-1000/1000"));
+  EXPECT_FALSE(parse_content_range("items 0-1/2"));
+  EXPECT_FALSE(parse_content_range("bytes -1-5/10"));
+}
+
+TEST(StrongValidator, PrefersStrongEtagThenLastModified) {
+  response_header h;
+  h.set(http::field::etag, "\"abc\"");
+  h.set(http::field::last_modified, "Sat, 28 Nov 2026 00:00:00 GMT");
+  EXPECT_EQ(strong_validator(h), "\"abc\"");
+  h.set(http::field::etag, "W/\"abc\"");
+  EXPECT_EQ(strong_validator(h), "Sat, 28 Nov 2026 00:00:00 GMT");
+}
+
+struct split_fixture {
+  request_header request;
+  response_header response;
+  split_fixture() {
+    request.method(http::verb::get);
+    response.result(http::status::ok);
+    response.set(http::field::content_length, "10000000");
+    response.set(http::field::accept_ranges, "bytes");
+  }
+};
+
+TEST(DecideSplit, LargeGetSplits) {
+  split_fixture f;
+  EXPECT_EQ(decide_split(f.request, f.response, 2'000'000, 2), split_verdict::split);
+}
+
+TEST(DecideSplit, ReasonsNotToSplit) {
+  {
+    split_fixture f;
+    EXPECT_EQ(decide_split(f.request, f.response, 20'000'000, 2), split_verdict::too_small);
+    EXPECT_EQ(decide_split(f.request, f.response, 2'000'000, 1), split_verdict::single_path_only);
+  }
+  {
+    split_fixture f;
+    f.request.method(http::verb::post);
+    EXPECT_EQ(decide_split(f.request, f.response, 0, 2), split_verdict::not_get);
+  }
+  {
+    split_fixture f;
+    f.request.set(http::field::range, "bytes=0-10");
+    EXPECT_EQ(decide_split(f.request, f.response, 0, 2), split_verdict::app_conditional);
+  }
+  {
+    split_fixture f;
+    f.response.result(http::status::not_found);
+    EXPECT_EQ(decide_split(f.request, f.response, 0, 2), split_verdict::not_ok);
+  }
+  {
+    split_fixture f;
+    f.response.erase(http::field::content_length);
+    f.response.set(http::field::transfer_encoding, "chunked");
+    EXPECT_EQ(decide_split(f.request, f.response, 0, 2), split_verdict::unknown_length);
+  }
+  {
+    split_fixture f;
+    f.response.set(http::field::accept_ranges, "none");
+    EXPECT_EQ(decide_split(f.request, f.response, 0, 2), split_verdict::no_ranges);
+  }
+}
+
+}  // namespace
+}  // namespace fleety::mphttp

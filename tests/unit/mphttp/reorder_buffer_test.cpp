@@ -1,0 +1,71 @@
+#include "mphttp/reorder_buffer.hpp"
+
+#include <string>
+
+#include <gtest/gtest.h>
+
+namespace fleety::mphttp {
+namespace {
+
+std::span<const char> bytes(const std::string& s) { return {s.data(), s.size()}; }
+
+std::string drain(reorder_buffer& buffer) {
+  std::string out;
+  for (auto front = buffer.front(); !front.empty(); front = buffer.front()) {
+    out.append(front.data(), front.size());
+    buffer.consume(front.size());
+  }
+  return out;
+}
+
+TEST(ReorderBuffer, InOrderDataPassesStraightThrough) {
+  reorder_buffer buffer;
+  EXPECT_EQ(buffer.add(0, bytes("hello ")), 6U);
+  EXPECT_EQ(drain(buffer), "hello ");
+  buffer.add(6, bytes("world"));
+  EXPECT_EQ(drain(buffer), "world");
+  EXPECT_EQ(buffer.delivered(), 11U);
+  EXPECT_EQ(buffer.buffered_bytes(), 0U);
+}
+
+TEST(ReorderBuffer, LaterRangeWaitsForTheEarlierOne) {
+  reorder_buffer buffer;
+  buffer.add(5, bytes("56789"));
+  EXPECT_TRUE(buffer.front().empty());
+  EXPECT_EQ(buffer.buffered_bytes(), 5U);
+  buffer.add(0, bytes("01234"));
+  EXPECT_EQ(drain(buffer), "0123456789");
+}
+
+TEST(ReorderBuffer, OverlapsAndDuplicatesCountOnce) {
+  reorder_buffer buffer;
+  buffer.add(0, bytes("0123"));
+  buffer.add(6, bytes("6789"));
+  // Covers held bytes on both sides and the gap between.
+  EXPECT_EQ(buffer.add(2, bytes("23456789")), 2U);
+  EXPECT_EQ(buffer.add(0, bytes("0123456789")), 0U);
+  EXPECT_EQ(drain(buffer), "0123456789");
+}
+
+TEST(ReorderBuffer, BytesAlreadyDeliveredAreIgnored) {
+  reorder_buffer buffer;
+  buffer.add(0, bytes("abcdef"));
+  auto front = buffer.front();
+  buffer.consume(3);  // the app took "abc"
+  EXPECT_EQ(front.size(), 6U);
+  EXPECT_EQ(buffer.add(0, bytes("abcdefgh")), 2U);
+  EXPECT_EQ(drain(buffer), "defgh");
+}
+
+TEST(ReorderBuffer, EverySplitPointGivesTheSameBytes) {
+  const std::string object = "the quick brown fox jumps over the lazy dog";
+  for (std::size_t cut = 0; cut <= object.size(); ++cut) {
+    reorder_buffer buffer;
+    buffer.add(cut, bytes(object.substr(cut)));
+    buffer.add(0, bytes(object.substr(0, cut)));
+    EXPECT_EQ(drain(buffer), object) << "cut=" << cut;
+  }
+}
+
+}  // namespace
+}  // namespace fleety::mphttp

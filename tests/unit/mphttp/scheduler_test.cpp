@@ -1,0 +1,175 @@
+#include "mphttp/scheduler.hpp"
+
+#include <numeric>
+
+#include <gtest/gtest.h>
+
+namespace fleety::mphttp {
+namespace {
+
+constexpr double mbit = 1e6 / 8;  // bytes per second in one Mbit/s
+
+std::uint64_t sum(const split_plan& plan) {
+  return std::accumulate(plan.share_bytes.begin(), plan.share_bytes.end(), std::uint64_t{0});
+}
+
+TEST(SplitEqualCompletion, EqualPathsShareEqually) {
+  // 100 MB over 20 + 20 Mbit/s, 50 ms each: T = (1e8 + 2·2.5e6·0.05) / 5e6 = 20.05 s.
+  const path_estimate paths[] = {{/*rate=*/20 * mbit, /*lead=*/0.05}, {20 * mbit, 0.05}};
+  const auto plan = split_equal_completion(100'000'000, paths);
+  EXPECT_NEAR(plan.completion_s, 20.05, 1e-9);
+  EXPECT_EQ(plan.share_bytes[0], 50'000'000U);
+  EXPECT_EQ(plan.share_bytes[1], 50'000'000U);
+}
+
+TEST(SplitEqualCompletion, FasterAndNearerPathTakesMore) {
+  // 10 MB over 50 Mbit/s (lead 50 ms) and 20 Mbit/s (lead 100 ms):
+  // T = (1e7 + 6.25e6·0.05 + 2.5e6·0.1) / 8.75e6 = 1.2071428… s
+  // D1 = 6.25e6·(T − 0.05) = 7 232 142.9, D2 = 2.5e6·(T − 0.1) = 2 767 857.1
+  const path_estimate paths[] = {{50 * mbit, 0.05}, {20 * mbit, 0.10}};
+  const auto plan = split_equal_completion(10'000'000, paths);
+  EXPECT_NEAR(plan.completion_s, 1.2071428571, 1e-9);
+  EXPECT_NEAR(static_cast<double>(plan.share_bytes[0]), 7'232'142.86, 1.0);
+  EXPECT_NEAR(static_cast<double>(plan.share_bytes[1]), 2'767'857.14, 1.0);
+  EXPECT_EQ(sum(plan), 10'000'000U);
+}
+
+TEST(SplitEqualCompletion, PathThatCannotHelpIsDropped) {
+  // 1 MB at 1 MB/s each, but path 2 only starts after 5 s: T would be 3 s, D2 < 0,
+  // so path 2 is dropped and path 1 alone finishes at 1 s.
+  const path_estimate paths[] = {{1e6, 0.0}, {1e6, 5.0}};
+  const auto plan = split_equal_completion(1'000'000, paths);
+  EXPECT_EQ(plan.share_bytes[0], 1'000'000U);
+  EXPECT_EQ(plan.share_bytes[1], 0U);
+  EXPECT_NEAR(plan.completion_s, 1.0, 1e-9);
+}
+
+TEST(SplitEqualCompletion, ZeroRatePathGetsNothing) {
+  const path_estimate paths[] = {{0.0, 0.05}, {20 * mbit, 0.05}};
+  const auto plan = split_equal_completion(5'000'000, paths);
+  EXPECT_EQ(plan.share_bytes[0], 0U);
+  EXPECT_EQ(plan.share_bytes[1], 5'000'000U);
+}
+
+TEST(SplitEqualCompletion, NoRateAtAllFallsBackToFirstPath) {
+  const path_estimate paths[] = {{0.0, 0.0}, {0.0, 0.0}};
+  const auto plan = split_equal_completion(123, paths);
+  EXPECT_EQ(plan.share_bytes[0], 123U);
+  EXPECT_EQ(plan.kind, split_case::single_path);
+}
+
+TEST(SplitEqualCompletion, TinyObjectsSumExactly) {
+  const path_estimate paths[] = {{3.0, 0.0}, {3.0, 0.0}, {3.0, 0.0}};
+  for (std::uint64_t d = 0; d < 20; ++d) {
+    EXPECT_EQ(sum(split_equal_completion(d, paths)), d) << "D=" << d;
+  }
+}
+
+TEST(SplitEqualCompletion, UnknownRttIsZeroLead) {
+  const path_estimate paths[] = {{2e6, 0.0}, {1e6, 0.0}};
+  const auto plan = split_equal_completion(3'000'000, paths);
+  EXPECT_EQ(plan.share_bytes[0], 2'000'000U);
+  EXPECT_EQ(plan.share_bytes[1], 1'000'000U);
+}
+
+const split_policy cost{/*cost_aware=*/true, /*tolerance_s=*/1.0};
+const split_policy aggregate{/*cost_aware=*/false, /*tolerance_s=*/1.0};
+
+TEST(PlanSplit, Case1WifiAloneWhenItFinishesWithinTolerance) {
+  // 1 MB on 20 Mbit/s Wi-Fi: 0.05 + 0.4 = 0.45 s ≤ 1 s.
+  const path_estimate paths[] = {{20 * mbit, 0.05}, {20 * mbit, 0.05}};
+  const auto plan = plan_split(1'000'000, paths, cost);
+  EXPECT_EQ(plan.kind, split_case::single_path);
+  EXPECT_EQ(plan.share_bytes[0], 1'000'000U);
+  EXPECT_EQ(plan.share_bytes[1], 0U);
+  EXPECT_NEAR(plan.completion_s, 0.45, 1e-9);
+}
+
+TEST(PlanSplit, Case2EqualCompletionWhenEvenBothNeedLongerThanTolerance) {
+  // 10 MB: T = (1e7 + 2.5e5) / 5e6 = 2.05 s > 1 s.
+  const path_estimate paths[] = {{20 * mbit, 0.05}, {20 * mbit, 0.05}};
+  const auto plan = plan_split(10'000'000, paths, cost);
+  EXPECT_EQ(plan.kind, split_case::equal_completion);
+  EXPECT_EQ(plan.share_bytes[0], 5'000'000U);
+  EXPECT_EQ(plan.share_bytes[1], 5'000'000U);
+}
+
+TEST(PlanSplit, Case3WifiFilledToToleranceCellularTakesTheRest) {
+  // 3 MB: Wi-Fi alone 1.25 s > 1 s; both T = 0.65 s ≤ 1 s →
+  // Wi-Fi 2.5e6·(1 − 0.05) = 2 375 000, cellular 625 000.
+  const path_estimate paths[] = {{20 * mbit, 0.05}, {20 * mbit, 0.05}};
+  const auto plan = plan_split(3'000'000, paths, cost);
+  EXPECT_EQ(plan.kind, split_case::tolerance_fill);
+  EXPECT_EQ(plan.share_bytes[0], 2'375'000U);
+  EXPECT_EQ(plan.share_bytes[1], 625'000U);
+}
+
+TEST(PlanSplit, AggregateModeIgnoresTolerance) {
+  const path_estimate paths[] = {{20 * mbit, 0.05}, {20 * mbit, 0.05}};
+  const auto plan = plan_split(1'000'000, paths, aggregate);
+  EXPECT_EQ(plan.kind, split_case::equal_completion);
+  EXPECT_EQ(plan.share_bytes[0], 500'000U);
+  EXPECT_EQ(plan.share_bytes[1], 500'000U);
+}
+
+TEST(PlanSplit, ThreePathsInCostOrderUseTheSmallestPrefixThatFits) {
+  // Wi-Fi 1 MB/s, wired 1 MB/s, cellular 1 MB/s, no lead; 2.5 MB:
+  // Wi-Fi alone 2.5 s; all three T = 0.833 s ≤ 1; first two T = 1.25 s > 1;
+  // so all three: Wi-Fi and wired filled to 1 s (1 MB each), cellular 0.5 MB.
+  const path_estimate paths[] = {{1e6, 0.0}, {1e6, 0.0}, {1e6, 0.0}};
+  const auto plan = plan_split(2'500'000, paths, cost);
+  EXPECT_EQ(plan.kind, split_case::tolerance_fill);
+  EXPECT_EQ(plan.share_bytes[0], 1'000'000U);
+  EXPECT_EQ(plan.share_bytes[1], 1'000'000U);
+  EXPECT_EQ(plan.share_bytes[2], 500'000U);
+}
+
+TEST(PlanSplit, SlowWifiStillUsedFirstInCost) {
+  // Wi-Fi 0.5 Mbit/s, cellular 20 Mbit/s, 10 MB: both needed for long → equal completion,
+  // Wi-Fi gets its small rate share: T = (1e7 + 62500·0.05 + 2.5e6·0.05)/2 562 500.
+  const path_estimate paths[] = {{0.5 * mbit, 0.05}, {20 * mbit, 0.05}};
+  const auto plan = plan_split(10'000'000, paths, cost);
+  EXPECT_EQ(plan.kind, split_case::equal_completion);
+  const double t = (1e7 + 62'500 * 0.05 + 2.5e6 * 0.05) / 2'562'500;
+  EXPECT_NEAR(static_cast<double>(plan.share_bytes[0]), 62'500 * (t - 0.05), 1.0);
+}
+
+TEST(PortionBytes, CombinedRateTimesPortionTimeCappedByMemory) {
+  const path_estimate paths[] = {{20 * mbit, 0.05}, {20 * mbit, 0.05}};
+  EXPECT_EQ(portion_bytes(paths, /*portion_time_s=*/2.0, /*tolerance_s=*/1.0,
+                          /*memory_bytes=*/32 << 20, /*min_portion_bytes=*/1 << 20),
+            10'000'000U);
+  EXPECT_EQ(portion_bytes(paths, 2.0, 1.0, /*memory_bytes=*/4 << 20, 1 << 20), 4U << 20);
+  // Never below the tolerance's worth, so case 3 fits in one portion.
+  EXPECT_EQ(portion_bytes(paths, 0.5, 1.0, 32 << 20, 1 << 20), 5'000'000U);
+  // Never below the floor.
+  const path_estimate slow[] = {{1000.0, 0.05}};
+  EXPECT_EQ(portion_bytes(slow, 2.0, 1.0, 32 << 20, 1 << 20), 1U << 20);
+}
+
+TEST(PlanPortion, LargeObjectPortionIsSplitByEqualCompletion) {
+  const path_estimate paths[] = {{20 * mbit, 0.05}, {20 * mbit, 0.05}};
+  const auto plan = plan_portion(/*remaining=*/100'000'000, /*portion=*/10'000'000, paths, cost);
+  EXPECT_EQ(plan.kind, split_case::equal_completion);
+  EXPECT_EQ(plan.share_bytes[0], 5'000'000U);
+  EXPECT_EQ(plan.share_bytes[1], 5'000'000U);
+}
+
+TEST(PlanPortion, LastSmallRemainderGoesToWifiAlone) {
+  const path_estimate paths[] = {{20 * mbit, 0.05}, {20 * mbit, 0.05}};
+  const auto plan = plan_portion(/*remaining=*/1'000'000, /*portion=*/10'000'000, paths, cost);
+  EXPECT_EQ(plan.kind, split_case::single_path);
+  EXPECT_EQ(plan.share_bytes[0], 1'000'000U);
+}
+
+TEST(PlanPortion, BusyPathGetsLessOfTheNextPortion) {
+  // Cellular still needs 1 s for its current range: it joins the next portion late.
+  const path_estimate paths[] = {{20 * mbit, 0.05}, {20 * mbit, 1.05}};
+  const auto plan = plan_portion(100'000'000, 10'000'000, paths, aggregate);
+  // T = (1e7 + 2.5e6·0.05 + 2.5e6·1.05) / 5e6 = 2.55 s → 6.25 MB and 3.75 MB.
+  EXPECT_EQ(plan.share_bytes[0], 6'250'000U);
+  EXPECT_EQ(plan.share_bytes[1], 3'750'000U);
+}
+
+}  // namespace
+}  // namespace fleety::mphttp
