@@ -577,14 +577,23 @@ class Lab:
 
     def _wait_ready(self, role: str, p: subprocess.Popen, check, what: str,
                     timeout: float = 5.0) -> None:
+        """Waits until check(pid) holds for the helper, read through
+        /proc/<pid>/net once the helper is inside its namespace."""
+        rec = next(r for r in self._read_json("pids.json", []) if r["pid"] == p.pid)
+        want_ns = _ns_inode(rec["ns"])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            try:
+                st = os.stat(f"/proc/{p.pid}/ns/net")
+                in_ns = (st.st_dev, st.st_ino) == want_ns
+            except OSError:
+                in_ns = False
             if p.poll() is not None:
                 log = (self.state_dir / f"{role}.log").read_text(errors="replace")
                 lines = [l for l in log.strip().splitlines() if l.strip()]
                 raise LabError(f"{role} exited ({p.returncode}) before {what}: "
                                f"{lines[-1] if lines else 'no output'}")
-            if check(p.pid):
+            if in_ns and check(p.pid):
                 return
             time.sleep(0.02)
         raise LabError(f"{role} not {what} after {timeout:g}s "
@@ -870,7 +879,7 @@ class Lab:
                 "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
                 "--no-hosts", "--no-poll", "--bind-interfaces", f"--listen-address={p.dns}",
                 "--port=53", "--user=root", "--group=root", f"--host-record={CDN_NAME},{p.cdn}",
-                "--local=/fleety.test/", "--log-queries", "--log-facility=-",
+                "--local=/fleety.test/", "--local-ttl=300", "--log-queries", "--log-facility=-",
                 f"--pid-file={self.state_dir / (role + '.pid')}"])
             self._wait_ready(role, proc,
                              lambda pid, a=p.dns: self._proc_net_has(pid, "udp", _hex_addr(a, 53)),

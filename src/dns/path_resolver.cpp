@@ -3,22 +3,11 @@
 #include <ares.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstdint>
-#include <cstring>
-#include <limits>
-#include <list>
-#include <optional>
-#include <stdexcept>
-#include <string_view>
-#include <system_error>
-#include <unordered_map>
-#include <utility>
-
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/append.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
@@ -30,7 +19,17 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <spdlog/spdlog.h>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <list>
+#include <optional>
+#include <stdexcept>
+#include <string_view>
+#include <system_error>
+#include <unordered_map>
+#include <utility>
 
 namespace fleety::dns {
 
@@ -182,8 +181,8 @@ std::optional<std::string> normalise_server(std::string_view text, std::string& 
   }
   unsigned long port_number = 53;
   if (!port.empty()) {
-    if (port.size() > 5 || !std::all_of(port.begin(), port.end(),
-                                        [](char c) { return c >= '0' && c <= '9'; })) {
+    if (port.size() > 5 ||
+        !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       why = "port is not a number";
       return std::nullopt;
     }
@@ -288,11 +287,11 @@ struct path_resolver::impl {
           handler(std::move(handler_in)),
           deadline(executor) {}
 
-    impl* owner;                      ///< not owned; outlives the query (see above)
-    std::string name;                 ///< normalised host name, also the cache key
-    resolve_handler handler;          ///< empty once the waiter was completed or gave up
-    asio::cancellation_slot slot;     ///< the waiter's slot, cleared before completing
-    asio::steady_timer deadline;      ///< whole-query deadline (options::timeout)
+    impl* owner;                   ///< not owned; outlives the query (see above)
+    std::string name;              ///< normalised host name, also the cache key
+    resolve_handler handler;       ///< empty once the waiter was completed or gave up
+    asio::cancellation_slot slot;  ///< the waiter's slot, cleared before completing
+    asio::steady_timer deadline;   ///< whole-query deadline (options::timeout)
   };
 
   /// Asio's view of one socket c-ares opened. Non-owning: c-ares closes the fd.
@@ -307,12 +306,12 @@ struct path_resolver::impl {
     socket_watcher(const socket_watcher&) = delete;
     socket_watcher& operator=(const socket_watcher&) = delete;
 
-    impl* owner;                                   ///< not owned; outlives the watcher
-    ares_socket_t fd;                              ///< owned by c-ares
-    asio::posix::stream_descriptor descriptor;     ///< wraps fd, never closes it
-    bool want_read = false;                        ///< c-ares' last wish, from on_socket_state
+    impl* owner;                                ///< not owned; outlives the watcher
+    ares_socket_t fd;                           ///< owned by c-ares
+    asio::posix::stream_descriptor descriptor;  ///< wraps fd, never closes it
+    bool want_read = false;                     ///< c-ares' last wish, from on_socket_state
     bool want_write = false;
-    bool read_pending = false;                     ///< an async_wait(read) is outstanding
+    bool read_pending = false;  ///< an async_wait(read) is outstanding
     bool write_pending = false;
   };
 
@@ -519,7 +518,7 @@ void path_resolver::impl::start_query(resolve_handler handler, std::string name)
   });
 
   ares_addrinfo_hints hints{};
-  hints.ai_family = AF_UNSPEC;  // A and AAAA, in parallel
+  hints.ai_family = AF_UNSPEC;      // A and AAAA, in parallel
   hints.ai_flags = ARES_AI_NOSORT;  // we order IPv4 first ourselves
   spdlog::debug("dns[{}]: query {}", options_.interface, q->name);
   // May call on_addrinfo before it returns (e.g. no usable socket): `q` keeps the record
@@ -547,8 +546,9 @@ void path_resolver::impl::abandon(query& q, errc why) {
   // c-ares cannot cancel a single query (ares_cancel ends them all). Leave the others
   // running while someone waits for them; their answers may still fill the cache. Once
   // nobody waits, end them all so no socket or timer stays busy for nothing.
-  const bool anyone_waiting = std::any_of(queries_.begin(), queries_.end(),
-                                          [](const auto& entry) { return bool(entry.second->handler); });
+  const bool anyone_waiting = std::any_of(queries_.begin(), queries_.end(), [](const auto& entry) {
+    return static_cast<bool>(entry.second->handler);
+  });
   if (!anyone_waiting) {
     ares_cancel(channel_);
     update_timer();
@@ -564,13 +564,16 @@ void path_resolver::impl::on_addrinfo(void* arg, int status, int /*timeouts*/,
   if (node.empty()) return;  // cannot happen: c-ares calls back once per query
   const std::shared_ptr<query> q = std::move(node.mapped());
 
-  resolve_result result = status == ARES_SUCCESS ? to_resolution(info)
-                                                 : resolve_result(make_error_code(from_ares_status(status)));
+  resolve_result result = status == ARES_SUCCESS
+                              ? to_resolution(info)
+                              : resolve_result(make_error_code(from_ares_status(status)));
   if (result) {
+    const resolution& value = result.value();
     spdlog::debug("dns[{}]: {} → {} address(es), ttl {}s", self.options_.interface, q->name,
-                  result->addresses.size(), result->ttl.count());
-    self.cache_put(q->name, *result);
-  } else {
+                  value.addresses.size(), value.ttl.count());
+    // Also when the waiter has left (deadline, cancellation): the next caller benefits.
+    self.cache_put(q->name, value);
+  } else if (q->handler) {
     spdlog::debug("dns[{}]: {} failed: {} ({})", self.options_.interface, q->name,
                   result.error().message(), ares_strerror(status));
   }

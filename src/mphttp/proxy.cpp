@@ -398,9 +398,10 @@ class object_fetch {
       }
     }
     if (victim == work_.size()) return;
-    work_[index].queue.push_back(work_[victim].queue.back());
+    const byte_range moved = work_[victim].queue.back();
     work_[victim].queue.pop_back();
-    ++work_[index].stolen;
+    work_[index].queue.push_back(moved);
+    reassign(victim, index, moved.size());
   }
 
   /// DESIGN.md: "when a path runs dry while another still has a long tail, the tail of
@@ -434,7 +435,14 @@ class object_fetch {
     spdlog::debug("path {} takes [{}, {}) from path {} ({:.2f} s left there)", thief.path->config.name, cut,
                   slow.current->end, slow.path->config.name, longest);
     slow.current->end = cut;
-    ++thief.stolen;
+    reassign(victim, index, plan.share_bytes[1]);
+  }
+
+  /// Rebalancing moved `bytes` of the plan from path `from` to path `to`.
+  void reassign(std::size_t from, std::size_t to, std::uint64_t bytes) {
+    planned_share_[from] -= std::min(planned_share_[from], bytes);
+    planned_share_[to] += bytes;
+    ++work_[to].stolen;
   }
 
   const core::config& config_;
@@ -443,7 +451,9 @@ class object_fetch {
   reorder_buffer buffer_;
   std::deque<byte_range> orphans_;            ///< ranges given back by failed paths, by offset
   std::uint64_t planned_until_ = 0;           ///< bytes before this are assigned to some path
-  std::vector<std::uint64_t> planned_share_;  ///< bytes planned per path (for logs and tests)
+  /// Bytes the scheduler assigned to each path: the portion plans, then the rebalancing
+  /// moves (for logs and tests).
+  std::vector<std::uint64_t> planned_share_;
   asio::steady_timer writer_wake_;
   bool stopping_ = false;
 };

@@ -72,21 +72,23 @@ class ProxyInLab(unittest.TestCase):
 
     def assert_split_matches_interfaces(self, t, summary, size: int):
         wifi, cell = summary["wifi"], summary["cell"]
-        # Both paths carried a real part of the object.
+        # Both paths carried a real part of the object, and every byte came once.
         self.assertGreater(wifi["bytes"], size * 0.1, summary)
         self.assertGreater(cell["bytes"], size * 0.1, summary)
         self.assertEqual(wifi["bytes"] + cell["bytes"], size, summary)
-        # What each path carried matches the plan within 10% of the object size.
-        self.assertLessEqual(abs(wifi["bytes"] - wifi["planned"]), 0.10 * size, summary)
-        self.assertLessEqual(abs(cell["bytes"] - cell["planned"]), 0.10 * size, summary)
-        # The interfaces saw that split: the sockets really are bound to their paths.
+        self.assertEqual(wifi["planned"] + cell["planned"], size, summary)
+        # The bytes counted on each interface match the scheduler's split within 10% of
+        # the object size (the counters include TCP/IP headers, ~4.5%, and what a path
+        # received past the point where it was stopped).
         rx_wlan, rx_rmnet = t.iface_rx["wlan0"], t.iface_rx["rmnet0"]
-        self.assertGreater(rx_wlan + rx_rmnet, size, t.iface_rx)
-        self.assertLess(rx_wlan + rx_rmnet, size * 1.15, t.iface_rx)
-        share_iface = rx_rmnet / (rx_wlan + rx_rmnet)
-        share_planned = cell["planned"] / size
-        self.assertLessEqual(abs(share_iface - share_planned), 0.10,
-                             f"cellular share on the interface {share_iface:.3f}, planned {share_planned:.3f}")
+        self.assertLessEqual(abs(rx_wlan - wifi["planned"]), 0.10 * size,
+                             f"wlan0 received {rx_wlan}, planned {wifi['planned']}")
+        self.assertLessEqual(abs(rx_rmnet - cell["planned"]), 0.10 * size,
+                             f"rmnet0 received {rx_rmnet}, planned {cell['planned']}")
+        # Waste stays bounded: headers plus the in-flight bytes of stopped responses.
+        self.assertLess(rx_wlan + rx_rmnet, size * 1.20, t.iface_rx)
+        print(f"{size} B: wlan0 rx {rx_wlan} (planned {wifi['planned']}), rmnet0 rx {rx_rmnet} "
+              f"(planned {cell['planned']}), overhead {(rx_wlan + rx_rmnet) / size - 1:.3f}")
 
     def test_10MB_split_over_both_paths(self):
         t, summary = self.fetch_split("10MB")
