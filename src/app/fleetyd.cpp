@@ -1,16 +1,16 @@
 // fleetyd: wiring only. Reads the config, opens one resolver per path and the proxy
 // listener, runs until SIGINT/SIGTERM.
 
-#include <cstdlib>
-#include <iostream>
-#include <string>
+#include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/signal_set.hpp>
-#include <spdlog/spdlog.h>
+#include <cstdlib>
+#include <iostream>
+#include <string>
 
 #include "core/config.hpp"
 #include "core/log.hpp"
@@ -41,10 +41,10 @@ int run(const core::config& config) {
     auto resolver = std::make_unique<dns::path_resolver>(io.get_executor(), options);
     mphttp::path_runtime runtime{
         path_config, std::move(resolver),
-        mphttp::path_estimator(path_config.prior_rate_bps ? path_config.prior_rate_bps
-                                                          : config.scheduler.default_rate_bps,
-                               path_config.prior_rtt.count() ? path_config.prior_rtt
-                                                             : config.scheduler.default_rtt)};
+        mphttp::path_estimator(
+            path_config.prior_rate_bps ? path_config.prior_rate_bps
+                                       : config.scheduler.default_rate_bps,
+            path_config.prior_rtt.count() ? path_config.prior_rtt : config.scheduler.default_rtt)};
     paths.push_back(std::move(runtime));
   }
   if (present == 0) {
@@ -59,7 +59,8 @@ int run(const core::config& config) {
   boost::system::error_code ec;
   const auto address = asio::ip::make_address(config.proxy.listen_address, ec);
   if (ec) {
-    std::cerr << "fleetyd: proxy.listen: '" << config.proxy.listen_address << "' is not an IP address\n";
+    std::cerr << "fleetyd: proxy.listen: '" << config.proxy.listen_address
+              << "' is not an IP address\n";
     return 1;
   }
   const asio::ip::tcp::endpoint endpoint(address, config.proxy.listen_port);
@@ -69,21 +70,24 @@ int run(const core::config& config) {
   if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
   if (ec) {
     std::cerr << "fleetyd: cannot listen on " << endpoint << ": " << ec.message()
-              << (ec == asio::error::address_in_use ? " (another program uses this port: pick another "
-                                                      "proxy.listen or stop it)"
-                                                    : "")
+              << (ec == asio::error::address_in_use
+                      ? " (another program uses this port: pick another "
+                        "proxy.listen or stop it)"
+                      : "")
               << "\n";
     return 1;
   }
   if (!address.is_loopback()) {
-    spdlog::warn("proxy.listen {} is not a loopback address: anyone who can reach it can use fleety",
-                 config.proxy.listen_address);
+    spdlog::warn(
+        "proxy.listen {} is not a loopback address: anyone who can reach it can use fleety",
+        config.proxy.listen_address);
   }
 
   mphttp::proxy_context context{config, paths};
-  asio::co_spawn(io, mphttp::run_proxy_listener(std::move(acceptor), context), [](std::exception_ptr e) {
-    if (e) std::rethrow_exception(e);
-  });
+  asio::co_spawn(io, mphttp::run_proxy_listener(std::move(acceptor), context),
+                 [](std::exception_ptr e) {
+                   if (e) std::rethrow_exception(e);
+                 });
 
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code&, int signal) {
@@ -96,13 +100,13 @@ int run(const core::config& config) {
     summary += fmt::format("{}{} ({}, {}, cost {})", summary.empty() ? "" : ", ", p.config.name,
                            p.config.interface, core::to_string(p.config.kind), p.config.cost);
   }
-  spdlog::info("fleetyd listening on {}; paths: {}; scheduler {}", fmt::format("{}:{}",
-               config.proxy.listen_address, config.proxy.listen_port), summary,
+  spdlog::info("fleetyd listening on {}; paths: {}; scheduler {}",
+               fmt::format("{}:{}", config.proxy.listen_address, config.proxy.listen_port), summary,
                config.scheduler.mode == core::scheduler_mode::cost ? "cost" : "aggregate");
   io.run();
   for (const auto& p : paths) {
-    spdlog::info("path {}: {} received in {} requests", p.config.name, core::format_size(p.bytes_received),
-                 p.requests);
+    spdlog::info("path {}: {} received in {} requests", p.config.name,
+                 core::format_size(p.bytes_received), p.requests);
   }
   return 0;
 }
@@ -115,7 +119,8 @@ int main(int argc, char** argv) {
   std::string log_level;
   bool check_only = false;
   app.add_option("-c,--config", config_path, "configuration file (TOML)");
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error (overrides [log] level)");
+  app.add_option("--log-level", log_level,
+                 "trace, debug, info, warn, error (overrides [log] level)");
   app.add_flag("--check", check_only, "validate the configuration and exit");
   CLI11_PARSE(app, argc, argv);
 

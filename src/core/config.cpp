@@ -1,13 +1,13 @@
 #include "core/config.hpp"
 
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
 #include <algorithm>
 #include <charconv>
 #include <fstream>
 #include <set>
 #include <sstream>
-
-#include <fmt/format.h>
-#include <toml++/toml.h>
 
 #include "core/units.hpp"
 
@@ -33,8 +33,8 @@ std::optional<std::string> check_keys(const context& ctx, const toml::table& tab
     if (std::find(known.begin(), known.end(), key.str()) == known.end()) {
       std::string list;
       for (auto k : known) list += fmt::format("{}{}", list.empty() ? "" : ", ", k);
-      return fmt::format("{}unknown key '{}' in {} (known: {})", ctx.where(node), key.str(), section,
-                         list);
+      return fmt::format("{}unknown key '{}' in {} (known: {})", ctx.where(node), key.str(),
+                         section, list);
     }
   }
   return std::nullopt;
@@ -55,8 +55,8 @@ std::optional<std::string> read_string(const context& ctx, const toml::table& ta
 
 template <class Parsed, class Parser, class Store>
 std::optional<std::string> read_unit(const context& ctx, const toml::table& table,
-                                     std::string_view key, std::string_view section,
-                                     Parser parser, Store store) {
+                                     std::string_view key, std::string_view section, Parser parser,
+                                     Store store) {
   const toml::node* node = table.get(key);
   if (node == nullptr) return std::nullopt;
   std::string text;
@@ -89,7 +89,8 @@ std::optional<std::string> read_proxy(const context& ctx, const toml::table& tab
                          ctx.where(*node), listen);
     }
     std::string host = listen.substr(0, colon);
-    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+      host = host.substr(1, host.size() - 2);
     unsigned port = 0;
     const std::string port_text = listen.substr(colon + 1);
     auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
@@ -101,7 +102,8 @@ std::optional<std::string> read_proxy(const context& ctx, const toml::table& tab
     proxy.listen_port = static_cast<std::uint16_t>(port);
   }
   auto store_duration = [](std::chrono::microseconds& target) {
-    return [&target](std::chrono::microseconds value, const toml::node&) -> std::optional<std::string> {
+    return [&target](std::chrono::microseconds value,
+                     const toml::node&) -> std::optional<std::string> {
       target = value;
       return std::nullopt;
     };
@@ -111,8 +113,8 @@ std::optional<std::string> read_proxy(const context& ctx, const toml::table& tab
                                                     store_duration(proxy.connect_timeout))) {
     return e;
   }
-  if (auto e = read_unit<std::chrono::microseconds>(ctx, table, "io_timeout", "proxy", parse_duration,
-                                                    store_duration(proxy.io_timeout))) {
+  if (auto e = read_unit<std::chrono::microseconds>(
+          ctx, table, "io_timeout", "proxy", parse_duration, store_duration(proxy.io_timeout))) {
     return e;
   }
   if (const toml::node* node = table.get("max_connections")) {
@@ -143,8 +145,8 @@ std::optional<std::string> read_path(const context& ctx, const toml::table& tabl
   // IFNAMSIZ is 16 including the terminating NUL.
   if (path.interface.empty() || path.interface.size() > 15 ||
       path.interface.find_first_of("/ \t") != std::string::npos) {
-    return fmt::format("{}path '{}': '{}' is not a valid interface name", ctx.where(*table.get("interface")),
-                       path.name, path.interface);
+    return fmt::format("{}path '{}': '{}' is not a valid interface name",
+                       ctx.where(*table.get("interface")), path.name, path.interface);
   }
   std::string kind;
   if (auto e = read_string(ctx, table, "kind", "path", kind)) return e;
@@ -171,8 +173,8 @@ std::optional<std::string> read_path(const context& ctx, const toml::table& tabl
     auto add = [&](const toml::node& entry) -> std::optional<std::string> {
       const auto* s = entry.as_string();
       if (s == nullptr || s->get().empty()) {
-        return fmt::format("{}path '{}': dns must be a list of server addresses",
-                           ctx.where(entry), path.name);
+        return fmt::format("{}path '{}': dns must be a list of server addresses", ctx.where(entry),
+                           path.name);
       }
       path.dns_servers.push_back(s->get());
       return std::nullopt;
@@ -185,12 +187,14 @@ std::optional<std::string> read_path(const context& ctx, const toml::table& tabl
       return e;
     }
   }
-  if (auto e = read_unit<std::uint64_t>(ctx, table, "rate", "path", parse_rate_bps,
-                                        [&](std::uint64_t v, const toml::node& n) -> std::optional<std::string> {
-                                          if (v == 0) return fmt::format("{}path '{}': rate must be above 0", ctx.where(n), path.name);
-                                          path.prior_rate_bps = v;
-                                          return std::nullopt;
-                                        })) {
+  if (auto e = read_unit<std::uint64_t>(
+          ctx, table, "rate", "path", parse_rate_bps,
+          [&](std::uint64_t v, const toml::node& n) -> std::optional<std::string> {
+            if (v == 0)
+              return fmt::format("{}path '{}': rate must be above 0", ctx.where(n), path.name);
+            path.prior_rate_bps = v;
+            return std::nullopt;
+          })) {
     return e;
   }
   return read_unit<std::chrono::microseconds>(
@@ -246,33 +250,44 @@ std::optional<std::string> read_scheduler(const context& ctx, const toml::table&
   };
   using us = std::chrono::microseconds;
   if (auto e = read_unit<us>(ctx, table, "tolerance", "scheduler", parse_duration,
-                             duration_into(s.tolerance, us(0), "tolerance"))) return e;
+                             duration_into(s.tolerance, us(0), "tolerance")))
+    return e;
   if (auto e = read_unit<us>(ctx, table, "portion_time", "scheduler", parse_duration,
-                             duration_into(s.portion_time, us(100'000), "portion_time"))) return e;
+                             duration_into(s.portion_time, us(100'000), "portion_time")))
+    return e;
   if (auto e = read_unit<us>(ctx, table, "default_rtt", "scheduler", parse_duration,
-                             duration_into(s.default_rtt, us(0), "default_rtt"))) return e;
-  if (auto e = read_unit<std::uint64_t>(ctx, table, "memory_per_session", "scheduler", parse_size_bytes,
-                                        size_into(s.memory_per_session_bytes, 1ULL << 20, 4ULL << 30,
-                                                  "memory_per_session"))) return e;
-  if (auto e = read_unit<std::uint64_t>(ctx, table, "min_split_size", "scheduler", parse_size_bytes,
-                                        size_into(s.min_split_bytes, 0, 1ULL << 40, "min_split_size"))) return e;
+                             duration_into(s.default_rtt, us(0), "default_rtt")))
+    return e;
+  if (auto e = read_unit<std::uint64_t>(
+          ctx, table, "memory_per_session", "scheduler", parse_size_bytes,
+          size_into(s.memory_per_session_bytes, 1ULL << 20, 4ULL << 30, "memory_per_session")))
+    return e;
+  if (auto e =
+          read_unit<std::uint64_t>(ctx, table, "min_split_size", "scheduler", parse_size_bytes,
+                                   size_into(s.min_split_bytes, 0, 1ULL << 40, "min_split_size")))
+    return e;
   if (auto e = read_unit<std::uint64_t>(ctx, table, "overlap", "scheduler", parse_size_bytes,
-                                        size_into(s.overlap_bytes, 0, 1ULL << 20, "overlap"))) return e;
-  return read_unit<std::uint64_t>(ctx, table, "default_rate", "scheduler", parse_rate_bps,
-                                  [&](std::uint64_t v, const toml::node& n) -> std::optional<std::string> {
-                                    if (v == 0) return fmt::format("{}scheduler.default_rate must be above 0", ctx.where(n));
-                                    s.default_rate_bps = v;
-                                    return std::nullopt;
-                                  });
+                                        size_into(s.overlap_bytes, 0, 1ULL << 20, "overlap")))
+    return e;
+  return read_unit<std::uint64_t>(
+      ctx, table, "default_rate", "scheduler", parse_rate_bps,
+      [&](std::uint64_t v, const toml::node& n) -> std::optional<std::string> {
+        if (v == 0) return fmt::format("{}scheduler.default_rate must be above 0", ctx.where(n));
+        s.default_rate_bps = v;
+        return std::nullopt;
+      });
 }
 
 }  // namespace
 
 std::string_view to_string(path_kind kind) {
   switch (kind) {
-    case path_kind::wifi: return "wifi";
-    case path_kind::cellular: return "cellular";
-    case path_kind::wired: return "wired";
+    case path_kind::wifi:
+      return "wifi";
+    case path_kind::cellular:
+      return "cellular";
+    case path_kind::wired:
+      return "wired";
   }
   return "unknown";
 }
@@ -283,8 +298,8 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
   try {
     root = toml::parse(toml_text, source_name);
   } catch (const toml::parse_error& error) {
-    return make_error(fmt::format("{}:{}: {}", source_name, error.source().begin.line,
-                                  error.description()));
+    return make_error(
+        fmt::format("{}:{}: {}", source_name, error.source().begin.line, error.description()));
   }
   config result;
   if (auto e = check_keys(ctx, root, "the file", {"proxy", "path", "scheduler", "log"})) {
@@ -307,14 +322,15 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
     if (auto e = read_string(ctx, *table, "level", "log", result.log_level)) return make_error(*e);
     static const std::set<std::string> levels{"trace", "debug", "info", "warn", "error", "off"};
     if (!levels.contains(result.log_level)) {
-      return make_error(fmt::format("{}log.level '{}' is unknown (trace, debug, info, warn, error, off)",
-                                    ctx.where(*table->get("level")), result.log_level));
+      return make_error(
+          fmt::format("{}log.level '{}' is unknown (trace, debug, info, warn, error, off)",
+                      ctx.where(*table->get("level")), result.log_level));
     }
   }
   const toml::node* paths = root.get("path");
   if (paths == nullptr) {
-    return make_error(fmt::format("{}: no [[path]]: name at least one uplink (name, interface, kind)",
-                                  source_name));
+    return make_error(fmt::format(
+        "{}: no [[path]]: name at least one uplink (name, interface, kind)", source_name));
   }
   const auto* path_array = paths->as_array();
   if (path_array == nullptr) {
@@ -331,8 +347,8 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
       return make_error(fmt::format("{}path name '{}' is used twice", ctx.where(entry), path.name));
     }
     if (!interfaces.insert(path.interface).second) {
-      return make_error(fmt::format("{}interface '{}' is used by two paths", ctx.where(entry),
-                                    path.interface));
+      return make_error(
+          fmt::format("{}interface '{}' is used by two paths", ctx.where(entry), path.interface));
     }
     result.paths.push_back(std::move(path));
   }

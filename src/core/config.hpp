@@ -29,7 +29,7 @@ struct path_config {
   /// system's resolvers (/etc/resolv.conf), still queried through this path's interface.
   std::vector<std::string> dns_servers;
   /// Prior estimates used until the path has been measured.
-  std::uint64_t prior_rate_bps = 0;  ///< 0: use [scheduler] default_rate
+  std::uint64_t prior_rate_bps = 0;        ///< 0: use [scheduler] default_rate
   std::chrono::microseconds prior_rtt{0};  ///< 0: use [scheduler] default_rtt
 };
 

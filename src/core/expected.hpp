@@ -14,13 +14,16 @@ struct error_message {
   std::string text;
 };
 
-inline error_message make_error(std::string text) { return error_message{std::move(text)}; }
+inline error_message make_error(std::string text) {
+  return error_message{std::move(text)};
+}
 
 template <class T>
 class [[nodiscard]] expected {
  public:
-  expected(T value) : state_(std::move(value)) {}                  // NOLINT(google-explicit-constructor)
-  expected(error_message error) : state_(std::move(error)) {}      // NOLINT(google-explicit-constructor)
+  expected(T value) : state_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  expected(error_message error)
+      : state_(std::move(error)) {}  // NOLINT(google-explicit-constructor)
 
   bool has_value() const { return std::holds_alternative<T>(state_); }
   explicit operator bool() const { return has_value(); }

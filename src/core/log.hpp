@@ -2,9 +2,9 @@
 // One logger for the daemon: spdlog to stderr, journald-friendly (no colour, and
 // without timestamps when journald adds its own).
 
-#include <string_view>
-
 #include <spdlog/spdlog.h>
+
+#include <string_view>
 
 namespace fleety::core {
 

@@ -1,12 +1,12 @@
 #include "core/units.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <cmath>
 #include <limits>
-
-#include <fmt/format.h>
 
 namespace fleety::core {
 namespace {
@@ -18,8 +18,10 @@ struct number_and_unit {
 
 expected<number_and_unit> split_number(std::string_view text, std::string_view what) {
   auto trimmed = text;
-  while (!trimmed.empty() && std::isspace(static_cast<unsigned char>(trimmed.front()))) trimmed.remove_prefix(1);
-  while (!trimmed.empty() && std::isspace(static_cast<unsigned char>(trimmed.back()))) trimmed.remove_suffix(1);
+  while (!trimmed.empty() && std::isspace(static_cast<unsigned char>(trimmed.front())))
+    trimmed.remove_prefix(1);
+  while (!trimmed.empty() && std::isspace(static_cast<unsigned char>(trimmed.back())))
+    trimmed.remove_suffix(1);
   std::size_t digits = 0;
   while (digits < trimmed.size() &&
          (std::isdigit(static_cast<unsigned char>(trimmed[digits])) || trimmed[digits] == '.')) {
@@ -34,8 +36,9 @@ expected<number_and_unit> split_number(std::string_view text, std::string_view w
     return make_error(fmt::format("'{}' is not a {}: bad number", text, what));
   }
   std::string unit(trimmed.substr(digits));
-  unit.erase(std::remove_if(unit.begin(), unit.end(), [](unsigned char c) { return std::isspace(c); }),
-             unit.end());
+  unit.erase(
+      std::remove_if(unit.begin(), unit.end(), [](unsigned char c) { return std::isspace(c); }),
+      unit.end());
   std::transform(unit.begin(), unit.end(), unit.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return number_and_unit{number, unit};
@@ -62,14 +65,14 @@ expected<std::uint64_t> checked_product(double number, double factor, std::strin
 
 expected<std::uint64_t> parse_rate_bps(std::string_view text) {
   static constexpr std::pair<std::string_view, double> units[] = {
-      {"bit", 1.0},       {"bps", 1.0},        {"bit/s", 1.0},   {"kbit", 1e3},  {"kbps", 1e3},
-      {"kbit/s", 1e3},    {"mbit", 1e6},       {"mbps", 1e6},    {"mbit/s", 1e6}, {"gbit", 1e9},
-      {"gbps", 1e9},      {"gbit/s", 1e9}};
+      {"bit", 1.0},  {"bps", 1.0},  {"bit/s", 1.0},  {"kbit", 1e3}, {"kbps", 1e3}, {"kbit/s", 1e3},
+      {"mbit", 1e6}, {"mbps", 1e6}, {"mbit/s", 1e6}, {"gbit", 1e9}, {"gbps", 1e9}, {"gbit/s", 1e9}};
   auto parts = split_number(text, "rate");
   if (!parts) return make_error(parts.error());
   const double* factor = find_factor(units, parts->unit);
   if (factor == nullptr) {
-    return make_error(fmt::format("'{}' is not a rate: use a unit such as 500kbit, 20mbit or 1gbit", text));
+    return make_error(
+        fmt::format("'{}' is not a rate: use a unit such as 500kbit, 20mbit or 1gbit", text));
   }
   return checked_product(parts->number, *factor, text, "rate");
 }
@@ -81,7 +84,8 @@ expected<std::chrono::microseconds> parse_duration(std::string_view text) {
   if (!parts) return make_error(parts.error());
   const double* factor = find_factor(units, parts->unit);
   if (factor == nullptr) {
-    return make_error(fmt::format("'{}' is not a duration: use a unit such as 250us, 50ms or 2s", text));
+    return make_error(
+        fmt::format("'{}' is not a duration: use a unit such as 250us, 50ms or 2s", text));
   }
   auto micros = checked_product(parts->number, *factor, text, "duration");
   if (!micros) return make_error(micros.error());
@@ -90,14 +94,15 @@ expected<std::chrono::microseconds> parse_duration(std::string_view text) {
 
 expected<std::uint64_t> parse_size_bytes(std::string_view text) {
   static constexpr std::pair<std::string_view, double> units[] = {
-      {"", 1.0},          {"b", 1.0},           {"kb", 1e3},       {"mb", 1e6},
-      {"gb", 1e9},        {"kib", 1024.0},      {"mib", 1048576.0}, {"gib", 1073741824.0},
-      {"k", 1024.0},      {"m", 1048576.0},     {"g", 1073741824.0}};
+      {"", 1.0},     {"b", 1.0},       {"kb", 1e3},        {"mb", 1e6},
+      {"gb", 1e9},   {"kib", 1024.0},  {"mib", 1048576.0}, {"gib", 1073741824.0},
+      {"k", 1024.0}, {"m", 1048576.0}, {"g", 1073741824.0}};
   auto parts = split_number(text, "size");
   if (!parts) return make_error(parts.error());
   const double* factor = find_factor(units, parts->unit);
   if (factor == nullptr) {
-    return make_error(fmt::format("'{}' is not a size: use a unit such as 512KiB, 32MiB or 10MB", text));
+    return make_error(
+        fmt::format("'{}' is not a size: use a unit such as 512KiB, 32MiB or 10MB", text));
   }
   return checked_product(parts->number, *factor, text, "size");
 }

@@ -14,7 +14,8 @@ namespace fleety::core {
 /// "20mbit", "500kbit", "1gbit", "64000bit", "2.5mbit" (also "mbps", "Mbit/s") → bits per second.
 expected<std::uint64_t> parse_rate_bps(std::string_view text);
 
-/// "50ms", "1s", "250us", "1.5s", "2m" → microseconds. A bare number is rejected: units are required.
+/// "50ms", "1s", "250us", "1.5s", "2m" → microseconds. A bare number is rejected: units are
+/// required.
 expected<std::chrono::microseconds> parse_duration(std::string_view text);
 
 /// "32MiB", "10MB" (decimal), "4096", "512KiB", "1GB" → bytes.

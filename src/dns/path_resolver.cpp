@@ -421,7 +421,7 @@ path_resolver::impl::impl(asio::any_io_executor executor, options opts)
 
 ares_channel path_resolver::impl::make_channel(int servers) {
   ares_options ao{};
-  int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_DOMAINS;
+  const int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_DOMAINS;
   ao.sock_state_cb = &impl::on_socket_state;
   ao.sock_state_cb_data = this;
   ao.timeout = per_try_timeout_ms(options_.timeout, options_.tries, servers);

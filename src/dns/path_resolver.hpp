@@ -3,16 +3,15 @@
 // to that path's resolvers, so each path learns its own ISP's answer for a host
 // (paper §4.1, "DNS information database"). Built on c-ares, driven by Asio.
 
-#include <chrono>
-#include <memory>
-#include <string>
-#include <vector>
-
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/system/error_code.hpp>
 #include <boost/system/result.hpp>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
 
 namespace fleety::dns {
 
@@ -46,8 +45,9 @@ struct resolution {
 class path_resolver {
  public:
   struct options {
-    std::string interface;             ///< device the queries leave through ("wlan0"); empty: any
-    std::vector<std::string> servers;  ///< "198.18.0.53", "127.0.0.1:5353", "[::1]:53"; empty: /etc/resolv.conf
+    std::string interface;  ///< device the queries leave through ("wlan0"); empty: any
+    std::vector<std::string>
+        servers;  ///< "198.18.0.53", "127.0.0.1:5353", "[::1]:53"; empty: /etc/resolv.conf
     std::chrono::milliseconds timeout{2000};  ///< whole-query deadline, all retries included
     int tries = 2;                            ///< attempts per server
     std::size_t max_cache_entries = 1024;     ///< answers kept until their TTL runs out

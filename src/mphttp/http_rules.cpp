@@ -1,13 +1,12 @@
 #include "mphttp/http_rules.hpp"
 
 #include <algorithm>
-#include <charconv>
-#include <string>
-#include <vector>
-
 #include <boost/beast/http/field.hpp>
 #include <boost/beast/http/rfc7230.hpp>
 #include <boost/url/parse.hpp>
+#include <charconv>
+#include <string>
+#include <vector>
 
 namespace fleety::mphttp {
 namespace http = boost::beast::http;
@@ -15,9 +14,9 @@ namespace http = boost::beast::http;
 namespace {
 
 bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() &&
-         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
          });
 }
 
@@ -66,16 +65,18 @@ void strip_hop_by_hop(http::fields& fields) {
     for (auto token : http::token_list(it->value())) named.emplace_back(token);
   }
   for (const auto& name : named) fields.erase(name);
-  for (auto field : {http::field::connection, http::field::keep_alive, http::field::proxy_connection,
-                     http::field::proxy_authorization, http::field::proxy_authenticate, http::field::te,
-                     http::field::trailer, http::field::transfer_encoding, http::field::upgrade}) {
+  for (auto field :
+       {http::field::connection, http::field::keep_alive, http::field::proxy_connection,
+        http::field::proxy_authorization, http::field::proxy_authenticate, http::field::te,
+        http::field::trailer, http::field::transfer_encoding, http::field::upgrade}) {
     fields.erase(field);
   }
 }
 
 std::optional<content_range> parse_content_range(std::string_view value) {
   constexpr std::string_view unit = "bytes ";
-  if (value.size() <= unit.size() || !iequals(value.substr(0, unit.size()), unit)) return std::nullopt;
+  if (value.size() <= unit.size() || !iequals(value.substr(0, unit.size()), unit))
+    return std::nullopt;
   value.remove_prefix(unit.size());
   const auto dash = value.find('-');
   const auto slash = value.find('/');
@@ -98,14 +99,22 @@ std::string strong_validator(const response_header& response) {
 
 std::string_view to_string(split_verdict verdict) {
   switch (verdict) {
-    case split_verdict::split: return "split";
-    case split_verdict::not_get: return "not a GET";
-    case split_verdict::app_conditional: return "app sent a range or condition";
-    case split_verdict::not_ok: return "status is not 200";
-    case split_verdict::unknown_length: return "length unknown";
-    case split_verdict::too_small: return "small object";
-    case split_verdict::no_ranges: return "server refuses ranges";
-    case split_verdict::single_path_only: return "one path only";
+    case split_verdict::split:
+      return "split";
+    case split_verdict::not_get:
+      return "not a GET";
+    case split_verdict::app_conditional:
+      return "app sent a range or condition";
+    case split_verdict::not_ok:
+      return "status is not 200";
+    case split_verdict::unknown_length:
+      return "length unknown";
+    case split_verdict::too_small:
+      return "small object";
+    case split_verdict::no_ranges:
+      return "server refuses ranges";
+    case split_verdict::single_path_only:
+      return "one path only";
   }
   return "unknown";
 }

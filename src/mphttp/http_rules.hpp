@@ -2,13 +2,12 @@
 // The HTTP decisions of the proxy, as pure functions over Beast's header types
 // (RFC 9110 / RFC 9112). No I/O here: unit-tested with literal messages.
 
+#include <boost/beast/http/fields.hpp>
+#include <boost/beast/http/message.hpp>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
-
-#include <boost/beast/http/fields.hpp>
-#include <boost/beast/http/message.hpp>
 
 namespace fleety::mphttp {
 
@@ -17,10 +16,10 @@ using response_header = boost::beast::http::response_header<>;
 
 /// Where an explicit-proxy request goes (RFC 9112 §3.2.2 absolute-form).
 struct proxy_target {
-  std::string host;           ///< name or literal address, without brackets
+  std::string host;  ///< name or literal address, without brackets
   std::uint16_t port = 80;
-  std::string origin_form;    ///< "/path?query" as sent upstream
-  std::string authority;      ///< "host[:port]" for a missing Host header
+  std::string origin_form;  ///< "/path?query" as sent upstream
+  std::string authority;    ///< "host[:port]" for a missing Host header
 };
 
 /// Parses "http://host[:port]/path?query". nullopt for anything else (https, origin-form,
@@ -35,7 +34,7 @@ void strip_hop_by_hop(boost::beast::http::fields& fields);
 /// "bytes 100-199/1000" (RFC 9110 §14.4).
 struct content_range {
   std::uint64_t first = 0;
-  std::uint64_t last = 0;   ///< inclusive
+  std::uint64_t last = 0;  ///< inclusive
   std::uint64_t complete_length = 0;
 };
 std::optional<content_range> parse_content_range(std::string_view value);

@@ -17,7 +17,8 @@ void path_estimator::on_transfer(std::uint64_t bytes, std::chrono::microseconds 
   const double sample = static_cast<double>(bytes) / (static_cast<double>(elapsed.count()) / 1e6);
   // The first real sample replaces the prior outright: a configured guess is worth less
   // than one measurement.
-  rate_bytes_per_s_ = samples_ == 0 ? sample : rate_bytes_per_s_ + rate_gain * (sample - rate_bytes_per_s_);
+  rate_bytes_per_s_ =
+      samples_ == 0 ? sample : rate_bytes_per_s_ + rate_gain * (sample - rate_bytes_per_s_);
   ++samples_;
 }
 

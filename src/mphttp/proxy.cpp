@@ -1,18 +1,14 @@
 #include "mphttp/proxy.hpp"
 
-#include <algorithm>
-#include <charconv>
-#include <chrono>
-#include <deque>
-#include <optional>
-#include <string>
-#include <vector>
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -20,8 +16,12 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
-#include <fmt/ranges.h>
-#include <spdlog/spdlog.h>
+#include <charconv>
+#include <chrono>
+#include <deque>
+#include <optional>
+#include <string>
+#include <vector>
 
 #include "core/units.hpp"
 #include "mphttp/http_rules.hpp"
@@ -52,7 +52,9 @@ struct byte_range {
   std::uint64_t size() const { return end - begin; }
 };
 
-std::chrono::steady_clock::duration as_duration(std::chrono::microseconds us) { return us; }
+std::chrono::steady_clock::duration as_duration(std::chrono::microseconds us) {
+  return us;
+}
 
 /// An HTTP/1.1 connection to a server over one path. Owned by one coroutine frame.
 struct upstream {
@@ -69,8 +71,9 @@ struct upstream {
 };
 
 /// Resolves `host` through the path and connects a socket bound to the path's interface.
-awaitable<error_code> async_connect_on_path(upstream& up, path_runtime& path, const std::string& host,
-                                            std::uint16_t port, const core::proxy_config& limits) {
+awaitable<error_code> async_connect_on_path(upstream& up, path_runtime& path,
+                                            const std::string& host, std::uint16_t port,
+                                            const core::proxy_config& limits) {
   auto resolved = co_await path.resolver->async_resolve(host);
   if (!resolved) co_return resolved.error();
   error_code last = asio::error::host_not_found;
@@ -101,7 +104,8 @@ http::request<http::empty_body> upstream_request(const request_header& app_reque
   strip_hop_by_hop(request.base());
   request.version(11);
   request.target(target.origin_form);
-  if (request.find(http::field::host) == request.end()) request.set(http::field::host, target.authority);
+  if (request.find(http::field::host) == request.end())
+    request.set(http::field::host, target.authority);
   request.keep_alive(true);
   return request;
 }
@@ -131,8 +135,10 @@ http::response<http::buffer_body> app_response_header(const response_header& ups
                                                       const request_header& app_request) {
   http::response<http::buffer_body> out;
   out.base() = upstream_header;
-  const bool chunked = upstream_header.find(http::field::transfer_encoding) != upstream_header.end();
-  const bool has_length = upstream_header.find(http::field::content_length) != upstream_header.end();
+  const bool chunked =
+      upstream_header.find(http::field::transfer_encoding) != upstream_header.end();
+  const bool has_length =
+      upstream_header.find(http::field::content_length) != upstream_header.end();
   strip_hop_by_hop(out.base());
   out.version(app_request.version());
   out.keep_alive(wants_keep_alive(app_request));
@@ -160,7 +166,8 @@ awaitable<error_code> async_relay_body(beast::tcp_stream& input, beast::flat_buf
   std::vector<char> chunk(chunk_bytes);
   http::serializer<is_request, http::buffer_body> serializer{out};
   output.expires_after(as_duration(limits.io_timeout));
-  if (auto [ec, n] = co_await http::async_write_header(output, serializer, nothrow); ec) co_return ec;
+  if (auto [ec, n] = co_await http::async_write_header(output, serializer, nothrow); ec)
+    co_return ec;
   do {
     if (!parser.is_done()) {
       parser.get().body().data = chunk.data();
@@ -191,8 +198,8 @@ awaitable<error_code> async_relay_body(beast::tcp_stream& input, beast::flat_buf
 
 /// One path's part in a multipath fetch.
 struct path_work {
-  path_runtime* path = nullptr;   ///< not owned
-  std::deque<byte_range> queue;   ///< planned ranges not requested yet, in offset order
+  path_runtime* path = nullptr;  ///< not owned
+  std::deque<byte_range> queue;  ///< planned ranges not requested yet, in offset order
   /// The range being received. Its end can move down when an idle path takes its tail.
   std::optional<byte_range> current;
   std::uint64_t current_received = 0;  ///< bytes of `current` received so far
@@ -202,9 +209,9 @@ struct path_work {
   std::optional<byte_range> pipelined;
   bool connected = false;
   bool failed = false;
-  std::uint64_t bytes = 0;        ///< bytes of the object this path delivered first
-  std::uint64_t ranges = 0;       ///< range responses received
-  std::uint64_t stolen = 0;       ///< ranges this path took over from another
+  std::uint64_t bytes = 0;                   ///< bytes of the object this path delivered first
+  std::uint64_t ranges = 0;                  ///< range responses received
+  std::uint64_t stolen = 0;                  ///< ranges this path took over from another
   std::unique_ptr<asio::steady_timer> wake;  ///< cancelled to wake the fetcher
   std::unique_ptr<asio::cancellation_signal> cancel;  ///< terminal cancellation of the fetcher
 
@@ -220,7 +227,8 @@ struct path_work {
   double live_rate(clock_type::time_point now) const {
     if (current_first_byte) {
       const double seconds = std::chrono::duration<double>(now - *current_first_byte).count();
-      if (seconds > 0.3 && current_received > 0) return static_cast<double>(current_received) / seconds;
+      if (seconds > 0.3 && current_received > 0)
+        return static_cast<double>(current_received) / seconds;
     }
     return path->estimator.rate_bytes_per_s();
   }
@@ -286,7 +294,8 @@ class object_fetch {
   void on_path_failed(std::size_t index) {
     auto& w = work_[index];
     w.failed = true;
-    if (w.current_left() > 0) orphans_.push_back({w.current->begin + w.current_received, w.current->end});
+    if (w.current_left() > 0)
+      orphans_.push_back({w.current->begin + w.current_received, w.current->end});
     if (w.pipelined) orphans_.push_back(*w.pipelined);
     for (const auto& r : w.queue) orphans_.push_back(r);
     w.current.reset();
@@ -349,7 +358,8 @@ class object_fetch {
     const std::uint64_t window = sched.memory_per_session_bytes;
     std::vector<path_estimate> estimates(work_.size());
     for (std::size_t i = 0; i < work_.size(); ++i) {
-      estimates[i] = {work_[i].failed ? 0.0 : work_[i].path->estimator.rate_bytes_per_s(), leads[i]};
+      estimates[i] = {work_[i].failed ? 0.0 : work_[i].path->estimator.rate_bytes_per_s(),
+                      leads[i]};
     }
     // Two portions can be in flight at once (the tail of one, the head of the next):
     // each gets half of the session's memory.
@@ -377,7 +387,7 @@ class object_fetch {
       offset += share;
     }
     spdlog::debug("portion [{}, {}) planned ({}): {}", planned_until_, offset,
-                  plan.kind == split_case::single_path ? "one path"
+                  plan.kind == split_case::single_path      ? "one path"
                   : plan.kind == split_case::tolerance_fill ? "Wi-Fi to tolerance"
                                                             : "equal completion",
                   fmt::join(plan.share_bytes, "/"));
@@ -416,7 +426,8 @@ class object_fetch {
     for (std::size_t i = 0; i < work_.size(); ++i) {
       const auto& w = work_[i];
       // A path with a pipelined request can't be cut short without losing that request.
-      if (i == index || w.failed || !w.current || w.pipelined || w.current_left() < min_steal_bytes) continue;
+      if (i == index || w.failed || !w.current || w.pipelined || w.current_left() < min_steal_bytes)
+        continue;
       const double rate = std::max(w.live_rate(now), 1.0);
       const double time_left = static_cast<double>(w.current_left()) / rate;
       if (time_left > longest) {
@@ -426,14 +437,15 @@ class object_fetch {
     }
     if (victim == work_.size() || longest <= thief.request_lead_s()) return;
     auto& slow = work_[victim];
-    const path_estimate both[] = {{slow.live_rate(now), 0.0},
-                                  {thief.path->estimator.rate_bytes_per_s(), thief.request_lead_s()}};
+    const path_estimate both[] = {
+        {slow.live_rate(now), 0.0},
+        {thief.path->estimator.rate_bytes_per_s(), thief.request_lead_s()}};
     const split_plan plan = split_equal_completion(slow.current_left(), both);
     if (plan.share_bytes[1] < min_steal_bytes) return;
     const std::uint64_t cut = slow.current->end - plan.share_bytes[1];
     thief.queue.push_back({cut, slow.current->end});
-    spdlog::debug("path {} takes [{}, {}) from path {} ({:.2f} s left there)", thief.path->config.name, cut,
-                  slow.current->end, slow.path->config.name, longest);
+    spdlog::debug("path {} takes [{}, {}) from path {} ({:.2f} s left there)",
+                  thief.path->config.name, cut, slow.current->end, slow.path->config.name, longest);
     slow.current->end = cut;
     reassign(victim, index, plan.share_bytes[1]);
   }
@@ -449,8 +461,8 @@ class object_fetch {
   std::uint64_t total_;
   std::vector<path_work> work_;
   reorder_buffer buffer_;
-  std::deque<byte_range> orphans_;            ///< ranges given back by failed paths, by offset
-  std::uint64_t planned_until_ = 0;           ///< bytes before this are assigned to some path
+  std::deque<byte_range> orphans_;   ///< ranges given back by failed paths, by offset
+  std::uint64_t planned_until_ = 0;  ///< bytes before this are assigned to some path
   /// Bytes the scheduler assigned to each path: the portion plans, then the rebalancing
   /// moves (for logs and tests).
   std::vector<std::uint64_t> planned_share_;
@@ -459,7 +471,8 @@ class object_fetch {
 };
 
 /// Sends a range request for `range` on the path's connection.
-awaitable<error_code> async_request_range(upstream& up, path_runtime& path, const request_header& app_request,
+awaitable<error_code> async_request_range(upstream& up, path_runtime& path,
+                                          const request_header& app_request,
                                           const proxy_target& target, const std::string& validator,
                                           byte_range range, const core::proxy_config& limits) {
   auto request = upstream_request(app_request, target);
@@ -477,9 +490,9 @@ awaitable<error_code> async_request_range(upstream& up, path_runtime& path, cons
 /// that the response goes on past what we wanted, so the connection can't be reused.
 awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index, upstream& up,
                                           http::response_parser<http::buffer_body>& parser,
-                                          const request_header& app_request, const proxy_target& target,
-                                          const std::string& validator, bool may_pipeline,
-                                          bool& stopped_early) {
+                                          const request_header& app_request,
+                                          const proxy_target& target, const std::string& validator,
+                                          bool may_pipeline, bool& stopped_early) {
   const auto& limits = fetch.config().proxy;
   auto& work = fetch.work()[index];
   std::vector<char> chunk(chunk_bytes);
@@ -494,7 +507,8 @@ awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index
       if (static_cast<double>(work.current_left()) <= lead_bytes) {
         if (auto next = fetch.take_range(index)) {
           work.pipelined = next;
-          if (auto ec = co_await async_request_range(up, *work.path, app_request, target, validator, *next, limits)) {
+          if (auto ec = co_await async_request_range(up, *work.path, app_request, target, validator,
+                                                     *next, limits)) {
             co_return ec;
           }
         }
@@ -517,13 +531,15 @@ awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index
     work.path->bytes_received += got;
     // The range's end may have moved down (another path took the tail): drop the rest.
     const std::uint64_t usable = std::min<std::uint64_t>(got, work.current_left());
-    fetch.on_data(index, work.current->begin + work.current_received, std::span<const char>(chunk.data(), usable));
+    fetch.on_data(index, work.current->begin + work.current_received,
+                  std::span<const char>(chunk.data(), usable));
     work.current_received += usable;
   }
   stopped_early = !parser.is_done();
   if (work.current_first_byte) {
-    work.path->estimator.on_transfer(timed_bytes, std::chrono::duration_cast<std::chrono::microseconds>(
-                                                      clock_type::now() - *work.current_first_byte));
+    work.path->estimator.on_transfer(timed_bytes,
+                                     std::chrono::duration_cast<std::chrono::microseconds>(
+                                         clock_type::now() - *work.current_first_byte));
   }
   co_return error_code{};
 }
@@ -536,9 +552,10 @@ struct initial_stream {
 
 /// One path's fetcher: takes ranges from the plan and fetches each with a range request
 /// on a keep-alive connection, until the object is complete or the path fails.
-awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index, const request_header& app_request,
-                                 const proxy_target& target, std::string validator,
-                                 std::optional<initial_stream> initial, std::uint64_t initial_share) {
+awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
+                                 const request_header& app_request, const proxy_target& target,
+                                 std::string validator, std::optional<initial_stream> initial,
+                                 std::uint64_t initial_share) {
   auto executor = co_await asio::this_coro::executor;
   // Stopping cancels the pending operation; we check fetch.stopping() ourselves rather
   // than have the next co_await throw.
@@ -550,8 +567,8 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index, const r
   const std::string url = fmt::format("http://{}{}", target.authority, target.origin_form);
   auto fail = [&](std::string_view what, const error_code& ec) {
     if (!fetch.stopping()) {
-      spdlog::warn("path {}: {} of {} failed after {} bytes of [{}, {}): {}", path.config.name, what, url,
-                   work.current_received, work.current ? work.current->begin : 0,
+      spdlog::warn("path {}: {} of {} failed after {} bytes of [{}, {}): {}", path.config.name,
+                   what, url, work.current_received, work.current ? work.current->begin : 0,
                    work.current ? work.current->end : 0, ec.message());
     }
     up.reset();
@@ -566,8 +583,9 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index, const r
       work.current = byte_range{0, initial_share};
       work.current_received = 0;
       bool stopped_early = false;
-      auto ec = co_await async_receive_range(fetch, index, initial->up, *initial->parser, app_request, target,
-                                             validator, /*may_pipeline=*/false, stopped_early);
+      auto ec =
+          co_await async_receive_range(fetch, index, initial->up, *initial->parser, app_request,
+                                       target, validator, /*may_pipeline=*/false, stopped_early);
       if (ec) {
         initial->up.reset();
         fail("first response", ec);
@@ -609,7 +627,8 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index, const r
         }
         work.connected = true;
       }
-      if (auto ec = co_await async_request_range(up, path, app_request, target, validator, range, limits)) {
+      if (auto ec = co_await async_request_range(up, path, app_request, target, validator, range,
+                                                 limits)) {
         fail("request", ec);
         break;
       }
@@ -631,8 +650,8 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index, const r
         content_range->complete_length != fetch.total()) {
       // A server that ignores Range, or another version of the object (If-Range
       // failed): this path can't help with this object.
-      spdlog::warn("path {}: {} answered range {}-{} with {} '{}': not using this path for it", path.config.name,
-                   url, range.begin, range.end - 1, header.result_int(),
+      spdlog::warn("path {}: {} answered range {}-{} with {} '{}': not using this path for it",
+                   path.config.name, url, range.begin, range.end - 1, header.result_int(),
                    std::string(header[http::field::content_range]));
       up.reset();
       fetch.on_path_failed(index);
@@ -720,7 +739,8 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   std::size_t first_index = paths.size();
   error_code connect_ec;
   for (std::size_t i = 0; i < paths.size(); ++i) {
-    connect_ec = co_await async_connect_on_path(first, *paths[i], ctx.target.host, ctx.target.port, limits);
+    connect_ec =
+        co_await async_connect_on_path(first, *paths[i], ctx.target.host, ctx.target.port, limits);
     if (!connect_ec) {
       first_index = i;
       break;
@@ -729,10 +749,12 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
                  ctx.target.host, ctx.target.port, connect_ec.message());
   }
   if (first_index == paths.size()) {
-    const bool timed_out = connect_ec == beast::error::timeout || connect_ec == dns::errc::timed_out;
-    co_await async_write_error(ctx.app, timed_out ? http::status::gateway_timeout : http::status::bad_gateway,
-                               fmt::format("cannot reach {}: {}", ctx.target.authority, connect_ec.message()),
-                               ctx.request.version(), limits);
+    const bool timed_out =
+        connect_ec == beast::error::timeout || connect_ec == dns::errc::timed_out;
+    co_await async_write_error(
+        ctx.app, timed_out ? http::status::gateway_timeout : http::status::bad_gateway,
+        fmt::format("cannot reach {}: {}", ctx.target.authority, connect_ec.message()),
+        ctx.request.version(), limits);
     co_return false;
   }
   // The first path goes to the front; the others keep their order.
@@ -747,16 +769,19 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     // We answer the app's 100-continue ourselves (RFC 9110 §10.1.1) and relay the body.
     request_out.erase(http::field::expect);
     ctx.app.expires_after(as_duration(limits.io_timeout));
-    co_await asio::async_write(ctx.app, asio::buffer(std::string_view("HTTP/1.1 100 Continue\r\n\r\n")), nothrow);
+    co_await asio::async_write(
+        ctx.app, asio::buffer(std::string_view("HTTP/1.1 100 Continue\r\n\r\n")), nothrow);
   }
   if (app_parser.chunked()) request_out.chunked(true);
   ++first_path.requests;
-  error_code ec = co_await async_relay_body(ctx.app, app_buffer, app_parser, first.stream, request_out,
-                                            limits, nullptr);
+  error_code ec = co_await async_relay_body(ctx.app, app_buffer, app_parser, first.stream,
+                                            request_out, limits, nullptr);
   if (ec) {
-    spdlog::warn("[{}] sending {} on {} failed: {}", ctx.session_id, url, first_path.config.name, ec.message());
-    co_await async_write_error(ctx.app, http::status::bad_gateway, "upstream write failed: " + ec.message(),
-                               ctx.request.version(), limits);
+    spdlog::warn("[{}] sending {} on {} failed: {}", ctx.session_id, url, first_path.config.name,
+                 ec.message());
+    co_await async_write_error(ctx.app, http::status::bad_gateway,
+                               "upstream write failed: " + ec.message(), ctx.request.version(),
+                               limits);
     co_return false;
   }
 
@@ -767,7 +792,8 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   if (ctx.request.method() == http::verb::head) parser->skip(true);
   do {
     first.stream.expires_after(as_duration(limits.io_timeout));
-    auto [read_ec, n] = co_await http::async_read_header(first.stream, first.buffer, *parser, nothrow);
+    auto [read_ec, n] =
+        co_await http::async_read_header(first.stream, first.buffer, *parser, nothrow);
     ec = read_ec;
     // Interim 1xx responses (other than 101) are not forwarded: we already said 100.
     if (!ec && parser->get().result_int() >= 100 && parser->get().result_int() < 200 &&
@@ -781,16 +807,20 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     break;
   } while (true);
   if (ec) {
-    spdlog::warn("[{}] {} on {}: no response: {}", ctx.session_id, url, first_path.config.name, ec.message());
-    co_await async_write_error(ctx.app,
-                               ec == beast::error::timeout ? http::status::gateway_timeout : http::status::bad_gateway,
-                               "no response from " + ctx.target.authority + ": " + ec.message(),
-                               ctx.request.version(), limits);
+    spdlog::warn("[{}] {} on {}: no response: {}", ctx.session_id, url, first_path.config.name,
+                 ec.message());
+    co_await async_write_error(
+        ctx.app,
+        ec == beast::error::timeout ? http::status::gateway_timeout : http::status::bad_gateway,
+        "no response from " + ctx.target.authority + ": " + ec.message(), ctx.request.version(),
+        limits);
     co_return false;
   }
-  if (auto metrics = net::read_tcp_metrics(first.stream.socket())) first_path.estimator.on_rtt(metrics->smoothed_rtt);
+  if (auto metrics = net::read_tcp_metrics(first.stream.socket()))
+    first_path.estimator.on_rtt(metrics->smoothed_rtt);
   const response_header& response = parser->get().base();
-  const auto verdict = decide_split(ctx.request, response, ctx.proxy.config.scheduler.min_split_bytes, paths.size());
+  const auto verdict =
+      decide_split(ctx.request, response, ctx.proxy.config.scheduler.min_split_bytes, paths.size());
 
   if (verdict != split_verdict::split) {
     // 3a. One path: relay the response as it comes.
@@ -804,7 +834,8 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
       auto [head_ec, n] = co_await http::async_write_header(ctx.app, serializer, nothrow);
       ec = head_ec;
     } else {
-      ec = co_await async_relay_body(first.stream, first.buffer, *parser, ctx.app, out, limits, &relayed);
+      ec = co_await async_relay_body(first.stream, first.buffer, *parser, ctx.app, out, limits,
+                                     &relayed);
     }
     first_path.bytes_received += relayed;
     const double seconds = std::chrono::duration<double>(clock_type::now() - started).count();
@@ -842,21 +873,21 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     if (i == 0) initial.emplace(initial_stream{std::move(first), std::move(parser)});
     ++fetch.running;
     asio::co_spawn(executor,
-                   run_path_fetcher(fetch, i, ctx.request, ctx.target, validator, std::move(initial),
-                                    i == 0 ? first_share : 0),
-                   asio::bind_cancellation_slot(fetch.work()[i].cancel->slot(),
-                                                [&fetch, i](std::exception_ptr error) {
-                                                  if (error) {
-                                                    try {
-                                                      std::rethrow_exception(error);
-                                                    } catch (const std::exception& e) {
-                                                      spdlog::error("path fetcher {} failed: {}", i, e.what());
-                                                    }
-                                                    fetch.on_path_failed(i);
-                                                  }
-                                                  --fetch.running;
-                                                  fetch.notify();
-                                                }));
+                   run_path_fetcher(fetch, i, ctx.request, ctx.target, validator,
+                                    std::move(initial), i == 0 ? first_share : 0),
+                   asio::bind_cancellation_slot(
+                       fetch.work()[i].cancel->slot(), [&fetch, i](std::exception_ptr error) {
+                         if (error) {
+                           try {
+                             std::rethrow_exception(error);
+                           } catch (const std::exception& e) {
+                             spdlog::error("path fetcher {} failed: {}", i, e.what());
+                           }
+                           fetch.on_path_failed(i);
+                         }
+                         --fetch.running;
+                         fetch.notify();
+                       }));
   }
 
   const bool delivered = co_await async_deliver_in_order(fetch, ctx.app);
@@ -875,20 +906,23 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   }
   if (!delivered) {
     // DESIGN.md: a clean failure, never a truncated body.
-    spdlog::warn("[{}] GET {} multipath failed after {} of {} bytes ({}): resetting the app connection",
-                 ctx.session_id, url, fetch.buffer().delivered(), total, per_path);
+    spdlog::warn(
+        "[{}] GET {} multipath failed after {} of {} bytes ({}): resetting the app connection",
+        ctx.session_id, url, fetch.buffer().delivered(), total, per_path);
     net::close_with_reset(ctx.app.socket());
     co_return false;
   }
   spdlog::info("[{}] GET {} → 200 multipath: {} in {:.2f} s = {}; {}", ctx.session_id, url,
                core::format_size(total), seconds,
-               core::format_rate(static_cast<double>(total) * 8 / std::max(seconds, 1e-6)), per_path);
+               core::format_rate(static_cast<double>(total) * 8 / std::max(seconds, 1e-6)),
+               per_path);
   co_return out.keep_alive();
 }
 
 /// CONNECT host:port: a byte tunnel on the preferred path (RFC 9110 §9.3.6).
-awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buffer, proxy_context& proxy,
-                             const request_header& request, std::uint64_t session_id) {
+awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buffer,
+                             proxy_context& proxy, const request_header& request,
+                             std::uint64_t session_id) {
   auto executor = co_await asio::this_coro::executor;
   const auto& limits = proxy.config.proxy;
   const std::string authority(request.target());
@@ -901,7 +935,8 @@ awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buf
     std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
   }
   if (host.empty() || port == 0 || port > 65535) {
-    co_await async_write_error(app, http::status::bad_request, "CONNECT needs host:port", request.version(), limits);
+    co_await async_write_error(app, http::status::bad_request, "CONNECT needs host:port",
+                               request.version(), limits);
     co_return;
   }
   upstream up(executor);
@@ -915,8 +950,9 @@ awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buf
     }
   }
   if (used == nullptr) {
-    co_await async_write_error(app, http::status::bad_gateway, "cannot reach " + authority + ": " + ec.message(),
-                               request.version(), limits);
+    co_await async_write_error(app, http::status::bad_gateway,
+                               "cannot reach " + authority + ": " + ec.message(), request.version(),
+                               limits);
     co_return;
   }
   spdlog::info("[{}] CONNECT {} on {}", session_id, authority, used->config.name);
@@ -930,7 +966,8 @@ awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buf
     if (ec2) co_return;
     app_buffer.consume(app_buffer.size());
   }
-  auto pump = [&limits](beast::tcp_stream& from, beast::tcp_stream& to, std::uint64_t& count) -> awaitable<void> {
+  auto pump = [&limits](beast::tcp_stream& from, beast::tcp_stream& to,
+                        std::uint64_t& count) -> awaitable<void> {
     std::vector<char> chunk(chunk_bytes);
     for (;;) {
       from.expires_after(as_duration(limits.io_timeout) * 8);
@@ -959,7 +996,8 @@ awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buf
 }
 
 /// One app connection: requests in order (keep-alive) until either side is done.
-awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::uint64_t session_id) {
+awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy,
+                                std::uint64_t session_id) {
   beast::tcp_stream app(std::move(socket));
   beast::flat_buffer app_buffer;
   const auto& limits = proxy.config.proxy;
@@ -977,8 +1015,9 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
     if (ec) {
       spdlog::warn("[{}] bad request from app: {}", session_id, ec.message());
       co_await async_write_error(app,
-                                 ec == http::error::header_limit ? http::status::request_header_fields_too_large
-                                                                 : http::status::bad_request,
+                                 ec == http::error::header_limit
+                                     ? http::status::request_header_fields_too_large
+                                     : http::status::bad_request,
                                  "malformed request: " + ec.message(), 11, limits);
       break;
     }

@@ -3,13 +3,12 @@
 // over one path or, for a large GET, by range requests on every path reassembled
 // in order. Explicit proxy on loopback for now (absolute-form requests, CONNECT).
 
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <boost/asio/awaitable.hpp>
-#include <boost/asio/ip/tcp.hpp>
 
 #include "core/config.hpp"
 #include "dns/path_resolver.hpp"

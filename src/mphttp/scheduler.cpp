@@ -19,7 +19,8 @@ std::vector<std::uint64_t> to_whole_bytes(const std::vector<double>& shares, std
     whole[i] = static_cast<std::uint64_t>(std::llround(clamped));
     assigned += whole[i];
   }
-  const auto largest = static_cast<std::size_t>(std::max_element(shares.begin(), shares.end()) - shares.begin());
+  const auto largest =
+      static_cast<std::size_t>(std::max_element(shares.begin(), shares.end()) - shares.begin());
   while (assigned > total) {
     // Take the excess from the largest shares first.
     auto biggest = std::max_element(whole.begin(), whole.end());
@@ -138,7 +139,8 @@ split_plan plan_split(std::uint64_t total_bytes, std::span<const path_estimate> 
     const path_estimate& last = paths[k - 1];
     plan.completion_s =
         last.rate_bytes_per_s > 0 ? last.lead_s + shares[k - 1] / last.rate_bytes_per_s : 0;
-    plan.completion_s = std::max(plan.completion_s, std::min(policy.tolerance_s, everyone.completion_s));
+    plan.completion_s =
+        std::max(plan.completion_s, std::min(policy.tolerance_s, everyone.completion_s));
     return plan;
   }
   return everyone;

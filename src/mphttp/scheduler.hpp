@@ -27,9 +27,9 @@ struct split_policy {
 
 /// Which of DESIGN.md's cases produced a plan (for logs, metrics and tests).
 enum class split_case {
-  single_path,        ///< case 1: the cheapest path alone finishes within T_tol
-  equal_completion,   ///< case 2 (or aggregate mode): all used paths finish at the same T
-  tolerance_fill,     ///< case 3: cheaper paths filled up to T_tol, the next takes the rest
+  single_path,       ///< case 1: the cheapest path alone finishes within T_tol
+  equal_completion,  ///< case 2 (or aggregate mode): all used paths finish at the same T
+  tolerance_fill,    ///< case 3: cheaper paths filled up to T_tol, the next takes the rest
 };
 
 struct split_plan {

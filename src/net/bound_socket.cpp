@@ -1,12 +1,12 @@
 #include "net/bound_socket.hpp"
 
 #include <net/if.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <cstddef>
 
 #include "net/kernel_tcp_info.hpp"
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 namespace fleety::net {
 

@@ -3,12 +3,11 @@
 // they leave through it whatever the routing table says, plus what the kernel
 // knows of a connection (TCP_INFO).
 
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/system/error_code.hpp>
 #include <chrono>
 #include <optional>
 #include <string>
-
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/system/error_code.hpp>
 
 namespace fleety::net {
 

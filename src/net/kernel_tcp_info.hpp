@@ -9,8 +9,8 @@ namespace fleety::net {
 
 struct kernel_tcp_sample {
   std::uint32_t rtt_us = 0;
-  std::uint32_t min_rtt_us = 0;            ///< 0 when the kernel does not report it
-  std::uint64_t delivery_rate_Bps = 0;     ///< bytes per second; 0 when not reported
+  std::uint32_t min_rtt_us = 0;         ///< 0 when the kernel does not report it
+  std::uint64_t delivery_rate_Bps = 0;  ///< bytes per second; 0 when not reported
   std::uint32_t total_retrans = 0;
 };
 

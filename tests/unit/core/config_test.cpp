@@ -112,7 +112,8 @@ TEST_P(ConfigError, NamesFileLineAndProblem) {
   EXPECT_EQ(config.error().rfind("fleety.toml", 0), 0U) << config.error();
 }
 
-constexpr const char* one_path = "[[path]]\nname = \"wifi\"\ninterface = \"wlan0\"\nkind = \"wifi\"\n";
+constexpr const char* one_path =
+    "[[path]]\nname = \"wifi\"\ninterface = \"wlan0\"\nkind = \"wifi\"\n";
 
 INSTANTIATE_TEST_SUITE_P(
     BadConfigs, ConfigError,
@@ -121,9 +122,11 @@ INSTANTIATE_TEST_SUITE_P(
         bad_case{"[[path]]\nname = \"wifi\"\nkind = \"wifi\"\n", "needs 'interface'"},
         bad_case{"[[path]]\nname = \"w\"\ninterface = \"wlan0\"\nkind = \"wlan\"\n",
                  "fleety.toml:4: path 'w': unknown kind 'wlan'"},
-        bad_case{"[proxy]\nlisten = \"127.0.0.1\"\n", "fleety.toml:2: proxy.listen '127.0.0.1' must be ADDRESS:PORT"},
+        bad_case{"[proxy]\nlisten = \"127.0.0.1\"\n",
+                 "fleety.toml:2: proxy.listen '127.0.0.1' must be ADDRESS:PORT"},
         bad_case{"[proxy]\nlisten = \"127.0.0.1:99999\"\n", "is not a port number"},
-        bad_case{"[proxy]\nlisen = \"127.0.0.1:1\"\n", "fleety.toml:2: unknown key 'lisen' in [proxy]"},
+        bad_case{"[proxy]\nlisen = \"127.0.0.1:1\"\n",
+                 "fleety.toml:2: unknown key 'lisen' in [proxy]"},
         bad_case{"[scheduler]\nmode = \"fast\"\n", "scheduler.mode 'fast' is unknown"},
         bad_case{"[scheduler]\ntolerance = \"1\"\n", "not a duration"},
         bad_case{"[scheduler]\nmemory_per_session = \"1KiB\"\n", "memory_per_session must be from"},
@@ -133,7 +136,8 @@ INSTANTIATE_TEST_SUITE_P(
         bad_case{"[[path]]\nname = \"a\"\ninterface = \"wlan0\"\nkind = \"wifi\"\n"
                  "[[path]]\nname = \"b\"\ninterface = \"wlan0\"\nkind = \"cellular\"\n",
                  "interface 'wlan0' is used by two paths"},
-        bad_case{"[[path]]\nname = \"a\"\ninterface = \"a/b\"\nkind = \"wifi\"\n", "not a valid interface name"},
+        bad_case{"[[path]]\nname = \"a\"\ninterface = \"a/b\"\nkind = \"wifi\"\n",
+                 "not a valid interface name"},
         bad_case{"[[path]]\nname = \"a\"\ninterface = \"w\"\nkind = \"wifi\"\nrate = \"fast\"\n",
                  "fleety.toml:5: path.rate"},
         bad_case{"[proxy\n", "fleety.toml:1:"},

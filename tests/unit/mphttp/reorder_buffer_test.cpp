@@ -1,13 +1,15 @@
 #include "mphttp/reorder_buffer.hpp"
 
-#include <string>
-
 #include <gtest/gtest.h>
+
+#include <string>
 
 namespace fleety::mphttp {
 namespace {
 
-std::span<const char> bytes(const std::string& s) { return {s.data(), s.size()}; }
+std::span<const char> bytes(const std::string& s) {
+  return {s.data(), s.size()};
+}
 
 std::string drain(reorder_buffer& buffer) {
   std::string out;

@@ -1,8 +1,8 @@
 #include "mphttp/scheduler.hpp"
 
-#include <numeric>
-
 #include <gtest/gtest.h>
+
+#include <numeric>
 
 namespace fleety::mphttp {
 namespace {
