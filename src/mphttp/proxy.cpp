@@ -9,6 +9,7 @@
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -18,6 +19,7 @@
 #include <boost/beast/http.hpp>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <deque>
 #include <optional>
 #include <string>
@@ -232,8 +234,19 @@ struct path_work {
     }
     return path->estimator.rate_bytes_per_s();
   }
-  /// Seconds until a new request on this path would bring its first byte.
-  double request_lead_s() const { return (connected ? 1.0 : 2.0) * path->estimator.rtt_s(); }
+  /// Seconds until a new request on this path would bring data at full rate: one RTT on
+  /// a connected path; on a new connection one more for the handshake plus what slow
+  /// start costs (cwnd doubling from the initial 10 segments up to the path's BDP loses
+  /// about RTT·(log2(BDP / initial window) − 1) against a full-rate start).
+  double request_lead_s() const {
+    const double rtt = path->estimator.rtt_s();
+    if (connected) return rtt;
+    constexpr double initial_window_bytes = 10 * 1448;
+    const double bdp = path->estimator.rate_bytes_per_s() * rtt;
+    const double slow_start =
+        bdp > 2 * initial_window_bytes ? rtt * (std::log2(bdp / initial_window_bytes) - 1) : 0;
+    return 2 * rtt + slow_start;
+  }
 };
 
 /// Shared state of one multipath fetch. Lives in the session's frame, which waits for
@@ -356,10 +369,11 @@ class object_fetch {
   void plan_next_portion(const std::vector<double>& leads, std::size_t first_index) {
     const auto& sched = config_.scheduler;
     const std::uint64_t window = sched.memory_per_session_bytes;
+    const auto now = clock_type::now();
     std::vector<path_estimate> estimates(work_.size());
     for (std::size_t i = 0; i < work_.size(); ++i) {
-      estimates[i] = {work_[i].failed ? 0.0 : work_[i].path->estimator.rate_bytes_per_s(),
-                      leads[i]};
+      // A range in progress tells the path's rate now better than the average does.
+      estimates[i] = {work_[i].failed ? 0.0 : work_[i].live_rate(now), leads[i]};
     }
     // Two portions can be in flight at once (the tail of one, the head of the next):
     // each gets half of the session's memory.
@@ -486,13 +500,15 @@ awaitable<error_code> async_request_range(upstream& up, path_runtime& path,
 
 /// Reads the body of the response to `work.current` (header already in `parser`) into
 /// the fetch, until the range's end, which may move down while we read. Near the end it
-/// pipelines the request for the path's next range. `stopped_early` tells the caller
-/// that the response goes on past what we wanted, so the connection can't be reused.
+/// sends the request for the path's next range on `pipeline_on` once `pipeline_ready`.
+/// `stopped_early` tells the caller that the response goes on past what we wanted, so the
+/// connection can't be reused.
 awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index, upstream& up,
                                           http::response_parser<http::buffer_body>& parser,
                                           const request_header& app_request,
                                           const proxy_target& target, const std::string& validator,
-                                          bool may_pipeline, bool& stopped_early) {
+                                          upstream* pipeline_on, const bool& pipeline_ready,
+                                          bool& stopped_early) {
   const auto& limits = fetch.config().proxy;
   auto& work = fetch.work()[index];
   std::vector<char> chunk(chunk_bytes);
@@ -500,15 +516,18 @@ awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index
   stopped_early = false;
   while (work.current_left() > 0) {
     if (parser.is_done()) co_return http::error::partial_message;
-    // Ask for the next range about one RTT before this one ends.
-    if (may_pipeline && !work.pipelined && parser.keep_alive()) {
+    // Ask for the next range about one RTT before this one ends: behind this response on
+    // the same connection, or on a spare connection when this response won't be finished.
+    const bool can_pipeline =
+        pipeline_on != nullptr && pipeline_ready && (pipeline_on != &up || parser.keep_alive());
+    if (can_pipeline && !work.pipelined) {
       const double rate = work.live_rate(clock_type::now());
       const double lead_bytes = rate * work.path->estimator.rtt_s() * 1.5 + chunk_bytes;
       if (static_cast<double>(work.current_left()) <= lead_bytes) {
         if (auto next = fetch.take_range(index)) {
           work.pipelined = next;
-          if (auto ec = co_await async_request_range(up, *work.path, app_request, target, validator,
-                                                     *next, limits)) {
+          if (auto ec = co_await async_request_range(*pipeline_on, *work.path, app_request, target,
+                                                     validator, *next, limits)) {
             co_return ec;
           }
         }
@@ -577,25 +596,44 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
 
   if (initial) {
     // Paper §4.2: the first path keeps the response it already has for its share, then
-    // is reset: we don't want the rest of that response.
+    // is reset: we don't want the rest of that response. Meanwhile a spare connection
+    // is opened on the same path, and the path's next range is requested on it about
+    // an RTT before the share ends, so the path never idles between the two.
     work.connected = true;
-    if (initial_share > 0) {
+    bool spare_ready = false;
+    auto open_spare = [&]() -> awaitable<error_code> {
+      auto ec = co_await async_connect_on_path(up, path, target.host, target.port, limits);
+      spare_ready = !ec;
+      co_return ec;
+    };
+    auto receive_share = [&]() -> awaitable<error_code> {
+      if (initial_share == 0) co_return error_code{};
       work.current = byte_range{0, initial_share};
       work.current_received = 0;
       bool stopped_early = false;
       auto ec =
           co_await async_receive_range(fetch, index, initial->up, *initial->parser, app_request,
-                                       target, validator, /*may_pipeline=*/false, stopped_early);
-      if (ec) {
-        initial->up.reset();
-        fail("first response", ec);
-        co_return;
-      }
-      ++work.ranges;
-      work.current.reset();
-    }
+                                       target, validator, &up, spare_ready, stopped_early);
+      if (!ec) ++work.ranges;
+      co_return ec;
+    };
+    using namespace asio::experimental::awaitable_operators;
+    auto [receive_ec, spare_ec] = co_await (receive_share() && open_spare());
     initial->up.reset();
-    work.connected = false;
+    if (receive_ec) {
+      fail("first response", receive_ec);
+      co_return;
+    }
+    work.current.reset();
+    work.connected = spare_ready;
+    if (spare_ec) {
+      // Not fatal: the loop below connects again (and fails the path if it can't).
+      up.reset();
+      if (work.pipelined) {
+        work.queue.push_front(*work.pipelined);
+        work.pipelined.reset();
+      }
+    }
   }
 
   while (!fetch.stopping() && !work.failed) {
@@ -659,8 +697,9 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
     }
     // 4. The body, into the reorder buffer.
     bool stopped_early = false;
+    const bool same_connection = true;
     auto ec = co_await async_receive_range(fetch, index, up, parser, app_request, target, validator,
-                                           /*may_pipeline=*/true, stopped_early);
+                                           &up, same_connection, stopped_early);
     if (ec) {
       fail("range", ec);
       break;
