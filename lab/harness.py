@@ -22,20 +22,13 @@ from fleety_lab import Lab, LabError, OBJECT_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 
-MINIMAL_CONFIG = """\
-[proxy]
-listen = "127.0.0.1:{port}"
+# The minimal config of issue 3, as users copy it from the README; must work as it is.
+MINIMAL_CONFIG_FILE = REPO / "docs" / "examples" / "minimal.toml"
 
-[[path]]
-name = "wifi"
-interface = "wlan0"
-kind = "wifi"
 
-[[path]]
-name = "cell"
-interface = "rmnet0"
-kind = "cellular"
-"""
+def minimal_config(port: int = 3128) -> str:
+    """docs/examples/minimal.toml, listening on `port`."""
+    return MINIMAL_CONFIG_FILE.read_text().replace("127.0.0.1:3128", f"127.0.0.1:{port}")
 
 
 def find_fleetyd() -> str:
@@ -70,7 +63,7 @@ class Fleetyd:
         self.workdir = Path(tempfile.mkdtemp(prefix="fleetyd-"))
         self.config_path = self.workdir / "fleety.toml"
         self.config_path.write_text(config_text if config_text is not None
-                                    else MINIMAL_CONFIG.format(port=port))
+                                    else minimal_config(port))
         self.log_path = self.workdir / "fleetyd.log"
         self.args = [find_fleetyd(), "--config", str(self.config_path), "--log-level", log_level,
                      *extra_args]

@@ -5,23 +5,8 @@
 namespace fleety::core {
 namespace {
 
-constexpr const char* minimal = R"(
-[proxy]
-listen = "127.0.0.1:3128"
-
-[[path]]
-name = "wifi"
-interface = "wlan0"
-kind = "wifi"
-
-[[path]]
-name = "cell"
-interface = "rmnet0"
-kind = "cellular"
-)";
-
-TEST(Config, MinimalFileFromTheIssueWorksAsItIs) {
-  auto config = parse_config(minimal, "fleety.toml");
+TEST(Config, MinimalFileFromTheReadmeWorksAsItIs) {
+  auto config = load_config(FLEETY_SOURCE_DIR "/docs/examples/minimal.toml");
   ASSERT_TRUE(config) << config.error();
   EXPECT_EQ(config->proxy.listen_address, "127.0.0.1");
   EXPECT_EQ(config->proxy.listen_port, 3128);
@@ -98,6 +83,7 @@ rtt = "50ms"
 }
 
 struct bad_case {
+  const char* name;  // test name suffix
   const char* text;
   const char* expected;  // a substring of the one-line error
 };
@@ -118,30 +104,41 @@ constexpr const char* one_path =
 INSTANTIATE_TEST_SUITE_P(
     BadConfigs, ConfigError,
     testing::Values(
-        bad_case{"[proxy]\nlisten = \"127.0.0.1:3128\"\n", "no [[path]]"},
-        bad_case{"[[path]]\nname = \"wifi\"\nkind = \"wifi\"\n", "needs 'interface'"},
-        bad_case{"[[path]]\nname = \"w\"\ninterface = \"wlan0\"\nkind = \"wlan\"\n",
+        bad_case{"NoPath", "[proxy]\nlisten = \"127.0.0.1:3128\"\n", "no [[path]]"},
+        bad_case{"PathWithoutInterface", "[[path]]\nname = \"wifi\"\nkind = \"wifi\"\n",
+                 "needs 'interface'"},
+        bad_case{"UnknownKind", "[[path]]\nname = \"w\"\ninterface = \"wlan0\"\nkind = \"wlan\"\n",
                  "fleety.toml:4: path 'w': unknown kind 'wlan'"},
-        bad_case{"[proxy]\nlisten = \"127.0.0.1\"\n",
+        bad_case{"ListenWithoutPort", "[proxy]\nlisten = \"127.0.0.1\"\n",
                  "fleety.toml:2: proxy.listen '127.0.0.1' must be ADDRESS:PORT"},
-        bad_case{"[proxy]\nlisten = \"127.0.0.1:99999\"\n", "is not a port number"},
-        bad_case{"[proxy]\nlisen = \"127.0.0.1:1\"\n",
+        bad_case{"PortOutOfRange", "[proxy]\nlisten = \"127.0.0.1:99999\"\n",
+                 "is not a port number"},
+        bad_case{"MisspelledKey", "[proxy]\nlisen = \"127.0.0.1:1\"\n",
                  "fleety.toml:2: unknown key 'lisen' in [proxy]"},
-        bad_case{"[scheduler]\nmode = \"fast\"\n", "scheduler.mode 'fast' is unknown"},
-        bad_case{"[scheduler]\ntolerance = \"1\"\n", "not a duration"},
-        bad_case{"[scheduler]\nmemory_per_session = \"1KiB\"\n", "memory_per_session must be from"},
-        bad_case{"[[path]]\nname = \"a\"\ninterface = \"wlan0\"\nkind = \"wifi\"\n"
+        bad_case{"UnknownMode", "[scheduler]\nmode = \"fast\"\n",
+                 "scheduler.mode 'fast' is unknown"},
+        bad_case{"DurationWithoutUnit", "[scheduler]\ntolerance = \"1\"\n", "not a duration"},
+        bad_case{"MemoryTooSmall", "[scheduler]\nmemory_per_session = \"1KiB\"\n",
+                 "memory_per_session must be from"},
+        bad_case{"DuplicateName",
+                 "[[path]]\nname = \"a\"\ninterface = \"wlan0\"\nkind = \"wifi\"\n"
                  "[[path]]\nname = \"a\"\ninterface = \"rmnet0\"\nkind = \"cellular\"\n",
                  "path name 'a' is used twice"},
-        bad_case{"[[path]]\nname = \"a\"\ninterface = \"wlan0\"\nkind = \"wifi\"\n"
+        bad_case{"DuplicateInterface",
+                 "[[path]]\nname = \"a\"\ninterface = \"wlan0\"\nkind = \"wifi\"\n"
                  "[[path]]\nname = \"b\"\ninterface = \"wlan0\"\nkind = \"cellular\"\n",
                  "interface 'wlan0' is used by two paths"},
-        bad_case{"[[path]]\nname = \"a\"\ninterface = \"a/b\"\nkind = \"wifi\"\n",
+        bad_case{"BadInterfaceName",
+                 "[[path]]\nname = \"a\"\ninterface = \"a/b\"\nkind = \"wifi\"\n",
                  "not a valid interface name"},
-        bad_case{"[[path]]\nname = \"a\"\ninterface = \"w\"\nkind = \"wifi\"\nrate = \"fast\"\n",
+        bad_case{"BadRate",
+                 "[[path]]\nname = \"a\"\ninterface = \"w\"\nkind = \"wifi\"\nrate = \"fast\"\n",
                  "fleety.toml:5: path.rate"},
-        bad_case{"[proxy\n", "fleety.toml:1:"},
-        bad_case{"[log]\nlevel = \"loud\"\n", "log.level 'loud' is unknown"}));
+        bad_case{"SyntaxError", "[proxy\n", "fleety.toml:1:"},
+        bad_case{"UnknownLogLevel", "[log]\nlevel = \"loud\"\n", "log.level 'loud' is unknown"}),
+    [](const testing::TestParamInfo<bad_case>& param_info) {
+      return std::string(param_info.param.name);
+    });
 
 TEST(Config, MissingFileIsNamed) {
   auto config = load_config("/nonexistent/fleety.toml");
