@@ -62,7 +62,6 @@ std::chrono::steady_clock::duration as_duration(std::chrono::microseconds us) {
 struct upstream {
   beast::tcp_stream stream;
   beast::flat_buffer buffer;
-  std::string server;  ///< "198.18.10.1:80", for logs
 
   explicit upstream(const asio::any_io_executor& executor) : stream(executor) {}
   bool is_open() { return stream.socket().is_open(); }
@@ -71,6 +70,22 @@ struct upstream {
     buffer.clear();
   }
 };
+
+/// A response parser with our limits: headers up to 64 KiB, bodies of any length (we
+/// stream them), no body expected for a HEAD.
+std::unique_ptr<http::response_parser<http::buffer_body>> make_response_parser(bool head_request) {
+  auto parser = std::make_unique<http::response_parser<http::buffer_body>>();
+  parser->header_limit(header_limit_bytes);
+  parser->body_limit(boost::none);
+  if (head_request) parser->skip(true);
+  return parser;
+}
+
+/// Waits until `timer` is cancelled (someone's notify) or `timeout` passes.
+awaitable<void> async_wait_for_wake(asio::steady_timer& timer, clock_type::duration timeout) {
+  timer.expires_after(timeout);
+  co_await timer.async_wait(nothrow);
+}
 
 /// Resolves `host` through the path and connects a socket bound to the path's interface.
 awaitable<error_code> async_connect_on_path(upstream& up, path_runtime& path,
@@ -86,7 +101,6 @@ awaitable<error_code> async_connect_on_path(upstream& up, path_runtime& path,
     up.stream.expires_after(as_duration(limits.connect_timeout));
     auto [connect_ec] = co_await up.stream.async_connect(endpoint, nothrow);
     if (!connect_ec) {
-      up.server = fmt::format("{}:{}", address.to_string(), port);
       if (auto metrics = net::read_tcp_metrics(up.stream.socket())) {
         path.estimator.on_rtt(metrics->smoothed_rtt);
       }
@@ -290,11 +304,6 @@ class object_fetch {
     notify();
   }
 
-  /// Waits for notify() or `timeout`.
-  static awaitable<void> async_wait(asio::steady_timer& timer, clock_type::duration timeout) {
-    timer.expires_after(timeout);
-    co_await timer.async_wait(nothrow);
-  }
   asio::steady_timer& writer_wake() { return writer_wake_; }
 
   /// Bytes that arrived from path `index` at `offset`.
@@ -647,7 +656,7 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
       auto next = fetch.take_range(index);
       if (!next) {
         if (fetch.complete() || fetch.all_failed()) break;
-        co_await object_fetch::async_wait(*work.wake, std::chrono::seconds(1));
+        co_await async_wait_for_wake(*work.wake, std::chrono::seconds(1));
         continue;
       }
       range = *next;
@@ -672,9 +681,8 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
       }
     }
     // 3. The response must be exactly the range of the same object (RFC 9110 §14.4).
-    http::response_parser<http::buffer_body> parser;
-    parser.header_limit(header_limit_bytes);
-    parser.body_limit(boost::none);
+    auto parser_owner = make_response_parser(/*head_request=*/false);
+    auto& parser = *parser_owner;
     up.stream.expires_after(as_duration(limits.io_timeout));
     auto [read_ec, n] = co_await http::async_read_header(up.stream, up.buffer, parser, nothrow);
     if (read_ec) {
@@ -734,7 +742,7 @@ awaitable<bool> async_deliver_in_order(object_fetch& fetch, beast::tcp_stream& a
         spdlog::warn("no progress for {} ms: giving up", limits.io_timeout.count() / 1000);
         co_return false;
       }
-      co_await object_fetch::async_wait(fetch.writer_wake(), std::chrono::milliseconds(500));
+      co_await async_wait_for_wake(fetch.writer_wake(), std::chrono::milliseconds(500));
       continue;
     }
     // Bounded write: at most one chunk, so the buffer can't change under the write.
@@ -825,10 +833,8 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   }
 
   // 2. The response header decides: one path, or a multipath fetch.
-  auto parser = std::make_unique<http::response_parser<http::buffer_body>>();
-  parser->header_limit(header_limit_bytes);
-  parser->body_limit(boost::none);
-  if (ctx.request.method() == http::verb::head) parser->skip(true);
+  const bool head_request = ctx.request.method() == http::verb::head;
+  auto parser = make_response_parser(head_request);
   do {
     first.stream.expires_after(as_duration(limits.io_timeout));
     auto [read_ec, n] =
@@ -837,10 +843,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     // Interim 1xx responses (other than 101) are not forwarded: we already said 100.
     if (!ec && parser->get().result_int() >= 100 && parser->get().result_int() < 200 &&
         parser->get().result() != http::status::switching_protocols) {
-      parser = std::make_unique<http::response_parser<http::buffer_body>>();
-      parser->header_limit(header_limit_bytes);
-      parser->body_limit(boost::none);
-      if (ctx.request.method() == http::verb::head) parser->skip(true);
+      parser = make_response_parser(head_request);
       continue;
     }
     break;
@@ -865,7 +868,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     // 3a. One path: relay the response as it comes.
     auto out = app_response_header(response, ctx.request);
     std::uint64_t relayed = 0;
-    if (ctx.request.method() == http::verb::head) {
+    if (head_request) {
       http::response<http::empty_body> head_out;
       head_out.base() = out.base();
       ctx.app.expires_after(as_duration(limits.io_timeout));
@@ -932,7 +935,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   const bool delivered = co_await async_deliver_in_order(fetch, ctx.app);
   fetch.stop();
   while (fetch.running > 0) {
-    co_await object_fetch::async_wait(fetch.writer_wake(), std::chrono::milliseconds(200));
+    co_await async_wait_for_wake(fetch.writer_wake(), std::chrono::milliseconds(200));
   }
 
   const double seconds = std::chrono::duration<double>(clock_type::now() - started).count();
@@ -1030,7 +1033,7 @@ awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buf
   };
   asio::co_spawn(executor, pump(app, up.stream, up_bytes), finish);
   asio::co_spawn(executor, pump(up.stream, app, down_bytes), finish);
-  while (left > 0) co_await object_fetch::async_wait(done, std::chrono::seconds(1));
+  while (left > 0) co_await async_wait_for_wake(done, std::chrono::seconds(1));
   used->bytes_received += down_bytes;
 }
 
@@ -1091,7 +1094,7 @@ awaitable<void> run_proxy_listener(tcp::acceptor acceptor, proxy_context& contex
   for (;;) {
     while (context.sessions_active >= context.config.proxy.max_connections) {
       // At the limit, leave new connections in the kernel's backlog until one ends.
-      co_await object_fetch::async_wait(slot_freed, std::chrono::seconds(1));
+      co_await async_wait_for_wake(slot_freed, std::chrono::seconds(1));
     }
     auto [ec, socket] = co_await acceptor.async_accept(nothrow);
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;

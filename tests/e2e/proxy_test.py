@@ -134,6 +134,18 @@ class ProxyInLab(unittest.TestCase):
         t = curl(self.lab, "http://nonexistent.fleety.test/x", proxy=self.fleetyd.proxy_url, timeout=30)
         self.assertEqual(t.http_code, "502")
 
+    def test_head_and_post_pass_through_on_one_path(self):
+        t = curl(self.lab, f"{CDN_URL}/100MB", proxy=self.fleetyd.proxy_url, timeout=30,
+                 extra=["-I", "-D", "/dev/stdout", "-w", ""])
+        self.assertEqual(t.exit_code, 0, t.stderr)
+        self.assertIn("HTTP/1.1 200", t.http_code)
+        self.assertIn("Content-Length: 100000000", t.http_code)
+        self.assertLess(t.iface_rx["wlan0"] + t.iface_rx["rmnet0"], 20_000, "HEAD fetched a body")
+        # nginx refuses POST on a static file: the 405 reaches the app as it is.
+        t = curl(self.lab, f"{CDN_URL}/1MB", proxy=self.fleetyd.proxy_url, timeout=30,
+                 extra=["--data-binary", "hello"])
+        self.assertEqual(t.http_code, "405")
+
     def test_keep_alive_serves_several_requests_on_one_connection(self):
         # curl reuses its proxy connection for URLs given together.
         t = curl(self.lab, f"{CDN_URL}/1MB", proxy=self.fleetyd.proxy_url, timeout=60,
