@@ -77,8 +77,8 @@ class Fleetyd:
         self.stop()
 
     def start(self, timeout: float = 10.0) -> None:
-        log = open(self.log_path, "wb")
-        self.process = self.lab.popen("cli", self.args, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.log_path, "wb") as log:  # the child keeps its own copy of the fd
+            self.process = self.lab.popen("cli", self.args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

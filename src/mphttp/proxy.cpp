@@ -220,6 +220,7 @@ struct path_work {
   std::optional<byte_range> current;
   std::uint64_t current_received = 0;  ///< bytes of `current` received so far
   std::optional<clock_type::time_point> current_first_byte;
+  clock_type::time_point last_progress{};  ///< when `current` was assigned or last brought bytes
   /// A range whose request is already sent behind `current` on the same connection
   /// (HTTP/1.1 pipelining), so the path doesn't idle for an RTT between ranges.
   std::optional<byte_range> pipelined;
@@ -326,6 +327,30 @@ class object_fetch {
     std::sort(orphans_.begin(), orphans_.end(),
               [](const byte_range& a, const byte_range& b) { return a.begin < b.begin; });
     notify();
+  }
+
+  /// A path whose range brings no bytes for a while is taken as failed while another path
+  /// can go on (DESIGN.md: "a path that stalls ... has its remaining ranges re-requested
+  /// on the other paths"): its ranges become orphans and its fetcher is cancelled. The
+  /// last path left is not judged here: it has the I/O timeout like any connection.
+  void detect_stalls(clock_type::time_point now) {
+    for (std::size_t i = 0; i < work_.size(); ++i) {
+      auto& w = work_[i];
+      if (w.failed || w.current_left() == 0) continue;
+      const double rtt = w.path->estimator.rtt_s();
+      // Before the first byte a range also waits for a connect and the server.
+      const double limit_s = w.current_first_byte ? std::max(1.0, 4 * rtt) : std::max(3.0, 8 * rtt);
+      const double silent_s = std::chrono::duration<double>(now - w.last_progress).count();
+      if (silent_s < limit_s) continue;
+      const bool another_alive =
+          std::any_of(work_.begin(), work_.end(),
+                      [&](const path_work& other) { return &other != &w && !other.failed; });
+      if (!another_alive) continue;
+      spdlog::warn("path {}: no data for {:.1f} s: its {} bytes left go to the other paths",
+                   w.path->config.name, silent_s, w.backlog_bytes());
+      on_path_failed(i);
+      w.cancel->emit(asio::cancellation_type::terminal);
+    }
   }
 
   /// Plans the first portion while path 0 already receives the object from offset 0:
@@ -553,7 +578,9 @@ awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index
     if (got == 0) continue;
     if (!work.current_first_byte) {
       work.current_first_byte = clock_type::now();
+      work.last_progress = *work.current_first_byte;
     } else {
+      work.last_progress = clock_type::now();
       timed_bytes += got;
     }
     work.path->bytes_received += got;
@@ -594,7 +621,8 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
   upstream up(executor);
   const std::string url = fmt::format("http://{}{}", target.authority, target.origin_form);
   auto fail = [&](std::string_view what, const error_code& ec) {
-    if (!fetch.stopping()) {
+    // A path already taken as stalled was logged when it was.
+    if (!fetch.stopping() && !work.failed) {
       spdlog::warn("path {}: {} of {} failed after {} bytes of [{}, {}): {}", path.config.name,
                    what, url, work.current_received, work.current ? work.current->begin : 0,
                    work.current ? work.current->end : 0, ec.message());
@@ -618,6 +646,7 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
     auto receive_share = [&]() -> awaitable<error_code> {
       if (initial_share == 0) co_return error_code{};
       work.current = byte_range{0, initial_share};
+      work.last_progress = clock_type::now();
       work.current_received = 0;
       bool stopped_early = false;
       auto ec =
@@ -664,6 +693,7 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
     work.current = range;
     work.current_received = 0;
     work.current_first_byte.reset();
+    work.last_progress = clock_type::now();
     // 2. Connect if needed and send the request.
     if (!already_sent) {
       if (!up.is_open()) {
@@ -735,6 +765,7 @@ awaitable<bool> async_deliver_in_order(object_fetch& fetch, beast::tcp_stream& a
   auto& buffer = fetch.buffer();
   auto last_progress = clock_type::now();
   while (buffer.delivered() < fetch.total()) {
+    fetch.detect_stalls(clock_type::now());
     auto data = buffer.front();
     if (data.empty()) {
       if (fetch.all_failed()) co_return false;

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""A path that goes down mid-download (issue 4, item 5; DESIGN.md "faults are normal").
+
+curl fetches 100 MB through fleetyd over two 50 Mbit/s paths; after a few seconds one
+path's link goes down. The download must complete with the right sha256, the
+remaining bytes coming over the other path, not long after the ideal time the
+remaining capacity allows. With no path left, the app's connection must be reset,
+never end in a body that looks complete.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import unittest
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "lab"))
+
+from fleety_lab import Lab  # noqa: E402
+from harness import Fleetyd, curl, minimal_config, object_sha256  # noqa: E402
+
+PREFIX = "flf"
+SPEC = "50mbit/10ms"
+EVENT_AT_S = 3.0
+OBJECT = "100MB"
+SIZE = 100_000_000
+
+
+class PathFailure(unittest.TestCase):
+    lab: Lab
+
+    @classmethod
+    def setUpClass(cls):
+        cls.lab = Lab(PREFIX)
+        cls.lab.__enter__()
+        try:
+            cls.lab.up(wifi=SPEC, cell=SPEC)
+            # Goodput of one path alone, measured here: the baseline of the ideal time.
+            t = curl(cls.lab, f"http://198.18.10.1/{OBJECT}", interface="wlan0",
+                     extra=["--max-time", "4"], timeout=20)
+            cls.goodput_Bps = t.body_bytes / t.seconds
+        except BaseException:
+            cls.lab.__exit__(None, None, None)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.lab.__exit__(None, None, None)
+
+    def setUp(self):
+        for path in ("wifi", "cell"):
+            self.lab.set_path(path, link="up")
+
+    def download_with_event(self, paths_down: list[str], config: str | None = None):
+        def event():
+            time.sleep(EVENT_AT_S)
+            for p in paths_down:
+                self.lab.set_path(p, link="down")
+
+        with Fleetyd(self.lab, config_text=config) as daemon:
+            timer = threading.Thread(target=event)
+            timer.start()
+            try:
+                t = curl(self.lab, f"http://cdn.fleety.test/{OBJECT}", proxy=daemon.proxy_url, timeout=120)
+            finally:
+                timer.join()
+            return t, daemon.log()
+
+    def assert_completes_on_the_other_path(self, path_down: str):
+        t, log = self.download_with_event([path_down])
+        self.assertEqual(t.exit_code, 0, t.stderr + log[-2000:])
+        self.assertEqual(t.sha256, object_sha256(OBJECT), "the app received other bytes than the origin's")
+        # Ideal: both paths until the event, then the one left carries the rest.
+        remaining = SIZE - 2 * self.goodput_Bps * EVENT_AT_S
+        ideal = EVENT_AT_S + remaining / self.goodput_Bps
+        print(f"{path_down} down at {EVENT_AT_S} s: done in {t.seconds:.1f} s, ideal {ideal:.1f} s")
+        self.assertLess(t.seconds, ideal + 4.0, log[-3000:])
+        self.assertIn("go to the other paths", log)
+
+    def test_wifi_down_mid_download(self):
+        self.assert_completes_on_the_other_path("wifi")
+
+    def test_cellular_down_mid_download(self):
+        self.assert_completes_on_the_other_path("cell")
+
+    def test_no_path_left_resets_the_app(self):
+        config = minimal_config().replace('[proxy]\n', '[proxy]\nio_timeout = "3s"\n', 1)
+        t, log = self.download_with_event(["wifi", "cell"], config=config)
+        self.assertNotEqual(t.exit_code, 0, "curl reported success without the whole object")
+        self.assertLess(t.body_bytes, SIZE)
+        self.assertIn("resetting the app connection", log)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
