@@ -1095,6 +1095,16 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy,
       break;
     }
     const request_header& request = parser.get().base();
+    if (request.find(http::field::transfer_encoding) != request.end() && !parser.chunked()) {
+      // RFC 9112 §6.3: a request whose last transfer coding is not chunked has no
+      // reliable length: 400 and close, or a server behind us could read it differently.
+      spdlog::warn("[{}] bad request from app: Transfer-Encoding '{}' without final chunked",
+                   session_id, std::string(request[http::field::transfer_encoding]));
+      co_await async_write_error(app, http::status::bad_request,
+                                 "Transfer-Encoding must end with chunked", request.version(),
+                                 limits);
+      break;
+    }
     if (request.method() == http::verb::connect) {
       co_await async_tunnel(app, app_buffer, proxy, request, session_id);
       break;

@@ -146,6 +146,31 @@ class ProxyInLab(unittest.TestCase):
                  extra=["--data-binary", "hello"])
         self.assertEqual(t.http_code, "405")
 
+    def test_smuggling_vectors_get_400_and_a_log_line(self):
+        """RFC 9112 §6.1, §6.3: requests whose body length is ambiguous are refused."""
+        cases = {
+            "Content-Length with Transfer-Encoding":
+                b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "conflicting Content-Length": b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            "Transfer-Encoding not ending in chunked": b"Transfer-Encoding: gzip\r\n\r\n",
+            "negative Content-Length": b"Content-Length: -1\r\n\r\n",
+            "space before colon": b"Host : x\r\n\r\n",
+        }
+        raw = str(REPO / "tests" / "e2e" / "raw_http.py")
+        for name, tail in cases.items():
+            request = b"POST http://cdn.fleety.test/1MB HTTP/1.1\r\nHost: cdn.fleety.test\r\n" + tail
+            cp = self.lab.exec("cli", [sys.executable, raw, "127.0.0.1", "3128"], input=request,
+                               timeout=30, capture_output=True)
+            self.assertEqual(cp.stdout.decode().strip(), "HTTP/1.1 400 Bad Request", f"{name}: {cp}")
+        big = b"GET http://cdn.fleety.test/1MB HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n"
+        cp = self.lab.exec("cli", [sys.executable, raw, "127.0.0.1", "3128"], input=big, timeout=30,
+                           capture_output=True)
+        self.assertEqual(cp.stdout.decode().strip(), "HTTP/1.1 431 Request Header Fields Too Large")
+        log = self.fleetyd.log()
+        for line in ("bad Transfer-Encoding", "multiple Content-Length", "without final chunked",
+                     "bad Content-Length", "bad field", "header limit exceeded"):
+            self.assertIn(line, log)
+
     def test_keep_alive_serves_several_requests_on_one_connection(self):
         # curl reuses its proxy connection for URLs given together.
         t = curl(self.lab, f"{CDN_URL}/1MB", proxy=self.fleetyd.proxy_url, timeout=60,
