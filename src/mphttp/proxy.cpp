@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cmath>
 #include <deque>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -221,6 +222,10 @@ struct path_work {
   std::uint64_t current_received = 0;  ///< bytes of `current` received so far
   std::optional<clock_type::time_point> current_first_byte;
   clock_type::time_point last_progress{};  ///< when `current` was assigned or last brought bytes
+  /// Overlap bytes of the current response not received yet, and those received: the
+  /// response starts `overlap` bytes before `current->begin` (paper §4.3).
+  std::uint64_t prefix_left = 0;
+  std::vector<char> prefix;
   /// A range whose request is already sent behind `current` on the same connection
   /// (HTTP/1.1 pipelining), so the path doesn't idle for an RTT between ranges.
   std::optional<byte_range> pipelined;
@@ -309,10 +314,45 @@ class object_fetch {
 
   /// Bytes that arrived from path `index` at `offset`.
   void on_data(std::size_t index, std::uint64_t offset, std::span<const char> data) {
-    work_[index].bytes += buffer_.add(offset, data);
+    work_[index].bytes += buffer_.add(offset, data, static_cast<int>(index));
     writer_wake_.cancel();
   }
 
+  /// Bytes a range request asks for before the range itself, to compare with what the
+  /// earlier range brought (consistency verifier, paper §4.3). None for the object's head.
+  std::uint64_t overlap_for(std::uint64_t begin) const {
+    return std::min<std::uint64_t>(begin, config_.scheduler.overlap_bytes);
+  }
+
+  /// Path `index` received the whole overlap before `begin`: no byte at or after `begin`
+  /// reaches the app until it matched the bytes the app got just before `begin`.
+  void on_overlap(std::size_t index, std::uint64_t begin, std::vector<char> bytes) {
+    checks_[begin] = overlap_check{static_cast<int>(index), std::move(bytes)};
+  }
+
+  /// The most the writer may deliver now from the front of `buffer_`, given pending
+  /// checks; resolves the check at the delivery point. 0 with `conflict` set when the
+  /// check there failed (handled: the later range is dropped and fetched again).
+  std::size_t deliverable(std::size_t available) {
+    const std::uint64_t at = buffer_.delivered();
+    auto gate = checks_.lower_bound(at);
+    if (gate != checks_.end() && gate->first == at) {
+      if (!check_at_delivery_point(gate)) return 0;
+      gate = checks_.lower_bound(at);
+    }
+    if (gate == checks_.end()) return available;
+    return static_cast<std::size_t>(std::min<std::uint64_t>(available, gate->first - at));
+  }
+
+  /// The writer delivered `data`: keep its tail, the "earlier" side of the next check.
+  void on_delivered(std::span<const char> data) {
+    const std::size_t keep = config_.scheduler.overlap_bytes;
+    recent_.insert(recent_.end(), data.begin(), data.end());
+    if (recent_.size() > keep)
+      recent_.erase(recent_.begin(), recent_.end() - static_cast<std::ptrdiff_t>(keep));
+  }
+
+  std::uint64_t mismatches() const { return mismatches_; }
   /// A path failed: what it had not fetched goes to the other paths.
   void on_path_failed(std::size_t index) {
     auto& w = work_[index];
@@ -498,6 +538,41 @@ class object_fetch {
     reassign(victim, index, plan.share_bytes[1]);
   }
 
+  struct overlap_check {
+    int source;               ///< path whose later range brought `later`
+    std::vector<char> later;  ///< its overlap bytes, just before the check's offset
+  };
+
+  /// Compares the check at the delivery point; true when it passed (and is gone).
+  bool check_at_delivery_point(std::map<std::uint64_t, overlap_check>::iterator gate) {
+    const std::uint64_t at = gate->first;
+    const overlap_check check = std::move(gate->second);
+    checks_.erase(gate);
+    const std::size_t n = std::min(check.later.size(), recent_.size());
+    if (std::equal(check.later.end() - static_cast<std::ptrdiff_t>(n), check.later.end(),
+                   recent_.end() - static_cast<std::ptrdiff_t>(n))) {
+      return true;
+    }
+    // Two versions of the object (a stale cache on one path): the later range is
+    // dropped, its path is done with this object and the rest comes from the others.
+    ++mismatches_;
+    auto& later = work_[static_cast<std::size_t>(check.source)];
+    spdlog::warn(
+        "path {}: its bytes before offset {} differ from what the app already has: another "
+        "version of the object; dropping its ranges, the rest comes over the other paths",
+        later.path->config.name, at);
+    for (const auto& [begin, end] : buffer_.evict(at, check.source)) {
+      later.bytes -= std::min(later.bytes, end - begin);
+      orphans_.push_back({begin, end});
+    }
+    for (auto it = checks_.begin(); it != checks_.end();) {
+      it = it->second.source == check.source ? checks_.erase(it) : std::next(it);
+    }
+    on_path_failed(static_cast<std::size_t>(check.source));
+    later.cancel->emit(asio::cancellation_type::terminal);
+    return false;
+  }
+
   /// Rebalancing moved `bytes` of the plan from path `from` to path `to`.
   void reassign(std::size_t from, std::size_t to, std::uint64_t bytes) {
     planned_share_[from] -= std::min(planned_share_[from], bytes);
@@ -516,15 +591,19 @@ class object_fetch {
   std::vector<std::uint64_t> planned_share_;
   asio::steady_timer writer_wake_;
   bool stopping_ = false;
+  std::map<std::uint64_t, overlap_check> checks_;  ///< by offset: overlaps not compared yet
+  std::vector<char> recent_;                       ///< the last overlap_bytes delivered to the app
+  std::uint64_t mismatches_ = 0;                   ///< overlaps that differed (two versions seen)
 };
 
 /// Sends a range request for `range` on the path's connection.
 awaitable<error_code> async_request_range(upstream& up, path_runtime& path,
                                           const request_header& app_request,
                                           const proxy_target& target, const std::string& validator,
-                                          byte_range range, const core::proxy_config& limits) {
+                                          byte_range range, std::uint64_t overlap,
+                                          const core::proxy_config& limits) {
   auto request = upstream_request(app_request, target);
-  request.set(http::field::range, fmt::format("bytes={}-{}", range.begin, range.end - 1));
+  request.set(http::field::range, fmt::format("bytes={}-{}", range.begin - overlap, range.end - 1));
   if (!validator.empty()) request.set(http::field::if_range, validator);
   ++path.requests;
   up.stream.expires_after(as_duration(limits.io_timeout));
@@ -561,7 +640,8 @@ awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index
         if (auto next = fetch.take_range(index)) {
           work.pipelined = next;
           if (auto ec = co_await async_request_range(*pipeline_on, *work.path, app_request, target,
-                                                     validator, *next, limits)) {
+                                                     validator, *next,
+                                                     fetch.overlap_for(next->begin), limits)) {
             co_return ec;
           }
         }
@@ -584,10 +664,21 @@ awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index
       timed_bytes += got;
     }
     work.path->bytes_received += got;
+    std::span<const char> body(chunk.data(), got);
+    if (work.prefix_left > 0) {
+      // The overlap comes first: kept aside for the verifier, not delivered.
+      const std::size_t take =
+          static_cast<std::size_t>(std::min<std::uint64_t>(work.prefix_left, got));
+      work.prefix.insert(work.prefix.end(), body.begin(),
+                         body.begin() + static_cast<std::ptrdiff_t>(take));
+      work.prefix_left -= take;
+      body = body.subspan(take);
+      if (work.prefix_left == 0)
+        fetch.on_overlap(index, work.current->begin, std::move(work.prefix));
+    }
     // The range's end may have moved down (another path took the tail): drop the rest.
-    const std::uint64_t usable = std::min<std::uint64_t>(got, work.current_left());
-    fetch.on_data(index, work.current->begin + work.current_received,
-                  std::span<const char>(chunk.data(), usable));
+    const std::uint64_t usable = std::min<std::uint64_t>(body.size(), work.current_left());
+    fetch.on_data(index, work.current->begin + work.current_received, body.first(usable));
     work.current_received += usable;
   }
   stopped_early = !parser.is_done();
@@ -694,6 +785,8 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
     work.current_received = 0;
     work.current_first_byte.reset();
     work.last_progress = clock_type::now();
+    work.prefix_left = fetch.overlap_for(range.begin);
+    work.prefix.clear();
     // 2. Connect if needed and send the request.
     if (!already_sent) {
       if (!up.is_open()) {
@@ -705,7 +798,7 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
         work.connected = true;
       }
       if (auto ec = co_await async_request_range(up, path, app_request, target, validator, range,
-                                                 limits)) {
+                                                 fetch.overlap_for(range.begin), limits)) {
         fail("request", ec);
         break;
       }
@@ -722,8 +815,8 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
     const auto& header = parser.get().base();
     const auto content_range = parse_content_range(header[http::field::content_range]);
     if (header.result() != http::status::partial_content || !content_range ||
-        content_range->first != range.begin || content_range->last != range.end - 1 ||
-        content_range->complete_length != fetch.total()) {
+        content_range->first != range.begin - fetch.overlap_for(range.begin) ||
+        content_range->last != range.end - 1 || content_range->complete_length != fetch.total()) {
       // A server that ignores Range, or another version of the object (If-Range
       // failed): this path can't help with this object.
       spdlog::warn("path {}: {} answered range {}-{} with {} '{}': not using this path for it",
@@ -776,10 +869,17 @@ awaitable<bool> async_deliver_in_order(object_fetch& fetch, beast::tcp_stream& a
       co_await async_wait_for_wake(fetch.writer_wake(), std::chrono::milliseconds(500));
       continue;
     }
+    // Not past an overlap that hasn't been compared yet (paper §4.3).
+    data = data.first(fetch.deliverable(data.size()));
+    if (data.empty()) {
+      co_await async_wait_for_wake(fetch.writer_wake(), std::chrono::milliseconds(100));
+      continue;
+    }
     // Bounded write: at most one chunk, so the buffer can't change under the write.
     app.expires_after(as_duration(limits.io_timeout));
     auto [ec, n] = co_await asio::async_write(app, asio::buffer(data.data(), data.size()), nothrow);
     if (ec) co_return false;
+    fetch.on_delivered(data.first(n));
     buffer.consume(n);
     last_progress = clock_type::now();
     fetch.notify();  // the window moved: fetchers waiting for room may plan

@@ -4,7 +4,7 @@
 
 namespace fleety::mphttp {
 
-std::uint64_t reorder_buffer::add(std::uint64_t offset, std::span<const char> data) {
+std::uint64_t reorder_buffer::add(std::uint64_t offset, std::span<const char> data, int source) {
   std::uint64_t begin = std::max(offset, delivered_);
   const std::uint64_t end = offset + data.size();
   std::uint64_t stored = 0;
@@ -13,7 +13,7 @@ std::uint64_t reorder_buffer::add(std::uint64_t offset, std::span<const char> da
   if (it != chunks_.begin()) {
     auto prev = std::prev(it);
     const std::uint64_t prev_begin = prev->first + (prev == chunks_.begin() ? front_consumed_ : 0);
-    const std::uint64_t prev_end = prev->first + prev->second.size();
+    const std::uint64_t prev_end = prev->first + prev->second.bytes.size();
     if (prev_begin <= begin && prev_end > begin) begin = prev_end;
   }
   while (begin < end) {
@@ -22,11 +22,11 @@ std::uint64_t reorder_buffer::add(std::uint64_t offset, std::span<const char> da
     if (gap_end > begin) {
       const auto first = data.begin() + static_cast<std::ptrdiff_t>(begin - offset);
       const auto last = data.begin() + static_cast<std::ptrdiff_t>(gap_end - offset);
-      chunks_.emplace(begin, std::vector<char>(first, last));
+      chunks_.emplace(begin, chunk{std::vector<char>(first, last), source});
       stored += gap_end - begin;
     }
     if (it == chunks_.end()) break;
-    begin = std::max(gap_end, it->first + it->second.size());
+    begin = std::max(gap_end, it->first + it->second.bytes.size());
   }
   buffered_ += stored;
   return stored;
@@ -34,25 +34,51 @@ std::uint64_t reorder_buffer::add(std::uint64_t offset, std::span<const char> da
 
 std::span<const char> reorder_buffer::front() const {
   if (chunks_.empty()) return {};
-  const auto& [offset, bytes] = *chunks_.begin();
+  const auto& [offset, held] = *chunks_.begin();
   if (offset + front_consumed_ != delivered_) return {};
-  return std::span<const char>(bytes).subspan(front_consumed_);
+  return std::span<const char>(held.bytes).subspan(front_consumed_);
 }
 
 void reorder_buffer::consume(std::uint64_t bytes) {
   while (bytes > 0 && !chunks_.empty()) {
     auto first = chunks_.begin();
-    const std::uint64_t left = first->second.size() - front_consumed_;
+    const std::uint64_t left = first->second.bytes.size() - front_consumed_;
     const std::uint64_t take = std::min(left, bytes);
     front_consumed_ += take;
     delivered_ += take;
     buffered_ -= take;
     bytes -= take;
-    if (front_consumed_ == first->second.size()) {
+    if (front_consumed_ == first->second.bytes.size()) {
       chunks_.erase(first);
       front_consumed_ = 0;
     }
   }
+}
+
+}  // namespace fleety::mphttp
+
+namespace fleety::mphttp {
+
+std::vector<std::pair<std::uint64_t, std::uint64_t>> reorder_buffer::evict(std::uint64_t from, int source) {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> dropped;
+  for (auto it = chunks_.lower_bound(from); it != chunks_.end();) {
+    if (it->second.source != source) {
+      ++it;
+      continue;
+    }
+    const bool partly_delivered = it == chunks_.begin() && front_consumed_ > 0;
+    const std::uint64_t begin = it->first + (partly_delivered ? front_consumed_ : 0);
+    const std::uint64_t end = it->first + it->second.bytes.size();
+    if (partly_delivered) front_consumed_ = 0;
+    buffered_ -= end - begin;
+    if (!dropped.empty() && dropped.back().second == begin) {
+      dropped.back().second = end;
+    } else {
+      dropped.emplace_back(begin, end);
+    }
+    it = chunks_.erase(it);
+  }
+  return dropped;
 }
 
 }  // namespace fleety::mphttp

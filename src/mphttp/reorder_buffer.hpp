@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace fleety::mphttp {
@@ -15,9 +16,15 @@ class reorder_buffer {
   /// Starts delivering at `first_offset` (0 for a whole object).
   explicit reorder_buffer(std::uint64_t first_offset = 0) : delivered_(first_offset) {}
 
-  /// Stores `data` found at `offset`. Bytes before the delivery point, and bytes already
-  /// held, are ignored (a range fetched twice counts once). Returns bytes newly stored.
-  std::uint64_t add(std::uint64_t offset, std::span<const char> data);
+  /// Stores `data` found at `offset`, fetched by `source` (a path index). Bytes before the
+  /// delivery point, and bytes already held, are ignored (a range fetched twice counts
+  /// once). Returns bytes newly stored.
+  std::uint64_t add(std::uint64_t offset, std::span<const char> data, int source = 0);
+
+  /// Drops every held chunk starting at or after `from` that `source` brought (another version of
+  /// the object: the consistency verifier refused it). Returns the dropped intervals as
+  /// [begin, end) pairs, in offset order, for re-fetching.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> evict(std::uint64_t from, int source);
 
   /// The next bytes for the app, contiguous from `delivered()`; empty when they are missing.
   std::span<const char> front() const;
@@ -29,7 +36,11 @@ class reorder_buffer {
   std::uint64_t buffered_bytes() const { return buffered_; }
 
  private:
-  std::map<std::uint64_t, std::vector<char>> chunks_;  ///< start offset → bytes; never overlapping
+  struct chunk {
+    std::vector<char> bytes;
+    int source = 0;  ///< the path that fetched them
+  };
+  std::map<std::uint64_t, chunk> chunks_;  ///< start offset → bytes; never overlapping
   std::uint64_t delivered_;                            ///< bytes before this went to the app
   std::uint64_t front_consumed_ = 0;                   ///< bytes of the first chunk already taken
   std::uint64_t buffered_ = 0;                         ///< bytes held, not yet delivered

@@ -71,3 +71,25 @@ TEST(ReorderBuffer, EverySplitPointGivesTheSameBytes) {
 
 }  // namespace
 }  // namespace fleety::mphttp
+
+namespace fleety::mphttp {
+namespace {
+
+TEST(ReorderBuffer, EvictDropsOnlyOneSourcesBytesFromAnOffset) {
+  reorder_buffer buffer;
+  buffer.add(0, bytes("0123"), /*source=*/0);
+  buffer.add(4, bytes("4567"), /*source=*/1);
+  buffer.add(8, bytes("89"), /*source=*/1);
+  buffer.add(10, bytes("ab"), /*source=*/0);
+  const auto dropped = buffer.evict(/*from=*/4, /*source=*/1);
+  ASSERT_EQ(dropped.size(), 1U);
+  EXPECT_EQ(dropped[0], std::make_pair(std::uint64_t{4}, std::uint64_t{10}));
+  EXPECT_EQ(buffer.buffered_bytes(), 6U);
+  EXPECT_EQ(drain(buffer), "0123");
+  // The hole is fetched again, from the other source.
+  buffer.add(4, bytes("456789"), /*source=*/0);
+  EXPECT_EQ(drain(buffer), "456789ab");
+}
+
+}  // namespace
+}  // namespace fleety::mphttp

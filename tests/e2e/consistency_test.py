@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""One path's CDN serves a stale version of the object (paper §4.3; issue 4, item 6).
+
+The lab serves /v/10MB from a different directory on each CDN: the Wi-Fi CDN has the
+current object, the cellular CDN an older one of the same size. The app must receive
+exactly one version, never a splice of both:
+- the stale copy has its own Last-Modified/ETag: the If-Range fleetyd sends with the
+  first response's validator makes the stale CDN answer 200, and fleetyd drops it;
+- the stale copy has the *same* validators (a cache that lies): only the overlap
+  comparison catches it, before any of its bytes reach the app.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "lab"))
+
+from fleety_lab import OBJECT_DIR, Lab  # noqa: E402
+from harness import Fleetyd, curl, object_sha256  # noqa: E402
+
+PREFIX = "flv"
+
+
+class StaleCdn(unittest.TestCase):
+    lab: Lab
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp(prefix="fleety-stale-"))
+        fresh, stale, liar = (cls.tmp / d for d in ("fresh", "stale", "liar"))
+        for d in (fresh, stale, liar):
+            d.mkdir()
+        shutil.copyfile(OBJECT_DIR / "10MB", fresh / "10MB")
+        # An older version: same size, other bytes from offset 1 MB on.
+        data = bytearray((OBJECT_DIR / "10MB").read_bytes())
+        data[1_000_000:] = bytes(b ^ 0x5A for b in data[1_000_000:])
+        (stale / "10MB").write_bytes(data)
+        (liar / "10MB").write_bytes(data)
+        st = os.stat(fresh / "10MB")
+        os.utime(stale / "10MB", (st.st_atime, st.st_mtime - 86400))  # older: other validators
+        os.utime(liar / "10MB", (st.st_atime, st.st_mtime))           # same ETag and Last-Modified
+        cls.lab = Lab(PREFIX)
+        cls.lab.__enter__()
+        try:
+            cls.lab.up(wifi="40mbit/10ms", cell="40mbit/10ms", extra_roots=[
+                f"wifi:/v/={fresh}", f"cell:/v/={stale}", f"wifi:/w/={fresh}", f"cell:/w/={liar}"])
+        except BaseException:
+            cls.lab.__exit__(None, None, None)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.lab.__exit__(None, None, None)
+        finally:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def fetch(self, url: str):
+        with Fleetyd(self.lab) as daemon:
+            t = curl(self.lab, url, proxy=daemon.proxy_url, timeout=60)
+            return t, daemon.log()
+
+    def test_stale_copy_with_other_validators_is_refused_by_if_range(self):
+        t, log = self.fetch("http://cdn.fleety.test/v/10MB")
+        self.assertEqual(t.exit_code, 0, t.stderr)
+        self.assertEqual(t.sha256, object_sha256("10MB"), "the app got a splice or the stale version")
+        self.assertIn("answered range", log)
+
+    def test_stale_copy_with_the_same_validators_is_caught_by_the_overlap(self):
+        t, log = self.fetch("http://cdn.fleety.test/w/10MB")
+        self.assertEqual(t.exit_code, 0, t.stderr)
+        self.assertEqual(t.sha256, object_sha256("10MB"), "the app got a splice or the stale version")
+        self.assertIn("another version of the object", log)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
