@@ -59,7 +59,8 @@ void reorder_buffer::consume(std::uint64_t bytes) {
 
 namespace fleety::mphttp {
 
-std::vector<std::pair<std::uint64_t, std::uint64_t>> reorder_buffer::evict(std::uint64_t from, int source) {
+std::vector<std::pair<std::uint64_t, std::uint64_t>> reorder_buffer::evict(std::uint64_t from,
+                                                                           int source) {
   std::vector<std::pair<std::uint64_t, std::uint64_t>> dropped;
   for (auto it = chunks_.lower_bound(from); it != chunks_.end();) {
     if (it->second.source != source) {

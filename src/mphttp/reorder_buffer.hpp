@@ -41,9 +41,9 @@ class reorder_buffer {
     int source = 0;  ///< the path that fetched them
   };
   std::map<std::uint64_t, chunk> chunks_;  ///< start offset → bytes; never overlapping
-  std::uint64_t delivered_;                            ///< bytes before this went to the app
-  std::uint64_t front_consumed_ = 0;                   ///< bytes of the first chunk already taken
-  std::uint64_t buffered_ = 0;                         ///< bytes held, not yet delivered
+  std::uint64_t delivered_;                ///< bytes before this went to the app
+  std::uint64_t front_consumed_ = 0;       ///< bytes of the first chunk already taken
+  std::uint64_t buffered_ = 0;             ///< bytes held, not yet delivered
 };
 
 }  // namespace fleety::mphttp
