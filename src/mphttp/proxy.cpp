@@ -650,7 +650,9 @@ awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index
     parser.get().body().data = chunk.data();
     parser.get().body().size = chunk.size();
     up.stream.expires_after(as_duration(limits.io_timeout));
-    auto [ec, n] = co_await http::async_read(up.stream, up.buffer, parser, nothrow);
+    // read_some, not read: return with whatever arrived, so a slow path shows progress
+    // (and is not taken for stalled) long before it fills a whole chunk.
+    auto [ec, n] = co_await http::async_read_some(up.stream, up.buffer, parser, nothrow);
     if (ec == http::error::need_buffer) ec = {};
     if (ec) co_return ec;
     if (fetch.stopping()) co_return asio::error::operation_aborted;
