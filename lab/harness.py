@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import unittest
 from pathlib import Path
 from typing import Sequence
 
@@ -181,3 +182,37 @@ def port_free(port: int) -> bool:
             return True
         except OSError:
             return False
+
+
+class LabTestCase(unittest.TestCase):
+    """A test class that owns one lab for all its tests: `prefix` names it,
+    `set_up_lab()` builds what the class needs in it, `tear_down_lab()` releases that.
+    The lab is torn down after the last test, and at once if set-up fails."""
+
+    prefix = "fle"
+    lab: Lab
+
+    @classmethod
+    def set_up_lab(cls) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def tear_down_lab(cls) -> None:
+        pass
+
+    @classmethod
+    def setUpClass(cls):
+        cls.lab = Lab(cls.prefix)
+        cls.lab.__enter__()
+        try:
+            cls.set_up_lab()
+        except BaseException:
+            cls.lab.__exit__(None, None, None)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.tear_down_lab()
+        finally:
+            cls.lab.__exit__(None, None, None)

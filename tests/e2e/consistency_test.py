@@ -22,17 +22,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "lab"))
 
-from fleety_lab import OBJECT_DIR, Lab  # noqa: E402
-from harness import Fleetyd, curl, object_sha256  # noqa: E402
+from fleety_lab import OBJECT_DIR  # noqa: E402
+from harness import Fleetyd, LabTestCase, curl, object_sha256  # noqa: E402
 
 PREFIX = "flv"
 
 
-class StaleCdn(unittest.TestCase):
-    lab: Lab
+class StaleCdn(LabTestCase):
+    prefix = PREFIX
 
     @classmethod
-    def setUpClass(cls):
+    def set_up_lab(cls):
         cls.tmp = Path(tempfile.mkdtemp(prefix="fleety-stale-"))
         fresh, stale, liar = (cls.tmp / d for d in ("fresh", "stale", "liar"))
         for d in (fresh, stale, liar):
@@ -46,21 +46,12 @@ class StaleCdn(unittest.TestCase):
         st = os.stat(fresh / "10MB")
         os.utime(stale / "10MB", (st.st_atime, st.st_mtime - 86400))  # older: other validators
         os.utime(liar / "10MB", (st.st_atime, st.st_mtime))           # same ETag and Last-Modified
-        cls.lab = Lab(PREFIX)
-        cls.lab.__enter__()
-        try:
-            cls.lab.up(wifi="40mbit/10ms", cell="40mbit/10ms", extra_roots=[
-                f"wifi:/v/={fresh}", f"cell:/v/={stale}", f"wifi:/w/={fresh}", f"cell:/w/={liar}"])
-        except BaseException:
-            cls.lab.__exit__(None, None, None)
-            raise
+        cls.lab.up(wifi="40mbit/10ms", cell="40mbit/10ms", extra_roots=[
+            f"wifi:/v/={fresh}", f"cell:/v/={stale}", f"wifi:/w/={fresh}", f"cell:/w/={liar}"])
 
     @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.lab.__exit__(None, None, None)
-        finally:
-            shutil.rmtree(cls.tmp, ignore_errors=True)
+    def tear_down_lab(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def fetch(self, url: str):
         with Fleetyd(self.lab) as daemon:

@@ -19,8 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "lab"))
 
-from fleety_lab import Lab  # noqa: E402
-from harness import Fleetyd, curl, minimal_config, object_sha256  # noqa: E402
+from harness import Fleetyd, LabTestCase, curl, minimal_config, object_sha256  # noqa: E402
 
 PREFIX = "flf"
 SPEC = "50mbit/10ms"
@@ -29,26 +28,16 @@ OBJECT = "100MB"
 SIZE = 100_000_000
 
 
-class PathFailure(unittest.TestCase):
-    lab: Lab
+class PathFailure(LabTestCase):
+    prefix = PREFIX
 
     @classmethod
-    def setUpClass(cls):
-        cls.lab = Lab(PREFIX)
-        cls.lab.__enter__()
-        try:
-            cls.lab.up(wifi=SPEC, cell=SPEC)
-            # Goodput of one path alone, measured here: the baseline of the ideal time.
-            t = curl(cls.lab, f"http://198.18.10.1/{OBJECT}", interface="wlan0",
-                     extra=["--max-time", "4"], timeout=20)
-            cls.goodput_Bps = t.body_bytes / t.seconds
-        except BaseException:
-            cls.lab.__exit__(None, None, None)
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.lab.__exit__(None, None, None)
+    def set_up_lab(cls):
+        cls.lab.up(wifi=SPEC, cell=SPEC)
+        # Goodput of one path alone, measured here: the baseline of the ideal time.
+        t = curl(cls.lab, f"http://198.18.10.1/{OBJECT}", interface="wlan0",
+                 extra=["--max-time", "4"], timeout=20)
+        cls.goodput_Bps = t.body_bytes / t.seconds
 
     def setUp(self):
         for path in ("wifi", "cell"):

@@ -17,8 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "lab"))
 
-from fleety_lab import Lab  # noqa: E402
-from harness import Fleetyd, curl, object_sha256  # noqa: E402
+from harness import Fleetyd, LabTestCase, curl, object_sha256  # noqa: E402
 
 PREFIX = "flp"
 CDN_URL = "http://cdn.fleety.test"
@@ -35,30 +34,21 @@ def multipath_summaries(log: str) -> list[dict[str, dict[str, int]]]:
     return out
 
 
-class ProxyInLab(unittest.TestCase):
-    lab: Lab
+class ProxyInLab(LabTestCase):
+    prefix = PREFIX
     fleetyd: Fleetyd
 
     @classmethod
-    def setUpClass(cls):
-        cls.lab = Lab(PREFIX)
-        cls.lab.__enter__()
-        try:
-            cls.lab.up(wifi="80mbit/5ms", cell="50mbit/10ms")
-            cls.fleetyd = Fleetyd(cls.lab)
-            cls.fleetyd.start()
-        except BaseException:
-            cls.lab.__exit__(None, None, None)
-            raise
+    def set_up_lab(cls):
+        cls.lab.up(wifi="80mbit/5ms", cell="50mbit/10ms")
+        cls.fleetyd = Fleetyd(cls.lab)
+        cls.fleetyd.start()
 
     @classmethod
-    def tearDownClass(cls):
-        try:
-            if getattr(cls, "fleetyd", None):
-                cls.fleetyd.stop()
-                print("--- fleetyd log (tail) ---\n" + "\n".join(cls.fleetyd.log().splitlines()[-15:]))
-        finally:
-            cls.lab.__exit__(None, None, None)
+    def tear_down_lab(cls):
+        if getattr(cls, "fleetyd", None):
+            cls.fleetyd.stop()
+            print("--- fleetyd log (tail) ---\n" + "\n".join(cls.fleetyd.log().splitlines()[-15:]))
 
     def fetch_split(self, name: str, url: str | None = None):
         before = len(multipath_summaries(self.fleetyd.log()))
