@@ -4,6 +4,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
+#include <optional>
+#include <utility>
 
 namespace fleety::mphttp {
 
@@ -15,6 +18,9 @@ class path_estimator {
   /// A transfer moved `bytes` in `elapsed` between its first and its last byte. Samples
   /// shorter than `min_sample_bytes` say more about slow start than about the path; ignored.
   void on_transfer(std::uint64_t bytes, std::chrono::microseconds elapsed);
+
+  /// A goodput measured over a busy stretch of the path (windowed_rate).
+  void on_rate(double bytes_per_s);
 
   /// The kernel's smoothed RTT of one of the path's connections.
   void on_rtt(std::chrono::microseconds rtt);
@@ -30,6 +36,34 @@ class path_estimator {
   double rtt_s_;             ///< EWMA of RTT, seconds
   std::uint64_t samples_ = 0;
   std::uint64_t rtt_samples_ = 0;
+};
+
+/// Goodput of a path right now: bytes over the last `window_s` of a busy streak (the path
+/// has a request outstanding all along: ranges pipelined back to back). Ranges are short
+/// (a fraction of a second), so a rate per range would be noise; this one spans them.
+class windowed_rate {
+ public:
+  explicit windowed_rate(double window_s = 1.0, double min_span_s = 0.2)
+      : window_s_(window_s), min_span_s_(min_span_s) {}
+
+  /// The streak's first byte arrived at `now_s`: bytes are counted after it.
+  void start(double now_s);
+  /// `bytes` arrived at `now_s` (ignored outside a streak).
+  void add(double now_s, std::uint64_t bytes);
+  /// The path went idle: the next bytes start a new streak.
+  void stop() { samples_.clear(); }
+  bool active() const { return !samples_.empty(); }
+
+  /// Bytes/s over the window, once the streak spans `min_span_s`. Measured up to `now_s`,
+  /// so a path that stops bringing bytes shows a falling rate.
+  std::optional<double> rate(double now_s) const;
+
+  static constexpr std::size_t max_samples = 4096;
+
+ private:
+  double window_s_;
+  double min_span_s_;
+  std::deque<std::pair<double, std::uint64_t>> samples_;  ///< (time, bytes since start)
 };
 
 }  // namespace fleety::mphttp

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "core/units.hpp"
+#include "mphttp/claim_map.hpp"
 #include "mphttp/http_rules.hpp"
 #include "mphttp/reorder_buffer.hpp"
 #include "mphttp/scheduler.hpp"
@@ -46,14 +47,7 @@ constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 
 constexpr std::size_t chunk_bytes = 64 * 1024;
 constexpr std::uint32_t header_limit_bytes = 64 * 1024;
-constexpr std::uint64_t min_portion_bytes = 1 << 20;
-
-/// [begin, end) of the object.
-struct byte_range {
-  std::uint64_t begin = 0;
-  std::uint64_t end = 0;
-  std::uint64_t size() const { return end - begin; }
-};
+constexpr std::uint64_t max_write_bytes = 1 << 20;  ///< one gathered write to the app
 
 std::chrono::steady_clock::duration as_duration(std::chrono::microseconds us) {
   return us;
@@ -213,12 +207,18 @@ awaitable<error_code> async_relay_body(beast::tcp_stream& input, beast::flat_buf
 // ---------------------------------------------------------------------------
 // Multipath fetch of one object
 
+/// Seconds since an arbitrary epoch, for the pure rate meter.
+double seconds_of(clock_type::time_point t) {
+  return std::chrono::duration<double>(t.time_since_epoch()).count();
+}
+
 /// One path's part in a multipath fetch.
 struct path_work {
   path_runtime* path = nullptr;  ///< not owned
-  std::deque<byte_range> queue;  ///< planned ranges not requested yet, in offset order
-  /// The range being received. Its end can move down when an idle path takes its tail.
+  /// The range being received. Its end moves down when an idle path takes its tail, and
+  /// up while the first path's response simply goes on into the next bytes.
   std::optional<byte_range> current;
+  std::uint64_t requested_end = 0;     ///< where the response to `current` really ends
   std::uint64_t current_received = 0;  ///< bytes of `current` received so far
   std::optional<clock_type::time_point> current_first_byte;
   clock_type::time_point last_progress{};  ///< when `current` was assigned or last brought bytes
@@ -226,11 +226,12 @@ struct path_work {
   /// response starts `overlap` bytes before `current->begin` (paper §4.3).
   std::uint64_t prefix_left = 0;
   std::vector<char> prefix;
-  /// A range whose request is already sent behind `current` on the same connection
-  /// (HTTP/1.1 pipelining), so the path doesn't idle for an RTT between ranges.
+  /// A range whose request is already sent behind `current` (HTTP/1.1 pipelining on the
+  /// same connection, or on the spare one), so the path doesn't idle for an RTT.
   std::optional<byte_range> pipelined;
   bool connected = false;
   bool failed = false;
+  windowed_rate meter;                       ///< goodput over the last second of work
   std::uint64_t bytes = 0;                   ///< bytes of the object this path delivered first
   std::uint64_t ranges = 0;                  ///< range responses received
   std::uint64_t stolen = 0;                  ///< ranges this path took over from another
@@ -241,17 +242,11 @@ struct path_work {
     return current ? current->size() - std::min(current->size(), current_received) : 0;
   }
   std::uint64_t backlog_bytes() const {
-    std::uint64_t left = current_left() + (pipelined ? pipelined->size() : 0);
-    for (const auto& r : queue) left += r.size();
-    return left;
+    return current_left() + (pipelined ? pipelined->size() : 0);
   }
-  /// Goodput of the current range so far, else the path's estimate.
+  /// Goodput now (over the last second of back-to-back ranges), else the path's estimate.
   double live_rate(clock_type::time_point now) const {
-    if (current_first_byte) {
-      const double seconds = std::chrono::duration<double>(now - *current_first_byte).count();
-      if (seconds > 0.3 && current_received > 0)
-        return static_cast<double>(current_received) / seconds;
-    }
+    if (auto measured = meter.rate(seconds_of(now)); measured && *measured > 0) return *measured;
     return path->estimator.rate_bytes_per_s();
   }
   /// Seconds until a new request on this path would bring data at full rate: one RTT on
@@ -267,15 +262,33 @@ struct path_work {
         bdp > 2 * initial_window_bytes ? rtt * (std::log2(bdp / initial_window_bytes) - 1) : 0;
     return 2 * rtt + slow_start;
   }
+  /// When this path could start on bytes asked for now: after what it already has (a
+  /// request sent now is answered behind it), and never sooner than a request takes.
+  double lead_s(clock_type::time_point now) const {
+    const double rate = live_rate(now);
+    const double backlog_s = rate > 0 ? static_cast<double>(backlog_bytes()) / rate : 0.0;
+    return connected ? std::max(request_lead_s(), backlog_s) : request_lead_s() + backlog_s;
+  }
+  /// A range should keep the path busy for a while: long enough that the next request
+  /// goes out (1.5 RTT ahead) well inside it, short enough that the last ranges of an
+  /// object finish together.
+  double range_time_s() const { return std::max(0.15, 3 * path->estimator.rtt_s()); }
 };
 
 /// Shared state of one multipath fetch. Lives in the session's frame, which waits for
 /// every fetcher to end before it returns: references to it never dangle.
+///
+/// Paths claim ranges as they need work (claim_map, choose_claim). While the first path
+/// still streams its first response — the whole object from offset 0 — that response
+/// simply goes on into the next unclaimed bytes, and the other paths fill the object (or
+/// the first memory window of it) from the back: the two meet where their rates put the
+/// meeting point, without a break in the first path's stream. After that every path
+/// takes the lowest unclaimed bytes, with its next request pipelined.
 class object_fetch {
  public:
   object_fetch(const asio::any_io_executor& executor, const core::config& config,
                std::vector<path_runtime*> paths, std::uint64_t total)
-      : config_(config), total_(total), writer_wake_(executor) {
+      : config_(config), total_(total), claims_(total), writer_wake_(executor) {
     for (auto* path : paths) {
       path_work w;
       w.path = path;
@@ -304,6 +317,13 @@ class object_fetch {
     for (auto& w : work_) w.wake->cancel();
   }
 
+  /// The app took bytes: fetchers that found nothing to claim inside the window may now.
+  void on_window_moved() {
+    if (!window_blocked_) return;
+    window_blocked_ = false;
+    for (auto& w : work_) w.wake->cancel();
+  }
+
   void stop() {
     stopping_ = true;
     for (auto& w : work_) w.cancel->emit(asio::cancellation_type::terminal);
@@ -314,7 +334,8 @@ class object_fetch {
 
   /// Bytes that arrived from path `index` at `offset`.
   void on_data(std::size_t index, std::uint64_t offset, std::span<const char> data) {
-    work_[index].bytes += buffer_.add(offset, data, static_cast<int>(index));
+    auto& w = work_[index];
+    w.bytes += buffer_.add(offset, data, static_cast<int>(index));
     writer_wake_.cancel();
   }
 
@@ -347,32 +368,40 @@ class object_fetch {
   /// The writer delivered `data`: keep its tail, the "earlier" side of the next check.
   void on_delivered(std::span<const char> data) {
     const std::size_t keep = config_.scheduler.overlap_bytes;
+    if (data.size() > keep) data = data.last(keep);
     recent_.insert(recent_.end(), data.begin(), data.end());
     if (recent_.size() > keep)
       recent_.erase(recent_.begin(), recent_.end() - static_cast<std::ptrdiff_t>(keep));
   }
 
   std::uint64_t mismatches() const { return mismatches_; }
-  /// A path failed: what it had not fetched goes to the other paths.
+
+  /// Path `index` will not fetch `range` after all (its request was lost with its
+  /// connection): someone else claims it.
+  void give_back(std::size_t index, byte_range range) {
+    claims_.release(range);
+    planned_share_[index] -= std::min(planned_share_[index], range.size());
+    notify();
+  }
+
+  /// A path failed: what it had not fetched goes back to be claimed by the others.
   void on_path_failed(std::size_t index) {
     auto& w = work_[index];
     w.failed = true;
+    if (index == 0) first_stream_alive_ = false;
     if (w.current_left() > 0)
-      orphans_.push_back({w.current->begin + w.current_received, w.current->end});
-    if (w.pipelined) orphans_.push_back(*w.pipelined);
-    for (const auto& r : w.queue) orphans_.push_back(r);
+      give_back(index, {w.current->begin + w.current_received, w.current->end});
+    if (w.pipelined) give_back(index, *w.pipelined);
     w.current.reset();
     w.pipelined.reset();
-    w.queue.clear();
-    std::sort(orphans_.begin(), orphans_.end(),
-              [](const byte_range& a, const byte_range& b) { return a.begin < b.begin; });
+    w.meter.stop();
     notify();
   }
 
   /// A path whose range brings no bytes for a while is taken as failed while another path
   /// can go on (DESIGN.md: "a path that stalls ... has its remaining ranges re-requested
-  /// on the other paths"): its ranges become orphans and its fetcher is cancelled. The
-  /// last path left is not judged here: it has the I/O timeout like any connection.
+  /// on the other paths"): its ranges go back and its fetcher is cancelled. The last path
+  /// left is not judged here: it has the I/O timeout like any connection.
   void detect_stalls(clock_type::time_point now) {
     for (std::size_t i = 0; i < work_.size(); ++i) {
       auto& w = work_[i];
@@ -393,120 +422,101 @@ class object_fetch {
     }
   }
 
-  /// Plans the first portion while path 0 already receives the object from offset 0:
-  /// its share is the head. Returns that share.
-  std::uint64_t plan_initial() {
-    std::vector<double> leads(work_.size());
-    for (std::size_t i = 0; i < work_.size(); ++i) {
-      // Path 0's bytes are already flowing; the others need a handshake and a request.
-      leads[i] = i == 0 ? 0.0 : work_[i].request_lead_s();
-    }
-    plan_next_portion(leads, 0);
-    if (work_[0].queue.empty()) return 0;
-    const std::uint64_t share = work_[0].queue.front().size();
-    work_[0].queue.pop_front();
-    return share;
+  /// Path 0 already receives the object from offset 0: it claims the head.
+  /// Returns where its first range ends.
+  std::uint64_t claim_first_range() {
+    first_stream_alive_ = true;
+    auto range = claim(0, claim_side::front, 0, window_end(), clock_type::now());
+    if (!range) return 0;
+    return range->end;
   }
 
-  /// The next range for path `index`, or nothing for now. In order of preference: its
-  /// own planned ranges, ranges of failed paths, a new portion, a range another path
-  /// has not started, the tail of the range another path is slowly receiving.
+  /// Path 0's first response goes on past its current range: claim the bytes right after
+  /// it if nobody has them, so it keeps streaming. False when the stream has met bytes
+  /// another path claimed (or the plan wants nothing more from path 0 now): it ends there.
+  bool extend_first_stream(std::size_t index) {
+    auto& w = work_[index];
+    if (index != 0 || !first_stream_alive_ || !w.current || w.failed || stopping_) return false;
+    const std::uint64_t end = w.current->end;
+    auto next = claims_.lowest_unclaimed(end, window_end());
+    std::optional<byte_range> range;
+    if (next && next->begin == end)
+      range = claim(index, claim_side::front, end, window_end(), clock_type::now());
+    if (!range || range->begin != end) {
+      if (range) give_back(index, *range);
+      first_stream_alive_ = false;
+      return false;
+    }
+    w.current->end = range->end;
+    w.requested_end = range->end;
+    return true;
+  }
+
+  /// The next range for path `index`, or nothing for now: what the plan gives it of the
+  /// unclaimed bytes, else the tail of the range another path is slowly receiving.
   std::optional<byte_range> take_range(std::size_t index) {
     auto& w = work_[index];
     if (w.failed || stopping_) return std::nullopt;
-    if (w.queue.empty() && !orphans_.empty()) {
-      w.queue.push_back(orphans_.front());
-      orphans_.pop_front();
+    const auto now = clock_type::now();
+    // While path 0 streams the head, the others fill the first window from its end.
+    const bool from_back = first_stream_alive_ && index != 0;
+    auto range = from_back
+                     ? claim(index, claim_side::back, buffer_.delivered(),
+                             std::min(total_, config_.scheduler.memory_per_session_bytes), now)
+                     : std::nullopt;
+    if (!range) range = claim(index, claim_side::front, buffer_.delivered(), window_end(), now);
+    if (!range) {
+      if (claims_.lowest_unclaimed(window_end(), total_)) window_blocked_ = true;
+      range = steal_tail(index);
     }
-    if (w.queue.empty() && planned_until_ < total_) {
-      const auto now = clock_type::now();
-      std::vector<double> leads(work_.size());
-      for (std::size_t i = 0; i < work_.size(); ++i) {
-        const auto& other = work_[i];
-        const double rate = other.live_rate(now);
-        leads[i] = other.request_lead_s() +
-                   (rate > 0 ? static_cast<double>(other.backlog_bytes()) / rate : 0.0);
-      }
-      plan_next_portion(leads, index);
-    }
-    if (w.queue.empty()) steal_queued_range(index);
-    if (w.queue.empty()) steal_tail(index);
-    if (w.queue.empty()) return std::nullopt;
-    const byte_range next = w.queue.front();
-    w.queue.pop_front();
-    return next;
+    return range;
   }
 
  private:
-  /// Plans [planned_until_, +S) if the window allows; `first_index` takes the head,
-  /// then the others by how soon they can start.
-  void plan_next_portion(const std::vector<double>& leads, std::size_t first_index) {
-    const auto& sched = config_.scheduler;
-    const std::uint64_t window = sched.memory_per_session_bytes;
-    const auto now = clock_type::now();
-    std::vector<path_estimate> estimates(work_.size());
-    for (std::size_t i = 0; i < work_.size(); ++i) {
-      // A range in progress tells the path's rate now better than the average does.
-      estimates[i] = {work_[i].failed ? 0.0 : work_[i].live_rate(now), leads[i]};
-    }
-    // Two portions can be in flight at once (the tail of one, the head of the next):
-    // each gets half of the session's memory.
-    const std::uint64_t portion =
-        std::min(total_ - planned_until_,
-                 portion_bytes(estimates, static_cast<double>(sched.portion_time.count()) / 1e6,
-                               static_cast<double>(sched.tolerance.count()) / 1e6, window / 2,
-                               min_portion_bytes));
-    if (planned_until_ + portion > buffer_.delivered() + window) return;  // window full: wait
-    const split_policy policy{sched.mode == core::scheduler_mode::cost,
-                              static_cast<double>(sched.tolerance.count()) / 1e6};
-    const split_plan plan = plan_portion(total_ - planned_until_, portion, estimates, policy);
-    std::vector<std::size_t> order(work_.size());
-    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-      if (a == first_index || b == first_index) return a == first_index && b != first_index;
-      return leads[a] < leads[b];
-    });
-    std::uint64_t offset = planned_until_;
-    for (std::size_t i : order) {
-      const std::uint64_t share = plan.share_bytes[i];
-      if (share == 0) continue;
-      work_[i].queue.push_back({offset, offset + share});
-      planned_share_[i] += share;
-      offset += share;
-    }
-    spdlog::debug("portion [{}, {}) planned ({}): {}", planned_until_, offset,
-                  plan.kind == split_case::single_path      ? "one path"
-                  : plan.kind == split_case::tolerance_fill ? "Wi-Fi to tolerance"
-                                                            : "equal completion",
-                  fmt::join(plan.share_bytes, "/"));
-    planned_until_ = offset;
-    notify();
+  /// No range is claimed past this: the app's delivery point plus the session's memory.
+  std::uint64_t window_end() const {
+    return std::min(total_, buffer_.delivered() + config_.scheduler.memory_per_session_bytes);
   }
 
-  /// An idle path takes a planned range that a busier path has not requested yet (the
-  /// last one queued, so the busy path keeps the earlier bytes).
-  void steal_queued_range(std::size_t index) {
-    std::size_t victim = work_.size();
-    std::uint64_t most = 0;
+  /// DESIGN.md's cost rule, applied to what is left: T_tol bounds the whole download,
+  /// so what is left of it shrinks as the download goes on (past it, the rule is equal
+  /// completion, as for a download that needs cellular from the start).
+  split_policy policy(clock_type::time_point now) const {
+    const auto& sched = config_.scheduler;
+    const double elapsed_s = std::chrono::duration<double>(now - started_).count();
+    const double tolerance_s = static_cast<double>(sched.tolerance.count()) / 1e6;
+    return {sched.mode == core::scheduler_mode::cost, std::max(0.0, tolerance_s - elapsed_s)};
+  }
+
+  std::optional<byte_range> claim(std::size_t index, claim_side side, std::uint64_t from,
+                                  std::uint64_t limit, clock_type::time_point now) {
+    std::vector<path_estimate> estimates(work_.size());
     for (std::size_t i = 0; i < work_.size(); ++i) {
-      if (i == index || work_[i].queue.empty()) continue;
-      if (work_[i].backlog_bytes() > most) {
-        most = work_[i].backlog_bytes();
-        victim = i;
-      }
+      const auto& w = work_[i];
+      estimates[i] = {w.failed ? 0.0 : w.live_rate(now), w.lead_s(now)};
     }
-    if (victim == work_.size()) return;
-    const byte_range moved = work_[victim].queue.back();
-    work_[victim].queue.pop_back();
-    work_[index].queue.push_back(moved);
-    reassign(victim, index, moved.size());
+    claim_inputs in;
+    in.path = index;
+    in.paths = estimates;
+    in.policy = policy(now);
+    in.side = side;
+    in.from = from;
+    in.limit = limit;
+    in.range_time_s = work_[index].range_time_s();
+    in.min_range_bytes = min_range_bytes;
+    auto range = choose_claim(claims_, in);
+    if (!range) return std::nullopt;
+    claims_.claim(*range);
+    planned_share_[index] += range->size();
+    return range;
   }
 
   /// DESIGN.md: "when a path runs dry while another still has a long tail, the tail of
   /// the slow path's range is re-requested on the free path". The split point is where
   /// both would finish together; the slow path stops there.
-  void steal_tail(std::size_t index) {
-    constexpr std::uint64_t min_steal_bytes = 128 * 1024;
+  std::optional<byte_range> steal_tail(std::size_t index) {
+    // Worth a request even when small: the slow path may need seconds for it.
+    constexpr std::uint64_t min_steal_bytes = 16 * 1024;
     const auto now = clock_type::now();
     auto& thief = work_[index];
     std::size_t victim = work_.size();
@@ -523,19 +533,32 @@ class object_fetch {
         victim = i;
       }
     }
-    if (victim == work_.size() || longest <= thief.request_lead_s()) return;
+    if (victim == work_.size() || longest <= thief.request_lead_s()) return std::nullopt;
     auto& slow = work_[victim];
-    const path_estimate both[] = {
-        {slow.live_rate(now), 0.0},
-        {thief.path->estimator.rate_bytes_per_s(), thief.request_lead_s()}};
-    const split_plan plan = split_equal_completion(slow.current_left(), both);
-    if (plan.share_bytes[1] < min_steal_bytes) return;
-    const std::uint64_t cut = slow.current->end - plan.share_bytes[1];
-    thief.queue.push_back({cut, slow.current->end});
+    // The same rule as for claims, on the slow path's rest: paths in cost order, so in
+    // cost mode a costlier thief gets nothing while the cheaper path finishes in time.
+    const path_estimate slow_estimate{slow.live_rate(now), 0.0};
+    const path_estimate thief_estimate{thief.live_rate(now), thief.request_lead_s()};
+    const bool thief_cheaper = index < victim;
+    const path_estimate both[] = {thief_cheaper ? thief_estimate : slow_estimate,
+                                  thief_cheaper ? slow_estimate : thief_estimate};
+    const split_plan plan = plan_split(slow.current_left(), both, policy(now));
+    const std::uint64_t thief_share = plan.share_bytes[thief_cheaper ? 0 : 1];
+    // Cutting the slow path's response throws away what it has in flight (about its
+    // BDP): only worth it when the download ends clearly sooner.
+    const double saved_s = longest - plan.completion_s;
+    const double min_saving_s = std::max(0.05, 2 * slow.path->estimator.rtt_s());
+    if (thief_share < min_steal_bytes || saved_s < min_saving_s) return std::nullopt;
+    const std::uint64_t cut = slow.current->end - thief_share;
+    const byte_range taken{cut, slow.current->end};
     spdlog::debug("path {} takes [{}, {}) from path {} ({:.2f} s left there)",
                   thief.path->config.name, cut, slow.current->end, slow.path->config.name, longest);
     slow.current->end = cut;
-    reassign(victim, index, plan.share_bytes[1]);
+    if (victim == 0) first_stream_alive_ = false;
+    planned_share_[victim] -= std::min(planned_share_[victim], taken.size());
+    planned_share_[index] += taken.size();
+    ++thief.stolen;
+    return taken;
   }
 
   struct overlap_check {
@@ -556,38 +579,37 @@ class object_fetch {
     // Two versions of the object (a stale cache on one path): the later range is
     // dropped, its path is done with this object and the rest comes from the others.
     ++mismatches_;
-    auto& later = work_[static_cast<std::size_t>(check.source)];
+    const auto source = static_cast<std::size_t>(check.source);
+    auto& later = work_[source];
     spdlog::warn(
         "path {}: its bytes before offset {} differ from what the app already has: another "
         "version of the object; dropping its ranges, the rest comes over the other paths",
         later.path->config.name, at);
     for (const auto& [begin, end] : buffer_.evict(at, check.source)) {
       later.bytes -= std::min(later.bytes, end - begin);
-      orphans_.push_back({begin, end});
+      give_back(source, {begin, end});
     }
     for (auto it = checks_.begin(); it != checks_.end();) {
       it = it->second.source == check.source ? checks_.erase(it) : std::next(it);
     }
-    on_path_failed(static_cast<std::size_t>(check.source));
+    on_path_failed(source);
     later.cancel->emit(asio::cancellation_type::terminal);
     return false;
   }
 
-  /// Rebalancing moved `bytes` of the plan from path `from` to path `to`.
-  void reassign(std::size_t from, std::size_t to, std::uint64_t bytes) {
-    planned_share_[from] -= std::min(planned_share_[from], bytes);
-    planned_share_[to] += bytes;
-    ++work_[to].stolen;
-  }
+  static constexpr std::uint64_t min_range_bytes = 64 * 1024;
 
   const core::config& config_;
   std::uint64_t total_;
   std::vector<path_work> work_;
   reorder_buffer buffer_;
-  std::deque<byte_range> orphans_;   ///< ranges given back by failed paths, by offset
-  std::uint64_t planned_until_ = 0;  ///< bytes before this are assigned to some path
-  /// Bytes the scheduler assigned to each path: the portion plans, then the rebalancing
-  /// moves (for logs and tests).
+  claim_map claims_;
+  /// Path 0 still reads its first response (the whole object) and it is still wanted.
+  bool first_stream_alive_ = false;
+  /// A path found nothing to claim only because of the memory window.
+  bool window_blocked_ = false;
+  clock_type::time_point started_ = clock_type::now();
+  /// Bytes the scheduler gave each path, net of what moved (for logs and tests).
   std::vector<std::uint64_t> planned_share_;
   asio::steady_timer writer_wake_;
   bool stopping_ = false;
@@ -606,37 +628,47 @@ awaitable<error_code> async_request_range(upstream& up, path_runtime& path,
   request.set(http::field::range, fmt::format("bytes={}-{}", range.begin - overlap, range.end - 1));
   if (!validator.empty()) request.set(http::field::if_range, validator);
   ++path.requests;
+  spdlog::debug("path {}: requests [{}, {})", path.config.name, range.begin, range.end);
   up.stream.expires_after(as_duration(limits.io_timeout));
   auto [ec, n] = co_await http::async_write(up.stream, request, nothrow);
   co_return ec;
 }
 
 /// Reads the body of the response to `work.current` (header already in `parser`) into
-/// the fetch, until the range's end, which may move down while we read. Near the end it
-/// sends the request for the path's next range on `pipeline_on` once `pipeline_ready`.
-/// `stopped_early` tells the caller that the response goes on past what we wanted, so the
-/// connection can't be reused.
+/// the fetch, until the range's end, which may move while we read. Near the end, either
+/// the range grows (`first_stream`: path 0's first response, the whole object, just goes
+/// on while the next bytes are unclaimed), or the request for the path's next range goes
+/// out on `pipeline_on` once `pipeline_ready`. `stopped_early` tells the caller that the
+/// response goes on past what we wanted, so the connection can't be reused.
 awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index, upstream& up,
                                           http::response_parser<http::buffer_body>& parser,
                                           const request_header& app_request,
                                           const proxy_target& target, const std::string& validator,
-                                          upstream* pipeline_on, const bool& pipeline_ready,
-                                          bool& stopped_early) {
+                                          bool first_stream, upstream* pipeline_on,
+                                          const bool& pipeline_ready, bool& stopped_early) {
   const auto& limits = fetch.config().proxy;
   auto& work = fetch.work()[index];
   std::vector<char> chunk(chunk_bytes);
-  std::uint64_t timed_bytes = 0;  // bytes after the first read: their time is pure transfer time
   stopped_early = false;
+  clock_type::time_point next_claim_attempt{};
   while (work.current_left() > 0) {
     if (parser.is_done()) co_return http::error::partial_message;
     // Ask for the next range about one RTT before this one ends: behind this response on
-    // the same connection, or on a spare connection when this response won't be finished.
+    // the same connection (unless it was cut short: it will be reset), or on a spare
+    // connection when this response won't be finished.
     const bool can_pipeline =
-        pipeline_on != nullptr && pipeline_ready && (pipeline_on != &up || parser.keep_alive());
-    if (can_pipeline && !work.pipelined) {
-      const double rate = work.live_rate(clock_type::now());
-      const double lead_bytes = rate * work.path->estimator.rtt_s() * 1.5 + chunk_bytes;
-      if (static_cast<double>(work.current_left()) <= lead_bytes) {
+        pipeline_on != nullptr && pipeline_ready &&
+        (pipeline_on != &up || (parser.keep_alive() && work.current->end == work.requested_end));
+    const double rate = work.live_rate(clock_type::now());
+    const double lead_bytes = rate * work.path->estimator.rtt_s() * 1.5 + chunk_bytes;
+    auto now = clock_type::now();
+    if (!work.pipelined && static_cast<double>(work.current_left()) <= lead_bytes &&
+        now >= next_claim_attempt) {
+      if (first_stream && fetch.extend_first_stream(index)) {
+        // The response goes on into the bytes just claimed.
+      } else if (can_pipeline) {
+        // Nothing to claim now: ask again a little later, not on every read.
+        next_claim_attempt = now + std::chrono::milliseconds(20);
         if (auto next = fetch.take_range(index)) {
           work.pipelined = next;
           if (auto ec = co_await async_request_range(*pipeline_on, *work.path, app_request, target,
@@ -658,12 +690,18 @@ awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index
     if (fetch.stopping()) co_return asio::error::operation_aborted;
     const std::size_t got = chunk.size() - parser.get().body().size;
     if (got == 0) continue;
+    now = clock_type::now();
     if (!work.current_first_byte) {
-      work.current_first_byte = clock_type::now();
-      work.last_progress = *work.current_first_byte;
+      work.current_first_byte = now;
+      spdlog::debug("path {}: first byte of [{}, {})", work.path->config.name, work.current->begin,
+                    work.current->end);
+    }
+    work.last_progress = now;
+    // The first bytes of a streak came in over the request's RTT: the rate counts after them.
+    if (work.meter.active()) {
+      work.meter.add(seconds_of(now), got);
     } else {
-      work.last_progress = clock_type::now();
-      timed_bytes += got;
+      work.meter.start(seconds_of(now));
     }
     work.path->bytes_received += got;
     std::span<const char> body(chunk.data(), got);
@@ -684,11 +722,10 @@ awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index
     work.current_received += usable;
   }
   stopped_early = !parser.is_done();
-  if (work.current_first_byte) {
-    work.path->estimator.on_transfer(timed_bytes,
-                                     std::chrono::duration_cast<std::chrono::microseconds>(
-                                         clock_type::now() - *work.current_first_byte));
-  }
+  const auto now = clock_type::now();
+  if (auto measured = work.meter.rate(seconds_of(now))) work.path->estimator.on_rate(*measured);
+  spdlog::debug("path {}: [{}, {}) done, {:.1f} Mbit/s", work.path->config.name,
+                work.current->begin, work.current->end, work.live_rate(now) * 8e-6);
   co_return error_code{};
 }
 
@@ -726,9 +763,10 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
 
   if (initial) {
     // Paper §4.2: the first path keeps the response it already has for its share, then
-    // is reset: we don't want the rest of that response. Meanwhile a spare connection
-    // is opened on the same path, and the path's next range is requested on it about
-    // an RTT before the share ends, so the path never idles between the two.
+    // is reset: we don't want the rest of that response. Its share grows while the bytes
+    // after it are unclaimed (object_fetch). Meanwhile a spare connection is opened on
+    // the same path, and the path's next range is requested on it about an RTT before
+    // the share ends, so the path never idles between the two.
     work.connected = true;
     bool spare_ready = false;
     auto open_spare = [&]() -> awaitable<error_code> {
@@ -739,12 +777,13 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
     auto receive_share = [&]() -> awaitable<error_code> {
       if (initial_share == 0) co_return error_code{};
       work.current = byte_range{0, initial_share};
+      work.requested_end = fetch.total();
       work.last_progress = clock_type::now();
       work.current_received = 0;
       bool stopped_early = false;
-      auto ec =
-          co_await async_receive_range(fetch, index, initial->up, *initial->parser, app_request,
-                                       target, validator, &up, spare_ready, stopped_early);
+      auto ec = co_await async_receive_range(
+          fetch, index, initial->up, *initial->parser, app_request, target, validator,
+          /*first_stream=*/true, &up, spare_ready, stopped_early);
       if (!ec) ++work.ranges;
       co_return ec;
     };
@@ -761,10 +800,11 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
       // Not fatal: the loop below connects again (and fails the path if it can't).
       up.reset();
       if (work.pipelined) {
-        work.queue.push_front(*work.pipelined);
+        fetch.give_back(index, *work.pipelined);
         work.pipelined.reset();
       }
     }
+    if (!work.pipelined) work.meter.stop();
   }
 
   while (!fetch.stopping() && !work.failed) {
@@ -778,12 +818,16 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
       auto next = fetch.take_range(index);
       if (!next) {
         if (fetch.complete() || fetch.all_failed()) break;
-        co_await async_wait_for_wake(*work.wake, std::chrono::seconds(1));
+        work.meter.stop();  // idle: the next bytes start a new measurement
+        // Woken when ranges come back or the window moves; meanwhile the other paths'
+        // tails get longer relative to what is left, so look again soon.
+        co_await async_wait_for_wake(*work.wake, std::chrono::milliseconds(50));
         continue;
       }
       range = *next;
     }
     work.current = range;
+    work.requested_end = range.end;
     work.current_received = 0;
     work.current_first_byte.reset();
     work.last_progress = clock_type::now();
@@ -831,8 +875,9 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
     // 4. The body, into the reorder buffer.
     bool stopped_early = false;
     const bool same_connection = true;
-    auto ec = co_await async_receive_range(fetch, index, up, parser, app_request, target, validator,
-                                           &up, same_connection, stopped_early);
+    auto ec =
+        co_await async_receive_range(fetch, index, up, parser, app_request, target, validator,
+                                     /*first_stream=*/false, &up, same_connection, stopped_early);
     if (ec) {
       fail("range", ec);
       break;
@@ -841,11 +886,12 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
     work.current.reset();
     if (stopped_early || !parser.keep_alive()) {
       // The rest of this response is unwanted, or the server closes: a request
-      // pipelined behind it is lost and goes back to the front of our queue.
+      // pipelined behind it is lost and its range goes back to be claimed again.
       up.reset();
       work.connected = false;
+      work.meter.stop();
       if (work.pipelined) {
-        work.queue.push_front(*work.pipelined);
+        fetch.give_back(index, *work.pipelined);
         work.pipelined.reset();
       }
     }
@@ -861,8 +907,8 @@ awaitable<bool> async_deliver_in_order(object_fetch& fetch, beast::tcp_stream& a
   auto last_progress = clock_type::now();
   while (buffer.delivered() < fetch.total()) {
     fetch.detect_stalls(clock_type::now());
-    auto data = buffer.front();
-    if (data.empty()) {
+    auto pieces = buffer.front_pieces(max_write_bytes);
+    if (pieces.empty()) {
       if (fetch.all_failed()) co_return false;
       if (clock_type::now() - last_progress > as_duration(limits.io_timeout)) {
         spdlog::warn("no progress for {} ms: giving up", limits.io_timeout.count() / 1000);
@@ -872,19 +918,31 @@ awaitable<bool> async_deliver_in_order(object_fetch& fetch, beast::tcp_stream& a
       continue;
     }
     // Not past an overlap that hasn't been compared yet (paper §4.3).
-    data = data.first(fetch.deliverable(data.size()));
-    if (data.empty()) {
+    std::size_t available = 0;
+    for (const auto& piece : pieces) available += piece.size();
+    std::size_t allowed = fetch.deliverable(available);
+    if (allowed == 0) {
       co_await async_wait_for_wake(fetch.writer_wake(), std::chrono::milliseconds(100));
       continue;
     }
-    // Bounded write: at most one chunk, so the buffer can't change under the write.
+    std::vector<asio::const_buffer> writes;
+    for (const auto& piece : pieces) {
+      if (allowed == 0) break;
+      const std::size_t n = std::min(allowed, piece.size());
+      writes.emplace_back(piece.data(), n);
+      allowed -= n;
+    }
+    // One gathered write of what is contiguous now. The buffer only grows meanwhile
+    // (fetchers add, only this writer consumes), so the pieces stay valid.
     app.expires_after(as_duration(limits.io_timeout));
-    auto [ec, n] = co_await asio::async_write(app, asio::buffer(data.data(), data.size()), nothrow);
+    auto [ec, n] = co_await asio::async_write(app, writes, nothrow);
     if (ec) co_return false;
-    fetch.on_delivered(data.first(n));
+    for (const auto& piece : writes) {
+      fetch.on_delivered({static_cast<const char*>(piece.data()), piece.size()});
+    }
     buffer.consume(n);
     last_progress = clock_type::now();
-    fetch.notify();  // the window moved: fetchers waiting for room may plan
+    fetch.on_window_moved();
   }
   co_return true;
 }
@@ -1030,7 +1088,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   const std::uint64_t total = *parser->content_length();
   const std::string validator = strong_validator(response);
   object_fetch fetch(executor, ctx.proxy.config, paths, total);
-  const std::uint64_t first_share = fetch.plan_initial();
+  const std::uint64_t first_share = fetch.claim_first_range();
 
   auto out = app_response_header(response, ctx.request);
   out.content_length(total);
@@ -1066,6 +1124,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   }
 
   const bool delivered = co_await async_deliver_in_order(fetch, ctx.app);
+  spdlog::debug("[{}] delivery ended", ctx.session_id);
   fetch.stop();
   while (fetch.running > 0) {
     co_await async_wait_for_wake(fetch.writer_wake(), std::chrono::milliseconds(200));

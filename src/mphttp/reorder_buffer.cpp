@@ -39,6 +39,21 @@ std::span<const char> reorder_buffer::front() const {
   return std::span<const char>(held.bytes).subspan(front_consumed_);
 }
 
+std::vector<std::span<const char>> reorder_buffer::front_pieces(std::uint64_t max_bytes) const {
+  std::vector<std::span<const char>> pieces;
+  std::uint64_t next = delivered_;
+  for (auto it = chunks_.begin(); it != chunks_.end() && max_bytes > 0; ++it) {
+    const std::uint64_t skip = it == chunks_.begin() ? front_consumed_ : 0;
+    if (it->first + skip != next) break;
+    auto piece = std::span<const char>(it->second.bytes).subspan(skip);
+    if (piece.size() > max_bytes) piece = piece.first(max_bytes);
+    pieces.push_back(piece);
+    next += piece.size();
+    max_bytes -= piece.size();
+  }
+  return pieces;
+}
+
 void reorder_buffer::consume(std::uint64_t bytes) {
   while (bytes > 0 && !chunks_.empty()) {
     auto first = chunks_.begin();

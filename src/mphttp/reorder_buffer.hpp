@@ -29,6 +29,10 @@ class reorder_buffer {
   /// The next bytes for the app, contiguous from `delivered()`; empty when they are missing.
   std::span<const char> front() const;
 
+  /// Up to `max_bytes` of the next bytes for the app as consecutive pieces (for one
+  /// gathered write); empty when the byte at `delivered()` is missing.
+  std::vector<std::span<const char>> front_pieces(std::uint64_t max_bytes) const;
+
   /// The app took `bytes` from the front.
   void consume(std::uint64_t bytes);
 

@@ -37,3 +37,42 @@ TEST(PathEstimator, RttLearnsFromKernel) {
 
 }  // namespace
 }  // namespace fleety::mphttp
+
+namespace fleety::mphttp {
+namespace {
+
+TEST(WindowedRate, NoRateBeforeTheStreakSpansTheMinimum) {
+  windowed_rate meter(1.0, 0.2);
+  EXPECT_FALSE(meter.rate(0.0));
+  meter.start(10.0);
+  meter.add(10.1, 100'000);
+  EXPECT_FALSE(meter.rate(10.1));  // 0.1 s is slow start, not the path
+  meter.add(10.2, 100'000);
+  ASSERT_TRUE(meter.rate(10.2));
+  EXPECT_NEAR(*meter.rate(10.2), 1'000'000, 1e-6);  // 200 kB in 0.2 s
+}
+
+TEST(WindowedRate, OnlyTheLastWindowCounts) {
+  windowed_rate meter(1.0, 0.2);
+  meter.start(0.0);
+  // 2 s at 1 MB/s, then 1 s at 100 kB/s: the window sees only the slow second.
+  for (int i = 1; i <= 20; ++i) meter.add(0.1 * i, 100'000);
+  for (int i = 1; i <= 10; ++i) meter.add(2.0 + 0.1 * i, 10'000);
+  EXPECT_NEAR(*meter.rate(3.0), 100'000, 1e-6);
+}
+
+TEST(WindowedRate, SilenceLowersTheRateAndStopEndsTheStreak) {
+  windowed_rate meter(1.0, 0.2);
+  meter.start(0.0);
+  for (int i = 1; i <= 10; ++i) meter.add(0.1 * i, 100'000);
+  EXPECT_NEAR(*meter.rate(1.0), 1'000'000, 1e-6);
+  EXPECT_NEAR(*meter.rate(2.0), 500'000, 1e-6);  // 1 MB over 2 s since the base sample
+  meter.stop();
+  EXPECT_FALSE(meter.active());
+  EXPECT_FALSE(meter.rate(2.0));
+  meter.add(2.1, 5);  // outside a streak: ignored
+  EXPECT_FALSE(meter.active());
+}
+
+}  // namespace
+}  // namespace fleety::mphttp

@@ -30,6 +30,23 @@ TEST(ReorderBuffer, InOrderDataPassesStraightThrough) {
   EXPECT_EQ(buffer.buffered_bytes(), 0U);
 }
 
+TEST(ReorderBuffer, FrontPiecesGatherContiguousChunksUpToTheLimit) {
+  reorder_buffer buffer;
+  buffer.add(0, bytes("abc"));
+  buffer.add(3, bytes("def"));
+  buffer.add(10, bytes("xyz"));  // after a gap: not part of the front
+  buffer.consume(1);
+  auto pieces = buffer.front_pieces(100);
+  std::string joined;
+  for (auto p : pieces) joined.append(p.data(), p.size());
+  EXPECT_EQ(joined, "bcdef");
+  pieces = buffer.front_pieces(3);
+  ASSERT_EQ(pieces.size(), 2U);
+  EXPECT_EQ(std::string(pieces[1].data(), pieces[1].size()), "d");
+  buffer.consume(5);
+  EXPECT_TRUE(buffer.front_pieces(100).empty());  // the gap
+}
+
 TEST(ReorderBuffer, LaterRangeWaitsForTheEarlierOne) {
   reorder_buffer buffer;
   buffer.add(5, bytes("56789"));
