@@ -293,6 +293,16 @@ class ExtraRoot:
         return ExtraRoot(prefix, os.path.abspath(directory), cdn)
 
 
+def per_cdn(value: str | dict[str, str] | None, what: str) -> dict[str, str]:
+    """nginx text for each CDN from one string (both CDNs) or {"wifi": ..., "cell": ...}."""
+    if value is None or isinstance(value, str):
+        return {p: value or "" for p in ("wifi", "cell")}
+    unknown = set(value) - {"wifi", "cell"}
+    if unknown:
+        raise LabError(f"{what}: unknown CDN {sorted(unknown)}: expected wifi and/or cell")
+    return {p: value.get(p, "") for p in ("wifi", "cell")}
+
+
 def nginx_config(name: str, listen_addr: str, state_dir: Path, object_dir: Path,
                  extra_roots: Iterable[ExtraRoot] = (), extra_http: str = "",
                  extra_server: str = "") -> str:
@@ -712,10 +722,14 @@ class Lab:
            wifi_up: str | None = None, wifi_down: str | None = None,
            cell_up: str | None = None, cell_down: str | None = None,
            objects: Iterable[str] = (), extra_roots: Iterable[ExtraRoot | str] = (),
+           extra_http: str | dict[str, str] = "", extra_server: str | dict[str, str] = "",
            check: bool = True) -> "Lab":
         """Builds the lab (after tearing down an existing one of this prefix).
-        SPECs are 'RATE/DELAY[/LOSS]', DELAY one-way per direction. On failure,
-        tears down what was made and raises LabError. Returns self."""
+        SPECs are 'RATE/DELAY[/LOSS]', DELAY one-way per direction. extra_http /
+        extra_server: nginx directives added to the CDNs' http / server blocks, one
+        string for both CDNs or {"wifi": ..., "cell": ...} (e.g. a location that
+        ignores Range on one CDN). On failure, tears down what was made and raises
+        LabError. Returns self."""
         require_root()
         delayline = find_delayline(self.delayline_arg)
         for tool in ("ip", "tc", "ethtool", "iptables-legacy", "sysctl", "nginx", "dnsmasq",
@@ -731,6 +745,8 @@ class Lab:
                 "down": parse_spec(down_s, base) if down_s else base,
             }
         roots = [r if isinstance(r, ExtraRoot) else ExtraRoot.parse(r) for r in extra_roots]
+        nginx_extra = {"http": per_cdn(extra_http, "extra_http"),
+                       "server": per_cdn(extra_server, "extra_server")}
         wanted = list(dict.fromkeys([*DEFAULT_OBJECTS, *objects]))
         for o in wanted:
             parse_object_size(o)
@@ -751,12 +767,14 @@ class Lab:
                 "objects": wanted,
                 "object_dir": str(OBJECT_DIR),
                 "extra_roots": [dataclasses.asdict(r) for r in roots],
+                "extra_http": nginx_extra["http"],
+                "extra_server": nginx_extra["server"],
                 "paths": {p: {"up": s["up"].to_json(), "down": s["down"].to_json(),
                               "link": "up"} for p, s in shaping.items()},
             }
             self._write_json("config.json", cfg)
             self._write_json("pids.json", [])
-            self._build(delayline, shaping, roots)
+            self._build(delayline, shaping, roots, nginx_extra)
             if check:
                 self._check_paths()
         except BaseException as e:
@@ -772,7 +790,8 @@ class Lab:
         self._log(f"lab '{self.prefix}' up in {time.monotonic() - t0:.2f}s")
         return self
 
-    def _build(self, delayline: str, shaping: dict, roots: list[ExtraRoot]) -> None:
+    def _build(self, delayline: str, shaping: dict, roots: list[ExtraRoot],
+               nginx_extra: dict[str, dict[str, str]]) -> None:
         # namespaces, loopback, sysctls
         for n in NAMESPACES:
             self._run(["ip", "netns", "add", self.ns(n)])
@@ -890,7 +909,9 @@ class Lab:
             for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
                 (base / sub).mkdir(parents=True, exist_ok=True)
             conf = self.state_dir / f"{role}.conf"
-            conf.write_text(nginx_config(pname, p.cdn, self.state_dir, OBJECT_DIR, roots))
+            conf.write_text(nginx_config(pname, p.cdn, self.state_dir, OBJECT_DIR, roots,
+                                         nginx_extra["http"][pname],
+                                         nginx_extra["server"][pname]))
             self._in("inet", "nginx", "-t", "-q", "-c", str(conf), "-p", str(base))
             proc = self._spawn(role, "inet", ["nginx", "-c", str(conf), "-p", str(base)])
             self._wait_ready(role, proc,
