@@ -284,8 +284,15 @@ def truthy(v) -> bool:
 # --------------------------------------------------------------------------
 # figures (gnuplot; regenerated from the CSV by bench/plot)
 
-_COLORS = ["#9e9e9e", "#616161", "#1f77b4", "#6baed6", "#ff7f0e", "#2ca02c", "#d62728",
-           "#9467bd", "#8c564b"]
+# one colour per client in every figure
+CLIENT_COLORS = {"ideal": "#000000", "wifi alone": "#9e9e9e", "cellular alone": "#616161",
+                 "fleety-cost": "#1f77b4", "fleety-aggregate": "#6baed6", "aria2": "#ff7f0e",
+                 "mptcp": "#2ca02c"}
+_OTHER_COLORS = ["#d62728", "#9467bd", "#8c564b", "#e377c2"]
+
+
+def _color(client: str, i: int) -> str:
+    return CLIENT_COLORS.get(client, _OTHER_COLORS[i % len(_OTHER_COLORS)])
 
 
 def _gp_str(s: str) -> str:
@@ -373,7 +380,7 @@ def plot_aggregation(csv_path: Path, png_path: Path) -> Path:
             for i, c in enumerate(clients):
                 col = 2 + 3 * i
                 plots.append(f"{_gp_str(str(work / (obj + '.dat')))} using {col}:{col + 1}:{col + 2} "
-                             f"title {_gp_str(c)} lc rgb '{_COLORS[i % len(_COLORS)]}'")
+                             f"title {_gp_str(c)} lc rgb '{_color(c, i)}'")
             lines.append(f"set title {_gp_str(obj)}")
             lines.append("plot " + ", \\\n     ".join(plots))
         lines.append("unset multiplot")
@@ -405,12 +412,11 @@ def plot_events(csv_path: Path, png_path: Path) -> Path:
                              if v else ["?", "?", "?"])
                 f.write(" ".join(cols) + "\n")
         xtics = ", ".join(f"{_gp_str(ev)} {i}" for i, ev in enumerate(events))
-        colors = ["#000000", *_COLORS[2:]]
         plots = []
         for i, c in enumerate(clients):
             col = 2 + 3 * i
             plots.append(f"{_gp_str(str(work / 'events.dat'))} using {col}:{col + 1}:{col + 2} "
-                         f"title {_gp_str(c)} lc rgb '{colors[i % len(colors)]}'")
+                         f"title {_gp_str(c)} lc rgb '{_color(c, i)}'")
         obj = rows[0].get("object", "")
         script = "\n".join([
             "set terminal pngcairo size 1000,420 font 'DejaVu Sans,11'",
@@ -424,6 +430,7 @@ def plot_events(csv_path: Path, png_path: Path) -> Path:
             "set grid ytics lc rgb '#dddddd'",
             "set ylabel 'completion time (s)'",
             f"set xtics ({xtics}) nomirror",
+            f"set xrange [-0.6:{len(events) - 0.4}]",
             "set key outside right top vertical",
             "set title " + _gp_str(f"{obj} at 20+20 Mbit/s, RTT 50 ms; event at t = "
                                    f"{float(rows[0].get('at_s', 5)):g} s; failed runs left out"),
