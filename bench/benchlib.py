@@ -372,7 +372,8 @@ def plot_aggregation(csv_path: Path, png_path: Path) -> Path:
         ]
         lines.append(f"set xrange [-0.6:{len(grid) - 0.4}]")
         lines.append("set xlabel " + _gp_str("Wi-Fi rate (cellular 20 Mbit/s; RTT 50 ms on both "
-                                             "paths unless noted)"))
+                                             "paths unless noted)") + " offset 0,-0.8")
+        lines.append("set bmargin 5")  # room for two-line row labels above the axis label
         for n, obj in enumerate(objects):
             if n:
                 lines.append("unset key")
