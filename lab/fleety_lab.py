@@ -1143,6 +1143,108 @@ class Lab:
                 "congestion_control": cc, "paths": paths,
                 "all_helpers_alive": all(h["alive"] for h in helpers) and bool(helpers)}
 
+    # ---- kernel MPTCP: the reference that changes both ends (bench peer `mptcp`)
+    #
+    # Kept apart from up(): a lab is plain TCP unless a benchmark asks for this.
+    # One more server in inet, reachable at one address over both paths, and
+    # the client's in-kernel path manager told to add a subflow from rmnet0.
+    # Only sockets opened as IPPROTO_MPTCP (e.g. under `mptcpize run`) use it;
+    # fleetyd, curl and aria2 in the same lab keep plain TCP.
+
+    MPTCP_SERVER = "198.18.30.1"  # nginx under `mptcpize run` in inet, on lo
+    MPTCP_SUBFLOWS = 2
+
+    def mptcp_up(self) -> dict[str, Any]:
+        """Adds kernel MPTCP to the running lab: an nginx under `mptcpize run`
+        in inet at MPTCP_SERVER:80 serving the CDNs' objects (and extra roots;
+        an MPTCP listener accepts plain TCP too), and in the client
+        `ip mptcp limits set subflow 2 add_addr_accepted 2` plus an endpoint
+        `198.18.2.2 dev rmnet0 subflow`: a connection made over wlan0 (the main
+        table's default) gets a second subflow over rmnet0. Checks with a 1 MB
+        download that MP_CAPABLE and MP_JOIN both happen. Torn down with the lab
+        (the nginx is a recorded helper; endpoints live in the namespace).
+        Returns {'server': addr, 'url': 'http://addr/', 'endpoints': [...]}."""
+        require_root()
+        cfg = self.config()
+        if shutil.which("mptcpize") is None:
+            raise LabError("mptcpize not found: run scripts/setup.sh (package mptcpize)")
+        for n in ("cli", "inet"):
+            cp = self._in(n, "sysctl", "-n", "net.mptcp.enabled", check=False)
+            if cp.returncode != 0:
+                raise LabError("this kernel has no MPTCP (no net.mptcp.enabled sysctl)")
+            self._in(n, "sysctl", "-q", "-w", "net.mptcp.enabled=1")
+        addr = self.MPTCP_SERVER
+        # server: its address on inet's lo (routes to both client subnets exist)
+        self._ip("inet", "addr", "replace", f"{addr}/32", "dev", "lo")
+        self._ip("inet", "mptcp", "limits", "set", "subflow", str(self.MPTCP_SUBFLOWS))
+        role = "nginx-mptcp"
+        base = self.state_dir / role
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        conf = self.state_dir / f"{role}.conf"
+        roots = [ExtraRoot(**r) for r in cfg.get("extra_roots", [])]
+        conf.write_text(nginx_config("mptcp", addr, self.state_dir, Path(cfg["object_dir"]),
+                                     roots))
+        self._in("inet", "nginx", "-t", "-q", "-c", str(conf), "-p", str(base))
+        if not any(r["role"] == role and _alive(int(r["pid"]), r.get("start"))
+                   for r in self._read_json("pids.json", [])):
+            proc = self._spawn(role, "inet", ["mptcpize", "run", "nginx", "-c", str(conf),
+                                              "-p", str(base)])
+            self._wait_ready(role, proc,
+                             lambda pid: self._proc_net_has(pid, "tcp", _hex_addr(addr, 80), "0A"),
+                             f"listening on {addr}:80")
+        # client: wlan0 carries the initial subflow, rmnet0 joins
+        self._ip("cli", "mptcp", "limits", "set", "subflow", str(self.MPTCP_SUBFLOWS),
+                 "add_addr_accepted", str(self.MPTCP_SUBFLOWS))
+        self._ip("cli", "mptcp", "endpoint", "flush")
+        cell = PATHS["cell"]
+        self._ip("cli", "mptcp", "endpoint", "add", cell.client_addr, "dev", cell.iface,
+                 "subflow")
+        self._mptcp_check()
+        cfg = self.config()
+        cfg["mptcp"] = {"server": addr, "endpoints": [f"{cell.client_addr} dev {cell.iface}"]}
+        self._write_json("config.json", cfg)
+        return {"server": addr, "url": f"http://{addr}/", "endpoints": cfg["mptcp"]["endpoints"]}
+
+    def _mptcp_check(self) -> None:
+        """A 1 MB download under mptcpize: the server must answer MP_CAPABLE
+        (else the connection fell back to plain TCP) and rmnet0 must join
+        (a HEAD request ends before the join's handshake does)."""
+        before = self.mptcp_counters()
+        cp = self._in("cli", *self.mptcp_argv(["curl", "-sS", "-o", "/dev/null",
+                                               "--max-time", "10", "--noproxy", "*",
+                                               f"http://{self.MPTCP_SERVER}/1MB"]),
+                      check=False, timeout=15)
+        if cp.returncode != 0:
+            raise LabError(f"MPTCP check failed: GET http://{self.MPTCP_SERVER}/1MB: "
+                           f"{_first_line(cp.stderr)}")
+        # the join is asynchronous: give it a few RTTs
+        deadline = time.monotonic() + 3.0
+        while True:
+            d = {k: v - before.get(k, 0) for k, v in self.mptcp_counters().items()}
+            if d.get("MPCapableSYNACKRX", 0) >= 1 and d.get("MPJoinSynAckRx", 0) >= 1:
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"MPTCP check failed: MP_CAPABLE answered "
+                               f"{d.get('MPCapableSYNACKRX', 0)}x, MP_JOIN answered "
+                               f"{d.get('MPJoinSynAckRx', 0)}x (want both >= 1)")
+            time.sleep(0.05)
+
+    @staticmethod
+    def mptcp_argv(argv: Sequence[str]) -> list[str]:
+        """argv run with its TCP sockets turned into MPTCP ones (LD_PRELOAD)."""
+        return ["mptcpize", "run", *argv]
+
+    def mptcp_counters(self, ns: str = "cli") -> dict[str, int]:
+        """The namespace's MPTcpExt counters without the prefix, e.g.
+        {'MPCapableSYNACKRX': 1, 'MPJoinSynAckRx': 1, ...} (nstat MPTcp*)."""
+        cp = self._in(ns, "cat", "/proc/net/netstat")
+        lines = cp.stdout.splitlines()
+        for head, values in zip(lines, lines[1:]):
+            if head.startswith("MPTcpExt:") and values.startswith("MPTcpExt:"):
+                return {k: int(v) for k, v in zip(head.split()[1:], values.split()[1:])}
+        return {}
+
 
 # --------------------------------------------------------------------------
 # command line
