@@ -60,8 +60,8 @@ struct claim_inputs {
                                          ///< path could start on new bytes (its backlog)
   split_policy policy;
   claim_side side = claim_side::front;
-  std::uint64_t from = 0;   ///< front: no bytes before this (the app's delivery point)
-  std::uint64_t limit = 0;  ///< nothing at or past this (memory window; back: where it starts)
+  std::uint64_t from = 0;     ///< front: no bytes before this (the app's delivery point)
+  std::uint64_t limit = 0;    ///< nothing at or past this (memory window; back: where it starts)
   double range_time_s = 0.3;  ///< a range should take about this long on the path
   std::uint64_t min_range_bytes = 64 * 1024;
 };

@@ -104,7 +104,9 @@ std::string_view to_string(split_verdict verdict) {
     case split_verdict::not_get:
       return "not a GET";
     case split_verdict::app_conditional:
-      return "app sent a range or condition";
+      return "app sent a condition";
+    case split_verdict::multipart:
+      return "several ranges";
     case split_verdict::not_ok:
       return "status is not 200";
     case split_verdict::unknown_length:
@@ -112,32 +114,54 @@ std::string_view to_string(split_verdict verdict) {
     case split_verdict::too_small:
       return "small object";
     case split_verdict::no_ranges:
-      return "server refuses ranges";
+      return "server does not take ranges";
     case split_verdict::single_path_only:
       return "one path only";
   }
   return "unknown";
 }
 
-split_verdict decide_split(const request_header& request, const response_header& response,
-                           std::uint64_t min_split_bytes, std::size_t usable_paths) {
-  if (request.method() != http::verb::get) return split_verdict::not_get;
-  for (auto field : {http::field::range, http::field::if_range, http::field::if_match,
-                     http::field::if_none_match, http::field::if_modified_since,
-                     http::field::if_unmodified_since}) {
-    if (request.find(field) != request.end()) return split_verdict::app_conditional;
+split_decision decide_split(const request_header& request, const response_header& response,
+                            std::uint64_t min_split_bytes, std::size_t usable_paths) {
+  split_decision out;
+  auto verdict = [&out](split_verdict v) {
+    out.verdict = v;
+    return out;
+  };
+  if (request.method() != http::verb::get) return verdict(split_verdict::not_get);
+  for (auto field : {http::field::if_match, http::field::if_none_match,
+                     http::field::if_modified_since, http::field::if_unmodified_since}) {
+    if (request.find(field) != request.end()) return verdict(split_verdict::app_conditional);
   }
-  if (response.result() != http::status::ok) return split_verdict::not_ok;
+  if (response.result() != http::status::ok && response.result() != http::status::partial_content) {
+    return verdict(split_verdict::not_ok);
+  }
   if (response.find(http::field::transfer_encoding) != response.end()) {
-    return split_verdict::unknown_length;
+    return verdict(split_verdict::unknown_length);
   }
-  auto length_text = response[http::field::content_length];
-  auto length = parse_u64(length_text);
-  if (!length) return split_verdict::unknown_length;
-  if (iequals(response[http::field::accept_ranges], "none")) return split_verdict::no_ranges;
-  if (*length < min_split_bytes) return split_verdict::too_small;
-  if (usable_paths < 2) return split_verdict::single_path_only;
-  return split_verdict::split;
+  auto length = parse_u64(response[http::field::content_length]);
+  if (!length) return verdict(split_verdict::unknown_length);
+  if (response.result() == http::status::ok) {
+    out.begin = 0;
+    out.end = out.total = *length;
+  } else {
+    // Several ranges come as multipart/byteranges, without a Content-Range of their own.
+    auto range = parse_content_range(response[http::field::content_range]);
+    if (!range) return verdict(split_verdict::multipart);
+    if (range->last - range->first + 1 != *length) return verdict(split_verdict::unknown_length);
+    out.begin = range->first;
+    out.end = range->last + 1;
+    out.total = range->complete_length;
+  }
+  // A 206 is itself the proof (servers such as nginx don't repeat Accept-Ranges in it).
+  bool takes_ranges = response.result() == http::status::partial_content;
+  for (auto unit : http::token_list(response[http::field::accept_ranges])) {
+    if (iequals(unit, "bytes")) takes_ranges = true;
+  }
+  if (!takes_ranges) return verdict(split_verdict::no_ranges);
+  if (out.end - out.begin < min_split_bytes) return verdict(split_verdict::too_small);
+  if (usable_paths < 2) return verdict(split_verdict::single_path_only);
+  return verdict(split_verdict::split);
 }
 
 }  // namespace fleety::mphttp

@@ -45,19 +45,34 @@ std::string strong_validator(const response_header& response);
 
 /// Why a GET is, or is not, fetched over several paths.
 enum class split_verdict {
-  split,             ///< 200 with a known length, at least the threshold, ranges allowed
+  split,             ///< 200 (or 206 to the app's single range) with a known length, at
+                     ///< least the threshold, the server takes ranges
   not_get,           ///< only GET is split
-  app_conditional,   ///< the app sent Range / If-Range / If-Match…: answer exactly what it asked
-  not_ok,            ///< status other than 200
+  app_conditional,   ///< If-Match / If-None-Match / If-(Un)Modified-Since: passed through
+  multipart,         ///< a 206 to several ranges (multipart/byteranges): passed through
+  not_ok,            ///< status other than 200 and 206
   unknown_length,    ///< chunked or close-delimited
   too_small,         ///< under min_split_bytes
-  no_ranges,         ///< Accept-Ranges: none
+  no_ranges,         ///< the server does not say Accept-Ranges: bytes
   single_path_only,  ///< fewer than two paths
 };
 std::string_view to_string(split_verdict verdict);
 
-/// Decides from the app's request and the first path's response header.
-split_verdict decide_split(const request_header& request, const response_header& response,
-                           std::uint64_t min_split_bytes, std::size_t usable_paths);
+/// What to fetch over several paths: bytes [begin, end) of an object of `total` bytes
+/// (the whole object for a 200, the app's range for a 206).
+struct split_decision {
+  split_verdict verdict = split_verdict::not_get;
+  std::uint64_t begin = 0;
+  std::uint64_t end = 0;
+  std::uint64_t total = 0;
+};
+
+/// Decides from the app's request and the first path's response header. The app's own
+/// Range (and If-Range) went to the origin unchanged: its single-range 206 is split like
+/// a 200, its 200 (If-Range failed, or no range support) is a whole object. A server
+/// must say Accept-Ranges: bytes — one that ignores Range would answer the other paths'
+/// requests with the whole object (RFC 9110 §14.3).
+split_decision decide_split(const request_header& request, const response_header& response,
+                            std::uint64_t min_split_bytes, std::size_t usable_paths);
 
 }  // namespace fleety::mphttp

@@ -154,8 +154,15 @@ http::response<http::buffer_body> app_response_header(const response_header& ups
   out.version(app_request.version());
   out.keep_alive(wants_keep_alive(app_request));
   // Unknown length (chunked or ended by close upstream): re-chunk for an HTTP/1.1 app;
-  // an HTTP/1.0 app gets a body ended by our close.
-  if ((chunked || !has_length) && app_request.version() >= 11) {
+  // an HTTP/1.0 app gets a body ended by our close. Responses that never have a body
+  // (RFC 9110 §6.4.1: HEAD, 1xx, 204, 304) are left as they are: a chunked terminator
+  // after them would be read as the start of the next response.
+  const unsigned status = upstream_header.result_int();
+  const bool bodyless =
+      app_request.method() == http::verb::head || status < 200 || status == 204 || status == 304;
+  if (bodyless) {
+    // nothing to frame
+  } else if ((chunked || !has_length) && app_request.version() >= 11) {
     out.chunked(true);
   } else if (chunked || !has_length) {
     out.keep_alive(false);
@@ -286,9 +293,20 @@ struct path_work {
 /// takes the lowest unclaimed bytes, with its next request pipelined.
 class object_fetch {
  public:
+  /// Fetches bytes [begin, end) of an object of `total` bytes (the app's range, or all).
   object_fetch(const asio::any_io_executor& executor, const core::config& config,
-               std::vector<path_runtime*> paths, std::uint64_t total)
-      : config_(config), total_(total), claims_(total), writer_wake_(executor) {
+               std::vector<path_runtime*> paths, std::uint64_t total, std::uint64_t begin,
+               std::uint64_t end)
+      : config_(config),
+        total_(total),
+        begin_(begin),
+        end_(end),
+        buffer_(begin),
+        claims_(total),
+        writer_wake_(executor) {
+    // Outside the range: nobody's to fetch.
+    claims_.claim({0, begin});
+    claims_.claim({end, total});
     for (auto* path : paths) {
       path_work w;
       w.path = path;
@@ -301,10 +319,12 @@ class object_fetch {
 
   const core::config& config() const { return config_; }
   std::uint64_t total() const { return total_; }
+  std::uint64_t begin() const { return begin_; }
+  std::uint64_t end() const { return end_; }
   reorder_buffer& buffer() { return buffer_; }
   std::vector<path_work>& work() { return work_; }
   bool stopping() const { return stopping_; }
-  bool complete() const { return buffer_.delivered() + buffer_.buffered_bytes() >= total_; }
+  bool complete() const { return buffer_.delivered() + buffer_.buffered_bytes() >= end_; }
   bool all_failed() const {
     return std::all_of(work_.begin(), work_.end(), [](const path_work& w) { return w.failed; });
   }
@@ -422,8 +442,8 @@ class object_fetch {
     }
   }
 
-  /// Path 0 already receives the object from offset 0: it claims the head.
-  /// Returns where its first range ends.
+  /// Path 0 already receives the object (or the app's range) from its start: it claims
+  /// the head. Returns where its first range ends.
   std::uint64_t claim_first_range() {
     first_stream_alive_ = true;
     auto range = claim(0, claim_side::front, 0, window_end(), clock_type::now());
@@ -460,13 +480,13 @@ class object_fetch {
     const auto now = clock_type::now();
     // While path 0 streams the head, the others fill the first window from its end.
     const bool from_back = first_stream_alive_ && index != 0;
-    auto range = from_back
-                     ? claim(index, claim_side::back, buffer_.delivered(),
-                             std::min(total_, config_.scheduler.memory_per_session_bytes), now)
-                     : std::nullopt;
+    auto range =
+        from_back ? claim(index, claim_side::back, buffer_.delivered(),
+                          std::min(end_, begin_ + config_.scheduler.memory_per_session_bytes), now)
+                  : std::nullopt;
     if (!range) range = claim(index, claim_side::front, buffer_.delivered(), window_end(), now);
     if (!range) {
-      if (claims_.lowest_unclaimed(window_end(), total_)) window_blocked_ = true;
+      if (claims_.lowest_unclaimed(window_end(), end_)) window_blocked_ = true;
       range = steal_tail(index);
     }
     return range;
@@ -475,7 +495,7 @@ class object_fetch {
  private:
   /// No range is claimed past this: the app's delivery point plus the session's memory.
   std::uint64_t window_end() const {
-    return std::min(total_, buffer_.delivered() + config_.scheduler.memory_per_session_bytes);
+    return std::min(end_, buffer_.delivered() + config_.scheduler.memory_per_session_bytes);
   }
 
   /// DESIGN.md's cost rule, applied to what is left: T_tol bounds the whole download,
@@ -601,6 +621,8 @@ class object_fetch {
 
   const core::config& config_;
   std::uint64_t total_;
+  std::uint64_t begin_;
+  std::uint64_t end_;
   std::vector<path_work> work_;
   reorder_buffer buffer_;
   claim_map claims_;
@@ -740,7 +762,7 @@ struct initial_stream {
 awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
                                  const request_header& app_request, const proxy_target& target,
                                  std::string validator, std::optional<initial_stream> initial,
-                                 std::uint64_t initial_share) {
+                                 std::uint64_t initial_end) {
   auto executor = co_await asio::this_coro::executor;
   // Stopping cancels the pending operation; we check fetch.stopping() ourselves rather
   // than have the next co_await throw.
@@ -775,9 +797,9 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
       co_return ec;
     };
     auto receive_share = [&]() -> awaitable<error_code> {
-      if (initial_share == 0) co_return error_code{};
-      work.current = byte_range{0, initial_share};
-      work.requested_end = fetch.total();
+      if (initial_end <= fetch.begin()) co_return error_code{};
+      work.current = byte_range{fetch.begin(), initial_end};
+      work.requested_end = fetch.end();
       work.last_progress = clock_type::now();
       work.current_received = 0;
       bool stopped_early = false;
@@ -905,7 +927,7 @@ awaitable<bool> async_deliver_in_order(object_fetch& fetch, beast::tcp_stream& a
   const auto& limits = fetch.config().proxy;
   auto& buffer = fetch.buffer();
   auto last_progress = clock_type::now();
-  while (buffer.delivered() < fetch.total()) {
+  while (buffer.delivered() < fetch.end()) {
     fetch.detect_stalls(clock_type::now());
     auto pieces = buffer.front_pieces(max_write_bytes);
     if (pieces.empty()) {
@@ -1052,10 +1074,10 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   if (auto metrics = net::read_tcp_metrics(first.stream.socket()))
     first_path.estimator.on_rtt(metrics->smoothed_rtt);
   const response_header& response = parser->get().base();
-  const auto verdict =
+  const auto decision =
       decide_split(ctx.request, response, ctx.proxy.config.scheduler.min_split_bytes, paths.size());
 
-  if (verdict != split_verdict::split) {
+  if (decision.verdict != split_verdict::split) {
     // 3a. One path: relay the response as it comes.
     auto out = app_response_header(response, ctx.request);
     std::uint64_t relayed = 0;
@@ -1074,7 +1096,8 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     const double seconds = std::chrono::duration<double>(clock_type::now() - started).count();
     spdlog::info("[{}] {} {} → {} one path ({}): {} on {} in {:.2f} s", ctx.session_id,
                  std::string(http::to_string(ctx.request.method())), url, response.result_int(),
-                 to_string(verdict), core::format_size(relayed), first_path.config.name, seconds);
+                 to_string(decision.verdict), core::format_size(relayed), first_path.config.name,
+                 seconds);
     if (ec) {
       spdlog::warn("[{}] relay of {} failed: {}", ctx.session_id, url, ec.message());
       net::close_with_reset(ctx.app.socket());
@@ -1085,13 +1108,14 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   }
 
   // 3b. Multipath: the app gets the first response's header now, the body from all paths.
-  const std::uint64_t total = *parser->content_length();
+  const std::uint64_t length = decision.end - decision.begin;
   const std::string validator = strong_validator(response);
-  object_fetch fetch(executor, ctx.proxy.config, paths, total);
+  object_fetch fetch(executor, ctx.proxy.config, paths, decision.total, decision.begin,
+                     decision.end);
   const std::uint64_t first_share = fetch.claim_first_range();
 
   auto out = app_response_header(response, ctx.request);
-  out.content_length(total);
+  out.content_length(length);
   {
     http::response<http::empty_body> header_only;
     header_only.base() = out.base();
@@ -1142,13 +1166,13 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     // DESIGN.md: a clean failure, never a truncated body.
     spdlog::warn(
         "[{}] GET {} multipath failed after {} of {} bytes ({}): resetting the app connection",
-        ctx.session_id, url, fetch.buffer().delivered(), total, per_path);
+        ctx.session_id, url, fetch.buffer().delivered() - decision.begin, length, per_path);
     net::close_with_reset(ctx.app.socket());
     co_return false;
   }
-  spdlog::info("[{}] GET {} → 200 multipath: {} in {:.2f} s = {}; {}", ctx.session_id, url,
-               core::format_size(total), seconds,
-               core::format_rate(static_cast<double>(total) * 8 / std::max(seconds, 1e-6)),
+  spdlog::info("[{}] GET {} → {} multipath: {} in {:.2f} s = {}; {}", ctx.session_id, url,
+               response.result_int(), core::format_size(length), seconds,
+               core::format_rate(static_cast<double>(length) * 8 / std::max(seconds, 1e-6)),
                per_path);
   co_return out.keep_alive();
 }

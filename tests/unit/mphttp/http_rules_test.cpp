@@ -84,40 +84,73 @@ struct split_fixture {
 
 TEST(DecideSplit, LargeGetSplits) {
   split_fixture f;
-  EXPECT_EQ(decide_split(f.request, f.response, 2'000'000, 2), split_verdict::split);
+  const auto d = decide_split(f.request, f.response, 2'000'000, 2);
+  EXPECT_EQ(d.verdict, split_verdict::split);
+  EXPECT_EQ(d.begin, 0U);
+  EXPECT_EQ(d.end, 10'000'000U);
+  EXPECT_EQ(d.total, 10'000'000U);
+}
+
+TEST(DecideSplit, AppsSingleRangeSplitsTheRange) {
+  split_fixture f;
+  f.request.set(http::field::range, "bytes=1000000-5999999");
+  f.request.set(http::field::if_range, "\"abc\"");
+  f.response.result(http::status::partial_content);
+  f.response.set(http::field::content_range, "bytes 1000000-5999999/10000000");
+  f.response.set(http::field::content_length, "5000000");
+  f.response.erase(http::field::accept_ranges);  // implied by the 206
+  const auto d = decide_split(f.request, f.response, 2'000'000, 2);
+  EXPECT_EQ(d.verdict, split_verdict::split);
+  EXPECT_EQ(d.begin, 1'000'000U);
+  EXPECT_EQ(d.end, 6'000'000U);
+  EXPECT_EQ(d.total, 10'000'000U);
+  // The same range under the threshold stays on one path.
+  EXPECT_EQ(decide_split(f.request, f.response, 6'000'000, 2).verdict, split_verdict::too_small);
 }
 
 TEST(DecideSplit, ReasonsNotToSplit) {
   {
     split_fixture f;
-    EXPECT_EQ(decide_split(f.request, f.response, 20'000'000, 2), split_verdict::too_small);
-    EXPECT_EQ(decide_split(f.request, f.response, 2'000'000, 1), split_verdict::single_path_only);
+    EXPECT_EQ(decide_split(f.request, f.response, 20'000'000, 2).verdict, split_verdict::too_small);
+    EXPECT_EQ(decide_split(f.request, f.response, 2'000'000, 1).verdict,
+              split_verdict::single_path_only);
   }
   {
     split_fixture f;
     f.request.method(http::verb::post);
-    EXPECT_EQ(decide_split(f.request, f.response, 0, 2), split_verdict::not_get);
+    EXPECT_EQ(decide_split(f.request, f.response, 0, 2).verdict, split_verdict::not_get);
   }
   {
     split_fixture f;
-    f.request.set(http::field::range, "bytes=0-10");
-    EXPECT_EQ(decide_split(f.request, f.response, 0, 2), split_verdict::app_conditional);
+    f.request.set(http::field::if_none_match, "\"abc\"");
+    EXPECT_EQ(decide_split(f.request, f.response, 0, 2).verdict, split_verdict::app_conditional);
+  }
+  {
+    split_fixture f;
+    f.request.set(http::field::range, "bytes=0-99,200-299");
+    f.response.result(http::status::partial_content);
+    f.response.set(http::field::content_type, "multipart/byteranges; boundary=x");
+    EXPECT_EQ(decide_split(f.request, f.response, 0, 2).verdict, split_verdict::multipart);
   }
   {
     split_fixture f;
     f.response.result(http::status::not_found);
-    EXPECT_EQ(decide_split(f.request, f.response, 0, 2), split_verdict::not_ok);
+    EXPECT_EQ(decide_split(f.request, f.response, 0, 2).verdict, split_verdict::not_ok);
   }
   {
     split_fixture f;
     f.response.erase(http::field::content_length);
     f.response.set(http::field::transfer_encoding, "chunked");
-    EXPECT_EQ(decide_split(f.request, f.response, 0, 2), split_verdict::unknown_length);
+    EXPECT_EQ(decide_split(f.request, f.response, 0, 2).verdict, split_verdict::unknown_length);
   }
   {
     split_fixture f;
     f.response.set(http::field::accept_ranges, "none");
-    EXPECT_EQ(decide_split(f.request, f.response, 0, 2), split_verdict::no_ranges);
+    EXPECT_EQ(decide_split(f.request, f.response, 0, 2).verdict, split_verdict::no_ranges);
+    f.response.erase(http::field::accept_ranges);  // a server that ignores Range says nothing
+    EXPECT_EQ(decide_split(f.request, f.response, 0, 2).verdict, split_verdict::no_ranges);
+    f.response.set(http::field::accept_ranges, "other, Bytes");
+    EXPECT_EQ(decide_split(f.request, f.response, 0, 2).verdict, split_verdict::split);
   }
 }
 
