@@ -207,9 +207,10 @@ std::optional<std::string> read_path(const context& ctx, const toml::table& tabl
 
 std::optional<std::string> read_scheduler(const context& ctx, const toml::table& table,
                                           scheduler_config& s) {
-  if (auto e = check_keys(ctx, table, "[scheduler]",
-                          {"mode", "tolerance", "portion_time", "memory_per_session",
-                           "min_split_size", "overlap", "default_rate", "default_rtt"})) {
+  if (auto e =
+          check_keys(ctx, table, "[scheduler]",
+                     {"mode", "tolerance", "range_time", "mismatch_cooldown", "memory_per_session",
+                      "min_split_size", "overlap", "default_rate", "default_rtt"})) {
     return e;
   }
   if (const toml::node* node = table.get("mode")) {
@@ -252,8 +253,11 @@ std::optional<std::string> read_scheduler(const context& ctx, const toml::table&
   if (auto e = read_unit<us>(ctx, table, "tolerance", "scheduler", parse_duration,
                              duration_into(s.tolerance, us(0), "tolerance")))
     return e;
-  if (auto e = read_unit<us>(ctx, table, "portion_time", "scheduler", parse_duration,
-                             duration_into(s.portion_time, us(100'000), "portion_time")))
+  if (auto e = read_unit<us>(ctx, table, "range_time", "scheduler", parse_duration,
+                             duration_into(s.range_time, us(10'000), "range_time")))
+    return e;
+  if (auto e = read_unit<us>(ctx, table, "mismatch_cooldown", "scheduler", parse_duration,
+                             duration_into(s.mismatch_cooldown, us(0), "mismatch_cooldown")))
     return e;
   if (auto e = read_unit<us>(ctx, table, "default_rtt", "scheduler", parse_duration,
                              duration_into(s.default_rtt, us(0), "default_rtt")))

@@ -40,9 +40,11 @@ struct scheduler_config {
   scheduler_mode mode = scheduler_mode::cost;
   /// T_tol: Wi-Fi alone when it finishes within this time.
   std::chrono::microseconds tolerance{1'000'000};
-  /// T_portion: a portion holds about this much time of all paths' combined rate.
-  std::chrono::microseconds portion_time{2'000'000};
-  /// M: the most a session buffers (portion size cap, bytes).
+  /// A range request should keep its path busy about this long (at least 3 RTT).
+  std::chrono::microseconds range_time{150'000};
+  /// A host that served two versions of an object is fetched on one path this long.
+  std::chrono::microseconds mismatch_cooldown{600'000'000};
+  /// M: the most a session buffers: no range is requested past delivered + M.
   std::uint64_t memory_per_session_bytes = 32ULL << 20;
   /// Objects smaller than this are fetched on one path, unsplit.
   std::uint64_t min_split_bytes = 2'000'000;

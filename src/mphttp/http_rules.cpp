@@ -117,6 +117,8 @@ std::string_view to_string(split_verdict verdict) {
       return "server does not take ranges";
     case split_verdict::single_path_only:
       return "one path only";
+    case split_verdict::host_cooldown:
+      return "host served two versions lately";
   }
   return "unknown";
 }

@@ -55,6 +55,7 @@ enum class split_verdict {
   too_small,         ///< under min_split_bytes
   no_ranges,         ///< the server does not say Accept-Ranges: bytes
   single_path_only,  ///< fewer than two paths
+  host_cooldown,     ///< the host served two versions of an object recently
 };
 std::string_view to_string(split_verdict verdict);
 

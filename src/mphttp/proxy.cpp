@@ -279,7 +279,9 @@ struct path_work {
   /// A range should keep the path busy for a while: long enough that the next request
   /// goes out (1.5 RTT ahead) well inside it, short enough that the last ranges of an
   /// object finish together.
-  double range_time_s() const { return std::max(0.15, 3 * path->estimator.rtt_s()); }
+  double range_time_s(std::chrono::microseconds configured) const {
+    return std::max(static_cast<double>(configured.count()) / 1e6, 3 * path->estimator.rtt_s());
+  }
 };
 
 /// Shared state of one multipath fetch. Lives in the session's frame, which waits for
@@ -394,7 +396,9 @@ class object_fetch {
       recent_.erase(recent_.begin(), recent_.end() - static_cast<std::ptrdiff_t>(keep));
   }
 
+  /// Times this fetch saw a second version of the object (overlap, size or validator).
   std::uint64_t mismatches() const { return mismatches_; }
+  void on_version_conflict() { ++mismatches_; }
 
   /// Path `index` will not fetch `range` after all (its request was lost with its
   /// connection): someone else claims it.
@@ -522,7 +526,7 @@ class object_fetch {
     in.side = side;
     in.from = from;
     in.limit = limit;
-    in.range_time_s = work_[index].range_time_s();
+    in.range_time_s = work_[index].range_time_s(config_.scheduler.range_time);
     in.min_range_bytes = min_range_bytes;
     auto range = choose_claim(claims_, in);
     if (!range) return std::nullopt;
@@ -890,6 +894,9 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
       spdlog::warn("path {}: {} answered range {}-{} with {} '{}': not using this path for it",
                    path.config.name, url, range.begin, range.end - 1, header.result_int(),
                    std::string(header[http::field::content_range]));
+      // We only split when the server takes ranges: any other answer means the
+      // validator or the size differs on this path, i.e. another version.
+      fetch.on_version_conflict();
       up.reset();
       fetch.on_path_failed(index);
       break;
@@ -969,6 +976,29 @@ awaitable<bool> async_deliver_in_order(object_fetch& fetch, beast::tcp_stream& a
   co_return true;
 }
 
+/// Whether `host` is still single-path after serving two versions (paper §4.3).
+bool host_is_cooling(proxy_context& proxy, const std::string& host) {
+  auto it = proxy.single_path_until.find(host);
+  if (it == proxy.single_path_until.end()) return false;
+  if (it->second > clock_type::now()) return true;
+  proxy.single_path_until.erase(it);
+  return false;
+}
+
+void start_cooldown(proxy_context& proxy, const std::string& host, clock_type::time_point until) {
+  auto& hosts = proxy.single_path_until;
+  if (hosts.size() >= proxy_context::max_cooling_hosts && !hosts.contains(host)) {
+    const auto now = clock_type::now();
+    std::erase_if(hosts, [now](const auto& entry) { return entry.second <= now; });
+    if (hosts.size() >= proxy_context::max_cooling_hosts) {
+      hosts.erase(std::min_element(hosts.begin(), hosts.end(), [](const auto& a, const auto& b) {
+        return a.second < b.second;
+      }));
+    }
+  }
+  hosts[host] = until;
+}
+
 /// Everything a request handler needs from the session.
 struct request_context {
   beast::tcp_stream& app;
@@ -993,6 +1023,19 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   const auto started = clock_type::now();
   const std::string url = fmt::format("http://{}{}", ctx.target.authority, ctx.target.origin_form);
   auto paths = usable_paths(ctx.proxy);
+
+  // A GET may become a multipath fetch: the other paths resolve the host meanwhile (one
+  // small query each, cached for its TTL), so their range requests start an RTT sooner.
+  if (ctx.request.method() == http::verb::get) {
+    for (std::size_t i = 1; i < paths.size(); ++i) {
+      asio::co_spawn(
+          executor,
+          [](dns::path_resolver& resolver, std::string host) -> awaitable<void> {
+            co_await resolver.async_resolve(host);
+          }(*paths[i]->resolver, ctx.target.host),
+          asio::detached);
+    }
+  }
 
   // 1. Open the first path that connects (preference order) and send the request there.
   upstream first(executor);
@@ -1074,9 +1117,12 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   if (auto metrics = net::read_tcp_metrics(first.stream.socket()))
     first_path.estimator.on_rtt(metrics->smoothed_rtt);
   const response_header& response = parser->get().base();
-  const auto decision =
+  auto decision =
       decide_split(ctx.request, response, ctx.proxy.config.scheduler.min_split_bytes, paths.size());
 
+  if (decision.verdict == split_verdict::split && host_is_cooling(ctx.proxy, ctx.target.host)) {
+    decision.verdict = split_verdict::host_cooldown;
+  }
   if (decision.verdict != split_verdict::split) {
     // 3a. One path: relay the response as it comes.
     auto out = app_response_header(response, ctx.request);
@@ -1161,6 +1207,16 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     per_path += fmt::format("{}{}: {} bytes (planned {}, {} ranges, {} taken over)",
                             per_path.empty() ? "" : ", ", w.path->config.name, w.bytes,
                             fetch.planned_share(i), w.ranges, w.stolen);
+  }
+  if (fetch.mismatches() > 0) {
+    ++ctx.proxy.version_conflicts;
+    const auto cooldown = ctx.proxy.config.scheduler.mismatch_cooldown;
+    spdlog::warn(
+        "[{}] {} served two versions of {}: its downloads stay on one path for {} s "
+        "({} such downloads so far)",
+        ctx.session_id, ctx.target.host, url, cooldown.count() / 1'000'000,
+        ctx.proxy.version_conflicts);
+    start_cooldown(ctx.proxy, ctx.target.host, clock_type::now() + as_duration(cooldown));
   }
   if (!delivered) {
     // DESIGN.md: a clean failure, never a truncated body.

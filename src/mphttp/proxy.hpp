@@ -5,7 +5,9 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,6 +33,12 @@ struct proxy_context {
   std::vector<path_runtime>& paths;  ///< preference order (cheapest first)
   std::uint64_t sessions_started = 0;
   std::uint64_t sessions_active = 0;
+  /// Hosts that served two versions of one object (a stale cache on one path, paper
+  /// §4.3): their downloads stay on one path until then. Bounded: expired entries go
+  /// first, then the soonest to expire.
+  std::map<std::string, std::chrono::steady_clock::time_point> single_path_until{};
+  static constexpr std::size_t max_cooling_hosts = 4096;
+  std::uint64_t version_conflicts = 0;  ///< multipath downloads that saw two versions
 };
 
 /// Accepts app connections on `acceptor` until it is closed and serves each in its own

@@ -80,17 +80,6 @@ split_plan equal_completion_over(std::uint64_t total_bytes, std::span<const path
   return plan;
 }
 
-split_plan scaled(split_plan plan, std::uint64_t from_total, std::uint64_t to_total) {
-  if (from_total == to_total || from_total == 0) return plan;
-  std::vector<double> shares(plan.share_bytes.size());
-  const double factor = static_cast<double>(to_total) / static_cast<double>(from_total);
-  for (std::size_t i = 0; i < shares.size(); ++i) {
-    shares[i] = static_cast<double>(plan.share_bytes[i]) * factor;
-  }
-  plan.share_bytes = to_whole_bytes(shares, to_total);
-  return plan;
-}
-
 }  // namespace
 
 split_plan split_equal_completion(std::uint64_t total_bytes, std::span<const path_estimate> paths) {
@@ -144,26 +133,6 @@ split_plan plan_split(std::uint64_t total_bytes, std::span<const path_estimate> 
     return plan;
   }
   return everyone;
-}
-
-std::uint64_t portion_bytes(std::span<const path_estimate> paths, double portion_time_s,
-                            double tolerance_s, std::uint64_t memory_bytes,
-                            std::uint64_t min_portion_bytes) {
-  double rate_sum = 0;
-  for (const auto& p : paths) rate_sum += std::max(0.0, p.rate_bytes_per_s);
-  const double wanted = rate_sum * std::max(portion_time_s, tolerance_s);
-  const auto wanted_bytes = static_cast<std::uint64_t>(std::min(wanted, 1e18));
-  return std::min(memory_bytes, std::max(wanted_bytes, min_portion_bytes));
-}
-
-split_plan plan_portion(std::uint64_t remaining, std::uint64_t portion,
-                        std::span<const path_estimate> paths, const split_policy& policy) {
-  portion = std::min(portion, remaining);
-  split_plan whole = plan_split(remaining, paths, policy);
-  if (whole.kind == split_case::equal_completion) {
-    return split_equal_completion(portion, paths);
-  }
-  return scaled(std::move(whole), remaining, portion);
 }
 
 }  // namespace fleety::mphttp

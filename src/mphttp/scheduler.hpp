@@ -52,18 +52,4 @@ split_plan split_equal_completion(std::uint64_t total_bytes, std::span<const pat
 split_plan plan_split(std::uint64_t total_bytes, std::span<const path_estimate> paths,
                       const split_policy& policy);
 
-/// Bytes of one portion (paper §4.2 "Buffer overhead"): S = min(M, ΣR·T_portion), but at
-/// least ΣR·T_tol in cost-aware mode (so case 3 fits in one portion) and at least
-/// `min_portion_bytes`, never more than M.
-std::uint64_t portion_bytes(std::span<const path_estimate> paths, double portion_time_s,
-                            double tolerance_s, std::uint64_t memory_bytes,
-                            std::uint64_t min_portion_bytes);
-
-/// Plans one portion of `portion` bytes out of `remaining` bytes still to be planned.
-/// The cost decision is taken on the whole remainder (Wi-Fi alone can finish the rest
-/// in time → Wi-Fi alone); case 2 is solved on the portion itself; cases 1 and 3 are
-/// solved on the remainder and scaled to the portion.
-split_plan plan_portion(std::uint64_t remaining, std::uint64_t portion,
-                        std::span<const path_estimate> paths, const split_policy& policy);
-
 }  // namespace fleety::mphttp

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import unittest
 from pathlib import Path
 
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "lab"))
 
 from fleety_lab import OBJECT_DIR  # noqa: E402
-from harness import Fleetyd, LabTestCase, curl, object_sha256  # noqa: E402
+from harness import Fleetyd, LabTestCase, curl, minimal_config, object_sha256  # noqa: E402
 
 PREFIX = "flv"
 
@@ -69,6 +70,24 @@ class StaleCdn(LabTestCase):
         self.assertEqual(t.exit_code, 0, t.stderr)
         self.assertEqual(t.sha256, object_sha256("10MB"), "the app got a splice or the stale version")
         self.assertIn("another version of the object", log)
+
+    def test_host_stays_single_path_for_the_cooldown_then_splits_again(self):
+        config = minimal_config() + '\n[scheduler]\nmismatch_cooldown = "3s"\n'
+        with Fleetyd(self.lab, config_text=config) as daemon:
+            t = curl(self.lab, "http://cdn.fleety.test/w/10MB", proxy=daemon.proxy_url, timeout=60)
+            self.assertEqual(t.sha256, object_sha256("10MB"))
+            self.assertIn("served two versions", daemon.log())
+            # Same host, another object, within the cooldown: one path, nothing on cellular.
+            t = curl(self.lab, "http://cdn.fleety.test/v/10MB", proxy=daemon.proxy_url, timeout=60)
+            self.assertEqual(t.sha256, object_sha256("10MB"))
+            self.assertIn("one path (host served two versions lately)", daemon.log())
+            self.assertLess(t.iface_rx["rmnet0"], 100_000, t.iface_rx)
+            time.sleep(3.5)
+            # After it: split again (the fresh copy on both CDNs: /10MB).
+            t = curl(self.lab, "http://cdn.fleety.test/10MB", proxy=daemon.proxy_url, timeout=60)
+            self.assertEqual(t.sha256, object_sha256("10MB"))
+            self.assertRegex(daemon.log().splitlines()[-1], r"→ 200 multipath")
+            self.assertGreater(t.iface_rx["rmnet0"], 1_000_000, t.iface_rx)
 
 
 if __name__ == "__main__":

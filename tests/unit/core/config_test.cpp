@@ -46,7 +46,8 @@ max_connections = 64
 [scheduler]
 mode = "aggregate"
 tolerance = "500ms"
-portion_time = "3s"
+range_time = "200ms"
+mismatch_cooldown = "1min"
 memory_per_session = "64MiB"
 min_split_size = "1MB"
 overlap = 128
@@ -71,6 +72,8 @@ rtt = "50ms"
   EXPECT_EQ(config->proxy.max_connections, 64U);
   EXPECT_EQ(config->scheduler.mode, scheduler_mode::aggregate);
   EXPECT_EQ(config->scheduler.tolerance, std::chrono::milliseconds(500));
+  EXPECT_EQ(config->scheduler.range_time, std::chrono::milliseconds(200));
+  EXPECT_EQ(config->scheduler.mismatch_cooldown, std::chrono::minutes(1));
   EXPECT_EQ(config->scheduler.memory_per_session_bytes, 64U << 20);
   EXPECT_EQ(config->scheduler.min_split_bytes, 1'000'000U);
   EXPECT_EQ(config->scheduler.overlap_bytes, 128U);

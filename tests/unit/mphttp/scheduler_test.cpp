@@ -134,42 +134,5 @@ TEST(PlanSplit, SlowWifiStillUsedFirstInCost) {
   EXPECT_NEAR(static_cast<double>(plan.share_bytes[0]), 62'500 * (t - 0.05), 1.0);
 }
 
-TEST(PortionBytes, CombinedRateTimesPortionTimeCappedByMemory) {
-  const path_estimate paths[] = {{20 * mbit, 0.05}, {20 * mbit, 0.05}};
-  EXPECT_EQ(portion_bytes(paths, /*portion_time_s=*/2.0, /*tolerance_s=*/1.0,
-                          /*memory_bytes=*/32 << 20, /*min_portion_bytes=*/1 << 20),
-            10'000'000U);
-  EXPECT_EQ(portion_bytes(paths, 2.0, 1.0, /*memory_bytes=*/4 << 20, 1 << 20), 4U << 20);
-  // Never below the tolerance's worth, so case 3 fits in one portion.
-  EXPECT_EQ(portion_bytes(paths, 0.5, 1.0, 32 << 20, 1 << 20), 5'000'000U);
-  // Never below the floor.
-  const path_estimate slow[] = {{1000.0, 0.05}};
-  EXPECT_EQ(portion_bytes(slow, 2.0, 1.0, 32 << 20, 1 << 20), 1U << 20);
-}
-
-TEST(PlanPortion, LargeObjectPortionIsSplitByEqualCompletion) {
-  const path_estimate paths[] = {{20 * mbit, 0.05}, {20 * mbit, 0.05}};
-  const auto plan = plan_portion(/*remaining=*/100'000'000, /*portion=*/10'000'000, paths, cost);
-  EXPECT_EQ(plan.kind, split_case::equal_completion);
-  EXPECT_EQ(plan.share_bytes[0], 5'000'000U);
-  EXPECT_EQ(plan.share_bytes[1], 5'000'000U);
-}
-
-TEST(PlanPortion, LastSmallRemainderGoesToWifiAlone) {
-  const path_estimate paths[] = {{20 * mbit, 0.05}, {20 * mbit, 0.05}};
-  const auto plan = plan_portion(/*remaining=*/1'000'000, /*portion=*/10'000'000, paths, cost);
-  EXPECT_EQ(plan.kind, split_case::single_path);
-  EXPECT_EQ(plan.share_bytes[0], 1'000'000U);
-}
-
-TEST(PlanPortion, BusyPathGetsLessOfTheNextPortion) {
-  // Cellular still needs 1 s for its current range: it joins the next portion late.
-  const path_estimate paths[] = {{20 * mbit, 0.05}, {20 * mbit, 1.05}};
-  const auto plan = plan_portion(100'000'000, 10'000'000, paths, aggregate);
-  // T = (1e7 + 2.5e6·0.05 + 2.5e6·1.05) / 5e6 = 2.55 s → 6.25 MB and 3.75 MB.
-  EXPECT_EQ(plan.share_bytes[0], 6'250'000U);
-  EXPECT_EQ(plan.share_bytes[1], 3'750'000U);
-}
-
 }  // namespace
 }  // namespace fleety::mphttp
