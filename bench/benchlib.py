@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import os
 import shutil
 import signal
@@ -28,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "lab"))
 
 from fleety_lab import CDN_NAME, Lab, LabError, parse_object_size, parse_spec  # noqa: E402
-from harness import Fleetyd, minimal_config  # noqa: E402
+from harness import Fleetyd, file_sha256, minimal_config  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 
@@ -96,17 +95,6 @@ def _rx(lab: Lab) -> dict[str, int]:
     return {name: c["rx"] for name, c in lab.iface_bytes().items()}
 
 
-def _sha256(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    if path.exists():
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                size += len(chunk)
-    return h.hexdigest(), size
-
-
 def timed_download(lab: Lab, client: str, argv: Sequence[str], out_path: Path, timeout: float,
                    expected_sha256: str, event: Event | None = None) -> Download:
     """Runs argv in the client namespace (it must write the body to out_path),
@@ -145,7 +133,7 @@ def timed_download(lab: Lab, client: str, argv: Sequence[str], out_path: Path, t
     errf.seek(0)
     stderr = errf.read().decode(errors="replace")
     errf.close()
-    sha, size = _sha256(out_path)
+    sha, size = file_sha256(out_path)
     return Download(client, exit_code, seconds, size, sha,
                     {k: after[k] - before.get(k, 0) for k in after}, expected_sha256,
                     event_at,
@@ -300,6 +288,20 @@ def _gp_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
+def _bar_chart_prologue(png_path: Path, width: int, height: int) -> list[str]:
+    """gnuplot settings shared by our bar charts: PNG output, median bars with min-max
+    whiskers ('?' for a missing value)."""
+    return [
+        f"set terminal pngcairo size {width},{height} font 'DejaVu Sans,11'",
+        f"set output {_gp_str(str(png_path))}",
+        "set datafile missing '?'",
+        "set style data histograms",
+        "set style histogram errorbars gap 2 lw 1",
+        "set style fill solid 0.9 border rgb '#333333'",
+        "set boxwidth 0.9",
+    ]
+
+
 def _run_gnuplot(script: str, workdir: Path) -> None:
     if shutil.which("gnuplot") is None:
         raise RuntimeError("gnuplot not found: run scripts/setup.sh (package gnuplot-nox)")
@@ -350,13 +352,7 @@ def plot_aggregation(csv_path: Path, png_path: Path) -> Path:
         xtics = ", ".join(f"{_gp_str(labels[g])} {i}" for i, g in enumerate(grid))
         panel_h = 360
         lines = [
-            f"set terminal pngcairo size 1100,{panel_h * len(objects) + 40} font 'DejaVu Sans,11'",
-            f"set output {_gp_str(str(png_path))}",
-            "set datafile missing '?'",
-            "set style data histograms",
-            "set style histogram errorbars gap 2 lw 1",
-            "set style fill solid 0.9 border rgb '#333333'",
-            "set boxwidth 0.9",
+            *_bar_chart_prologue(png_path, 1100, panel_h * len(objects) + 40),
             "set yrange [0:1.15]",
             "set ytics 0.2",
             "set grid ytics lc rgb '#dddddd'",
@@ -420,13 +416,7 @@ def plot_events(csv_path: Path, png_path: Path) -> Path:
                          f"title {_gp_str(c)} lc rgb '{_color(c, i)}'")
         obj = rows[0].get("object", "")
         script = "\n".join([
-            "set terminal pngcairo size 1000,420 font 'DejaVu Sans,11'",
-            f"set output {_gp_str(str(png_path))}",
-            "set datafile missing '?'",
-            "set style data histograms",
-            "set style histogram errorbars gap 2 lw 1",
-            "set style fill solid 0.9 border rgb '#333333'",
-            "set boxwidth 0.9",
+            *_bar_chart_prologue(png_path, 1000, 420),
             "set yrange [0:*]",
             "set grid ytics lc rgb '#dddddd'",
             "set ylabel 'completion time (s)'",

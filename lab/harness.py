@@ -130,20 +130,26 @@ def _rx(lab: Lab) -> dict[str, int]:
     return {name: c["rx"] for name, c in lab.iface_bytes().items()}
 
 
+def file_sha256(path: Path) -> tuple[str, int]:
+    """sha256 (hex) and size of a file; of nothing if it does not exist."""
+    h = hashlib.sha256()
+    size = 0
+    if path.exists():
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+    return h.hexdigest(), size
+
+
 def _measured(lab: Lab, argv: Sequence[str], out_path: Path, timeout: float) -> Transfer:
     before = _rx(lab)
     start = time.monotonic()
     cp = lab.exec("cli", list(argv), timeout=timeout, capture_output=True, text=True)
     seconds = time.monotonic() - start
     after = _rx(lab)
-    h = hashlib.sha256()
-    size = 0
-    if out_path.exists():
-        with open(out_path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                size += len(chunk)
-    return Transfer(cp.returncode, seconds, size, h.hexdigest(),
+    digest, size = file_sha256(out_path)
+    return Transfer(cp.returncode, seconds, size, digest,
                     {k: after[k] - before.get(k, 0) for k in after}, cp.stderr, cp.stdout.strip())
 
 
