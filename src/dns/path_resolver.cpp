@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/append.hpp>
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
@@ -351,6 +352,9 @@ struct path_resolver::impl {
   std::unordered_map<ares_socket_t, std::shared_ptr<socket_watcher>> watchers_;
   /// Queries c-ares still runs, keyed by the pointer c-ares gives back as `arg`.
   std::unordered_map<query*, std::shared_ptr<query>> queries_;
+  /// Names being asked now, for callers that come while the answer is on its way: they
+  /// wait for it (cancelled timer) instead of sending the same query again.
+  std::unordered_map<std::string, std::shared_ptr<asio::steady_timer>> in_flight_;
   std::list<cache_entry> lru_;  ///< front: most recently used; at most max_cache_entries
   std::unordered_map<std::string, std::list<cache_entry>::iterator> cache_;  ///< key → lru_
 };
@@ -703,14 +707,35 @@ asio::awaitable<boost::system::result<resolution>> path_resolver::async_resolve(
   // 3. A live cached answer.
   if (auto cached = impl_->cache_get(*key)) co_return std::move(*cached);
 
-  // 4. Ask this path's resolvers. `this` must not be touched after the co_await: the
-  //    resolver may have been destroyed meanwhile (the answer is then errc::cancelled).
+  // 4. The same name is being asked already (e.g. a prefetch): wait for that answer. The
+  //    wait is bounded by that query's own deadline; `this` is only used again if alive.
   impl* const state = impl_.get();
-  co_return co_await asio::async_initiate<const asio::use_awaitable_t<>, resolve_signature>(
-      [state](resolve_handler handler, std::string name) {
-        state->start_query(std::move(handler), std::move(name));
+  const std::weak_ptr<impl*> alive = state->self_;
+  if (auto it = state->in_flight_.find(*key); it != state->in_flight_.end()) {
+    const std::shared_ptr<asio::steady_timer> answer = it->second;
+    co_await answer->async_wait(asio::as_tuple(asio::use_awaitable));
+    if (alive.expired()) co_return make_error_code(errc::cancelled);
+    if (auto cached = state->cache_get(*key)) co_return std::move(*cached);
+    // That query failed (or its answer can't be cached): ask ourselves.
+  }
+
+  // 5. Ask this path's resolvers. `this` must not be touched after the co_await unless
+  //    `alive`: the resolver may have been destroyed meanwhile (errc::cancelled then).
+  auto answer =
+      std::make_shared<asio::steady_timer>(state->executor_, asio::steady_timer::time_point::max());
+  state->in_flight_.insert_or_assign(*key, answer);
+  const std::string name = *key;
+  auto result = co_await asio::async_initiate<const asio::use_awaitable_t<>, resolve_signature>(
+      [state](resolve_handler handler, std::string query_name) {
+        state->start_query(std::move(handler), std::move(query_name));
       },
       asio::use_awaitable, std::move(*key));
+  answer->cancel();  // wakes the waiters
+  if (!alive.expired()) {
+    auto it = state->in_flight_.find(name);
+    if (it != state->in_flight_.end() && it->second == answer) state->in_flight_.erase(it);
+  }
+  co_return result;
 }
 
 }  // namespace fleety::dns

@@ -685,8 +685,15 @@ awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index
     const bool can_pipeline =
         pipeline_on != nullptr && pipeline_ready &&
         (pipeline_on != &up || (parser.keep_alive() && work.current->end == work.requested_end));
+    // The next request must arrive before this response ends: an RTT ahead at least,
+    // with margin for a rate that grows (slow start) faster than the meter shows; a
+    // range of ours goes out halfway through the current one.
     const double rate = work.live_rate(clock_type::now());
-    const double lead_bytes = rate * work.path->estimator.rtt_s() * 1.5 + chunk_bytes;
+    const double rtt_bytes = rate * work.path->estimator.rtt_s();
+    const double lead_bytes =
+        (first_stream ? 1.5 * rtt_bytes
+                      : std::max(2 * rtt_bytes, static_cast<double>(work.current->size()) / 2)) +
+        chunk_bytes;
     auto now = clock_type::now();
     if (!work.pipelined && static_cast<double>(work.current_left()) <= lead_bytes &&
         now >= next_claim_attempt) {

@@ -395,6 +395,26 @@ TEST_F(PathResolverTest, SecondCallIsServedFromCache) {
   EXPECT_EQ(server_.queries("a.fleety.test"), asked);
 }
 
+TEST_F(PathResolverTest, ConcurrentCallsShareOneQuery) {
+  server_.set("a.fleety.test", {.addresses = {"198.18.0.10"}, .ttl_s = 300});
+  path_resolver resolver(ctx_.get_executor(), options_for_fake());
+  int answered = 0;
+  for (int i = 0; i < 3; ++i) {
+    asio::co_spawn(ctx_, resolver.async_resolve("a.fleety.test"),
+                   [&](std::exception_ptr e, resolve_result r) {
+                     EXPECT_FALSE(e);
+                     EXPECT_TRUE(r);
+                     if (r) {
+                       EXPECT_THAT(to_strings(r.value().addresses), ElementsAre("198.18.0.10"));
+                     }
+                     ++answered;
+                   });
+  }
+  run_until([&] { return answered == 3; });
+  EXPECT_EQ(answered, 3);
+  EXPECT_EQ(server_.queries("a.fleety.test"), 2);  // one A and one AAAA for all three
+}
+
 TEST_F(PathResolverTest, ZeroTtlIsNotCached) {
   server_.set("zero.fleety.test", {.addresses = {"198.18.0.10"}, .ttl_s = 0});
   path_resolver resolver(ctx_.get_executor(), options_for_fake());
