@@ -43,11 +43,14 @@ class PathFailure(LabTestCase):
         for path in ("wifi", "cell"):
             self.lab.set_path(path, link="up")
 
-    def download_with_event(self, paths_down: list[str], config: str | None = None):
+    def download_with_event(self, paths_down: list[str], config: str | None = None,
+                            slow_wifi: str | None = None):
         def event():
             time.sleep(EVENT_AT_S)
             for p in paths_down:
                 self.lab.set_path(p, link="down")
+            if slow_wifi:
+                self.lab.set_path("wifi", slow_wifi)
 
         with Fleetyd(self.lab, config_text=config) as daemon:
             timer = threading.Thread(target=event)
@@ -74,6 +77,20 @@ class PathFailure(LabTestCase):
 
     def test_cellular_down_mid_download(self):
         self.assert_completes_on_the_other_path("cell")
+
+    def test_wifi_rate_drops_tenfold_mid_download(self):
+        # Item 4: a path that falls behind (its rate drops to a tenth) has its work taken
+        # over; nothing is lost or duplicated and the download is not held up by it.
+        try:
+            t, log = self.download_with_event([], slow_wifi="5mbit/10ms")
+        finally:
+            self.lab.set_path("wifi", SPEC)
+        self.assertEqual(t.exit_code, 0, t.stderr + log[-2000:])
+        self.assertEqual(t.sha256, object_sha256(OBJECT), "the app received other bytes than the origin's")
+        remaining = SIZE - 2 * self.goodput_Bps * EVENT_AT_S
+        ideal = EVENT_AT_S + remaining / (1.1 * self.goodput_Bps)
+        print(f"wifi 50 → 5 Mbit/s at {EVENT_AT_S} s: done in {t.seconds:.1f} s, ideal {ideal:.1f} s")
+        self.assertLess(t.seconds, ideal + 4.0, log[-3000:])
 
     def test_no_path_left_resets_the_app(self):
         config = minimal_config().replace('[proxy]\n', '[proxy]\nio_timeout = "3s"\n', 1)
