@@ -1165,7 +1165,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   const std::string validator = strong_validator(response);
   object_fetch fetch(executor, ctx.proxy.config, paths, decision.total, decision.begin,
                      decision.end);
-  const std::uint64_t first_share = fetch.claim_first_range();
+  const std::uint64_t first_range_end = fetch.claim_first_range();
 
   auto out = app_response_header(response, ctx.request);
   out.content_length(length);
@@ -1184,7 +1184,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     ++fetch.running;
     asio::co_spawn(executor,
                    run_path_fetcher(fetch, i, ctx.request, ctx.target, validator,
-                                    std::move(initial), i == 0 ? first_share : 0),
+                                    std::move(initial), i == 0 ? first_range_end : 0),
                    asio::bind_cancellation_slot(
                        fetch.work()[i].cancel->slot(), [&fetch, i](std::exception_ptr error) {
                          if (error) {
