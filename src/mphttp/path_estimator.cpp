@@ -3,7 +3,7 @@
 namespace fleety::mphttp {
 namespace {
 // Weight of a new sample. High on purpose: paths change quickly on a phone, and
-// one range already averages over seconds of traffic.
+// each sample already averages over a second of traffic (windowed_rate).
 constexpr double rate_gain = 0.5;
 constexpr double rtt_gain = 0.25;
 }  // namespace
@@ -11,16 +11,6 @@ constexpr double rtt_gain = 0.25;
 path_estimator::path_estimator(std::uint64_t prior_rate_bps, std::chrono::microseconds prior_rtt)
     : rate_bytes_per_s_(static_cast<double>(prior_rate_bps) / 8.0),
       rtt_s_(static_cast<double>(prior_rtt.count()) / 1e6) {}
-
-void path_estimator::on_transfer(std::uint64_t bytes, std::chrono::microseconds elapsed) {
-  if (bytes < min_sample_bytes || elapsed.count() <= 0) return;
-  const double sample = static_cast<double>(bytes) / (static_cast<double>(elapsed.count()) / 1e6);
-  // The first real sample replaces the prior outright: a configured guess is worth less
-  // than one measurement.
-  rate_bytes_per_s_ =
-      samples_ == 0 ? sample : rate_bytes_per_s_ + rate_gain * (sample - rate_bytes_per_s_);
-  ++samples_;
-}
 
 void path_estimator::on_rate(double bytes_per_s) {
   if (bytes_per_s <= 0) return;

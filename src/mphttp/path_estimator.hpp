@@ -15,11 +15,8 @@ class path_estimator {
   /// `prior_rate_bps` and `prior_rtt` are used until samples arrive.
   path_estimator(std::uint64_t prior_rate_bps, std::chrono::microseconds prior_rtt);
 
-  /// A transfer moved `bytes` in `elapsed` between its first and its last byte. Samples
-  /// shorter than `min_sample_bytes` say more about slow start than about the path; ignored.
-  void on_transfer(std::uint64_t bytes, std::chrono::microseconds elapsed);
-
-  /// A goodput measured over a busy stretch of the path (windowed_rate).
+  /// A goodput measured over a busy stretch of the path (windowed_rate). The first
+  /// sample replaces the prior; later ones are averaged in.
   void on_rate(double bytes_per_s);
 
   /// The kernel's smoothed RTT of one of the path's connections.
@@ -28,8 +25,6 @@ class path_estimator {
   double rate_bytes_per_s() const { return rate_bytes_per_s_; }
   double rtt_s() const { return rtt_s_; }
   std::uint64_t samples() const { return samples_; }
-
-  static constexpr std::uint64_t min_sample_bytes = 256 * 1024;
 
  private:
   double rate_bytes_per_s_;  ///< EWMA of goodput, bytes/s

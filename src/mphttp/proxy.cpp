@@ -850,7 +850,9 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
     } else {
       auto next = fetch.take_range(index);
       if (!next) {
-        if (fetch.complete() || fetch.all_failed()) break;
+        // Not done when every byte has arrived: until the app has them all, the verifier
+        // can still drop another path's bytes, and they are to be fetched again.
+        if (fetch.all_failed()) break;
         work.meter.stop();  // idle: the next bytes start a new measurement
         // Woken when ranges come back or the window moves; meanwhile the other paths'
         // tails get longer relative to what is left, so look again soon.

@@ -14,15 +14,16 @@ TEST(PathEstimator, PriorUntilMeasured) {
 
 TEST(PathEstimator, FirstSampleReplacesPriorThenAverages) {
   path_estimator e(10'000'000, 50ms);
-  e.on_transfer(/*bytes=*/2'500'000, /*elapsed=*/1s);  // 2.5 MB/s
+  e.on_rate(2'500'000);  // 2.5 MB/s
   EXPECT_DOUBLE_EQ(e.rate_bytes_per_s(), 2'500'000.0);
-  e.on_transfer(1'500'000, 1s);  // halfway to 1.5 MB/s
+  e.on_rate(1'500'000);  // halfway to 1.5 MB/s
   EXPECT_DOUBLE_EQ(e.rate_bytes_per_s(), 2'000'000.0);
+  EXPECT_EQ(e.samples(), 2U);
 }
 
-TEST(PathEstimator, TinyTransfersAreIgnored) {
+TEST(PathEstimator, EmptySamplesAreIgnored) {
   path_estimator e(10'000'000, 50ms);
-  e.on_transfer(1000, 1ms);
+  e.on_rate(0);
   EXPECT_EQ(e.samples(), 0U);
   EXPECT_DOUBLE_EQ(e.rate_bytes_per_s(), 1'250'000.0);
 }
