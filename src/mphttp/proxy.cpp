@@ -326,7 +326,6 @@ class object_fetch {
   reorder_buffer& buffer() { return buffer_; }
   std::vector<path_work>& work() { return work_; }
   bool stopping() const { return stopping_; }
-  bool complete() const { return buffer_.delivered() + buffer_.buffered_bytes() >= end_; }
   bool all_failed() const {
     return std::all_of(work_.begin(), work_.end(), [](const path_work& w) { return w.failed; });
   }
