@@ -97,6 +97,32 @@ std::string strong_validator(const response_header& response) {
   return std::string(modified);
 }
 
+bool may_ask_for_head_range(const request_header& request) {
+  if (request.method() != http::verb::get) return false;
+  for (auto field : {http::field::range, http::field::if_range, http::field::if_match,
+                     http::field::if_none_match, http::field::if_modified_since,
+                     http::field::if_unmodified_since}) {
+    if (request.find(field) != request.end()) return false;
+  }
+  return true;
+}
+
+std::optional<response_header> whole_object_header(const response_header& partial) {
+  if (partial.result() != http::status::partial_content) return std::nullopt;
+  if (partial.find(http::field::transfer_encoding) != partial.end()) return std::nullopt;
+  const auto range = parse_content_range(partial[http::field::content_range]);
+  const auto length = parse_u64(partial[http::field::content_length]);
+  if (!range || range->first != 0 || !length || *length != range->last + 1) return std::nullopt;
+  response_header whole = partial;
+  whole.result(http::status::ok);
+  whole.erase(http::field::content_range);
+  whole.erase("Content-Digest");
+  whole.set(http::field::content_length, std::to_string(range->complete_length));
+  if (whole.find(http::field::accept_ranges) == whole.end())
+    whole.set(http::field::accept_ranges, "bytes");
+  return whole;
+}
+
 std::string_view to_string(split_verdict verdict) {
   switch (verdict) {
     case split_verdict::split:

@@ -43,6 +43,20 @@ std::optional<content_range> parse_content_range(std::string_view value);
 /// paths: a strong ETag, else Last-Modified; empty when there is none usable.
 std::string strong_validator(const response_header& response);
 
+/// Whether the first path may ask for the head of the object only ("Range: bytes=0-N"
+/// added to the app's GET), so that its first response ends where we choose instead of
+/// being cut short, with what it has in flight thrown away. Only for a GET that has no
+/// Range, If-Range or precondition of its own: for those the origin's answer would
+/// differ in more than the framing.
+bool may_ask_for_head_range(const request_header& request);
+
+/// The 200 the origin would have sent for the whole object, rebuilt from its 206 to our
+/// "bytes=0-N": status 200, Content-Length the complete length, without Content-Range
+/// and Content-Digest (they describe the part), with Accept-Ranges: bytes (the 206
+/// proves it; nginx says it in a 200, not in a 206). nullopt unless the 206 is one range
+/// from byte 0, of known complete length, framed by a Content-Length that matches.
+std::optional<response_header> whole_object_header(const response_header& partial);
+
 /// Why a GET is, or is not, fetched over several paths.
 enum class split_verdict {
   split,             ///< 200 (or 206 to the app's single range) with a known length, at

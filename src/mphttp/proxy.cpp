@@ -46,6 +46,8 @@ using clock_type = std::chrono::steady_clock;
 constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 
 constexpr std::size_t chunk_bytes = 64 * 1024;
+/// The head range a plain GET asks for is min_split_size, at least this.
+constexpr std::uint64_t min_head_range_bytes = 256 * 1024;
 constexpr std::uint32_t header_limit_bytes = 64 * 1024;
 constexpr std::uint64_t max_write_bytes = 1 << 20;  ///< one gathered write to the app
 
@@ -288,11 +290,11 @@ struct path_work {
 /// every fetcher to end before it returns: references to it never dangle.
 ///
 /// Paths claim ranges as they need work (claim_map, choose_claim). While the first path
-/// still streams its first response — the whole object from offset 0 — that response
-/// simply goes on into the next unclaimed bytes, and the other paths fill the object (or
-/// the first memory window of it) from the back: the two meet where their rates put the
-/// meeting point, without a break in the first path's stream. After that every path
-/// takes the lowest unclaimed bytes, with its next request pipelined.
+/// works from the front — its head range and the ranges after it, or a first response
+/// that is the whole object and simply goes on into the next unclaimed bytes — the other
+/// paths fill the object (or the first memory window of it) from the back: the two meet
+/// where their rates put the meeting point. After that every path takes the lowest
+/// unclaimed bytes, with its next request pipelined.
 class object_fetch {
  public:
   /// Fetches bytes [begin, end) of an object of `total` bytes (the app's range, or all).
@@ -446,9 +448,17 @@ class object_fetch {
   }
 
   /// Path 0 already receives the object (or the app's range) from its start: it claims
-  /// the head. Returns where its first range ends.
-  std::uint64_t claim_first_range() {
+  /// the head. `bounded_end`: where its response ends (it asked for the head only);
+  /// nullopt: the response is the whole object, and path 0 claims what the plan gives it.
+  /// Returns where its first range ends.
+  std::uint64_t claim_first_range(std::optional<std::uint64_t> bounded_end) {
     first_stream_alive_ = true;
+    if (bounded_end) {
+      const byte_range head{begin_, std::min(*bounded_end, end_)};
+      claims_.claim(head);
+      planned_share_[0] += head.size();
+      return head.end;
+    }
     auto range = claim(0, claim_side::front, 0, window_end(), clock_type::now());
     if (!range) return 0;
     return range->end;
@@ -765,6 +775,9 @@ awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index
 struct initial_stream {
   upstream up;
   std::unique_ptr<http::response_parser<http::buffer_body>> parser;
+  /// The response is the head we asked for, not the whole object: it ends by itself and
+  /// the connection goes on with the path's next ranges.
+  bool bounded = false;
 };
 
 /// One path's fetcher: takes ranges from the plan and fetches each with a range request
@@ -780,7 +793,17 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
   auto& work = fetch.work()[index];
   auto& path = *work.path;
   const auto& limits = fetch.config().proxy;
-  upstream up(executor);
+  // A first response of our own range is the path's first range like any other, already
+  // requested on its keep-alive connection, header already read.
+  const bool head_range = initial && initial->bounded;
+  upstream up = head_range ? std::move(initial->up) : upstream(executor);
+  std::unique_ptr<http::response_parser<http::buffer_body>> head_parser;
+  if (head_range) {
+    head_parser = std::move(initial->parser);
+    initial.reset();
+    work.connected = true;
+    if (initial_end > fetch.begin()) work.pipelined = byte_range{fetch.begin(), initial_end};
+  }
   const std::string url = fmt::format("http://{}{}", target.authority, target.origin_form);
   auto fail = [&](std::string_view what, const error_code& ec) {
     // A path already taken as stalled was logged when it was.
@@ -884,13 +907,17 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
       }
     }
     // 3. The response must be exactly the range of the same object (RFC 9110 §14.4).
-    auto parser_owner = make_response_parser(/*head_request=*/false);
+    // (The session has read the head range's header already.)
+    auto parser_owner =
+        head_parser ? std::move(head_parser) : make_response_parser(/*head_request=*/false);
     auto& parser = *parser_owner;
-    up.stream.expires_after(as_duration(limits.io_timeout));
-    auto [read_ec, n] = co_await http::async_read_header(up.stream, up.buffer, parser, nothrow);
-    if (read_ec) {
-      fail("response", read_ec);
-      break;
+    if (!parser.is_header_done()) {
+      up.stream.expires_after(as_duration(limits.io_timeout));
+      auto [read_ec, n] = co_await http::async_read_header(up.stream, up.buffer, parser, nothrow);
+      if (read_ec) {
+        fail("response", read_ec);
+        break;
+      }
     }
     const auto& header = parser.get().base();
     const auto content_range = parse_content_range(header[http::field::content_range]);
@@ -1073,8 +1100,17 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
               paths.begin() + static_cast<std::ptrdiff_t>(first_index) + 1);
   path_runtime& first_path = *paths[0];
 
+  // A plain GET asks for the object's head only: if the object turns out big, the first
+  // path's response then ends where its first range does, instead of being reset there
+  // with what it has in flight thrown away (up to its whole receive window).
+  const std::uint64_t head_range_bytes =
+      std::max<std::uint64_t>(ctx.proxy.config.scheduler.min_split_bytes, min_head_range_bytes);
+  bool ask_head_range = paths.size() >= 2 && may_ask_for_head_range(ctx.request) &&
+                        !host_is_cooling(ctx.proxy, ctx.target.host);
   http::request<http::buffer_body> request_out;
   request_out.base() = upstream_request(ctx.request, ctx.target).base();
+  if (ask_head_range)
+    request_out.set(http::field::range, fmt::format("bytes=0-{}", head_range_bytes - 1));
   const bool has_body = !app_parser.is_done();
   if (has_body && ctx.request.find(http::field::expect) != ctx.request.end()) {
     // We answer the app's 100-continue ourselves (RFC 9110 §10.1.1) and relay the body.
@@ -1099,19 +1135,49 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   // 2. The response header decides: one path, or a multipath fetch.
   const bool head_request = ctx.request.method() == http::verb::head;
   auto parser = make_response_parser(head_request);
-  do {
-    first.stream.expires_after(as_duration(limits.io_timeout));
-    auto [read_ec, n] =
-        co_await http::async_read_header(first.stream, first.buffer, *parser, nothrow);
-    ec = read_ec;
-    // Interim 1xx responses (other than 101) are not forwarded: we already said 100.
-    if (!ec && parser->get().result_int() >= 100 && parser->get().result_int() < 200 &&
-        parser->get().result() != http::status::switching_protocols) {
-      parser = make_response_parser(head_request);
-      continue;
+  auto read_final_header = [&]() -> awaitable<error_code> {
+    while (true) {
+      first.stream.expires_after(as_duration(limits.io_timeout));
+      auto [read_ec, n] =
+          co_await http::async_read_header(first.stream, first.buffer, *parser, nothrow);
+      // Interim 1xx responses (other than 101) are not forwarded: we already said 100.
+      if (!read_ec && parser->get().result_int() >= 100 && parser->get().result_int() < 200 &&
+          parser->get().result() != http::status::switching_protocols) {
+        parser = make_response_parser(head_request);
+        continue;
+      }
+      co_return read_ec;
     }
-    break;
-  } while (true);
+  };
+  ec = co_await read_final_header();
+  // The whole object's 200, rebuilt from the 206 to our head range.
+  std::optional<response_header> whole_object;
+  if (!ec && ask_head_range) {
+    const auto status = parser->get().result();
+    if (status == http::status::partial_content) whole_object = whole_object_header(parser->get());
+    if (!whole_object && (status == http::status::partial_content ||
+                          status == http::status::range_not_satisfiable)) {
+      // A 416 is an empty object; any other answer to our range than one part from byte
+      // 0 is a server we don't understand: the app's request goes again, unchanged.
+      spdlog::info("[{}] {} answered our head range with {} '{}': asking again without it",
+                   ctx.session_id, url, parser->get().result_int(),
+                   std::string(parser->get()[http::field::content_range]));
+      first.reset();
+      ask_head_range = false;
+      request_out.erase(http::field::range);
+      ec = co_await async_connect_on_path(first, first_path, ctx.target.host, ctx.target.port,
+                                          limits);
+      if (!ec) {
+        http::request<http::empty_body> again;
+        again.base() = request_out.base();
+        first.stream.expires_after(as_duration(limits.io_timeout));
+        auto [write_ec, n] = co_await http::async_write(first.stream, again, nothrow);
+        ec = write_ec;
+      }
+      parser = make_response_parser(head_request);
+      if (!ec) ec = co_await read_final_header();
+    }
+  }
   if (ec) {
     spdlog::warn("[{}] {} on {}: no response: {}", ctx.session_id, url, first_path.config.name,
                  ec.message());
@@ -1124,12 +1190,17 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   }
   if (auto metrics = net::read_tcp_metrics(first.stream.socket()))
     first_path.estimator.on_rtt(metrics->smoothed_rtt);
-  const response_header& response = parser->get().base();
+  const response_header& response = whole_object ? *whole_object : parser->get().base();
   auto decision =
       decide_split(ctx.request, response, ctx.proxy.config.scheduler.min_split_bytes, paths.size());
-
-  if (decision.verdict == split_verdict::split && host_is_cooling(ctx.proxy, ctx.target.host)) {
+  if (decision.verdict == split_verdict::split && !whole_object &&
+      host_is_cooling(ctx.proxy, ctx.target.host)) {
     decision.verdict = split_verdict::host_cooldown;
+  }
+  if (whole_object && decision.total > head_range_bytes) {
+    // The head range is all the first response brings: the rest must be fetched, over
+    // every path (a host put in cooldown meanwhile still gets the verifier's checks).
+    decision.verdict = split_verdict::split;
   }
   if (decision.verdict != split_verdict::split) {
     // 3a. One path: relay the response as it comes.
@@ -1166,7 +1237,8 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   const std::string validator = strong_validator(response);
   object_fetch fetch(executor, ctx.proxy.config, paths, decision.total, decision.begin,
                      decision.end);
-  const std::uint64_t first_range_end = fetch.claim_first_range();
+  const std::uint64_t first_range_end = fetch.claim_first_range(
+      whole_object ? std::optional<std::uint64_t>(head_range_bytes) : std::nullopt);
 
   auto out = app_response_header(response, ctx.request);
   out.content_length(length);
@@ -1181,7 +1253,9 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
 
   for (std::size_t i = 0; i < paths.size(); ++i) {
     std::optional<initial_stream> initial;
-    if (i == 0) initial.emplace(initial_stream{std::move(first), std::move(parser)});
+    if (i == 0)
+      initial.emplace(
+          initial_stream{std::move(first), std::move(parser), whole_object.has_value()});
     ++fetch.running;
     asio::co_spawn(executor,
                    run_path_fetcher(fetch, i, ctx.request, ctx.target, validator,

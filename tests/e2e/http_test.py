@@ -18,7 +18,10 @@ to wlan0, or with the object's bytes (the file the CDNs serve):
  g. gzip'ed, chunked responses: the raw compressed bytes unchanged, never split;
  h. 3xx / 4xx / 5xx unchanged (Location, body);
  i. hop-by-hop fields (Connection and what it names, Keep-Alive, Proxy-Connection)
-    stripped in both directions.
+    stripped in both directions;
+ j. fleetyd asks the first path for the head of a plain GET only (Range: bytes=0-N):
+    the app still gets the origin's 200 for the empty, the small and the big object,
+    and a server answering that range with 416 is asked again without it.
 Request smuggling is covered in proxy_test.py.
 
 Where curl can't show a property (no body after a HEAD or a 304 on a reused
@@ -250,6 +253,7 @@ class HttpThroughFleetyd(LabTestCase):
             for i in range(100_000):
                 f.write(hashlib.sha256(str(i).encode()).hexdigest() + "\n")
         cls.text.chmod(0o644)
+        (cls.tmp / "empty.bin").touch(mode=0o644)
         cls.tmp.chmod(0o755)
 
         def server(cdn: str) -> str:
@@ -263,6 +267,9 @@ class HttpThroughFleetyd(LabTestCase):
         # Compressed on the fly: chunked, no Content-Length
         location /text/ {{ alias {cls.tmp}/; default_type text/plain; gzip on;
                           gzip_types text/plain; gzip_proxied any; gzip_comp_level 1; }}
+        location /files/ {{ alias {cls.tmp}/; }}
+        # A server that answers any Range with 416
+        location /range416/ {{ alias {OBJECT_DIR}/; if ($http_range) {{ return 416; }} }}
         location = /moved {{ return 301 /10MB; }}
         location = /unavailable {{ return 503 "down for maintenance\\n"; }}
         # Echoes the request's hop-by-hop fields; answers with hop-by-hop fields of its own
@@ -648,6 +655,37 @@ class HttpThroughFleetyd(LabTestCase):
         self.assertNotIn("keep-alive", names, echo["headers"])
         self.assertEqual(responses[1]["status"], 404)
         self.assertEqual(leftover, "")
+
+    # ---- j
+
+    def test_j_head_range_is_invisible_to_the_app(self):
+        """The 206 to fleetyd's head range becomes the origin's 200: for an empty object
+        (nginx answers its range with a 200), one inside the head range (1 MB: on one
+        path) and one beyond it (10 MB: split). A server that answers the range with 416
+        is asked again without it."""
+        # A fresh fleetyd: test f put the CDN's host in cooldown (one path, no head range).
+        type(self).fleetyd.stop()
+        type(self).fleetyd = Fleetyd(self.lab)
+        self.fleetyd.start()
+        for path in ("/files/empty.bin", "/1MB", "/10MB", "/range416/1MB"):
+            with self.subTest(path=path):
+                direct = self.curl(f"{CDN}{path}", proxy=False)
+                got = self.curl(f"{CDN}{path}")
+                self.assert_same_response(got, direct, path)
+                self.assertEqual(got.status, 200, got.describe())
+                self.assertIsNone(got.get("Content-Range"), got.describe())
+                print(f"{path}: {got.status} {got.body_len} B, rx {got.iface_rx}\n{got.log}")
+                if path == "/files/empty.bin":
+                    self.assertRegex(got.log, r"→ 200 one path")
+                elif path == "/range416/1MB":
+                    self.assertRegex(got.log, r"answered our head range with 416 .*asking again")
+                    self.assertRegex(got.log, r"→ 200 one path")
+                elif path == "/1MB":
+                    self.assertRegex(got.log, r"→ 200 one path \(small object\)")
+                    self.assertLess(got.iface_rx["rmnet0"], 20_000, got.describe())
+                else:
+                    self.assertRegex(got.log, r"→ 200 multipath")
+                    self.assertGreater(got.iface_rx["rmnet0"], 1_000_000, got.describe())
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
+
 namespace fleety::mphttp {
 namespace {
 namespace http = boost::beast::http;
@@ -152,6 +154,85 @@ TEST(DecideSplit, ReasonsNotToSplit) {
     f.response.set(http::field::accept_ranges, "other, Bytes");
     EXPECT_EQ(decide_split(f.request, f.response, 0, 2).verdict, split_verdict::split);
   }
+}
+
+TEST(MayAskForHeadRange, OnlyPlainGets) {
+  request_header get;
+  get.method(http::verb::get);
+  get.set(http::field::accept_encoding, "gzip");
+  EXPECT_TRUE(may_ask_for_head_range(get));
+  request_header head = get;
+  head.method(http::verb::head);
+  EXPECT_FALSE(may_ask_for_head_range(head));
+  for (auto field : {http::field::range, http::field::if_range, http::field::if_match,
+                     http::field::if_none_match, http::field::if_modified_since,
+                     http::field::if_unmodified_since}) {
+    request_header own = get;
+    own.set(field, "x");
+    EXPECT_FALSE(may_ask_for_head_range(own)) << http::to_string(field);
+  }
+}
+
+/// nginx's 206 to "Range: bytes=0-1999999" of a 10 MB object.
+response_header head_range_response() {
+  response_header r;
+  r.result(http::status::partial_content);
+  r.set(http::field::server, "nginx");
+  r.set(http::field::content_type, "application/octet-stream");
+  r.set(http::field::content_length, "2000000");
+  r.set(http::field::last_modified, "Sat, 28 Nov 2026 08:00:00 GMT");
+  r.set(http::field::etag, "\"6929c8c0-989680\"");
+  r.set(http::field::content_range, "bytes 0-1999999/10000000");
+  return r;
+}
+
+TEST(WholeObjectHeader, TheOriginsTwoHundredForTheWholeObject) {
+  auto partial = head_range_response();
+  partial.set("Content-Digest", "sha-256=:abc=:");
+  const auto whole = whole_object_header(partial);
+  ASSERT_TRUE(whole.has_value());
+  EXPECT_EQ(whole->result(), http::status::ok);
+  EXPECT_EQ(whole->reason(), "OK");
+  EXPECT_EQ((*whole)[http::field::content_length], "10000000");
+  EXPECT_EQ(whole->find(http::field::content_range), whole->end());
+  EXPECT_EQ(whole->find("Content-Digest"), whole->end());
+  EXPECT_EQ((*whole)[http::field::accept_ranges], "bytes");
+  // End-to-end fields stay as they are, validators first of all.
+  EXPECT_EQ((*whole)[http::field::etag], "\"6929c8c0-989680\"");
+  EXPECT_EQ((*whole)[http::field::last_modified], "Sat, 28 Nov 2026 08:00:00 GMT");
+  EXPECT_EQ((*whole)[http::field::content_type], "application/octet-stream");
+  EXPECT_EQ((*whole)[http::field::server], "nginx");
+  // And it splits like the origin's own 200.
+  request_header get;
+  get.method(http::verb::get);
+  const auto d = decide_split(get, *whole, 2'000'000, 2);
+  EXPECT_EQ(d.verdict, split_verdict::split);
+  EXPECT_EQ(d.total, 10'000'000U);
+}
+
+TEST(WholeObjectHeader, ObjectSmallerThanTheRangeComesWhole) {
+  auto partial = head_range_response();
+  partial.set(http::field::content_range, "bytes 0-999/1000");
+  partial.set(http::field::content_length, "1000");
+  const auto whole = whole_object_header(partial);
+  ASSERT_TRUE(whole.has_value());
+  EXPECT_EQ((*whole)[http::field::content_length], "1000");
+}
+
+TEST(WholeObjectHeader, RefusesWhatIsNotOurHeadRange) {
+  auto expect_refused = [](const std::function<void(response_header&)>& change) {
+    auto partial = head_range_response();
+    change(partial);
+    EXPECT_FALSE(whole_object_header(partial).has_value())
+        << partial[http::field::content_range] << " " << partial[http::field::content_length];
+  };
+  expect_refused([](auto& r) { r.result(http::status::ok); });
+  expect_refused([](auto& r) { r.set(http::field::content_range, "bytes 0-1999999/*"); });
+  expect_refused([](auto& r) { r.set(http::field::content_range, "bytes 5-2000004/10000000"); });
+  expect_refused([](auto& r) { r.erase(http::field::content_range); });  // multipart
+  expect_refused([](auto& r) { r.set(http::field::content_length, "1999999"); });
+  expect_refused([](auto& r) { r.erase(http::field::content_length); });
+  expect_refused([](auto& r) { r.set(http::field::transfer_encoding, "chunked"); });
 }
 
 }  // namespace
