@@ -97,30 +97,70 @@ std::string strong_validator(const response_header& response) {
   return std::string(modified);
 }
 
-bool may_ask_for_head_range(const request_header& request) {
-  if (request.method() != http::verb::get) return false;
-  for (auto field : {http::field::range, http::field::if_range, http::field::if_match,
-                     http::field::if_none_match, http::field::if_modified_since,
-                     http::field::if_unmodified_since}) {
-    if (request.find(field) != request.end()) return false;
+std::optional<wanted_range> head_range_basis(const request_header& request) {
+  if (request.method() != http::verb::get) return std::nullopt;
+  for (auto field : {http::field::if_match, http::field::if_none_match,
+                     http::field::if_modified_since, http::field::if_unmodified_since}) {
+    if (request.find(field) != request.end()) return std::nullopt;
   }
-  return true;
+  const auto range_field = request.find(http::field::range);
+  if (range_field == request.end()) {
+    if (request.find(http::field::if_range) != request.end()) return std::nullopt;
+    return wanted_range{};
+  }
+  if (request.count(http::field::range) != 1) return std::nullopt;
+  // RFC 9110 §14.1.1: "bytes=first-[last]"; suffixes and several ranges are not ours.
+  std::string_view value = range_field->value();
+  constexpr std::string_view unit = "bytes=";
+  if (value.size() <= unit.size() || !iequals(value.substr(0, unit.size()), unit))
+    return std::nullopt;
+  value.remove_prefix(unit.size());
+  const auto dash = value.find('-');
+  if (dash == std::string_view::npos || value.find(',') != std::string_view::npos)
+    return std::nullopt;
+  const auto first = parse_u64(value.substr(0, dash));
+  if (!first) return std::nullopt;
+  wanted_range wanted{*first, std::nullopt, true};
+  if (dash + 1 < value.size()) {
+    wanted.last = parse_u64(value.substr(dash + 1));
+    if (!wanted.last || *wanted.last < *first) return std::nullopt;
+  }
+  return wanted;
 }
 
-std::optional<response_header> whole_object_header(const response_header& partial) {
+std::string head_range_field(const wanted_range& wanted, std::uint64_t bytes) {
+  std::uint64_t last = wanted.first + std::max<std::uint64_t>(bytes, 1) - 1;
+  if (wanted.last) last = std::min(last, *wanted.last);
+  return "bytes=" + std::to_string(wanted.first) + "-" + std::to_string(last);
+}
+
+std::optional<response_header> app_view_of_head_range(const response_header& partial,
+                                                      const wanted_range& wanted) {
   if (partial.result() != http::status::partial_content) return std::nullopt;
   if (partial.find(http::field::transfer_encoding) != partial.end()) return std::nullopt;
   const auto range = parse_content_range(partial[http::field::content_range]);
   const auto length = parse_u64(partial[http::field::content_length]);
-  if (!range || range->first != 0 || !length || *length != range->last + 1) return std::nullopt;
-  response_header whole = partial;
-  whole.result(http::status::ok);
-  whole.erase(http::field::content_range);
-  whole.erase("Content-Digest");
-  whole.set(http::field::content_length, std::to_string(range->complete_length));
-  if (whole.find(http::field::accept_ranges) == whole.end())
-    whole.set(http::field::accept_ranges, "bytes");
-  return whole;
+  if (!range || range->first != wanted.first || !length ||
+      *length != range->last + 1 - range->first)
+    return std::nullopt;
+  const std::uint64_t app_last =
+      std::min(wanted.last.value_or(range->complete_length - 1), range->complete_length - 1);
+  if (range->last > app_last) return std::nullopt;
+  response_header view = partial;
+  view.erase("Content-Digest");
+  if (wanted.app_range) {
+    view.set(http::field::content_range, "bytes " + std::to_string(wanted.first) + "-" +
+                                             std::to_string(app_last) + "/" +
+                                             std::to_string(range->complete_length));
+    view.set(http::field::content_length, std::to_string(app_last + 1 - wanted.first));
+    return view;
+  }
+  view.result(http::status::ok);
+  view.erase(http::field::content_range);
+  view.set(http::field::content_length, std::to_string(range->complete_length));
+  if (view.find(http::field::accept_ranges) == view.end())
+    view.set(http::field::accept_ranges, "bytes");
+  return view;
 }
 
 std::string_view to_string(split_verdict verdict) {

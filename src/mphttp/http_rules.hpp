@@ -43,19 +43,36 @@ std::optional<content_range> parse_content_range(std::string_view value);
 /// paths: a strong ETag, else Last-Modified; empty when there is none usable.
 std::string strong_validator(const response_header& response);
 
-/// Whether the first path may ask for the head of the object only ("Range: bytes=0-N"
-/// added to the app's GET), so that its first response ends where we choose instead of
-/// being cut short, with what it has in flight thrown away. Only for a GET that has no
-/// Range, If-Range or precondition of its own: for those the origin's answer would
-/// differ in more than the framing.
-bool may_ask_for_head_range(const request_header& request);
+/// What the app asked for, as the first path's head range can stand in for it: the
+/// whole object (no Range), or its single range "first-" or "first-last".
+struct wanted_range {
+  std::uint64_t first = 0;
+  std::optional<std::uint64_t> last;  ///< inclusive; none: to the end of the object
+  bool app_range = false;             ///< the app sent this Range (else: the whole object)
+};
 
-/// The 200 the origin would have sent for the whole object, rebuilt from its 206 to our
-/// "bytes=0-N": status 200, Content-Length the complete length, without Content-Range
-/// and Content-Digest (they describe the part), with Accept-Ranges: bytes (the 206
-/// proves it; nginx says it in a 200, not in a 206). nullopt unless the 206 is one range
-/// from byte 0, of known complete length, framed by a Content-Length that matches.
-std::optional<response_header> whole_object_header(const response_header& partial);
+/// Whether the first path may ask for the head of what the app wants only, so that its
+/// first response ends where we choose instead of being cut short with what it has in
+/// flight thrown away. Only for a GET whose answer can be rebuilt exactly from the head
+/// range's 206: no precondition (If-Match, If-None-Match, If-(Un)Modified-Since), no
+/// suffix or multiple ranges, no If-Range without a Range (our Range would give it a
+/// meaning it doesn't have). nullopt otherwise: the request goes as is.
+std::optional<wanted_range> head_range_basis(const request_header& request);
+
+/// The Range field the first path sends instead of the app's: at most `bytes` bytes from
+/// the start of `wanted`.
+std::string head_range_field(const wanted_range& wanted, std::uint64_t bytes);
+
+/// The response the origin would have sent the app, rebuilt from its 206 to the head
+/// range of `wanted`: for the whole object its 200 (Content-Length the complete length,
+/// no Content-Range, Accept-Ranges: bytes — the 206 proves it, and nginx says it in a
+/// 200, not in a 206); for the app's range the 206 to that range (Content-Range and
+/// Content-Length of the app's range, cut to the object). Content-Digest, which
+/// describes the part, is dropped. nullopt unless the 206 is one part starting where
+/// `wanted` does, within it, of known complete length, framed by a matching
+/// Content-Length.
+std::optional<response_header> app_view_of_head_range(const response_header& partial,
+                                                      const wanted_range& wanted);
 
 /// Why a GET is, or is not, fetched over several paths.
 enum class split_verdict {

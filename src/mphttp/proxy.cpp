@@ -365,7 +365,9 @@ class object_fetch {
   /// Bytes a range request asks for before the range itself, to compare with what the
   /// earlier range brought (consistency verifier, paper §4.3). None for the object's head.
   std::uint64_t overlap_for(std::uint64_t begin) const {
-    return std::min<std::uint64_t>(begin, config_.scheduler.overlap_bytes);
+    // Before the fetch's first byte the app has nothing to compare with.
+    if (begin <= begin_) return 0;
+    return std::min<std::uint64_t>(begin - begin_, config_.scheduler.overlap_bytes);
   }
 
   /// Path `index` received the whole overlap before `begin`: no byte at or after `begin`
@@ -1100,17 +1102,18 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
               paths.begin() + static_cast<std::ptrdiff_t>(first_index) + 1);
   path_runtime& first_path = *paths[0];
 
-  // A plain GET asks for the object's head only: if the object turns out big, the first
+  // A GET asks for the head of what the app wants only: if that turns out big, the first
   // path's response then ends where its first range does, instead of being reset there
   // with what it has in flight thrown away (up to its whole receive window).
   const std::uint64_t head_range_bytes =
       std::max<std::uint64_t>(ctx.proxy.config.scheduler.min_split_bytes, min_head_range_bytes);
-  bool ask_head_range = paths.size() >= 2 && may_ask_for_head_range(ctx.request) &&
-                        !host_is_cooling(ctx.proxy, ctx.target.host);
+  std::optional<wanted_range> head_basis;
+  if (paths.size() >= 2 && !host_is_cooling(ctx.proxy, ctx.target.host))
+    head_basis = head_range_basis(ctx.request);
   http::request<http::buffer_body> request_out;
   request_out.base() = upstream_request(ctx.request, ctx.target).base();
-  if (ask_head_range)
-    request_out.set(http::field::range, fmt::format("bytes=0-{}", head_range_bytes - 1));
+  if (head_basis)
+    request_out.set(http::field::range, head_range_field(*head_basis, head_range_bytes));
   const bool has_body = !app_parser.is_done();
   if (has_body && ctx.request.find(http::field::expect) != ctx.request.end()) {
     // We answer the app's 100-continue ourselves (RFC 9110 §10.1.1) and relay the body.
@@ -1150,21 +1153,31 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     }
   };
   ec = co_await read_final_header();
-  // The whole object's 200, rebuilt from the 206 to our head range.
-  std::optional<response_header> whole_object;
-  if (!ec && ask_head_range) {
+  // What the origin would have answered the app, rebuilt from the 206 to our head range;
+  // the head range ends at head_end.
+  std::optional<response_header> app_view;
+  std::uint64_t head_end = 0;
+  if (!ec && head_basis) {
     const auto status = parser->get().result();
-    if (status == http::status::partial_content) whole_object = whole_object_header(parser->get());
-    if (!whole_object && (status == http::status::partial_content ||
-                          status == http::status::range_not_satisfiable)) {
-      // A 416 is an empty object; any other answer to our range than one part from byte
-      // 0 is a server we don't understand: the app's request goes again, unchanged.
+    if (status == http::status::partial_content) {
+      app_view = app_view_of_head_range(parser->get(), *head_basis);
+      if (app_view)
+        head_end = parse_content_range(parser->get()[http::field::content_range])->last + 1;
+    }
+    // A 416 to the app's own range is the app's answer too; to ours, an empty object.
+    // Any other 206 than the one part we asked for is a server we don't understand.
+    if (!app_view && (status == http::status::partial_content ||
+                      (status == http::status::range_not_satisfiable && !head_basis->app_range))) {
       spdlog::info("[{}] {} answered our head range with {} '{}': asking again without it",
                    ctx.session_id, url, parser->get().result_int(),
                    std::string(parser->get()[http::field::content_range]));
       first.reset();
-      ask_head_range = false;
-      request_out.erase(http::field::range);
+      if (head_basis->app_range) {
+        request_out.set(http::field::range, ctx.request[http::field::range]);
+      } else {
+        request_out.erase(http::field::range);
+      }
+      head_basis.reset();
       ec = co_await async_connect_on_path(first, first_path, ctx.target.host, ctx.target.port,
                                           limits);
       if (!ec) {
@@ -1190,14 +1203,14 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   }
   if (auto metrics = net::read_tcp_metrics(first.stream.socket()))
     first_path.estimator.on_rtt(metrics->smoothed_rtt);
-  const response_header& response = whole_object ? *whole_object : parser->get().base();
+  const response_header& response = app_view ? *app_view : parser->get().base();
   auto decision =
       decide_split(ctx.request, response, ctx.proxy.config.scheduler.min_split_bytes, paths.size());
-  if (decision.verdict == split_verdict::split && !whole_object &&
+  if (decision.verdict == split_verdict::split && !app_view &&
       host_is_cooling(ctx.proxy, ctx.target.host)) {
     decision.verdict = split_verdict::host_cooldown;
   }
-  if (whole_object && decision.total > head_range_bytes) {
+  if (app_view && decision.end > head_end) {
     // The head range is all the first response brings: the rest must be fetched, over
     // every path (a host put in cooldown meanwhile still gets the verifier's checks).
     decision.verdict = split_verdict::split;
@@ -1237,8 +1250,8 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   const std::string validator = strong_validator(response);
   object_fetch fetch(executor, ctx.proxy.config, paths, decision.total, decision.begin,
                      decision.end);
-  const std::uint64_t first_range_end = fetch.claim_first_range(
-      whole_object ? std::optional<std::uint64_t>(head_range_bytes) : std::nullopt);
+  const std::uint64_t first_range_end =
+      fetch.claim_first_range(app_view ? std::optional<std::uint64_t>(head_end) : std::nullopt);
 
   auto out = app_response_header(response, ctx.request);
   out.content_length(length);
@@ -1254,8 +1267,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   for (std::size_t i = 0; i < paths.size(); ++i) {
     std::optional<initial_stream> initial;
     if (i == 0)
-      initial.emplace(
-          initial_stream{std::move(first), std::move(parser), whole_object.has_value()});
+      initial.emplace(initial_stream{std::move(first), std::move(parser), app_view.has_value()});
     ++fetch.running;
     asio::co_spawn(executor,
                    run_path_fetcher(fetch, i, ctx.request, ctx.target, validator,

@@ -156,20 +156,52 @@ TEST(DecideSplit, ReasonsNotToSplit) {
   }
 }
 
-TEST(MayAskForHeadRange, OnlyPlainGets) {
+request_header plain_get() {
   request_header get;
   get.method(http::verb::get);
   get.set(http::field::accept_encoding, "gzip");
-  EXPECT_TRUE(may_ask_for_head_range(get));
-  request_header head = get;
+  return get;
+}
+
+TEST(HeadRangeBasis, PlainGetWantsTheWholeObject) {
+  const auto wanted = head_range_basis(plain_get());
+  ASSERT_TRUE(wanted.has_value());
+  EXPECT_EQ(wanted->first, 0U);
+  EXPECT_FALSE(wanted->last.has_value());
+  EXPECT_FALSE(wanted->app_range);
+  EXPECT_EQ(head_range_field(*wanted, 2'000'000), "bytes=0-1999999");
+}
+
+TEST(HeadRangeBasis, TheAppsSingleRangeIsCutToTheHead) {
+  auto get = plain_get();
+  get.set(http::field::range, "bytes=1000000-");
+  get.set(http::field::if_range, "\"abc\"");  // stays: it means the same on our range
+  auto wanted = head_range_basis(get);
+  ASSERT_TRUE(wanted.has_value());
+  EXPECT_TRUE(wanted->app_range);
+  EXPECT_EQ(head_range_field(*wanted, 2'000'000), "bytes=1000000-2999999");
+  get.set(http::field::range, "bytes=1000000-1499999");
+  wanted = head_range_basis(get);
+  ASSERT_TRUE(wanted.has_value());
+  EXPECT_EQ(head_range_field(*wanted, 2'000'000), "bytes=1000000-1499999");
+}
+
+TEST(HeadRangeBasis, RequestsItCannotStandInFor) {
+  auto head = plain_get();
   head.method(http::verb::head);
-  EXPECT_FALSE(may_ask_for_head_range(head));
-  for (auto field : {http::field::range, http::field::if_range, http::field::if_match,
-                     http::field::if_none_match, http::field::if_modified_since,
-                     http::field::if_unmodified_since}) {
-    request_header own = get;
-    own.set(field, "x");
-    EXPECT_FALSE(may_ask_for_head_range(own)) << http::to_string(field);
+  EXPECT_FALSE(head_range_basis(head).has_value());
+  for (auto field :
+       {http::field::if_match, http::field::if_none_match, http::field::if_modified_since,
+        http::field::if_unmodified_since, http::field::if_range}) {
+    auto get = plain_get();
+    get.set(field, "x");
+    EXPECT_FALSE(head_range_basis(get).has_value()) << http::to_string(field);
+  }
+  for (const char* range : {"bytes=-500", "bytes=0-99,200-299", "bytes=5-4", "items=0-9",
+                            "bytes=x-9", "bytes=", "bytes=7"}) {
+    auto get = plain_get();
+    get.set(http::field::range, range);
+    EXPECT_FALSE(head_range_basis(get).has_value()) << range;
   }
 }
 
@@ -186,10 +218,10 @@ response_header head_range_response() {
   return r;
 }
 
-TEST(WholeObjectHeader, TheOriginsTwoHundredForTheWholeObject) {
+TEST(AppViewOfHeadRange, TheOriginsTwoHundredForTheWholeObject) {
   auto partial = head_range_response();
   partial.set("Content-Digest", "sha-256=:abc=:");
-  const auto whole = whole_object_header(partial);
+  const auto whole = app_view_of_head_range(partial, wanted_range{});
   ASSERT_TRUE(whole.has_value());
   EXPECT_EQ(whole->result(), http::status::ok);
   EXPECT_EQ(whole->reason(), "OK");
@@ -203,27 +235,47 @@ TEST(WholeObjectHeader, TheOriginsTwoHundredForTheWholeObject) {
   EXPECT_EQ((*whole)[http::field::content_type], "application/octet-stream");
   EXPECT_EQ((*whole)[http::field::server], "nginx");
   // And it splits like the origin's own 200.
-  request_header get;
-  get.method(http::verb::get);
-  const auto d = decide_split(get, *whole, 2'000'000, 2);
+  const auto d = decide_split(plain_get(), *whole, 2'000'000, 2);
   EXPECT_EQ(d.verdict, split_verdict::split);
   EXPECT_EQ(d.total, 10'000'000U);
 }
 
-TEST(WholeObjectHeader, ObjectSmallerThanTheRangeComesWhole) {
+TEST(AppViewOfHeadRange, ObjectSmallerThanTheHeadComesWhole) {
   auto partial = head_range_response();
   partial.set(http::field::content_range, "bytes 0-999/1000");
   partial.set(http::field::content_length, "1000");
-  const auto whole = whole_object_header(partial);
+  const auto whole = app_view_of_head_range(partial, wanted_range{});
   ASSERT_TRUE(whole.has_value());
   EXPECT_EQ((*whole)[http::field::content_length], "1000");
 }
 
-TEST(WholeObjectHeader, RefusesWhatIsNotOurHeadRange) {
+TEST(AppViewOfHeadRange, TheOriginsTwoHundredSixForTheAppsRange) {
+  // The app asked for bytes=1000000- of 10 MB; we asked for bytes=1000000-2999999.
+  auto partial = head_range_response();
+  partial.set(http::field::content_range, "bytes 1000000-2999999/10000000");
+  const wanted_range open_ended{1'000'000, std::nullopt, true};
+  auto view = app_view_of_head_range(partial, open_ended);
+  ASSERT_TRUE(view.has_value());
+  EXPECT_EQ(view->result(), http::status::partial_content);
+  EXPECT_EQ((*view)[http::field::content_range], "bytes 1000000-9999999/10000000");
+  EXPECT_EQ((*view)[http::field::content_length], "9000000");
+  EXPECT_EQ(view->find(http::field::accept_ranges), view->end());  // as the origin's 206
+  const auto d = decide_split(plain_get(), *view, 2'000'000, 2);
+  EXPECT_EQ(d.verdict, split_verdict::split);
+  EXPECT_EQ(d.begin, 1'000'000U);
+  EXPECT_EQ(d.end, 10'000'000U);
+  // A last byte past the object is cut to it, as the origin does (RFC 9110 §14.1.2).
+  const wanted_range past_the_end{1'000'000, 20'000'000, true};
+  view = app_view_of_head_range(partial, past_the_end);
+  ASSERT_TRUE(view.has_value());
+  EXPECT_EQ((*view)[http::field::content_range], "bytes 1000000-9999999/10000000");
+}
+
+TEST(AppViewOfHeadRange, RefusesWhatIsNotTheHeadRange) {
   auto expect_refused = [](const std::function<void(response_header&)>& change) {
     auto partial = head_range_response();
     change(partial);
-    EXPECT_FALSE(whole_object_header(partial).has_value())
+    EXPECT_FALSE(app_view_of_head_range(partial, wanted_range{}).has_value())
         << partial[http::field::content_range] << " " << partial[http::field::content_length];
   };
   expect_refused([](auto& r) { r.result(http::status::ok); });
@@ -233,6 +285,9 @@ TEST(WholeObjectHeader, RefusesWhatIsNotOurHeadRange) {
   expect_refused([](auto& r) { r.set(http::field::content_length, "1999999"); });
   expect_refused([](auto& r) { r.erase(http::field::content_length); });
   expect_refused([](auto& r) { r.set(http::field::transfer_encoding, "chunked"); });
+  // Past the app's own last byte: not an answer to what we asked.
+  auto partial = head_range_response();
+  EXPECT_FALSE(app_view_of_head_range(partial, wanted_range{0, 999'999, true}).has_value());
 }
 
 }  // namespace
