@@ -1,6 +1,7 @@
 #include "mphttp/proxy.hpp"
 
 #include <fmt/ranges.h>
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -1287,11 +1288,18 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
                        }));
   }
 
+  ++ctx.proxy.fetches_active;
   const bool delivered = co_await async_deliver_in_order(fetch, ctx.app);
   spdlog::debug("[{}] delivery ended", ctx.session_id);
   fetch.stop();
   while (fetch.running > 0) {
     co_await async_wait_for_wake(fetch.writer_wake(), std::chrono::milliseconds(200));
+  }
+  if (--ctx.proxy.fetches_active == 0) {
+    // The reorder buffers' chunks are free now, but glibc keeps freed memory in its
+    // arenas: without this the daemon's RSS stays at its peak (277 MiB after 20
+    // concurrent downloads, 8.5 MiB after the trim; bench/memory).
+    ::malloc_trim(0);
   }
 
   const double seconds = std::chrono::duration<double>(clock_type::now() - started).count();

@@ -39,6 +39,7 @@ struct proxy_context {
   std::map<std::string, std::chrono::steady_clock::time_point> single_path_until{};
   static constexpr std::size_t max_cooling_hosts = 4096;
   std::uint64_t version_conflicts = 0;  ///< multipath downloads that saw two versions
+  std::uint64_t fetches_active = 0;     ///< multipath downloads under way
 };
 
 /// Accepts app connections on `acceptor` until it is closed and serves each in its own
