@@ -500,7 +500,8 @@ class object_fetch {
         from_back ? claim(index, claim_side::back, buffer_.delivered(),
                           std::min(end_, begin_ + config_.scheduler.memory_per_session_bytes), now)
                   : std::nullopt;
-    if (!range) range = claim(index, claim_side::front, buffer_.delivered(), window_end(), now);
+    if (!range && !window_trickle())
+      range = claim(index, claim_side::front, buffer_.delivered(), window_end(), now);
     if (!range) {
       if (claims_.lowest_unclaimed(window_end(), end_)) window_blocked_ = true;
       range = steal_tail(index);
@@ -512,6 +513,15 @@ class object_fetch {
   /// No range is claimed past this: the app's delivery point plus the session's memory.
   std::uint64_t window_end() const {
     return std::min(end_, buffer_.delivered() + config_.scheduler.memory_per_session_bytes);
+  }
+
+  /// All that is left to claim in the window is a sliver at its end, which grows only as
+  /// fast as a slow path delivers the bytes at the delivery point. Claiming it would keep
+  /// a fast path busy with tiny requests at the slow path's pace — and never dry enough
+  /// to take over the slow path's tail, which is what frees the window.
+  bool window_trickle() const {
+    const auto run = claims_.lowest_unclaimed(buffer_.delivered(), window_end());
+    return run && run->end == window_end() && window_end() < end_ && run->size() < min_range_bytes;
   }
 
   /// DESIGN.md's cost rule, applied to what is left: T_tol bounds the whole download,
@@ -702,9 +712,15 @@ awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index
     // range of ours goes out halfway through the current one.
     const double rate = work.live_rate(clock_type::now());
     const double rtt_bytes = rate * work.path->estimator.rtt_s();
+    // (Half a range, but no more than range_time of the path's rate: a long range on a
+    // slow path — the head range — must not be pipelined seconds ahead, since a path
+    // with a pipelined request is not cut short, and other paths may need its tail.)
+    const double range_time_bytes = rate * work.range_time_s(fetch.config().scheduler.range_time);
     const double lead_bytes =
-        (first_stream ? 1.5 * rtt_bytes
-                      : std::max(2 * rtt_bytes, static_cast<double>(work.current->size()) / 2)) +
+        (first_stream
+             ? 1.5 * rtt_bytes
+             : std::max(2 * rtt_bytes, std::min(static_cast<double>(work.current->size()) / 2,
+                                                range_time_bytes))) +
         chunk_bytes;
     auto now = clock_type::now();
     if (!work.pipelined && static_cast<double>(work.current_left()) <= lead_bytes &&

@@ -10,6 +10,7 @@ never end in a body that looks complete.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -91,6 +92,32 @@ class PathFailure(LabTestCase):
         ideal = EVENT_AT_S + remaining / (1.1 * self.goodput_Bps)
         print(f"wifi 50 → 5 Mbit/s at {EVENT_AT_S} s: done in {t.seconds:.1f} s, ideal {ideal:.1f} s")
         self.assertLess(t.seconds, ideal + 4.0, log[-3000:])
+
+    def test_slow_path_at_the_delivery_point_does_not_hold_the_window(self):
+        # Wi-Fi at 1 Mbit/s gets the head range (2 MB, 16 s there); the memory window
+        # (2 MiB) fills behind it at once. Cellular must take the head's tail over, not
+        # trickle along at Wi-Fi's pace as the window edge creeps forward.
+        object_name, size = "10MB", 10_000_000
+        config = minimal_config() + '\n[scheduler]\nmemory_per_session = "2MiB"\n'
+        self.lab.set_path("wifi", "1mbit/10ms")
+        try:
+            with Fleetyd(self.lab, config_text=config) as daemon:
+                t = curl(self.lab, f"http://cdn.fleety.test/{object_name}",
+                         proxy=daemon.proxy_url, timeout=120)
+            log = daemon.log()  # stopped: with its per-path totals
+        finally:
+            self.lab.set_path("wifi", SPEC)
+        self.assertEqual(t.exit_code, 0, t.stderr + log[-2000:])
+        self.assertEqual(t.sha256, object_sha256(object_name))
+        ideal = size / self.goodput_Bps  # cellular alone
+        requests = re.search(r"path cell: .* received in (\d+) requests", log)
+        print(f"Wi-Fi 1 Mbit/s, 2 MiB window: {object_name} in {t.seconds:.1f} s, "
+              f"cellular alone {ideal:.1f} s; {requests[0] if requests else log[-1500:]}")
+        self.assertLess(t.seconds, ideal + 4.0, log[-3000:])
+        # Trickling, cellular sends a request for every sliver the window edge moved by
+        # (58 here before the fix, 18 with it, in ranges of about range_time).
+        self.assertIsNotNone(requests, log[-1500:])
+        self.assertLess(int(requests[1]), 36, log[-3000:])
 
     def test_no_path_left_resets_the_app(self):
         config = minimal_config().replace('[proxy]\n', '[proxy]\nio_timeout = "3s"\n', 1)
