@@ -47,7 +47,7 @@ using clock_type = std::chrono::steady_clock;
 constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 
 constexpr std::size_t chunk_bytes = 64 * 1024;
-/// The head range a plain GET asks for is min_split_size, at least this.
+/// The head range a GET asks for is min_split_size, at least this.
 constexpr std::uint64_t min_head_range_bytes = 256 * 1024;
 constexpr std::uint32_t header_limit_bytes = 64 * 1024;
 constexpr std::uint64_t max_write_bytes = 1 << 20;  ///< one gathered write to the app
@@ -1125,7 +1125,8 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   const std::uint64_t head_range_bytes =
       std::max<std::uint64_t>(ctx.proxy.config.scheduler.min_split_bytes, min_head_range_bytes);
   std::optional<wanted_range> head_basis;
-  if (paths.size() >= 2 && !host_is_cooling(ctx.proxy, ctx.target.host))
+  // (Not with a request body, odd as it is on a GET: asking again couldn't resend it.)
+  if (paths.size() >= 2 && app_parser.is_done() && !host_is_cooling(ctx.proxy, ctx.target.host))
     head_basis = head_range_basis(ctx.request);
   http::request<http::buffer_body> request_out;
   request_out.base() = upstream_request(ctx.request, ctx.target).base();
