@@ -20,6 +20,16 @@ bool iequals(std::string_view a, std::string_view b) {
          });
 }
 
+/// If-Match, If-None-Match, If-(Un)Modified-Since (RFC 9110 §13.1): the answer depends
+/// on the app's own validators, so the request goes as it is, on one path.
+bool has_precondition(const request_header& request) {
+  for (auto field : {http::field::if_match, http::field::if_none_match,
+                     http::field::if_modified_since, http::field::if_unmodified_since}) {
+    if (request.find(field) != request.end()) return true;
+  }
+  return false;
+}
+
 std::optional<std::uint64_t> parse_u64(std::string_view text) {
   std::uint64_t value = 0;
   if (text.empty()) return std::nullopt;
@@ -99,10 +109,7 @@ std::string strong_validator(const response_header& response) {
 
 std::optional<wanted_range> head_range_basis(const request_header& request) {
   if (request.method() != http::verb::get) return std::nullopt;
-  for (auto field : {http::field::if_match, http::field::if_none_match,
-                     http::field::if_modified_since, http::field::if_unmodified_since}) {
-    if (request.find(field) != request.end()) return std::nullopt;
-  }
+  if (has_precondition(request)) return std::nullopt;
   const auto range_field = request.find(http::field::range);
   if (range_field == request.end()) {
     if (request.find(http::field::if_range) != request.end()) return std::nullopt;
@@ -197,10 +204,7 @@ split_decision decide_split(const request_header& request, const response_header
     return out;
   };
   if (request.method() != http::verb::get) return verdict(split_verdict::not_get);
-  for (auto field : {http::field::if_match, http::field::if_none_match,
-                     http::field::if_modified_since, http::field::if_unmodified_since}) {
-    if (request.find(field) != request.end()) return verdict(split_verdict::app_conditional);
-  }
+  if (has_precondition(request)) return verdict(split_verdict::app_conditional);
   if (response.result() != http::status::ok && response.result() != http::status::partial_content) {
     return verdict(split_verdict::not_ok);
   }
