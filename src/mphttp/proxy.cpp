@@ -1221,7 +1221,9 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   }
   if (auto metrics = net::read_tcp_metrics(first.stream.socket()))
     first_path.estimator.on_rtt(metrics->smoothed_rtt);
-  const response_header& response = app_view ? *app_view : parser->get().base();
+  // A copy: the parser goes to the first path's fetcher, which may end (and free it)
+  // before this session logs the download's status.
+  const response_header response = app_view ? *app_view : parser->get().base();
   auto decision =
       decide_split(ctx.request, response, ctx.proxy.config.scheduler.min_split_bytes, paths.size());
   if (decision.verdict == split_verdict::split && !app_view &&
