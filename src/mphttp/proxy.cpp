@@ -799,12 +799,53 @@ struct initial_stream {
   bool bounded = false;
 };
 
+/// A connection a path opens while the first path still waits for its response header,
+/// so that, if the object is split, the path's first range goes out at once instead of
+/// a handshake later (a whole RTT of the path: 120 ms on a slow cellular link). The
+/// connecting coroutine owns it until `result` is set; then the path's fetcher takes it.
+struct early_connection {
+  explicit early_connection(const asio::any_io_executor& executor)
+      : up(executor), ready(executor) {}
+  upstream up;
+  std::optional<error_code> result;  ///< set when the connect has ended
+  bool abandoned = false;            ///< nobody will take it: close it when it connects
+  asio::steady_timer ready;          ///< cancelled when `result` is set
+};
+
+/// Connects `early` on the path (resolving the host there first).
+awaitable<void> async_connect_early(std::shared_ptr<early_connection> early, path_runtime& path,
+                                    std::string host, std::uint16_t port,
+                                    core::proxy_config limits) {
+  auto ec = co_await async_connect_on_path(early->up, path, host, port, limits);
+  if (!ec && early->abandoned) early->up.reset();
+  early->result = early->abandoned ? error_code(asio::error::operation_aborted) : ec;
+  early->ready.cancel();
+}
+
+/// Waits (within the connect timeout) for the early connection and moves it into `up`.
+/// False if it failed: the caller connects as usual.
+awaitable<bool> async_take_early(early_connection& early, upstream& up, const path_runtime& path,
+                                 const core::proxy_config& limits) {
+  const auto needed = clock_type::now();
+  const auto deadline = needed + as_duration(limits.connect_timeout);
+  while (!early.result && clock_type::now() < deadline)
+    co_await async_wait_for_wake(early.ready, deadline - clock_type::now());
+  if (!early.result || *early.result) co_return false;
+  spdlog::debug(
+      "path {}: takes the connection it opened early (waited {} ms for it)", path.config.name,
+      std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - needed).count());
+  // (A tcp_stream can't be assigned: its socket is moved, which leaves `early` closed.)
+  up.stream.socket() = std::move(early.up.stream.socket());
+  co_return true;
+}
+
 /// One path's fetcher: takes ranges from the plan and fetches each with a range request
 /// on a keep-alive connection, until the object is complete or the path fails.
 awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
                                  const request_header& app_request, const proxy_target& target,
                                  std::string validator, std::optional<initial_stream> initial,
-                                 std::uint64_t initial_end) {
+                                 std::uint64_t initial_end,
+                                 std::shared_ptr<early_connection> early) {
   auto executor = co_await asio::this_coro::executor;
   // Stopping cancels the pending operation; we check fetch.stopping() ourselves rather
   // than have the next co_await throw.
@@ -911,6 +952,10 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
     work.prefix.clear();
     // 2. Connect if needed and send the request.
     if (!already_sent) {
+      if (!up.is_open() && early) {
+        auto taken = std::exchange(early, nullptr);
+        co_await async_take_early(*taken, up, path, limits);
+      }
       if (!up.is_open()) {
         work.connected = false;
         if (auto ec = co_await async_connect_on_path(up, path, target.host, target.port, limits)) {
@@ -1078,10 +1123,27 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   const std::string url = fmt::format("http://{}{}", ctx.target.authority, ctx.target.origin_form);
   auto paths = usable_paths(ctx.proxy);
 
-  // A GET may become a multipath fetch: the other paths resolve the host meanwhile (one
-  // small query each, cached for its TTL), so their range requests start an RTT sooner.
+  // A GET for which we can ask the head range may become a multipath fetch (not with a
+  // request body, odd as it is on a GET: asking again couldn't resend it).
+  std::optional<wanted_range> head_basis;
+  if (paths.size() >= 2 && app_parser.is_done() && !host_is_cooling(ctx.proxy, ctx.target.host))
+    head_basis = head_range_basis(ctx.request);
+  // Meanwhile the other paths get ready, so their range requests start an RTT or two
+  // sooner. In aggregate mode they connect; in cost mode they only resolve the host (one
+  // small query each, cached for its TTL): a handshake on cellular for every GET that
+  // then stays on Wi-Fi is not data spent "only when needed".
+  std::vector<std::pair<path_runtime*, std::shared_ptr<early_connection>>> early;
+  const bool connect_early = ctx.proxy.config.scheduler.mode == core::scheduler_mode::aggregate;
   if (ctx.request.method() == http::verb::get) {
     for (std::size_t i = 1; i < paths.size(); ++i) {
+      if (head_basis && connect_early) {
+        auto& slot = early.emplace_back(paths[i], std::make_shared<early_connection>(executor));
+        asio::co_spawn(
+            executor,
+            async_connect_early(slot.second, *paths[i], ctx.target.host, ctx.target.port, limits),
+            asio::detached);
+        continue;
+      }
       asio::co_spawn(
           executor,
           [](dns::path_resolver& resolver, std::string host) -> awaitable<void> {
@@ -1090,6 +1152,23 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
           asio::detached);
     }
   }
+  auto abandon_early = [&early] {
+    for (auto& [path, connection] : early) {
+      connection->abandoned = true;
+      if (connection->up.is_open()) connection->up.reset();
+    }
+    early.clear();
+  };
+  auto early_for = [&early](const path_runtime* path) -> std::shared_ptr<early_connection> {
+    for (auto& [p, connection] : early)
+      if (p == path) return connection;
+    return nullptr;
+  };
+  // Whatever way this request ends, a connection nobody took is closed.
+  struct early_guard {
+    decltype(abandon_early)& abandon;
+    ~early_guard() { abandon(); }
+  } close_unused_early{abandon_early};
 
   // 1. Open the first path that connects (preference order) and send the request there.
   upstream first(executor);
@@ -1124,10 +1203,6 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   // with what it has in flight thrown away (up to its whole receive window).
   const std::uint64_t head_range_bytes =
       std::max<std::uint64_t>(ctx.proxy.config.scheduler.min_split_bytes, min_head_range_bytes);
-  std::optional<wanted_range> head_basis;
-  // (Not with a request body, odd as it is on a GET: asking again couldn't resend it.)
-  if (paths.size() >= 2 && app_parser.is_done() && !host_is_cooling(ctx.proxy, ctx.target.host))
-    head_basis = head_range_basis(ctx.request);
   http::request<http::buffer_body> request_out;
   request_out.base() = upstream_request(ctx.request, ctx.target).base();
   if (head_basis)
@@ -1237,6 +1312,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   }
   if (decision.verdict != split_verdict::split) {
     // 3a. One path: relay the response as it comes.
+    abandon_early();
     auto out = app_response_header(response, ctx.request);
     std::uint64_t relayed = 0;
     if (head_request) {
@@ -1270,6 +1346,11 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   const std::string validator = strong_validator(response);
   object_fetch fetch(executor, ctx.proxy.config, paths, decision.total, decision.begin,
                      decision.end);
+  for (std::size_t i = 1; i < paths.size(); ++i) {
+    // A path whose connection is up or on its way plans with one RTT to its first byte.
+    auto connection = early_for(paths[i]);
+    fetch.work()[i].connected = connection && (!connection->result || !*connection->result);
+  }
   const std::uint64_t first_range_end =
       fetch.claim_first_range(app_view ? std::optional<std::uint64_t>(head_end) : std::nullopt);
 
@@ -1289,22 +1370,23 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     if (i == 0)
       initial.emplace(initial_stream{std::move(first), std::move(parser), app_view.has_value()});
     ++fetch.running;
-    asio::co_spawn(executor,
-                   run_path_fetcher(fetch, i, ctx.request, ctx.target, validator,
-                                    std::move(initial), i == 0 ? first_range_end : 0),
-                   asio::bind_cancellation_slot(
-                       fetch.work()[i].cancel->slot(), [&fetch, i](std::exception_ptr error) {
-                         if (error) {
-                           try {
-                             std::rethrow_exception(error);
-                           } catch (const std::exception& e) {
-                             spdlog::error("path fetcher {} failed: {}", i, e.what());
-                           }
-                           fetch.on_path_failed(i);
-                         }
-                         --fetch.running;
-                         fetch.notify();
-                       }));
+    asio::co_spawn(
+        executor,
+        run_path_fetcher(fetch, i, ctx.request, ctx.target, validator, std::move(initial),
+                         i == 0 ? first_range_end : 0, i == 0 ? nullptr : early_for(paths[i])),
+        asio::bind_cancellation_slot(fetch.work()[i].cancel->slot(),
+                                     [&fetch, i](std::exception_ptr error) {
+                                       if (error) {
+                                         try {
+                                           std::rethrow_exception(error);
+                                         } catch (const std::exception& e) {
+                                           spdlog::error("path fetcher {} failed: {}", i, e.what());
+                                         }
+                                         fetch.on_path_failed(i);
+                                       }
+                                       --fetch.running;
+                                       fetch.notify();
+                                     }));
   }
 
   ++ctx.proxy.fetches_active;

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 import unittest
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "lab"))
 
-from harness import Fleetyd, LabTestCase, curl, object_sha256  # noqa: E402
+from harness import Fleetyd, LabTestCase, curl, minimal_config, object_sha256  # noqa: E402
 
 PREFIX = "flp"
 CDN_URL = "http://cdn.fleety.test"
@@ -176,6 +177,35 @@ class ProxyInLab(LabTestCase):
         self.assertEqual(t.exit_code, 0, t.stderr)
         self.assertEqual(t.sha256, object_sha256("1MB"))
         self.assertEqual(t.http_code.split(), ["200", "1", "200", "0"])
+
+    def fleetyd_connections_on(self, address: str) -> list[str]:
+        cp = self.lab.exec("cli", ["ss", "-Htn", "state", "established", "src", address],
+                           capture_output=True, text=True, timeout=10)
+        return [line for line in cp.stdout.splitlines() if line.strip()]
+
+    def test_aggregate_mode_connects_early_and_closes_what_it_does_not_use(self):
+        """mode = "aggregate": cellular connects while Wi-Fi waits for the response header.
+        A split download takes that connection; one that stays on Wi-Fi closes it having
+        carried nothing but a handshake."""
+        config = minimal_config(3129) + '\n[scheduler]\nmode = "aggregate"\n'
+        rmnet_address = "198.18.2.2"
+        with Fleetyd(self.lab, config_text=config, port=3129, log_level="debug") as daemon:
+            t = curl(self.lab, f"{CDN_URL}/1MB", proxy=daemon.proxy_url, timeout=60)
+            self.assertEqual(t.exit_code, 0, t.stderr)
+            self.assertEqual(t.sha256, object_sha256("1MB"))
+            self.assertLess(t.iface_rx["rmnet0"], 20_000, t.iface_rx)
+            deadline = time.monotonic() + 3
+            while self.fleetyd_connections_on(rmnet_address) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self.assertEqual(self.fleetyd_connections_on(rmnet_address), [],
+                             "the unused early connection on cellular stayed open")
+
+            t = curl(self.lab, f"{CDN_URL}/10MB", proxy=daemon.proxy_url, timeout=120)
+            self.assertEqual(t.exit_code, 0, t.stderr)
+            self.assertEqual(t.sha256, object_sha256("10MB"))
+            summary = multipath_summaries(daemon.log())[-1]
+            self.assertGreater(summary["cell"]["bytes"], 1_000_000, summary)
+            self.assertRegex(daemon.log(), r"path cell: takes the connection it opened early")
 
 
 if __name__ == "__main__":
