@@ -530,17 +530,25 @@ class Lab:
         return self._run(["ip", "netns", "exec", self.ns(ns), *argv], check=check,
                          timeout=timeout)
 
-    def exec(self, ns: str, argv: Sequence[str], timeout: float | None = EXEC_TIMEOUT,
-             **kwargs) -> subprocess.CompletedProcess:
-        """subprocess.run(argv) inside namespace ns (cli|wlan|rmnet|inet), via
-        `ip netns exec` so that cli's /etc/netns resolv.conf applies."""
-        return subprocess.run(["ip", "netns", "exec", self.ns(ns), *argv], timeout=timeout,
-                              **kwargs)
+    def enter(self, ns: str, net_only: bool = False) -> list[str]:
+        """The argv prefix that runs a command in namespace ns: `ip netns exec` (cli's
+        /etc/netns resolv.conf applies), or with net_only `nsenter --net`, which keeps
+        the host's /sys: `ip netns exec` remounts it, hiding /sys/fs/cgroup, which
+        fleetyd's interception and `fleety run` need."""
+        if net_only:
+            return ["nsenter", f"--net=/run/netns/{self.ns(ns)}", "--"]
+        return ["ip", "netns", "exec", self.ns(ns)]
 
-    def popen(self, ns: str, argv: Sequence[str], **kwargs) -> subprocess.Popen:
-        """subprocess.Popen(argv) inside namespace ns. The caller waits for it;
-        down() kills whatever is still running in the lab's namespaces."""
-        return subprocess.Popen(["ip", "netns", "exec", self.ns(ns), *argv], **kwargs)
+    def exec(self, ns: str, argv: Sequence[str], timeout: float | None = EXEC_TIMEOUT,
+             net_only: bool = False, **kwargs) -> subprocess.CompletedProcess:
+        """subprocess.run(argv) inside namespace ns (cli|wlan|rmnet|inet); see enter()."""
+        return subprocess.run([*self.enter(ns, net_only), *argv], timeout=timeout, **kwargs)
+
+    def popen(self, ns: str, argv: Sequence[str], net_only: bool = False,
+              **kwargs) -> subprocess.Popen:
+        """subprocess.Popen(argv) inside namespace ns; see enter(). The caller waits for
+        it; down() kills whatever is still running in the lab's namespaces."""
+        return subprocess.Popen([*self.enter(ns, net_only), *argv], **kwargs)
 
     # ---- state files
     def _read_json(self, name: str, default):

@@ -58,8 +58,9 @@ class Fleetyd:
     (SIGTERM, then SIGKILL) and keeps its log."""
 
     def __init__(self, lab: Lab, config_text: str | None = None, port: int = 3128,
-                 log_level: str = "info", extra_args: Sequence[str] = ()):
+                 log_level: str = "info", extra_args: Sequence[str] = (), net_only: bool = False):
         self.lab = lab
+        self.net_only = net_only  # nsenter --net: needed for interception (cgroups)
         self.port = port
         self.workdir = Path(tempfile.mkdtemp(prefix="fleetyd-"))
         self.config_path = self.workdir / "fleety.toml"
@@ -79,7 +80,8 @@ class Fleetyd:
 
     def start(self, timeout: float = 10.0) -> None:
         with open(self.log_path, "wb") as log:  # the child keeps its own copy of the fd
-            self.process = self.lab.popen("cli", self.args, stdout=log, stderr=subprocess.STDOUT)
+            self.process = self.lab.popen("cli", self.args, stdout=log, stderr=subprocess.STDOUT,
+                                          net_only=self.net_only)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -142,10 +144,12 @@ def file_sha256(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def _measured(lab: Lab, argv: Sequence[str], out_path: Path, timeout: float) -> Transfer:
+def _measured(lab: Lab, argv: Sequence[str], out_path: Path, timeout: float,
+              net_only: bool = False) -> Transfer:
     before = _rx(lab)
     start = time.monotonic()
-    cp = lab.exec("cli", list(argv), timeout=timeout, capture_output=True, text=True)
+    cp = lab.exec("cli", list(argv), timeout=timeout, capture_output=True, text=True,
+                  net_only=net_only)
     seconds = time.monotonic() - start
     after = _rx(lab)
     digest, size = file_sha256(out_path)
@@ -167,6 +171,13 @@ def curl(lab: Lab, url: str, proxy: str | None = None, interface: str | None = N
             argv += ["--interface", interface]
         argv += [*extra, url]
         return _measured(lab, argv, out, timeout + 10)
+
+
+def measured_download(lab: Lab, argv: Sequence[str], out_path: Path, timeout: float = 600.0,
+                      net_only: bool = False) -> Transfer:
+    """Runs argv (which writes the body to out_path) in the client namespace; what it
+    received and what each interface counted meanwhile."""
+    return _measured(lab, argv, out_path, timeout, net_only)
 
 
 def aria2c(lab: Lab, url: str, interfaces: Sequence[str] = ("wlan0", "rmnet0"),

@@ -1,5 +1,6 @@
-// fleetyd: wiring only. Reads the config, opens one resolver per path and the proxy
-// listener, runs until SIGINT/SIGTERM.
+// fleetyd: wiring only. Reads the config, opens one resolver per path, the proxy
+// listener and (with [intercept]) the interception rules and their listener; runs
+// until SIGINT/SIGTERM, reloads the feature rules on SIGHUP.
 
 #include <spdlog/spdlog.h>
 
@@ -9,12 +10,16 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <cstdlib>
+#include <filesystem>
+#include <functional>
 #include <iostream>
 #include <string>
 
+#include "classify/classify.hpp"
 #include "core/config.hpp"
 #include "core/log.hpp"
 #include "core/units.hpp"
+#include "intercept/intercept.hpp"
 #include "mphttp/proxy.hpp"
 #include "net/bound_socket.hpp"
 
@@ -23,7 +28,133 @@ namespace {
 namespace asio = boost::asio;
 using namespace fleety;
 
-int run(const core::config& config) {
+/// Opens a listening socket; the error names the address and what to do.
+core::expected<asio::ip::tcp::acceptor> listen_on(asio::io_context& io,
+                                                  const asio::ip::tcp::endpoint& endpoint,
+                                                  std::string_view setting) {
+  asio::ip::tcp::acceptor acceptor(io);
+  boost::system::error_code ec;
+  acceptor.open(endpoint.protocol(), ec);
+  if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor.bind(endpoint, ec);
+  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return core::make_error(fmt::format(
+        "cannot listen on {}:{}: {}{}", endpoint.address().to_string(), endpoint.port(),
+        ec.message(),
+        ec == asio::error::address_in_use
+            ? fmt::format(" (another program uses this port: pick another {} or stop it)", setting)
+            : ""));
+  }
+  return acceptor;
+}
+
+/// Interception: fleetyd's table (a stale one from a crash is replaced in the same
+/// transaction), the cgroup `fleety run` puts apps in, and the listeners. The table
+/// goes away with the object.
+class interception {
+ public:
+  static core::expected<std::unique_ptr<interception>> start(asio::io_context& io,
+                                                             const core::config& config) {
+    auto self = std::unique_ptr<interception>(new interception());
+    const auto& ic = config.intercept;
+    net::set_own_socket_mark(ic.mark);
+    auto mount = intercept::cgroup2_mount();
+    if (!mount) return core::make_error(mount.error());
+    // nft names cgroups relative to /sys/fs/cgroup.
+    const std::filesystem::path base("/sys/fs/cgroup");
+    const std::filesystem::path mount_path(*mount);
+    auto relative = mount_path.lexically_relative(base);
+    if (relative.empty() || relative.native().starts_with("..")) {
+      return core::make_error(fmt::format(
+          "the cgroup2 hierarchy is mounted at {}, not below /sys/fs/cgroup where nftables "
+          "looks for cgroups",
+          *mount));
+    }
+    const std::string prefix = relative == "." ? "" : relative.string();
+    std::error_code fs_ec;
+    std::filesystem::create_directories(mount_path / intercept::run_cgroup, fs_ec);
+    if (fs_ec) {
+      return core::make_error(fmt::format("cannot create the cgroup {}: {}",
+                                          (mount_path / intercept::run_cgroup).string(),
+                                          fs_ec.message()));
+    }
+    intercept::ruleset_spec spec;
+    spec.tcp_port = ic.tcp_port;
+    spec.dns_port = ic.dns_port;
+    spec.own_mark = ic.mark;
+    spec.cgroup2_prefix = prefix;
+    spec.apps.push_back({"fleety run", std::string(intercept::run_cgroup), {}, {}});
+    for (const auto& app : config.apps) {
+      if (!app.enabled) continue;
+      intercept::app_match match{app.name, app.cgroup, app.uid, app.gid};
+      if (!app.cgroup.empty() && !std::filesystem::is_directory(mount_path / app.cgroup)) {
+        spdlog::warn("app {}: cgroup {} does not exist (yet): not selected by cgroup", app.name,
+                     (mount_path / app.cgroup).string());
+        match.cgroup.clear();
+      }
+      if (match.cgroup.empty() && !match.uid && !match.gid) {
+        spdlog::info("app {}: runs through `fleety run --app {}`", app.name, app.name);
+        continue;
+      }
+      spec.apps.push_back(std::move(match));
+    }
+    for (const auto& address : {"127.0.0.1", "::1"}) {
+      asio::ip::tcp::endpoint endpoint(asio::ip::make_address(address), ic.tcp_port);
+      auto acceptor = listen_on(io, endpoint, "intercept.port");
+      if (!acceptor) {
+        // A host without IPv6 on loopback only loses IPv6 interception.
+        if (std::string_view(address) == "::1") {
+          spdlog::warn("intercept: {}: IPv6 connections are not taken over", acceptor.error());
+          continue;
+        }
+        return core::make_error(acceptor.error());
+      }
+      self->acceptors_.push_back(std::move(acceptor).value());
+    }
+    if (auto applied = intercept::run_nft(intercept::build_ruleset(spec)); !applied) {
+      return core::make_error("cannot load the interception rules (nftables): " + applied.error());
+    }
+    self->table_loaded_ = true;
+    spdlog::info(
+        "intercept: table inet {} loaded; apps in cgroup {}/{}{} are taken over on "
+        "port {}",
+        intercept::table_name, *mount, intercept::run_cgroup,
+        spec.apps.size() > 1 ? fmt::format(" and {} configured app(s)", spec.apps.size() - 1) : "",
+        ic.tcp_port);
+    return self;
+  }
+
+  /// Removes a table left by a fleetyd that crashed while interception was on: it would
+  /// send the apps to a port nobody listens on.
+  static void remove_stale() {
+    if (intercept::run_nft(fmt::format("list table inet {}", intercept::table_name))) {
+      if (auto removed = intercept::run_nft(intercept::removal_script()); removed) {
+        spdlog::warn("intercept: removed a stale table inet {} (interception is off)",
+                     intercept::table_name);
+      }
+    }
+  }
+
+  std::vector<asio::ip::tcp::acceptor>& acceptors() { return acceptors_; }
+
+  ~interception() {
+    if (!table_loaded_) return;
+    if (auto removed = intercept::run_nft(intercept::removal_script()); !removed) {
+      spdlog::error("intercept: cannot remove table inet {}: {}", intercept::table_name,
+                    removed.error());
+    } else {
+      spdlog::info("intercept: table inet {} removed", intercept::table_name);
+    }
+  }
+
+ private:
+  interception() = default;
+  std::vector<asio::ip::tcp::acceptor> acceptors_;
+  bool table_loaded_ = false;
+};
+
+int run(const core::config& config, const std::string& config_path) {
   asio::io_context io(1);
 
   std::vector<mphttp::path_runtime> paths;
@@ -84,16 +215,52 @@ int run(const core::config& config) {
   }
 
   mphttp::proxy_context context{config, paths};
+  context.features = classify::compile_feature_rules(config.features, config.multipath_by_default);
   asio::co_spawn(io, mphttp::run_proxy_listener(std::move(acceptor), context),
                  [](std::exception_ptr e) {
                    if (e) std::rethrow_exception(e);
                  });
+
+  std::unique_ptr<interception> intercepting;
+  if (config.intercept.enabled) {
+    auto started = interception::start(io, config);
+    if (!started) {
+      std::cerr << "fleetyd: intercept: " << started.error() << "\n";
+      return 1;
+    }
+    intercepting = std::move(started).value();
+    for (auto& intercept_acceptor : intercepting->acceptors()) {
+      asio::co_spawn(io, intercept::run_intercept_listener(std::move(intercept_acceptor), context),
+                     [](std::exception_ptr e) {
+                       if (e) std::rethrow_exception(e);
+                     });
+    }
+  } else {
+    interception::remove_stale();
+  }
 
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code&, int signal) {
     spdlog::info("signal {}: stopping", signal);
     io.stop();
   });
+  // SIGHUP: the feature rules are read again (the rest of the file needs a restart).
+  asio::signal_set reload(io, SIGHUP);
+  std::function<void(const boost::system::error_code&, int)> on_reload =
+      [&](const boost::system::error_code& wait_ec, int) {
+        if (wait_ec) return;
+        auto fresh = core::load_config(config_path);
+        if (!fresh) {
+          spdlog::error("SIGHUP: {}: keeping the rules in use", fresh.error());
+        } else {
+          context.features =
+              classify::compile_feature_rules(fresh->features, fresh->multipath_by_default);
+          spdlog::info("SIGHUP: {} feature rule(s) loaded from {}", context.features.rules.size(),
+                       config_path);
+        }
+        reload.async_wait(on_reload);
+      };
+  reload.async_wait(on_reload);
 
   std::string summary;
   for (const auto& p : paths) {
@@ -104,6 +271,7 @@ int run(const core::config& config) {
                fmt::format("{}:{}", config.proxy.listen_address, config.proxy.listen_port), summary,
                config.scheduler.mode == core::scheduler_mode::cost ? "cost" : "aggregate");
   io.run();
+  intercepting.reset();
   for (const auto& p : paths) {
     spdlog::info("path {}: {} received in {} requests", p.config.name,
                  core::format_size(p.bytes_received), p.requests);
@@ -135,7 +303,7 @@ int main(int argc, char** argv) {
   }
   fleety::core::setup_logging(log_level.empty() ? config->log_level : log_level);
   try {
-    return run(*config);
+    return run(*config, config_path);
   } catch (const std::exception& e) {
     std::cerr << "fleetyd: " << e.what() << "\n";
     return 1;

@@ -4,8 +4,10 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <fstream>
+#include <regex>
 #include <set>
 #include <sstream>
 
@@ -282,6 +284,197 @@ std::optional<std::string> read_scheduler(const context& ctx, const toml::table&
       });
 }
 
+std::optional<std::string> read_bool(const context& ctx, const toml::table& table,
+                                     std::string_view key, std::string_view section, bool& out) {
+  const toml::node* node = table.get(key);
+  if (node == nullptr) return std::nullopt;
+  const auto* value = node->as_boolean();
+  if (value == nullptr)
+    return fmt::format("{}{}.{} must be true or false", ctx.where(*node), section, key);
+  out = value->get();
+  return std::nullopt;
+}
+
+std::optional<std::string> read_integer(const context& ctx, const toml::table& table,
+                                        std::string_view key, std::string_view section,
+                                        std::int64_t min, std::int64_t max, std::int64_t& out) {
+  const toml::node* node = table.get(key);
+  if (node == nullptr) return std::nullopt;
+  const auto* value = node->as_integer();
+  if (value == nullptr || value->get() < min || value->get() > max) {
+    return fmt::format("{}{}.{} must be a whole number from {} to {}", ctx.where(*node), section,
+                       key, min, max);
+  }
+  out = value->get();
+  return std::nullopt;
+}
+
+/// A string or a list of strings, none empty.
+std::optional<std::string> read_string_list(const context& ctx, const toml::table& table,
+                                            std::string_view key, std::string_view section,
+                                            std::vector<std::string>& out) {
+  const toml::node* node = table.get(key);
+  if (node == nullptr) return std::nullopt;
+  auto add = [&](const toml::node& entry) -> std::optional<std::string> {
+    const auto* value = entry.as_string();
+    if (value == nullptr || value->get().empty())
+      return fmt::format("{}{}.{} must be a list of non-empty strings", ctx.where(entry), section,
+                         key);
+    out.push_back(value->get());
+    return std::nullopt;
+  };
+  if (const auto* list = node->as_array()) {
+    for (const auto& entry : *list)
+      if (auto e = add(entry)) return e;
+    return std::nullopt;
+  }
+  return add(*node);
+}
+
+std::optional<std::string> check_regex(const context& ctx, const toml::node& node,
+                                       std::string_view what, const std::string& pattern) {
+  try {
+    std::regex compiled(pattern, std::regex::ECMAScript);
+  } catch (const std::regex_error& error) {
+    return fmt::format("{}{}: '{}' is not a valid regular expression ({})", ctx.where(node), what,
+                       pattern, error.what());
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> read_intercept(const context& ctx, const toml::table& table,
+                                          intercept_config& out) {
+  if (auto e = check_keys(ctx, table, "[intercept]",
+                          {"enabled", "port", "dns_port", "mark", "peek_timeout"}))
+    return e;
+  if (auto e = read_bool(ctx, table, "enabled", "intercept", out.enabled)) return e;
+  std::int64_t value = out.tcp_port;
+  if (auto e = read_integer(ctx, table, "port", "intercept", 1, 65535, value)) return e;
+  out.tcp_port = static_cast<std::uint16_t>(value);
+  value = out.dns_port;
+  if (auto e = read_integer(ctx, table, "dns_port", "intercept", 1, 65535, value)) return e;
+  out.dns_port = static_cast<std::uint16_t>(value);
+  if (out.dns_port == out.tcp_port && table.contains("dns_port")) {
+    return fmt::format("{}intercept.dns_port must differ from intercept.port",
+                       ctx.where(*table.get("dns_port")));
+  }
+  value = out.mark;
+  if (auto e = read_integer(ctx, table, "mark", "intercept", 1, 0xffffffffLL, value)) return e;
+  out.mark = static_cast<std::uint32_t>(value);
+  return read_unit<std::chrono::microseconds>(
+      ctx, table, "peek_timeout", "intercept", parse_duration,
+      [&](std::chrono::microseconds v, const toml::node& n) -> std::optional<std::string> {
+        if (v < std::chrono::milliseconds(10) || v > std::chrono::seconds(60))
+          return fmt::format("{}intercept.peek_timeout must be from 10ms to 60s", ctx.where(n));
+        out.peek_timeout = v;
+        return std::nullopt;
+      });
+}
+
+std::optional<std::string> read_app(const context& ctx, const toml::table& table, app_config& app) {
+  if (auto e = check_keys(ctx, table, "[[app]]", {"name", "cgroup", "uid", "gid", "enabled"}))
+    return e;
+  if (!table.contains("name")) return fmt::format("{}[[app]] needs 'name'", ctx.where(table));
+  if (auto e = read_string(ctx, table, "name", "app", app.name)) return e;
+  // The name becomes a cgroup directory (fleety run) and a key in the CLI.
+  static const std::regex valid_name("[A-Za-z0-9][A-Za-z0-9._-]{0,63}");
+  if (!std::regex_match(app.name, valid_name)) {
+    return fmt::format(
+        "{}app name '{}': use letters, digits, '.', '_' or '-' (at most 64, not starting with "
+        "'.' or '-')",
+        ctx.where(*table.get("name")), app.name);
+  }
+  if (auto e = read_string(ctx, table, "cgroup", "app", app.cgroup)) return e;
+  if (app.cgroup.find("..") != std::string::npos) {
+    return fmt::format("{}app '{}': cgroup '{}' must not contain '..'",
+                       ctx.where(*table.get("cgroup")), app.name, app.cgroup);
+  }
+  while (!app.cgroup.empty() && app.cgroup.front() == '/') app.cgroup.erase(0, 1);
+  std::int64_t id = -1;
+  if (auto e = read_integer(ctx, table, "uid", "app", 0, 0xfffffffeLL, id)) return e;
+  if (id >= 0) app.uid = static_cast<std::uint32_t>(id);
+  id = -1;
+  if (auto e = read_integer(ctx, table, "gid", "app", 0, 0xfffffffeLL, id)) return e;
+  if (id >= 0) app.gid = static_cast<std::uint32_t>(id);
+  if (auto e = read_bool(ctx, table, "enabled", "app", app.enabled)) return e;
+  return std::nullopt;
+}
+
+std::optional<std::string> read_feature(const context& ctx, const toml::table& table,
+                                        feature_config& feature) {
+  if (auto e = check_keys(
+          ctx, table, "[[feature]]",
+          {"name", "hosts", "path_regex", "extensions", "headers", "min_size", "multipath"}))
+    return e;
+  if (!table.contains("name")) return fmt::format("{}[[feature]] needs 'name'", ctx.where(table));
+  if (auto e = read_string(ctx, table, "name", "feature", feature.name)) return e;
+  if (auto e = read_string_list(ctx, table, "hosts", "feature", feature.hosts)) return e;
+  if (auto e = read_string(ctx, table, "path_regex", "feature", feature.path_regex)) return e;
+  if (!feature.path_regex.empty()) {
+    if (auto e =
+            check_regex(ctx, *table.get("path_regex"),
+                        fmt::format("feature '{}': path_regex", feature.name), feature.path_regex))
+      return e;
+  }
+  if (auto e = read_string_list(ctx, table, "extensions", "feature", feature.extensions)) return e;
+  for (auto& extension : feature.extensions) {
+    if (extension.front() == '.') extension.erase(0, 1);
+    std::transform(extension.begin(), extension.end(), extension.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  }
+  if (const toml::node* node = table.get("headers")) {
+    const auto* headers = node->as_table();
+    if (headers == nullptr) {
+      return fmt::format(
+          "{}feature '{}': headers must be a table, e.g. headers = {{ "
+          "\"User-Agent\" = \"Player\" }}",
+          ctx.where(*node), feature.name);
+    }
+    for (const auto& [name, value] : *headers) {
+      const auto* pattern = value.as_string();
+      if (pattern == nullptr) {
+        return fmt::format("{}feature '{}': header '{}' must map to a regex string",
+                           ctx.where(value), feature.name, name.str());
+      }
+      if (auto e = check_regex(ctx, value,
+                               fmt::format("feature '{}': header '{}'", feature.name, name.str()),
+                               pattern->get()))
+        return e;
+      feature.headers.emplace_back(std::string(name.str()), pattern->get());
+    }
+  }
+  if (auto e = read_unit<std::uint64_t>(
+          ctx, table, "min_size", "feature", parse_size_bytes,
+          [&](std::uint64_t v, const toml::node&) -> std::optional<std::string> {
+            feature.min_size = v;
+            return std::nullopt;
+          }))
+    return e;
+  return read_bool(ctx, table, "multipath", "feature", feature.multipath);
+}
+
+/// [[NAME]] entries, each read by `read_one`.
+template <class Entry, class Reader>
+std::optional<std::string> read_array_of_tables(const context& ctx, const toml::table& root,
+                                                std::string_view name, std::vector<Entry>& out,
+                                                Reader read_one) {
+  const toml::node* node = root.get(name);
+  if (node == nullptr) return std::nullopt;
+  const auto* array = node->as_array();
+  if (array == nullptr)
+    return fmt::format("{}{} must be an array of tables: write [[{}]]", ctx.where(*node), name,
+                       name);
+  for (const auto& entry : *array) {
+    const auto* table = entry.as_table();
+    if (table == nullptr)
+      return fmt::format("{}each [[{}]] must be a table", ctx.where(entry), name);
+    Entry value;
+    if (auto e = read_one(ctx, *table, value)) return e;
+    out.push_back(std::move(value));
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 std::string_view to_string(path_kind kind) {
@@ -306,9 +499,35 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
         fmt::format("{}:{}: {}", source_name, error.source().begin.line, error.description()));
   }
   config result;
-  if (auto e = check_keys(ctx, root, "the file", {"proxy", "path", "scheduler", "log"})) {
+  if (auto e = check_keys(
+          ctx, root, "the file",
+          {"proxy", "path", "scheduler", "log", "intercept", "app", "feature", "classify"})) {
     return make_error(*e);
   }
+  if (const toml::node* node = root.get("intercept")) {
+    const auto* table = node->as_table();
+    if (table == nullptr) return make_error(ctx.where(*node) + "[intercept] must be a table");
+    if (auto e = read_intercept(ctx, *table, result.intercept)) return make_error(*e);
+  }
+  if (const toml::node* node = root.get("classify")) {
+    const auto* table = node->as_table();
+    if (table == nullptr) return make_error(ctx.where(*node) + "[classify] must be a table");
+    if (auto e = check_keys(ctx, *table, "[classify]", {"multipath_by_default"}))
+      return make_error(*e);
+    if (auto e =
+            read_bool(ctx, *table, "multipath_by_default", "classify", result.multipath_by_default))
+      return make_error(*e);
+  }
+  if (auto e = read_array_of_tables(ctx, root, "app", result.apps, read_app)) return make_error(*e);
+  {
+    std::set<std::string> app_names;
+    for (const auto& app : result.apps) {
+      if (!app_names.insert(app.name).second)
+        return make_error(fmt::format("{}: app name '{}' is used twice", source_name, app.name));
+    }
+  }
+  if (auto e = read_array_of_tables(ctx, root, "feature", result.features, read_feature))
+    return make_error(*e);
   if (const toml::node* node = root.get("proxy")) {
     const auto* table = node->as_table();
     if (table == nullptr) return make_error(ctx.where(*node) + "[proxy] must be a table");

@@ -64,10 +64,49 @@ struct proxy_config {
   std::uint32_t max_connections = 256;
 };
 
+/// Transparent interception (`[intercept]`): the redirected apps' TCP and DNS come to
+/// these loopback listeners.
+struct intercept_config {
+  bool enabled = false;
+  std::uint16_t tcp_port = 3129;  ///< on 127.0.0.1 and ::1
+  std::uint16_t dns_port = 3053;  ///< UDP and TCP, on 127.0.0.1 and ::1
+  /// SO_MARK on fleetyd's own upstream sockets: the rules let them pass, so they never
+  /// loop back into fleetyd.
+  std::uint32_t mark = 0xf1ee7;
+  /// How long to wait for the app's first bytes (or the server's) before relaying the
+  /// flow as plain bytes.
+  std::chrono::microseconds peek_timeout{1'000'000};
+};
+
+/// An app whose traffic fleetyd takes over (`[[app]]`), named by any of cgroup, uid, gid.
+struct app_config {
+  std::string name;
+  std::string cgroup;  ///< cgroup v2 path below the mount, e.g. "user.slice/app"
+  std::optional<std::uint32_t> uid;
+  std::optional<std::uint32_t> gid;
+  bool enabled = true;
+};
+
+/// A feature rule (`[[feature]]`, paper §4.1): which HTTP requests may use MPHTTP.
+struct feature_config {
+  std::string name;
+  std::vector<std::string> hosts;                            ///< "example.com", "*.example.com"
+  std::string path_regex;                                    ///< ECMAScript, searched in the path
+  std::vector<std::string> extensions;                       ///< "ts", "m4s" (no dot)
+  std::vector<std::pair<std::string, std::string>> headers;  ///< field → regex on its value
+  std::optional<std::uint64_t> min_size;
+  bool multipath = true;
+};
+
 struct config {
   proxy_config proxy;
   std::vector<path_config> paths;  ///< in preference order: cost, then file order
   scheduler_config scheduler;
+  intercept_config intercept;
+  std::vector<app_config> apps;
+  std::vector<feature_config> features;
+  /// `[classify] multipath_by_default`: an HTTP GET no feature rule matches may split.
+  bool multipath_by_default = true;
   std::string log_level = "info";
 };
 

@@ -32,6 +32,8 @@
 #include <unordered_map>
 #include <utility>
 
+#include "net/bound_socket.hpp"
+
 namespace fleety::dns {
 
 namespace asio = boost::asio;
@@ -591,6 +593,11 @@ void path_resolver::impl::on_socket_state(void* data, ares_socket_t fd, int read
 
 int path_resolver::impl::on_socket_configure(ares_socket_t fd, int /*type*/, void* data) {
   const auto& self = *static_cast<const impl*>(data);
+  // fleetyd's own queries must pass its interception rules, not loop back into it.
+  if (auto ec = net::apply_own_socket_mark(fd)) {
+    spdlog::warn("dns[{}]: cannot mark the DNS socket: {}", self.options_.interface, ec.message());
+    return -1;
+  }
   if (self.options_.interface.empty()) return 0;
   // c-ares' configure_socket ignores a failed SO_BINDTODEVICE ("only root can do this");
   // a query that silently leaves through the default route would give another path's

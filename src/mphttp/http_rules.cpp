@@ -67,6 +67,36 @@ std::optional<proxy_target> parse_absolute_target(std::string_view target) {
   return result;
 }
 
+std::optional<proxy_target> parse_intercepted_target(std::string_view target,
+                                                     std::string_view host_field,
+                                                     const boost::asio::ip::address& destination,
+                                                     std::uint16_t port) {
+  proxy_target result;
+  if (!target.empty() && target.front() == '/') {
+    auto origin = boost::urls::parse_origin_form(target);
+    if (!origin) return std::nullopt;
+    result.origin_form = target;
+  } else if (auto absolute = parse_absolute_target(target)) {
+    result.origin_form = absolute->origin_form;
+    if (host_field.empty()) host_field = absolute->authority;
+  } else {
+    return std::nullopt;
+  }
+  std::string host(host_field);
+  if (!host.empty() && host.front() == '[') {
+    const auto close = host.find(']');
+    if (close == std::string::npos) return std::nullopt;
+    host = host.substr(1, close - 1);
+  } else if (const auto colon = host.rfind(':'); colon != std::string::npos) {
+    host.resize(colon);
+  }
+  result.host = host.empty() ? destination.to_string() : host;
+  result.port = port;
+  result.authority = host_field.empty() ? std::string(result.host) : std::string(host_field);
+  result.destination = destination;
+  return result;
+}
+
 void strip_hop_by_hop(http::fields& fields) {
   // Fields named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
   std::vector<std::string> named;
@@ -192,6 +222,8 @@ std::string_view to_string(split_verdict verdict) {
       return "one path only";
     case split_verdict::host_cooldown:
       return "host served two versions lately";
+    case split_verdict::not_a_feature:
+      return "no feature rule for it";
   }
   return "unknown";
 }

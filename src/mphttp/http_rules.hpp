@@ -2,6 +2,7 @@
 // The HTTP decisions of the proxy, as pure functions over Beast's header types
 // (RFC 9110 / RFC 9112). No I/O here: unit-tested with literal messages.
 
+#include <boost/asio/ip/address.hpp>
 #include <boost/beast/http/fields.hpp>
 #include <boost/beast/http/message.hpp>
 #include <cstdint>
@@ -14,17 +15,30 @@ namespace fleety::mphttp {
 using request_header = boost::beast::http::request_header<>;
 using response_header = boost::beast::http::response_header<>;
 
-/// Where an explicit-proxy request goes (RFC 9112 §3.2.2 absolute-form).
+/// Where a request goes: an explicit-proxy request's absolute-form URL (RFC 9112
+/// §3.2.2), or an intercepted request's Host and the address the app connected to.
 struct proxy_target {
   std::string host;  ///< name or literal address, without brackets
   std::uint16_t port = 80;
   std::string origin_form;  ///< "/path?query" as sent upstream
   std::string authority;    ///< "host[:port]" for a missing Host header
+  /// Intercepted: the address the app connected to. The first path goes there (the app
+  /// chose it); the others to their own resolver's answer for `host`, else there too.
+  std::optional<boost::asio::ip::address> destination;
 };
 
 /// Parses "http://host[:port]/path?query". nullopt for anything else (https, origin-form,
 /// userinfo, a bad port): the proxy answers 400.
 std::optional<proxy_target> parse_absolute_target(std::string_view target);
+
+/// An intercepted request: its target (origin-form, or absolute-form http://) and Host
+/// field, sent to `destination`:`port`. The host is Host's (else the destination's
+/// address); the port is always the one the app connected to. nullopt for a target
+/// that is neither (the session answers 400).
+std::optional<proxy_target> parse_intercepted_target(std::string_view target,
+                                                     std::string_view host_field,
+                                                     const boost::asio::ip::address& destination,
+                                                     std::uint16_t port);
 
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1): Connection and the fields it names,
 /// Keep-Alive, Proxy-Connection, Proxy-Authorization, Proxy-Authenticate, TE, Trailer,
@@ -87,6 +101,7 @@ enum class split_verdict {
   no_ranges,         ///< the server does not say Accept-Ranges: bytes
   single_path_only,  ///< fewer than two paths
   host_cooldown,     ///< the host served two versions of an object recently
+  not_a_feature,     ///< the feature rules keep this request on one path
 };
 std::string_view to_string(split_verdict verdict);
 

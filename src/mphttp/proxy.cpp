@@ -85,6 +85,24 @@ awaitable<void> async_wait_for_wake(asio::steady_timer& timer, clock_type::durat
   co_await timer.async_wait(nothrow);
 }
 
+/// Connects a socket bound to the path's interface to `endpoint`.
+awaitable<error_code> async_connect_endpoint(upstream& up, path_runtime& path,
+                                             const tcp::endpoint& endpoint,
+                                             const core::proxy_config& limits) {
+  error_code ec = net::open_bound(up.stream.socket(), endpoint.protocol(), path.config.interface);
+  if (ec) co_return ec;
+  up.stream.expires_after(as_duration(limits.connect_timeout));
+  auto [connect_ec] = co_await up.stream.async_connect(endpoint, nothrow);
+  if (connect_ec) {
+    up.reset();
+    co_return connect_ec;
+  }
+  if (auto metrics = net::read_tcp_metrics(up.stream.socket())) {
+    path.estimator.on_rtt(metrics->smoothed_rtt);
+  }
+  co_return error_code{};
+}
+
 /// Resolves `host` through the path and connects a socket bound to the path's interface.
 awaitable<error_code> async_connect_on_path(upstream& up, path_runtime& path,
                                             const std::string& host, std::uint16_t port,
@@ -93,21 +111,30 @@ awaitable<error_code> async_connect_on_path(upstream& up, path_runtime& path,
   if (!resolved) co_return resolved.error();
   error_code last = asio::error::host_not_found;
   for (const auto& address : resolved->addresses) {
-    tcp::endpoint endpoint(address, port);
-    error_code ec = net::open_bound(up.stream.socket(), endpoint.protocol(), path.config.interface);
-    if (ec) co_return ec;  // binding fails the same way for every address
-    up.stream.expires_after(as_duration(limits.connect_timeout));
-    auto [connect_ec] = co_await up.stream.async_connect(endpoint, nothrow);
-    if (!connect_ec) {
-      if (auto metrics = net::read_tcp_metrics(up.stream.socket())) {
-        path.estimator.on_rtt(metrics->smoothed_rtt);
-      }
-      co_return error_code{};
-    }
-    last = connect_ec;
-    up.reset();
+    last = co_await async_connect_endpoint(up, path, tcp::endpoint(address, port), limits);
+    if (!last) break;
   }
   co_return last;
+}
+
+/// Connects on `path` to where `target` is served: the app's own destination when
+/// `to_destination` (the first path of an intercepted request: the app chose it), else
+/// the path's own resolver's answer for the host (each path to its own CDN, paper
+/// §4.1), falling back to the app's destination when the host doesn't resolve there.
+awaitable<error_code> async_connect_to_target(upstream& up, path_runtime& path,
+                                              const proxy_target& target,
+                                              const core::proxy_config& limits,
+                                              bool to_destination) {
+  if (target.destination && to_destination) {
+    co_return co_await async_connect_endpoint(
+        up, path, tcp::endpoint(*target.destination, target.port), limits);
+  }
+  auto ec = co_await async_connect_on_path(up, path, target.host, target.port, limits);
+  if (ec && target.destination && ec.category() == dns::error_category()) {
+    co_return co_await async_connect_endpoint(
+        up, path, tcp::endpoint(*target.destination, target.port), limits);
+  }
+  co_return ec;
 }
 
 /// The request a path sends upstream: the app's end-to-end fields, origin-form target.
@@ -814,9 +841,9 @@ struct early_connection {
 
 /// Connects `early` on the path (resolving the host there first).
 awaitable<void> async_connect_early(std::shared_ptr<early_connection> early, path_runtime& path,
-                                    std::string host, std::uint16_t port,
-                                    core::proxy_config limits) {
-  auto ec = co_await async_connect_on_path(early->up, path, host, port, limits);
+                                    proxy_target target, core::proxy_config limits) {
+  auto ec = co_await async_connect_to_target(early->up, path, target, limits,
+                                             /*to_destination=*/false);
   if (!ec && early->abandoned) early->up.reset();
   early->result = early->abandoned ? error_code(asio::error::operation_aborted) : ec;
   early->ready.cancel();
@@ -885,7 +912,7 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
     work.connected = true;
     bool spare_ready = false;
     auto open_spare = [&]() -> awaitable<error_code> {
-      auto ec = co_await async_connect_on_path(up, path, target.host, target.port, limits);
+      auto ec = co_await async_connect_to_target(up, path, target, limits, index == 0);
       spare_ready = !ec;
       co_return ec;
     };
@@ -958,7 +985,7 @@ awaitable<void> run_path_fetcher(object_fetch& fetch, std::size_t index,
       }
       if (!up.is_open()) {
         work.connected = false;
-        if (auto ec = co_await async_connect_on_path(up, path, target.host, target.port, limits)) {
+        if (auto ec = co_await async_connect_to_target(up, path, target, limits, index == 0)) {
           fail("connect", ec);
           break;
         }
@@ -1125,8 +1152,17 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
 
   // A GET for which we can ask the head range may become a multipath fetch (not with a
   // request body, odd as it is on a GET: asking again couldn't resend it).
+  // The feature rules (paper §4.1) may keep the request on one path, or set its own
+  // size threshold.
+  classify::request_view view{ctx.target.host, ctx.request.target(), {}};
+  for (const auto& field : ctx.request)
+    view.fields.emplace_back(field.name_string(), field.value());
+  const auto feature = classify::decide_feature(ctx.proxy.features, view);
+  const std::uint64_t min_split_bytes =
+      feature.min_size.value_or(ctx.proxy.config.scheduler.min_split_bytes);
   std::optional<wanted_range> head_basis;
-  if (paths.size() >= 2 && app_parser.is_done() && !host_is_cooling(ctx.proxy, ctx.target.host))
+  if (paths.size() >= 2 && app_parser.is_done() && feature.multipath &&
+      !host_is_cooling(ctx.proxy, ctx.target.host))
     head_basis = head_range_basis(ctx.request);
   // Meanwhile the other paths get ready, so their range requests start an RTT or two
   // sooner. In aggregate mode they connect; in cost mode they only resolve the host (one
@@ -1138,10 +1174,8 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     for (std::size_t i = 1; i < paths.size(); ++i) {
       if (head_basis && connect_early) {
         auto& slot = early.emplace_back(paths[i], std::make_shared<early_connection>(executor));
-        asio::co_spawn(
-            executor,
-            async_connect_early(slot.second, *paths[i], ctx.target.host, ctx.target.port, limits),
-            asio::detached);
+        asio::co_spawn(executor, async_connect_early(slot.second, *paths[i], ctx.target, limits),
+                       asio::detached);
         continue;
       }
       asio::co_spawn(
@@ -1175,8 +1209,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   std::size_t first_index = paths.size();
   error_code connect_ec;
   for (std::size_t i = 0; i < paths.size(); ++i) {
-    connect_ec =
-        co_await async_connect_on_path(first, *paths[i], ctx.target.host, ctx.target.port, limits);
+    connect_ec = co_await async_connect_to_target(first, *paths[i], ctx.target, limits, i == 0);
     if (!connect_ec) {
       first_index = i;
       break;
@@ -1202,7 +1235,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   // path's response then ends where its first range does, instead of being reset there
   // with what it has in flight thrown away (up to its whole receive window).
   const std::uint64_t head_range_bytes =
-      std::max<std::uint64_t>(ctx.proxy.config.scheduler.min_split_bytes, min_head_range_bytes);
+      std::max<std::uint64_t>(min_split_bytes, min_head_range_bytes);
   http::request<http::buffer_body> request_out;
   request_out.base() = upstream_request(ctx.request, ctx.target).base();
   if (head_basis)
@@ -1271,8 +1304,8 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
         request_out.erase(http::field::range);
       }
       head_basis.reset();
-      ec = co_await async_connect_on_path(first, first_path, ctx.target.host, ctx.target.port,
-                                          limits);
+      ec =
+          co_await async_connect_to_target(first, first_path, ctx.target, limits, first_index == 0);
       if (!ec) {
         http::request<http::empty_body> again;
         again.base() = request_out.base();
@@ -1299,8 +1332,9 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   // A copy: the parser goes to the first path's fetcher, which may end (and free it)
   // before this session logs the download's status.
   const response_header response = app_view ? *app_view : parser->get().base();
-  auto decision =
-      decide_split(ctx.request, response, ctx.proxy.config.scheduler.min_split_bytes, paths.size());
+  auto decision = decide_split(ctx.request, response, min_split_bytes, paths.size());
+  if (decision.verdict == split_verdict::split && !feature.multipath)
+    decision.verdict = split_verdict::not_a_feature;
   if (decision.verdict == split_verdict::split && !app_view &&
       host_is_cooling(ctx.proxy, ctx.target.host)) {
     decision.verdict = split_verdict::host_cooldown;
@@ -1512,9 +1546,11 @@ awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buf
   used->bytes_received += down_bytes;
 }
 
-/// One app connection: requests in order (keep-alive) until either side is done.
-awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy,
-                                std::uint64_t session_id) {
+/// One app connection: requests in order (keep-alive) until either side is done. An
+/// intercepted connection (`intercepted`: where the app connected) sends origin-form
+/// requests; an explicit proxy's, absolute-form ones and CONNECT.
+awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::uint64_t session_id,
+                                std::optional<tcp::endpoint> intercepted) {
   beast::tcp_stream app(std::move(socket));
   beast::flat_buffer app_buffer;
   const auto& limits = proxy.config.proxy;
@@ -1549,11 +1585,22 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy,
                                  limits);
       break;
     }
-    if (request.method() == http::verb::connect) {
+    if (request.method() == http::verb::connect && !intercepted) {
       co_await async_tunnel(app, app_buffer, proxy, request, session_id);
       break;
     }
-    auto target = parse_absolute_target(request.target());
+    auto target = intercepted
+                      ? parse_intercepted_target(request.target(), request[http::field::host],
+                                                 intercepted->address(), intercepted->port())
+                      : parse_absolute_target(request.target());
+    if (!target && intercepted) {
+      spdlog::warn("[{}] refused target '{}' of an intercepted connection to {}", session_id,
+                   std::string(request.target()), intercepted->address().to_string());
+      co_await async_write_error(app, http::status::bad_request,
+                                 "request target must be origin-form (/path)", request.version(),
+                                 limits);
+      break;
+    }
     if (!target) {
       spdlog::warn("[{}] refused target '{}': not an http:// absolute URL", session_id,
                    std::string(request.target()));
@@ -1589,7 +1636,7 @@ awaitable<void> run_proxy_listener(tcp::acceptor acceptor, proxy_context& contex
     }
     const std::uint64_t id = ++context.sessions_started;
     ++context.sessions_active;
-    asio::co_spawn(executor, run_app_session(std::move(socket), context, id),
+    asio::co_spawn(executor, run_app_session(std::move(socket), context, id, std::nullopt),
                    [&context, &slot_freed, id](std::exception_ptr error) {
                      if (error) {
                        try {
@@ -1602,6 +1649,11 @@ awaitable<void> run_proxy_listener(tcp::acceptor acceptor, proxy_context& contex
                      slot_freed.cancel();
                    });
   }
+}
+
+awaitable<void> run_intercepted_http_session(tcp::socket socket, tcp::endpoint destination,
+                                             proxy_context& context, std::uint64_t session_id) {
+  co_await run_app_session(std::move(socket), context, session_id, destination);
 }
 
 }  // namespace fleety::mphttp

@@ -1,7 +1,8 @@
 #pragma once
 // The MPHTTP proxy (paper §4.2): app connections in, each request answered either
 // over one path or, for a large GET, by range requests on every path reassembled
-// in order. Explicit proxy on loopback for now (absolute-form requests, CONNECT).
+// in order. As an explicit proxy on loopback (absolute-form requests, CONNECT), and for
+// the connections the intercept listener takes over (origin-form, original destination).
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "classify/classify.hpp"
 #include "core/config.hpp"
 #include "dns/path_resolver.hpp"
 #include "mphttp/path_estimator.hpp"
@@ -40,11 +42,21 @@ struct proxy_context {
   static constexpr std::size_t max_cooling_hosts = 4096;
   std::uint64_t version_conflicts = 0;  ///< multipath downloads that saw two versions
   std::uint64_t fetches_active = 0;     ///< multipath downloads under way
+  /// Which requests may split (config [[feature]]); replaced on reload.
+  classify::feature_rules features{};
 };
 
 /// Accepts app connections on `acceptor` until it is closed and serves each in its own
 /// coroutine; at most config.proxy.max_connections at once.
 boost::asio::awaitable<void> run_proxy_listener(boost::asio::ip::tcp::acceptor acceptor,
                                                 proxy_context& context);
+
+/// Serves one intercepted connection whose first bytes are an HTTP/1.x request: its
+/// requests (origin-form, with Host) go to `destination` on the first path and to each
+/// other path's own address for the host. Returns when the connection ends. (The
+/// caller counts it in sessions_started/active.)
+boost::asio::awaitable<void> run_intercepted_http_session(
+    boost::asio::ip::tcp::socket socket, boost::asio::ip::tcp::endpoint destination,
+    proxy_context& context, std::uint64_t session_id);
 
 }  // namespace fleety::mphttp

@@ -9,6 +9,21 @@
 #include "net/kernel_tcp_info.hpp"
 
 namespace fleety::net {
+namespace {
+std::uint32_t own_socket_mark = 0;
+}  // namespace
+
+void set_own_socket_mark(std::uint32_t mark) {
+  own_socket_mark = mark;
+}
+
+boost::system::error_code apply_own_socket_mark(int fd) {
+  boost::system::error_code ec;
+  if (own_socket_mark == 0) return ec;
+  if (::setsockopt(fd, SOL_SOCKET, SO_MARK, &own_socket_mark, sizeof own_socket_mark) != 0)
+    ec.assign(errno, boost::system::system_category());
+  return ec;
+}
 
 boost::system::error_code open_bound(boost::asio::ip::tcp::socket& socket,
                                      const boost::asio::ip::tcp& protocol,
@@ -16,6 +31,11 @@ boost::system::error_code open_bound(boost::asio::ip::tcp::socket& socket,
   boost::system::error_code ec;
   socket.open(protocol, ec);
   if (ec) return ec;
+  if ((ec = apply_own_socket_mark(socket.native_handle()))) {
+    boost::system::error_code ignored;
+    socket.close(ignored);
+    return ec;
+  }
   if (interface.empty()) return ec;
   if (::setsockopt(socket.native_handle(), SOL_SOCKET, SO_BINDTODEVICE, interface.data(),
                    static_cast<socklen_t>(interface.size())) != 0) {

@@ -11,9 +11,16 @@
 
 namespace fleety::net {
 
-/// Opens `socket` for `protocol` and binds it to `interface` (SO_BINDTODEVICE). Needs
-/// CAP_NET_RAW. An empty interface leaves the socket unbound. The socket is closed again
-/// when binding fails.
+/// The mark (SO_MARK) every socket fleetyd opens upstream carries from now on, so that
+/// its interception rules let them pass; 0 (the default) marks nothing. Set once at start.
+void set_own_socket_mark(std::uint32_t mark);
+
+/// Applies the mark set above to a socket opened elsewhere (c-ares). Needs CAP_NET_ADMIN.
+boost::system::error_code apply_own_socket_mark(int fd);
+
+/// Opens `socket` for `protocol`, marks it (set_own_socket_mark) and binds it to `interface`
+/// (SO_BINDTODEVICE). Needs CAP_NET_RAW. An empty interface leaves the socket unbound. The socket
+/// is closed again when binding fails.
 boost::system::error_code open_bound(boost::asio::ip::tcp::socket& socket,
                                      const boost::asio::ip::tcp& protocol,
                                      const std::string& interface);

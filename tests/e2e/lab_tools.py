@@ -10,15 +10,22 @@ tests (via `fleety-lab exec` / Lab.exec), each bounded in time:
       answers with a JSON summary on the connection and prints it
   lab_tools.py upload --dst IP [--port N] [--dev IFACE] --bytes N [--max-seconds S]
       sends N bytes to a sink, prints the sink's JSON summary
+  lab_tools.py echo-server --bind IP [--port N] [--max-seconds S]
+      echoes every connection's bytes back
+  lab_tools.py echo-client --dst IP [--port N] --bytes N [--max-seconds S]
+      sends N random bytes to an echo server, prints JSON with the sha256 of what it
+      sent and of what came back
 """
 
 import argparse
+import hashlib
 import json
 import os
 import random
 import socket
 import struct
 import sys
+import threading
 import time
 
 QTYPES = {"A": 1, "AAAA": 28}
@@ -141,6 +148,55 @@ def upload(dst: str, port: int, dev: str | None, nbytes: int, max_seconds: float
     return summary
 
 
+def echo_server(bind: str, port: int, max_seconds: float) -> None:
+    """Echoes every connection's bytes back until it closes (each in a thread), for at
+    most max_seconds in all."""
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((bind, port))
+    ls.listen(16)
+    ls.settimeout(max_seconds)
+    print(json.dumps({"listening": f"{bind}:{port}"}), flush=True)
+    deadline = time.monotonic() + max_seconds
+
+    def serve(conn: socket.socket) -> None:
+        conn.settimeout(max(1.0, deadline - time.monotonic()))
+        with conn:
+            while data := conn.recv(1 << 16):
+                conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+
+    while time.monotonic() < deadline:
+        try:
+            conn, _ = ls.accept()
+        except socket.timeout:
+            break
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def echo_client(dst: str, port: int, nbytes: int, max_seconds: float) -> dict:
+    """Sends nbytes of random bytes (from a thread) and reads the echo back; the sha256
+    of both."""
+    payload = os.urandom(nbytes)
+    s = socket.create_connection((dst, port), timeout=max_seconds)
+    s.settimeout(max_seconds)
+
+    def send() -> None:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    received = bytearray()
+    while data := s.recv(1 << 16):
+        received += data
+    sender.join(max_seconds)
+    s.close()
+    return {"sent": len(payload), "received": len(received),
+            "sent_sha256": hashlib.sha256(payload).hexdigest(),
+            "received_sha256": hashlib.sha256(received).hexdigest()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -160,7 +216,22 @@ def main() -> int:
     u.add_argument("--dev")
     u.add_argument("--bytes", type=int, required=True)
     u.add_argument("--max-seconds", type=float, default=30.0)
+    e = sub.add_parser("echo-server")
+    e.add_argument("--bind", required=True)
+    e.add_argument("--port", type=int, default=7007)
+    e.add_argument("--max-seconds", type=float, default=120.0)
+    c = sub.add_parser("echo-client")
+    c.add_argument("--dst", required=True)
+    c.add_argument("--port", type=int, default=7007)
+    c.add_argument("--bytes", type=int, required=True)
+    c.add_argument("--max-seconds", type=float, default=30.0)
     a = ap.parse_args()
+    if a.cmd == "echo-server":
+        echo_server(a.bind, a.port, a.max_seconds)
+        return 0
+    if a.cmd == "echo-client":
+        print(json.dumps(echo_client(a.dst, a.port, a.bytes, a.max_seconds)))
+        return 0
     if a.cmd == "dns":
         print(json.dumps(dns_query(a.server, a.name, a.type, a.dev, a.timeout)))
     elif a.cmd == "sink":

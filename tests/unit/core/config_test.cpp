@@ -149,5 +149,55 @@ TEST(Config, MissingFileIsNamed) {
   EXPECT_EQ(config.error(), "/nonexistent/fleety.toml: cannot open the config file");
 }
 
+TEST(Config, InterceptAndApps) {
+  auto config = parse_config(R"(
+[intercept]
+enabled = true
+port = 4000
+dns_port = 4053
+mark = 0x1234
+peek_timeout = "300ms"
+[[app]]
+name = "browser"
+cgroup = "/user.slice/browser.scope"
+[[app]]
+name = "player"
+uid = 10123
+enabled = false
+[[path]]
+name = "wifi"
+interface = "wlan0"
+kind = "wifi"
+)",
+                             "f.toml");
+  ASSERT_TRUE(config) << config.error();
+  EXPECT_TRUE(config->intercept.enabled);
+  EXPECT_EQ(config->intercept.tcp_port, 4000);
+  EXPECT_EQ(config->intercept.dns_port, 4053);
+  EXPECT_EQ(config->intercept.mark, 0x1234U);
+  EXPECT_EQ(config->intercept.peek_timeout, std::chrono::milliseconds(300));
+  ASSERT_EQ(config->apps.size(), 2U);
+  EXPECT_EQ(config->apps[0].cgroup, "user.slice/browser.scope");
+  EXPECT_FALSE(config->apps[0].uid);
+  EXPECT_EQ(config->apps[1].uid, 10123U);
+  EXPECT_FALSE(config->apps[1].enabled);
+}
+
+TEST(Config, BadAppsAreRefusedWithTheLine) {
+  const std::string path = "[[path]]\nname = \"wifi\"\ninterface = \"wlan0\"\nkind = \"wifi\"\n";
+  auto config = parse_config("[[app]]\nname = \"../etc\"\n" + path, "f.toml");
+  ASSERT_FALSE(config);
+  EXPECT_EQ(config.error().rfind("f.toml:2: app name '../etc'", 0), 0U) << config.error();
+  config = parse_config("[[app]]\nname = \"a\"\n[[app]]\nname = \"a\"\n" + path, "f.toml");
+  ASSERT_FALSE(config);
+  EXPECT_EQ(config.error(), "f.toml: app name 'a' is used twice");
+  config = parse_config("[[app]]\nname = \"a\"\nuid = -1\n" + path, "f.toml");
+  ASSERT_FALSE(config);
+  EXPECT_EQ(config.error(), "f.toml:3: app.uid must be a whole number from 0 to 4294967294");
+  config = parse_config("[intercept]\nport = 70000\n" + path, "f.toml");
+  ASSERT_FALSE(config);
+  EXPECT_EQ(config.error(), "f.toml:2: intercept.port must be a whole number from 1 to 65535");
+}
+
 }  // namespace
 }  // namespace fleety::core

@@ -1,0 +1,193 @@
+// The intercept listener: takes over redirected connections, classifies them on their
+// first bytes and hands each to the MPHTTP session or to the relay.
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <array>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <cerrno>
+
+#include "classify/classify.hpp"
+#include "intercept/intercept.hpp"
+#include "mphttp/proxy.hpp"
+#include "net/bound_socket.hpp"
+#include "select/select.hpp"
+
+namespace fleety::intercept {
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+using asio::awaitable;
+using asio::ip::tcp;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
+/// Idle relayed flows (a chat app's long-lived connection) may stay quiet for long; one
+/// that moves nothing for this long is closed.
+constexpr auto relay_idle_timeout = std::chrono::minutes(30);
+
+const char* kind_name(classify::flow_kind kind) {
+  switch (kind) {
+    case classify::flow_kind::http:
+      return "HTTP";
+    case classify::flow_kind::tls_client_hello:
+      return "TLS";
+    case classify::flow_kind::need_more:
+    case classify::flow_kind::other:
+      break;
+  }
+  return "TCP";
+}
+
+/// Peeks at what the app sent (it stays in the socket) until the classifier decides,
+/// the app closes, or `timeout` passes (then: other, e.g. a protocol where the server
+/// speaks first).
+awaitable<classify::flow_class> async_peek_and_classify(tcp::socket& app,
+                                                        clock_type::duration timeout) {
+  using namespace asio::experimental::awaitable_operators;
+  const auto deadline = clock_type::now() + timeout;
+  std::vector<char> bytes(classify::max_peek_bytes);
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  std::size_t seen = 0;
+  while (clock_type::now() < deadline) {
+    timer.expires_at(deadline);
+    auto ready =
+        co_await (app.async_wait(tcp::socket::wait_read, nothrow) || timer.async_wait(nothrow));
+    if (ready.index() == 1) break;  // timed out
+    const ssize_t n =
+        ::recv(app.native_handle(), bytes.data(), bytes.size(), MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0) co_return classify::flow_of(classify::flow_kind::other);  // app closed
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) continue;
+      co_return classify::flow_of(classify::flow_kind::other);
+    }
+    auto verdict =
+        classify::classify_first_bytes(std::string_view(bytes.data(), static_cast<std::size_t>(n)));
+    if (verdict.kind != classify::flow_kind::need_more) co_return verdict;
+    if (static_cast<std::size_t>(n) == seen) {
+      // The socket stays readable with the same bytes: let more arrive.
+      timer.expires_after(std::chrono::milliseconds(5));
+      co_await timer.async_wait(nothrow);
+    }
+    seen = static_cast<std::size_t>(n);
+  }
+  co_return classify::flow_of(classify::flow_kind::other);
+}
+
+/// Relays a flow that is not split to the app's destination, on the first path (in
+/// preference order) that connects.
+awaitable<void> async_relay_flow(tcp::socket app, tcp::endpoint destination,
+                                 const classify::flow_class& flow, mphttp::proxy_context& context,
+                                 std::uint64_t id) {
+  auto executor = co_await asio::this_coro::executor;
+  const auto started = clock_type::now();
+  std::vector<select::path_state> states;
+  for (const auto& path : context.paths)
+    states.push_back({net::interface_exists(path.config.interface)});
+  const std::string what =
+      flow.server_name.empty()
+          ? fmt::format("{} to {}:{}", kind_name(flow.kind), destination.address().to_string(),
+                        destination.port())
+          : fmt::format("{} to {} ({}:{})", kind_name(flow.kind), flow.server_name,
+                        destination.address().to_string(), destination.port());
+  const auto first = select::choose_path(states);
+  beast::tcp_stream upstream(executor);
+  mphttp::path_runtime* used = nullptr;
+  boost::system::error_code ec = asio::error::network_down;
+  for (std::size_t k = first.value_or(states.size()); k < context.paths.size(); ++k) {
+    if (!states[k].up) continue;
+    auto& path = context.paths[k];
+    ec = net::open_bound(upstream.socket(), destination.protocol(), path.config.interface);
+    if (ec) continue;
+    upstream.expires_after(context.config.proxy.connect_timeout);
+    auto [connect_ec] = co_await upstream.async_connect(destination, nothrow);
+    ec = connect_ec;
+    if (!ec) {
+      used = &path;
+      break;
+    }
+    spdlog::info("[{}] {}: cannot connect on {}: {}", id, what, path.config.name, ec.message());
+    upstream.close();
+  }
+  if (used == nullptr) {
+    // The app sees the connection fail as it would have without us.
+    spdlog::warn("[{}] {}: no path connects ({}): resetting the app", id, what, ec.message());
+    net::close_with_reset(app);
+    co_return;
+  }
+  upstream.expires_never();
+  tcp::socket server = upstream.release_socket();
+  const auto totals = co_await select::async_relay(app, server, relay_idle_timeout);
+  used->bytes_received += totals.server_to_app;
+  spdlog::info("[{}] {} relayed on {}: {} up, {} down in {:.1f} s{}", id, what, used->config.name,
+               totals.app_to_server, totals.server_to_app,
+               std::chrono::duration<double>(clock_type::now() - started).count(),
+               totals.idle_timeout ? " (idle timeout)"
+               : totals.reset      ? " (reset)"
+                                   : "");
+}
+
+awaitable<void> serve_intercepted(tcp::socket app, mphttp::proxy_context& context,
+                                  std::uint64_t id) {
+  const auto destination = original_destination(app);
+  if (!destination || destination->address().is_loopback()) {
+    // Not redirected: someone connected to the listener itself. We are not an open proxy.
+    spdlog::warn(
+        "[{}] connection to the intercept port without a redirected destination: "
+        "closed",
+        id);
+    net::close_with_reset(app);
+    co_return;
+  }
+  const auto flow = co_await async_peek_and_classify(app, context.config.intercept.peek_timeout);
+  if (flow.kind == classify::flow_kind::http) {
+    spdlog::debug("[{}] intercepted HTTP to {}:{}: {} {}", id, destination->address().to_string(),
+                  destination->port(), flow.method, flow.target);
+    co_await mphttp::run_intercepted_http_session(std::move(app), *destination, context, id);
+    co_return;
+  }
+  co_await async_relay_flow(std::move(app), *destination, flow, context, id);
+}
+
+}  // namespace
+
+awaitable<void> run_intercept_listener(tcp::acceptor acceptor, mphttp::proxy_context& context) {
+  auto executor = co_await asio::this_coro::executor;
+  asio::steady_timer slot_freed(executor);
+  for (;;) {
+    while (context.sessions_active >= context.config.proxy.max_connections) {
+      slot_freed.expires_after(std::chrono::seconds(1));
+      co_await slot_freed.async_wait(nothrow);
+    }
+    auto [ec, socket] = co_await acceptor.async_accept(nothrow);
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+    if (ec) {
+      spdlog::warn("intercept: accept failed: {}", ec.message());
+      continue;
+    }
+    const std::uint64_t id = ++context.sessions_started;
+    ++context.sessions_active;
+    asio::co_spawn(executor, serve_intercepted(std::move(socket), context, id),
+                   [id, &context, &slot_freed](std::exception_ptr error) {
+                     if (error) {
+                       try {
+                         std::rethrow_exception(error);
+                       } catch (const std::exception& e) {
+                         spdlog::error("[{}] intercepted connection ended by an error: {}", id,
+                                       e.what());
+                       }
+                     }
+                     --context.sessions_active;
+                     slot_freed.cancel();
+                   });
+  }
+}
+
+}  // namespace fleety::intercept

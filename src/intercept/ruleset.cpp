@@ -1,0 +1,105 @@
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "intercept/intercept.hpp"
+
+namespace fleety::intercept {
+namespace {
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+std::string unescape_mount_field(std::string_view field) {
+  std::string out;
+  for (std::size_t i = 0; i < field.size(); ++i) {
+    if (field[i] == '\\' && i + 3 < field.size() &&
+        std::all_of(field.begin() + static_cast<std::ptrdiff_t>(i) + 1,
+                    field.begin() + static_cast<std::ptrdiff_t>(i) + 4,
+                    [](char c) { return c >= '0' && c <= '7'; })) {
+      out.push_back(static_cast<char>((field[i + 1] - '0') * 64 + (field[i + 2] - '0') * 8 +
+                                      (field[i + 3] - '0')));
+      i += 3;
+    } else {
+      out.push_back(field[i]);
+    }
+  }
+  return out;
+}
+
+std::size_t depth_of(std::string_view cgroup) {
+  return static_cast<std::size_t>(std::count(cgroup.begin(), cgroup.end(), '/')) + 1;
+}
+
+}  // namespace
+
+std::string build_ruleset(const ruleset_spec& spec) {
+  std::string rules;
+  rules += fmt::format("add table inet {0}\ndelete table inet {0}\n", table_name);
+  rules += fmt::format("table inet {} {{\n", table_name);
+  rules += "  chain output {\n";
+  // dstnat for locally generated packets; REDIRECT sends them to 127.0.0.1 / ::1.
+  rules += "    type nat hook output priority -100; policy accept;\n";
+  // fleetyd's own upstream connections and DNS queries pass untouched.
+  if (spec.own_mark != 0) rules += fmt::format("    meta mark {:#x} return\n", spec.own_mark);
+  rules += "    ip daddr 127.0.0.0/8 return\n";
+  rules += "    ip6 daddr ::1 return\n";
+  for (const auto& app : spec.apps) {
+    if (!app.cgroup.empty()) {
+      const std::string path =
+          spec.cgroup2_prefix.empty() ? app.cgroup : spec.cgroup2_prefix + "/" + app.cgroup;
+      rules += fmt::format("    socket cgroupv2 level {} \"{}\" goto app comment \"{}\"\n",
+                           depth_of(app.cgroup), path, app.name);
+    }
+    if (app.uid)
+      rules += fmt::format("    meta skuid {} goto app comment \"{}\"\n", *app.uid, app.name);
+    if (app.gid)
+      rules += fmt::format("    meta skgid {} goto app comment \"{}\"\n", *app.gid, app.name);
+  }
+  rules += "  }\n";
+  rules += "  chain app {\n";
+  if (spec.redirect_dns) {
+    rules += fmt::format("    udp dport 53 redirect to :{}\n", spec.dns_port);
+    rules += fmt::format("    tcp dport 53 redirect to :{}\n", spec.dns_port);
+  }
+  rules += fmt::format("    meta l4proto tcp redirect to :{}\n", spec.tcp_port);
+  rules += "  }\n";
+  rules += "}\n";
+  return rules;
+}
+
+std::string removal_script() {
+  return fmt::format("add table inet {0}\ndelete table inet {0}\n", table_name);
+}
+
+std::optional<std::string> cgroup2_mount_in(std::string_view mountinfo) {
+  std::size_t pos = 0;
+  while (pos < mountinfo.size()) {
+    const std::size_t end = std::min(mountinfo.find('\n', pos), mountinfo.size());
+    const std::string_view line = mountinfo.substr(pos, end - pos);
+    pos = end + 1;
+    // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER"
+    const auto separator = line.find(" - ");
+    if (separator == std::string_view::npos) continue;
+    if (!line.substr(separator + 3).starts_with("cgroup2 ")) continue;
+    std::istringstream fields{std::string(line.substr(0, separator))};
+    std::string id, parent, device, root, mount_point;
+    if (!(fields >> id >> parent >> device >> root >> mount_point)) continue;
+    return unescape_mount_field(mount_point);
+  }
+  return std::nullopt;
+}
+
+core::expected<std::string> cgroup2_mount() {
+  std::ifstream file("/proc/self/mountinfo");
+  std::ostringstream text;
+  text << file.rdbuf();
+  if (!file) return core::make_error("cannot read /proc/self/mountinfo");
+  if (auto mount = cgroup2_mount_in(text.str())) return *mount;
+  return core::make_error(
+      "no cgroup2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup/unified), or "
+      "/sys is this network namespace's own: start fleetyd with `nsenter --net=...`, not "
+      "`ip netns exec`");
+}
+
+}  // namespace fleety::intercept

@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Transparent interception in the two-path lab (issue 5): unmodified programs started
+with `fleety run` (or selected by uid) have their TCP connections taken over by
+fleetyd; everything else is untouched.
+
+fleetyd and the programs run with `nsenter --net` (Lab.enter(net_only=True)): `ip
+netns exec` would hide /sys/fs/cgroup, which the rules and `fleety run` need. The
+programs connect to the Wi-Fi CDN's address with Host: cdn.fleety.test, as they would
+after a DNS answer from the Wi-Fi resolver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "lab"))
+
+from fleety_lab import ANYCAST_DNS  # noqa: E402
+from harness import (Fleetyd, LabTestCase, find_fleetyd, measured_download,  # noqa: E402
+                     object_sha256)
+
+PREFIX = "fli"
+WIFI_CDN, CELL_CDN = "198.18.10.1", "198.18.20.1"
+WLAN_ADDR, RMNET_ADDR = "198.18.1.2", "198.18.2.2"
+HOST = "cdn.fleety.test"
+APP_UID = 4242
+TOOLS = str(Path(__file__).resolve().parent / "lab_tools.py")
+# Aggregate mode: even 10 MB goes over both paths (cost mode would keep it on Wi-Fi).
+# Each path names its resolver: under nsenter fleetyd sees the host's resolv.conf, not
+# the lab's (the anycast address answers per ISP, by the interface the query leaves on).
+CONFIG = f"""
+[proxy]
+listen = "127.0.0.1:3128"
+
+[scheduler]
+mode = "aggregate"
+
+[intercept]
+enabled = true
+port = 3129
+
+[[path]]
+name = "wifi"
+interface = "wlan0"
+kind = "wifi"
+dns = ["{ANYCAST_DNS}"]
+
+[[path]]
+name = "cell"
+interface = "rmnet0"
+kind = "cellular"
+dns = ["{ANYCAST_DNS}"]
+
+[[app]]
+name = "uid-app"
+uid = {APP_UID}
+"""
+
+
+def fleety_cli() -> str:
+    return os.environ.get("FLEETY") or str(Path(find_fleetyd()).with_name("fleety"))
+
+
+class InterceptInLab(LabTestCase):
+    prefix = PREFIX
+    fleetyd: Fleetyd
+
+    @classmethod
+    def set_up_lab(cls):
+        cls.lab.up(wifi="80mbit/5ms", cell="50mbit/10ms")
+        cls.fleetyd = Fleetyd(cls.lab, config_text=CONFIG, net_only=True)
+        cls.fleetyd.start()
+
+    @classmethod
+    def tear_down_lab(cls):
+        if getattr(cls, "fleetyd", None):
+            cls.fleetyd.stop()
+            print("--- fleetyd log (tail) ---\n" + "\n".join(cls.fleetyd.log().splitlines()[-15:]))
+
+    def access_log(self, cdn: str) -> Path:
+        return Path(self.lab.info()["state_dir"]) / f"nginx-{cdn}.access.log"
+
+    def log_sizes(self) -> dict[str, int]:
+        return {n: self.access_log(n).stat().st_size if self.access_log(n).exists() else 0
+                for n in ("wifi", "cell")}
+
+    def new_access_lines(self, sizes: dict[str, int]) -> dict[str, str]:
+        return {n: self.access_log(n).read_text()[sizes[n]:] for n in ("wifi", "cell")}
+
+    def run_app(self, argv: list[str], out: Path, app: str | None = None, timeout: float = 180):
+        prefix = [fleety_cli(), "run", *(["--app", app] if app else []), "--"]
+        return measured_download(self.lab, [*prefix, *argv], out, timeout, net_only=True)
+
+    def assert_split_over_both_cdns(self, t, size: int, sizes: dict[str, int]):
+        self.assertEqual(t.exit_code, 0, t.stderr)
+        self.assertEqual(t.body_bytes, size)
+        # Both paths carried a real part, and nothing was fetched twice over.
+        self.assertGreater(t.iface_rx["wlan0"], size * 0.1, t.iface_rx)
+        self.assertGreater(t.iface_rx["rmnet0"], size * 0.1, t.iface_rx)
+        self.assertLess(t.iface_rx["wlan0"] + t.iface_rx["rmnet0"], size * 1.10, t.iface_rx)
+        # Each CDN served its part over its own path to its own address.
+        new = self.new_access_lines(sizes)
+        self.assertIn(f"{WLAN_ADDR} {WIFI_CDN}:80", new["wifi"])
+        self.assertIn(f"{RMNET_ADDR} {CELL_CDN}:80", new["cell"])
+        self.assertNotIn(RMNET_ADDR, new["wifi"])
+        self.assertNotIn(WLAN_ADDR, new["cell"])
+        self.assertIn('range="bytes=', new["cell"])
+
+    def test_curl_wget_aria2c_download_100MB_over_both_paths(self):
+        url = f"http://{WIFI_CDN}/100MB"
+        with tempfile.TemporaryDirectory(prefix="fleety-run-") as tmp:
+            clients = {
+                "curl": lambda out: ["curl", "-sS", "--noproxy", "*", "-o", str(out), "-H",
+                                     f"Host: {HOST}", url],
+                "wget": lambda out: ["wget", "-q", "--no-proxy", "-O", str(out), "--header",
+                                     f"Host: {HOST}", url],
+                "aria2c": lambda out: ["aria2c", "-q", "-x1", "-s1", "--allow-overwrite=true",
+                                       "--file-allocation=none", "--header", f"Host: {HOST}",
+                                       "-d", tmp, "-o", out.name, url],
+            }
+            for name, argv in clients.items():
+                with self.subTest(client=name):
+                    out = Path(tmp) / f"{name}.body"
+                    sizes = self.log_sizes()
+                    t = self.run_app(argv(out), out)
+                    self.assertEqual(t.sha256, object_sha256("100MB"), f"{name}: other bytes")
+                    self.assert_split_over_both_cdns(t, 100_000_000, sizes)
+                    print(f"fleety run -- {name}: 100 MB in {t.seconds:.1f} s, "
+                          f"wlan0 {t.iface_rx['wlan0']} B, rmnet0 {t.iface_rx['rmnet0']} B")
+        self.assertRegex(self.fleetyd.log(), r"GET http://cdn\.fleety\.test/100MB → 200 multipath")
+
+    def test_app_selected_by_uid_is_taken_over(self):
+        with tempfile.TemporaryDirectory(prefix="fleety-uid-") as tmp:
+            os.chmod(tmp, 0o777)
+            out = Path(tmp) / "body"
+            sizes = self.log_sizes()
+            t = measured_download(self.lab, [
+                "setpriv", f"--reuid={APP_UID}", f"--regid={APP_UID}", "--clear-groups",
+                "curl", "-sS", "--noproxy", "*", "-o", str(out), "-H", f"Host: {HOST}",
+                f"http://{WIFI_CDN}/10MB"], out, 60, net_only=True)
+            self.assertEqual(t.sha256, object_sha256("10MB"))
+            self.assert_split_over_both_cdns(t, 10_000_000, sizes)
+
+    def test_app_not_enabled_is_untouched(self):
+        before = self.fleetyd.log()
+        with tempfile.TemporaryDirectory(prefix="fleety-plain-") as tmp:
+            out = Path(tmp) / "body"
+            t = measured_download(self.lab, [
+                "curl", "-sS", "--noproxy", "*", "-o", str(out), "-H", f"Host: {HOST}",
+                f"http://{WIFI_CDN}/10MB"], out, 60, net_only=True)
+        self.assertEqual(t.exit_code, 0, t.stderr)
+        self.assertEqual(t.sha256, object_sha256("10MB"))
+        # Not one byte of it on cellular (a few hundred bytes of ARP/ND at most), and
+        # fleetyd never saw it.
+        self.assertLess(t.iface_rx["rmnet0"], 20_000, t.iface_rx)
+        self.assertEqual(self.fleetyd.log()[len(before):].count("10MB"), 0)
+
+    def test_plain_tcp_is_relayed_intact_both_ways(self):
+        server = self.lab.popen("inet", [sys.executable, TOOLS, "echo-server", "--bind", WIFI_CDN,
+                                         "--port", "7007", "--max-seconds", "60"],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            self.assertIn("listening", server.stdout.readline())
+            cp = self.lab.exec("cli", [fleety_cli(), "run", "--app", "echo", "--",
+                                       sys.executable, TOOLS, "echo-client", "--dst", WIFI_CDN,
+                                       "--port", "7007", "--bytes", "300000"],
+                               timeout=60, capture_output=True, text=True, net_only=True)
+            self.assertEqual(cp.returncode, 0, cp.stderr)
+            result = json.loads(cp.stdout)
+            self.assertEqual(result["received"], 300_000, result)
+            self.assertEqual(result["received_sha256"], result["sent_sha256"])
+        finally:
+            server.kill()
+            server.wait(10)
+        deadline = time.monotonic() + 5
+        pattern = rf"TCP to {re.escape(WIFI_CDN)}:7007 relayed on wifi: 300000 up, 300000 down"
+        while not re.search(pattern, self.fleetyd.log()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertRegex(self.fleetyd.log(), pattern)
+
+    def test_a_connection_to_the_listener_itself_is_refused(self):
+        cp = self.lab.exec("cli", ["curl", "-sS", "--max-time", "5", "http://127.0.0.1:3129/"],
+                           timeout=30, capture_output=True, text=True, net_only=True)
+        self.assertNotEqual(cp.returncode, 0)
+        self.assertIn("without a redirected destination", self.fleetyd.log())
+
+    def test_fleety_run_fails_clearly_without_interception(self):
+        # Another namespace of the lab has no fleety table.
+        cp = self.lab.exec("wlan", [fleety_cli(), "run", "--", "true"], timeout=30,
+                           capture_output=True, text=True, net_only=True)
+        self.assertEqual(cp.returncode, 1)
+        self.assertIn("fleetyd is not intercepting here", cp.stderr)
+
+    def test_z_table_removed_on_exit_and_a_stale_one_at_start(self):
+        def has_table() -> bool:
+            return self.lab.exec("cli", ["nft", "list", "table", "inet", "fleety"], timeout=30,
+                                 capture_output=True).returncode == 0
+
+        self.assertTrue(has_table())
+        self.fleetyd.stop()
+        self.assertFalse(has_table(), "fleetyd left its table behind")
+        # A crash (SIGKILL) leaves it; the next fleetyd without interception removes it.
+        crashed = Fleetyd(self.lab, config_text=CONFIG, net_only=True)
+        crashed.start()
+        crashed.process.kill()
+        crashed.process.wait(10)
+        self.assertTrue(has_table())
+        with Fleetyd(self.lab, net_only=True) as plain:
+            self.assertIn("removed a stale table inet fleety", plain.log())
+            self.assertFalse(has_table())
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

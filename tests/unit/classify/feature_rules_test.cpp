@@ -1,0 +1,118 @@
+#include <gtest/gtest.h>
+
+#include "classify/classify.hpp"
+#include "core/config.hpp"
+
+namespace fleety::classify {
+namespace {
+
+TEST(HostMatches, ExactAndWildcard) {
+  EXPECT_TRUE(host_matches("cdn.example.com", "CDN.Example.com"));
+  EXPECT_TRUE(host_matches("cdn.example.com", "cdn.example.com."));
+  EXPECT_FALSE(host_matches("cdn.example.com", "xcdn.example.com"));
+  EXPECT_TRUE(host_matches("*.example.com", "a.b.example.com"));
+  EXPECT_FALSE(host_matches("*.example.com", "example.com"));
+  EXPECT_FALSE(host_matches("*.example.com", "badexample.com"));
+}
+
+TEST(PathExtension, LastSegmentOnly) {
+  EXPECT_EQ(path_extension("/v/seg-001.TS?token=a.b"), "ts");
+  EXPECT_EQ(path_extension("/archive.tar.gz"), "gz");
+  EXPECT_EQ(path_extension("/dir.d/file"), "");
+  EXPECT_EQ(path_extension("/file."), "");
+  EXPECT_EQ(path_extension("http://h.test/a/b.m4s#x"), "m4s");
+}
+
+feature_rules rules_from(std::string_view toml) {
+  auto config = core::parse_config(std::string(toml) + R"(
+[[path]]
+name = "wifi"
+interface = "wlan0"
+kind = "wifi"
+)",
+                                   "rules.toml");
+  EXPECT_TRUE(config) << config.error();
+  return compile_feature_rules(config->features, config->multipath_by_default);
+}
+
+TEST(DecideFeature, FirstMatchingRuleDecides) {
+  auto rules = rules_from(R"(
+[classify]
+multipath_by_default = false
+[[feature]]
+name = "no ads"
+hosts = ["ads.example.com"]
+multipath = false
+[[feature]]
+name = "video segments"
+hosts = ["*.example.com"]
+extensions = ["ts", ".M4S"]
+min_size = "512KiB"
+[[feature]]
+name = "player"
+path_regex = "^/play/"
+headers = { "user-agent" = "^Player/[0-9]+" }
+)");
+  ASSERT_EQ(rules.rules.size(), 3U);
+  auto d = decide_feature(rules, {"v.example.com", "/s/1.m4s?k=1", {}});
+  EXPECT_TRUE(d.multipath);
+  EXPECT_EQ(d.rule, "video segments");
+  EXPECT_EQ(d.min_size, 512U * 1024);
+  d = decide_feature(rules, {"ads.example.com", "/x.ts", {}});
+  EXPECT_FALSE(d.multipath);
+  EXPECT_EQ(d.rule, "no ads");
+  d = decide_feature(rules, {"v.example.com", "/s/1.mp3", {}});
+  EXPECT_FALSE(d.multipath);
+  EXPECT_EQ(d.rule, "");
+  d = decide_feature(rules, {"other.test", "/play/movie", {{"User-Agent", "Player/7 (Linux)"}}});
+  EXPECT_TRUE(d.multipath);
+  EXPECT_EQ(d.rule, "player");
+  d = decide_feature(rules, {"other.test", "/play/movie", {{"User-Agent", "curl/7"}}});
+  EXPECT_FALSE(d.multipath);
+  d = decide_feature(rules, {"other.test", "/play/movie", {}});
+  EXPECT_FALSE(d.multipath);
+}
+
+TEST(DecideFeature, NoRulesMeansTheDefault) {
+  EXPECT_TRUE(decide_feature(rules_from(""), {"h", "/x", {}}).multipath);
+  EXPECT_FALSE(
+      decide_feature(rules_from("[classify]\nmultipath_by_default = false\n"), {"h", "/x", {}})
+          .multipath);
+}
+
+TEST(FeatureConfig, BadRulesNameTheLine) {
+  auto config = core::parse_config(R"(
+[[path]]
+name = "wifi"
+interface = "wlan0"
+kind = "wifi"
+[[feature]]
+name = "broken"
+path_regex = "([a-z"
+)",
+                                   "rules.toml");
+  ASSERT_FALSE(config);
+  EXPECT_EQ(
+      config.error().rfind(
+          "rules.toml:8: feature 'broken': path_regex: '([a-z' is not a valid regular expression",
+          0),
+      0U)
+      << config.error();
+  config = core::parse_config(R"(
+[[path]]
+name = "wifi"
+interface = "wlan0"
+kind = "wifi"
+[[feature]]
+name = "x"
+extension = ["ts"]
+)",
+                              "rules.toml");
+  ASSERT_FALSE(config);
+  EXPECT_NE(config.error().find("rules.toml:8: unknown key 'extension' in [[feature]]"),
+            std::string::npos)
+      << config.error();
+}
+
+}  // namespace
+}  // namespace fleety::classify

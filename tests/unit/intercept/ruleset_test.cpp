@@ -1,0 +1,74 @@
+#include <gtest/gtest.h>
+
+#include "intercept/intercept.hpp"
+
+namespace fleety::intercept {
+namespace {
+
+TEST(BuildRuleset, ReplacesTheTableAtomicallyAndSelectsEachApp) {
+  ruleset_spec spec;
+  spec.tcp_port = 3129;
+  spec.dns_port = 3053;
+  spec.redirect_dns = true;
+  spec.own_mark = 0xf1ee7;
+  spec.cgroup2_prefix = "unified";
+  spec.apps = {{"run", "fleety", {}, {}},
+               {"browser", "user.slice/browser.scope", 1000, {}},
+               {"player", "", {}, 2000}};
+  const std::string rules = build_ruleset(spec);
+  // One transaction: create (so the delete never fails), delete, define.
+  EXPECT_EQ(
+      rules.rfind("add table inet fleety\ndelete table inet fleety\ntable inet fleety {\n", 0), 0U)
+      << rules;
+  EXPECT_NE(rules.find("type nat hook output priority -100; policy accept;"), std::string::npos);
+  // Our own sockets and loopback pass before any app rule.
+  const auto mark = rules.find("meta mark 0xf1ee7 return");
+  const auto loopback = rules.find("ip daddr 127.0.0.0/8 return");
+  const auto first_app = rules.find("goto app");
+  ASSERT_NE(mark, std::string::npos);
+  ASSERT_NE(loopback, std::string::npos);
+  EXPECT_LT(mark, first_app);
+  EXPECT_LT(loopback, first_app);
+  EXPECT_NE(rules.find("socket cgroupv2 level 1 \"unified/fleety\" goto app comment \"run\""),
+            std::string::npos)
+      << rules;
+  EXPECT_NE(rules.find("socket cgroupv2 level 2 \"unified/user.slice/browser.scope\" goto app"),
+            std::string::npos);
+  EXPECT_NE(rules.find("meta skuid 1000 goto app comment \"browser\""), std::string::npos);
+  EXPECT_NE(rules.find("meta skgid 2000 goto app comment \"player\""), std::string::npos);
+  EXPECT_NE(rules.find("udp dport 53 redirect to :3053"), std::string::npos);
+  EXPECT_NE(rules.find("tcp dport 53 redirect to :3053"), std::string::npos);
+  // DNS is redirected before the catch-all TCP rule.
+  EXPECT_LT(rules.find("tcp dport 53 redirect"), rules.find("meta l4proto tcp redirect to :3129"));
+}
+
+TEST(BuildRuleset, PureCgroup2HostAndNoDnsListener) {
+  ruleset_spec spec;
+  spec.tcp_port = 4000;
+  spec.apps = {{"run", "fleety", {}, {}}};
+  const std::string rules = build_ruleset(spec);
+  EXPECT_NE(rules.find("socket cgroupv2 level 1 \"fleety\" goto app"), std::string::npos);
+  EXPECT_EQ(rules.find("dport 53"), std::string::npos);
+  EXPECT_EQ(rules.find("meta mark"), std::string::npos);
+  EXPECT_EQ(removal_script(), "add table inet fleety\ndelete table inet fleety\n");
+}
+
+TEST(Cgroup2Mount, HybridPureAndNone) {
+  const std::string hybrid =
+      "25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw\n"
+      "28 25 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755\n"
+      "29 28 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - "
+      "cgroup2 cgroup2 rw,nsdelegate\n"
+      "30 28 0:28 / /sys/fs/cgroup/systemd rw shared:11 - cgroup cgroup rw,name=systemd\n";
+  EXPECT_EQ(cgroup2_mount_in(hybrid), "/sys/fs/cgroup/unified");
+  const std::string pure =
+      "35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 "
+      "rw,nsdelegate,memory_recursiveprot\n";
+  EXPECT_EQ(cgroup2_mount_in(pure), "/sys/fs/cgroup");
+  EXPECT_EQ(cgroup2_mount_in("40 35 0:31 / /mnt/my\\040cg rw - cgroup2 none rw\n"), "/mnt/my cg");
+  EXPECT_EQ(cgroup2_mount_in(hybrid.substr(0, hybrid.find("29 28"))), std::nullopt);
+  EXPECT_EQ(cgroup2_mount_in(""), std::nullopt);
+}
+
+}  // namespace
+}  // namespace fleety::intercept
