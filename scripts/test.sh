@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full test suite (README command 2; CI runs it through .ci/run): installs what
 # is missing, checks formatting, builds, runs the unit tests under ASan+UBSan, then
-# every test (unit and lab end-to-end) on the normal build.
+# the fuzz targets for a bounded time, then every test (unit and lab end-to-end) on
+# the normal build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -16,6 +17,9 @@ scripts/build.sh build
 echo "== unit tests under AddressSanitizer + UndefinedBehaviorSanitizer"
 scripts/build.sh build-asan -DFLEETY_SANITIZE=ON -DFLEETY_E2E=OFF -DCMAKE_BUILD_TYPE=Debug
 ctest --test-dir build-asan -L unit --output-on-failure -j 2
+
+echo "== fuzz targets (libFuzzer, clang, 30 s each)"
+scripts/fuzz.sh 30
 
 echo "== all tests (unit + lab end-to-end)"
 ctest --test-dir build --output-on-failure

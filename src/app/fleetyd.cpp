@@ -6,8 +6,10 @@
 
 #include <CLI/CLI.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ip/udp.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <cstdlib>
 #include <filesystem>
@@ -19,6 +21,7 @@
 #include "core/config.hpp"
 #include "core/log.hpp"
 #include "core/units.hpp"
+#include "dns/duplicator.hpp"
 #include "intercept/intercept.hpp"
 #include "mphttp/proxy.hpp"
 #include "net/bound_socket.hpp"
@@ -55,7 +58,8 @@ core::expected<asio::ip::tcp::acceptor> listen_on(asio::io_context& io,
 class interception {
  public:
   static core::expected<std::unique_ptr<interception>> start(asio::io_context& io,
-                                                             const core::config& config) {
+                                                             const core::config& config,
+                                                             dns::duplicator& duplicator) {
     auto self = std::unique_ptr<interception>(new interception());
     const auto& ic = config.intercept;
     net::set_own_socket_mark(ic.mark);
@@ -112,6 +116,28 @@ class interception {
       }
       self->acceptors_.push_back(std::move(acceptor).value());
     }
+    // The apps' DNS (UDP and TCP 53) comes to the duplicator.
+    for (const auto& address : {"127.0.0.1", "::1"}) {
+      const auto ip = asio::ip::make_address(address);
+      asio::ip::udp::socket udp(io);
+      boost::system::error_code ec;
+      udp.open(ip.is_v4() ? asio::ip::udp::v4() : asio::ip::udp::v6(), ec);
+      if (!ec) udp.bind({ip, ic.dns_port}, ec);
+      auto tcp = listen_on(io, asio::ip::tcp::endpoint(ip, ic.dns_port), "intercept.dns_port");
+      if (ec || !tcp) {
+        const std::string why =
+            ec ? fmt::format("cannot listen on {}:{} (UDP): {}", address, ic.dns_port, ec.message())
+               : tcp.error();
+        if (std::string_view(address) == "::1") {
+          spdlog::warn("intercept: {}: IPv6 DNS is not taken over", why);
+          continue;
+        }
+        return core::make_error(why);
+      }
+      asio::co_spawn(io, dns::run_dns_udp(std::move(udp), duplicator), asio::detached);
+      asio::co_spawn(io, dns::run_dns_tcp(std::move(tcp).value(), duplicator), asio::detached);
+    }
+    spec.redirect_dns = true;
     if (auto applied = intercept::run_nft(intercept::build_ruleset(spec)); !applied) {
       return core::make_error("cannot load the interception rules (nftables): " + applied.error());
     }
@@ -221,9 +247,16 @@ int run(const core::config& config, const std::string& config_path) {
                    if (e) std::rethrow_exception(e);
                  });
 
+  // Paper §4.1: every path's DNS answers, for the duplicator and the relays.
+  dns::info_db dns_info;
+  std::vector<dns::duplicator::path> dns_paths;
+  for (auto& p : paths) dns_paths.push_back({p.config.name, p.config.interface, p.resolver.get()});
+  dns::duplicator duplicator(std::move(dns_paths), dns_info);
+  context.dns_info = &dns_info;
+
   std::unique_ptr<interception> intercepting;
   if (config.intercept.enabled) {
-    auto started = interception::start(io, config);
+    auto started = interception::start(io, config, duplicator);
     if (!started) {
       std::cerr << "fleetyd: intercept: " << started.error() << "\n";
       return 1;

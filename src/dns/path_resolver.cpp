@@ -44,6 +44,9 @@ using clock = std::chrono::steady_clock;
 using resolve_result = boost::system::result<resolution>;
 using resolve_signature = void(resolve_result);
 using resolve_handler = asio::any_completion_handler<resolve_signature>;
+using raw_result = boost::system::result<std::vector<std::uint8_t>>;
+using raw_signature = void(raw_result);
+using raw_handler = asio::any_completion_handler<raw_signature>;
 
 // boost::system::error_category's destructor is protected and non-virtual by design
 // (categories are never deleted through a base pointer); -Wnon-virtual-dtor cannot tell.
@@ -297,6 +300,17 @@ struct path_resolver::impl {
     asio::steady_timer deadline;   ///< whole-query deadline (options::timeout)
   };
 
+  /// One ares_send of a whole DNS message and the coroutine waiting for its reply.
+  struct raw_query {
+    raw_query(impl* owner_in, raw_handler handler_in, std::uint16_t id_in,
+              const asio::any_io_executor& executor)
+        : owner(owner_in), handler(std::move(handler_in)), id(id_in), deadline(executor) {}
+    impl* owner;
+    raw_handler handler;  ///< empty once completed
+    std::uint16_t id;     ///< the caller's message ID, put back into the reply
+    asio::steady_timer deadline;
+  };
+
   /// Asio's view of one socket c-ares opened. Non-owning: c-ares closes the fd.
   struct socket_watcher {
     socket_watcher(impl* owner_in, ares_socket_t fd_in, const asio::any_io_executor& executor)
@@ -341,7 +355,11 @@ struct path_resolver::impl {
   void on_ready(ares_socket_t fd, bool readable, bool writable);
   void update_timer();
 
+  void start_raw_query(raw_handler handler, std::vector<std::uint8_t> message);
+  void complete_raw(raw_query& q, raw_result result);
+
   static void on_addrinfo(void* arg, int status, int timeouts, ares_addrinfo* info);
+  static void on_raw_reply(void* arg, int status, int timeouts, unsigned char* reply, int length);
   static void on_socket_state(void* data, ares_socket_t fd, int readable, int writable);
   static int on_socket_configure(ares_socket_t fd, int type, void* data);
 
@@ -354,6 +372,7 @@ struct path_resolver::impl {
   std::unordered_map<ares_socket_t, std::shared_ptr<socket_watcher>> watchers_;
   /// Queries c-ares still runs, keyed by the pointer c-ares gives back as `arg`.
   std::unordered_map<query*, std::shared_ptr<query>> queries_;
+  std::unordered_map<raw_query*, std::shared_ptr<raw_query>> raw_queries_;
   /// Names being asked now, for callers that come while the answer is on its way: they
   /// wait for it (cancelled timer) instead of sending the same query again.
   std::unordered_map<std::string, std::shared_ptr<asio::steady_timer>> in_flight_;
@@ -452,6 +471,7 @@ path_resolver::impl::~impl() {
   channel_ = nullptr;
   watchers_.clear();  // normally already empty
   queries_.clear();   // likewise
+  raw_queries_.clear();
   self_.reset();
   ares_library_cleanup();
 }
@@ -586,6 +606,51 @@ void path_resolver::impl::on_addrinfo(void* arg, int status, int /*timeouts*/,
   self.complete(*q, std::move(result));
 }
 
+void path_resolver::impl::start_raw_query(raw_handler handler, std::vector<std::uint8_t> message) {
+  const auto id = static_cast<std::uint16_t>((message[0] << 8) | message[1]);
+  auto q = std::make_shared<raw_query>(this, std::move(handler), id, executor_);
+  raw_queries_.emplace(q.get(), q);
+  const std::weak_ptr<raw_query> weak = q;
+  q->deadline.expires_after(options_.timeout);
+  q->deadline.async_wait([weak](boost::system::error_code ec) {
+    if (ec == asio::error::operation_aborted) return;
+    if (auto locked = weak.lock()) {
+      locked->owner->complete_raw(*locked, make_error_code(errc::timed_out));
+    }
+  });
+  // c-ares gives the message an ID of its own; the reply gets ours back.
+  ares_send(channel_, message.data(), static_cast<int>(message.size()), &impl::on_raw_reply,
+            q.get());
+  update_timer();
+}
+
+void path_resolver::impl::complete_raw(raw_query& q, raw_result result) {
+  q.deadline.cancel();
+  if (!q.handler) return;
+  auto handler = std::move(q.handler);
+  q.handler = nullptr;
+  asio::post(executor_, asio::append(std::move(handler), std::move(result)));
+}
+
+void path_resolver::impl::on_raw_reply(void* arg, int status, int /*timeouts*/,
+                                       unsigned char* reply, int length) {
+  auto* raw = static_cast<raw_query*>(arg);
+  impl& self = *raw->owner;
+  auto node = self.raw_queries_.extract(raw);
+  if (node.empty()) return;
+  const std::shared_ptr<raw_query> q = std::move(node.mapped());
+  // A reply with an error code (NXDOMAIN, SERVFAIL) is still the reply to relay: c-ares
+  // reports those as a status but hands the message over too.
+  if (reply != nullptr && length >= 12) {
+    std::vector<std::uint8_t> message(reply, reply + length);
+    message[0] = static_cast<std::uint8_t>(q->id >> 8);
+    message[1] = static_cast<std::uint8_t>(q->id & 0xff);
+    self.complete_raw(*q, std::move(message));
+    return;
+  }
+  self.complete_raw(*q, make_error_code(from_ares_status(status)));
+}
+
 void path_resolver::impl::on_socket_state(void* data, ares_socket_t fd, int readable,
                                           int writable) {
   static_cast<impl*>(data)->watch(fd, readable != 0, writable != 0);
@@ -702,6 +767,21 @@ path_resolver::path_resolver(asio::any_io_executor executor, options opts)
     : impl_(std::make_unique<impl>(std::move(executor), std::move(opts))) {}
 
 path_resolver::~path_resolver() = default;
+
+asio::awaitable<raw_result> path_resolver::async_query(std::vector<std::uint8_t> message) {
+  if (message.size() < 12 || message.size() > 65535) co_return make_error_code(errc::bad_name);
+  impl* const state = impl_.get();
+  co_return co_await asio::async_initiate<const asio::use_awaitable_t<>, raw_signature>(
+      [state](raw_handler handler, std::vector<std::uint8_t> query) {
+        state->start_raw_query(std::move(handler), std::move(query));
+      },
+      asio::use_awaitable, std::move(message));
+}
+
+void path_resolver::remember(std::string_view host, const resolution& answer) {
+  if (answer.addresses.empty()) return;
+  if (auto key = normalise_name(host)) impl_->cache_put(*key, answer);
+}
 
 asio::awaitable<boost::system::result<resolution>> path_resolver::async_resolve(std::string host) {
   // 1. An address literal needs no query. Its TTL is 0: there is nothing to refresh.

@@ -9,6 +9,7 @@
 #include <boost/system/error_code.hpp>
 #include <boost/system/result.hpp>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -63,6 +64,15 @@ class path_resolver {
   /// A literal IPv4/IPv6 address is returned as is, without a query. Otherwise A and
   /// AAAA are asked; cached answers are served until their TTL expires.
   boost::asio::awaitable<boost::system::result<resolution>> async_resolve(std::string host);
+
+  /// Sends a DNS message as it is (e.g. an app's query) through this path and returns
+  /// the reply message, its ID set back to the query's. Within options::timeout.
+  boost::asio::awaitable<boost::system::result<std::vector<std::uint8_t>>> async_query(
+      std::vector<std::uint8_t> message);
+
+  /// Keeps an answer learnt elsewhere (the DNS duplicator) for async_resolve, until its
+  /// TTL runs out.
+  void remember(std::string_view host, const resolution& answer);
 
  private:
   struct impl;

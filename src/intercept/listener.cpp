@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -81,6 +82,25 @@ awaitable<classify::flow_class> async_peek_and_classify(tcp::socket& app,
   co_return classify::flow_of(classify::flow_kind::other);
 }
 
+/// Where a flow to `destination` goes on `path`: the app chose the address its DNS
+/// answer gave (the preferred path's); another path goes to the server its own resolver
+/// named for the same host, when the DNS information database knows it (paper §4.1).
+tcp::endpoint server_on_path(const mphttp::proxy_context& context, const tcp::endpoint& destination,
+                             const mphttp::path_runtime& path) {
+  if (context.dns_info == nullptr) return destination;
+  const auto now = dns::info_db::clock_type::now();
+  const auto name = context.dns_info->name_of(destination.address(), now);
+  if (!name) return destination;
+  const auto own = context.dns_info->addresses(*name, path.config.name, now);
+  if (!own || std::find(own->begin(), own->end(), destination.address()) != own->end())
+    return destination;
+  for (const auto& address : *own) {
+    if (address.is_v4() == destination.address().is_v4())
+      return tcp::endpoint(address, destination.port());
+  }
+  return destination;
+}
+
 /// Relays a flow that is not split to the app's destination, on the first path (in
 /// preference order) that connects.
 awaitable<void> async_relay_flow(tcp::socket app, tcp::endpoint destination,
@@ -104,10 +124,11 @@ awaitable<void> async_relay_flow(tcp::socket app, tcp::endpoint destination,
   for (std::size_t k = first.value_or(states.size()); k < context.paths.size(); ++k) {
     if (!states[k].up) continue;
     auto& path = context.paths[k];
-    ec = net::open_bound(upstream.socket(), destination.protocol(), path.config.interface);
+    const auto target = server_on_path(context, destination, path);
+    ec = net::open_bound(upstream.socket(), target.protocol(), path.config.interface);
     if (ec) continue;
     upstream.expires_after(context.config.proxy.connect_timeout);
-    auto [connect_ec] = co_await upstream.async_connect(destination, nothrow);
+    auto [connect_ec] = co_await upstream.async_connect(target, nothrow);
     ec = connect_ec;
     if (!ec) {
       used = &path;

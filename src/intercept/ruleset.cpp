@@ -42,8 +42,6 @@ std::string build_ruleset(const ruleset_spec& spec) {
   rules += "    type nat hook output priority -100; policy accept;\n";
   // fleetyd's own upstream connections and DNS queries pass untouched.
   if (spec.own_mark != 0) rules += fmt::format("    meta mark {:#x} return\n", spec.own_mark);
-  rules += "    ip daddr 127.0.0.0/8 return\n";
-  rules += "    ip6 daddr ::1 return\n";
   for (const auto& app : spec.apps) {
     if (!app.cgroup.empty()) {
       const std::string path =
@@ -58,10 +56,15 @@ std::string build_ruleset(const ruleset_spec& spec) {
   }
   rules += "  }\n";
   rules += "  chain app {\n";
+  // DNS first, also to a resolver on loopback (systemd-resolved's 127.0.0.53): the
+  // query is the app's, wherever it was going.
   if (spec.redirect_dns) {
     rules += fmt::format("    udp dport 53 redirect to :{}\n", spec.dns_port);
     rules += fmt::format("    tcp dport 53 redirect to :{}\n", spec.dns_port);
   }
+  // Other connections to this host stay the app's own business.
+  rules += "    ip daddr 127.0.0.0/8 return\n";
+  rules += "    ip6 daddr ::1 return\n";
   rules += fmt::format("    meta l4proto tcp redirect to :{}\n", spec.tcp_port);
   rules += "  }\n";
   rules += "}\n";

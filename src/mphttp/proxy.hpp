@@ -15,6 +15,7 @@
 
 #include "classify/classify.hpp"
 #include "core/config.hpp"
+#include "dns/info_db.hpp"
 #include "dns/path_resolver.hpp"
 #include "mphttp/path_estimator.hpp"
 
@@ -44,6 +45,8 @@ struct proxy_context {
   std::uint64_t fetches_active = 0;     ///< multipath downloads under way
   /// Which requests may split (config [[feature]]); replaced on reload.
   classify::feature_rules features{};
+  /// What each path's resolver answered (the DNS duplicator fills it); may be null.
+  dns::info_db* dns_info = nullptr;
 };
 
 /// Accepts app connections on `acceptor` until it is closed and serves each in its own

@@ -77,7 +77,8 @@ class InterceptInLab(LabTestCase):
     @classmethod
     def set_up_lab(cls):
         cls.lab.up(wifi="80mbit/5ms", cell="50mbit/10ms")
-        cls.fleetyd = Fleetyd(cls.lab, config_text=CONFIG, net_only=True)
+        # debug: the DNS duplicator's per-path answers are checked in the log.
+        cls.fleetyd = Fleetyd(cls.lab, config_text=CONFIG, net_only=True, log_level="debug")
         cls.fleetyd.start()
 
     @classmethod
@@ -99,6 +100,14 @@ class InterceptInLab(LabTestCase):
     def run_app(self, argv: list[str], out: Path, app: str | None = None, timeout: float = 180):
         prefix = [fleety_cli(), "run", *(["--app", app] if app else []), "--"]
         return measured_download(self.lab, [*prefix, *argv], out, timeout, net_only=True)
+
+    def with_lab_resolv_conf(self, argv: list[str]) -> list[str]:
+        """argv in a private mount namespace whose /etc/resolv.conf is the lab client's
+        (nsenter keeps the host's, which names a resolver the lab can't reach), as an app
+        on the client would see it."""
+        resolv = f"/etc/netns/{self.lab.ns('cli')}/resolv.conf"
+        return ["unshare", "--mount", "--", "sh", "-c",
+                'mount --bind "$0" /etc/resolv.conf && exec "$@"', resolv, *argv]
 
     def assert_split_over_both_cdns(self, t, size: int, sizes: dict[str, int]):
         self.assertEqual(t.exit_code, 0, t.stderr)
@@ -137,6 +146,54 @@ class InterceptInLab(LabTestCase):
                     print(f"fleety run -- {name}: 100 MB in {t.seconds:.1f} s, "
                           f"wlan0 {t.iface_rx['wlan0']} B, rmnet0 {t.iface_rx['rmnet0']} B")
         self.assertRegex(self.fleetyd.log(), r"GET http://cdn\.fleety\.test/100MB → 200 multipath")
+
+    def test_dns_is_duplicated_on_both_paths_and_each_path_uses_its_answer(self):
+        """The app looks the name up itself: fleetyd answers with Wi-Fi's reply, records
+        cellular's, and each path fetches from its own ISP's CDN."""
+        with tempfile.TemporaryDirectory(prefix="fleety-dns-") as tmp:
+            out = Path(tmp) / "body"
+            sizes = self.log_sizes()
+            argv = self.with_lab_resolv_conf([fleety_cli(), "run", "--", "curl", "-sS",
+                                              "--noproxy", "*", "-o", str(out),
+                                              f"http://{HOST}/10MB"])
+            t = measured_download(self.lab, argv, out, 60, net_only=True)
+            self.assertEqual(t.sha256, object_sha256("10MB"), t.stderr)
+            self.assert_split_over_both_cdns(t, 10_000_000, sizes)
+        log = self.fleetyd.log()
+        self.assertIn(f"dns: {HOST} on wifi: {WIFI_CDN}", log)
+        self.assertIn(f"dns: {HOST} on cell: {CELL_CDN}", log)
+
+    def test_tls_is_relayed_intact_and_named_by_its_sni(self):
+        with tempfile.TemporaryDirectory(prefix="fleety-tls-") as tmp:
+            os.chmod(tmp, 0o755)
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
+                            "1", "-subj", "/CN=tls.fleety.test", "-keyout", f"{tmp}/key.pem",
+                            "-out", f"{tmp}/cert.pem"], check=True, capture_output=True, timeout=60)
+            payload = os.urandom(300_000)
+            Path(tmp, "blob").write_bytes(payload)
+            server = self.lab.popen("inet", ["openssl", "s_server", "-quiet", "-accept",
+                                             f"{WIFI_CDN}:8443", "-cert", f"{tmp}/cert.pem",
+                                             "-key", f"{tmp}/key.pem", "-WWW"],
+                                    cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                out = Path(tmp) / "received"
+                deadline = time.monotonic() + 10
+                while True:
+                    t = measured_download(self.lab, [
+                        fleety_cli(), "run", "--app", "tls", "--", "curl", "-sS", "-k",
+                        "--noproxy", "*", "--resolve", f"tls.fleety.test:8443:{WIFI_CDN}",
+                        "-o", str(out), "https://tls.fleety.test:8443/blob"], out, 30,
+                        net_only=True)
+                    if t.exit_code != 7 or time.monotonic() > deadline:  # 7: not listening yet
+                        break
+                    time.sleep(0.2)
+                self.assertEqual(t.exit_code, 0, t.stderr)
+                self.assertEqual(out.read_bytes(), payload)
+            finally:
+                server.kill()
+                server.wait(10)
+        self.assertRegex(self.fleetyd.log(),
+                         rf"TLS to tls\.fleety\.test \({re.escape(WIFI_CDN)}:8443\) relayed on wifi")
 
     def test_app_selected_by_uid_is_taken_over(self):
         with tempfile.TemporaryDirectory(prefix="fleety-uid-") as tmp:
@@ -199,6 +256,20 @@ class InterceptInLab(LabTestCase):
                            capture_output=True, text=True, net_only=True)
         self.assertEqual(cp.returncode, 1)
         self.assertIn("fleetyd is not intercepting here", cp.stderr)
+
+    def test_y_dns_answered_by_cellular_when_wifi_resolver_is_dead(self):
+        """The preferred path's resolver doesn't answer: the app still gets an answer,
+        cellular's. (Runs late: it stops the lab's Wi-Fi resolver.)"""
+        role = "dnsmasq-wifi"
+        helpers = [h for h in self.lab.helpers() if h["role"] == role]
+        self.assertEqual(len(helpers), 1, self.lab.helpers())
+        os.kill(helpers[0]["pid"], 9)
+        cp = self.lab.exec("cli", self.with_lab_resolv_conf(
+            [fleety_cli(), "run", "--", "getent", "ahostsv4", HOST]),
+            timeout=30, capture_output=True, text=True, net_only=True)
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        self.assertIn(CELL_CDN, cp.stdout)
+        self.assertIn("answered by cell: wifi failed", self.fleetyd.log())
 
     def test_z_table_removed_on_exit_and_a_stale_one_at_start(self):
         def has_table() -> bool:

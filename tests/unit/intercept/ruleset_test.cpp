@@ -21,14 +21,19 @@ TEST(BuildRuleset, ReplacesTheTableAtomicallyAndSelectsEachApp) {
       rules.rfind("add table inet fleety\ndelete table inet fleety\ntable inet fleety {\n", 0), 0U)
       << rules;
   EXPECT_NE(rules.find("type nat hook output priority -100; policy accept;"), std::string::npos);
-  // Our own sockets and loopback pass before any app rule.
+  // Our own sockets pass before any app rule.
   const auto mark = rules.find("meta mark 0xf1ee7 return");
-  const auto loopback = rules.find("ip daddr 127.0.0.0/8 return");
   const auto first_app = rules.find("goto app");
   ASSERT_NE(mark, std::string::npos);
-  ASSERT_NE(loopback, std::string::npos);
   EXPECT_LT(mark, first_app);
-  EXPECT_LT(loopback, first_app);
+  // An app's DNS is taken even to a loopback resolver; its other loopback traffic is not.
+  const auto dns = rules.find("udp dport 53 redirect to :3053");
+  const auto loopback = rules.find("ip daddr 127.0.0.0/8 return");
+  const auto tcp = rules.find("meta l4proto tcp redirect to :3129");
+  ASSERT_NE(loopback, std::string::npos);
+  EXPECT_LT(dns, loopback);
+  EXPECT_LT(loopback, tcp);
+  EXPECT_LT(rules.find("ip6 daddr ::1 return"), tcp);
   EXPECT_NE(rules.find("socket cgroupv2 level 1 \"unified/fleety\" goto app comment \"run\""),
             std::string::npos)
       << rules;
