@@ -328,7 +328,7 @@ http {{
     default_type application/octet-stream;
     log_format fleety '$remote_addr $server_addr:$server_port [$time_iso8601] '
                       '"$request" range="$http_range" $status $body_bytes_sent '
-                      'sent=$bytes_sent rt=$request_time';
+                      'sent=$bytes_sent rt=$request_time conn=$connection';
     access_log {base}.access.log fleety;
     client_body_temp_path {base}/body;
     proxy_temp_path {base}/proxy;

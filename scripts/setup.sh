@@ -19,7 +19,7 @@ packages=(
   libgtest-dev libgmock-dev
   # lab: namespaces, shaping, servers, peers
   iproute2 ethtool iptables nftables iputils-ping procps psmisc
-  nginx-light dnsmasq-base curl wget aria2 mptcpize gnuplot-nox python3 openssl
+  nginx-light dnsmasq-base curl wget aria2 mptcpize gnuplot-nox python3 openssl wrk
 )
 
 missing=()

@@ -167,6 +167,8 @@ awaitable<void> serve_intercepted(tcp::socket app, mphttp::proxy_context& contex
     net::close_with_reset(app);
     co_return;
   }
+  boost::system::error_code nodelay_ec;
+  app.set_option(tcp::no_delay(true), nodelay_ec);  // relayed writes carry the app's own pace
   const auto flow = co_await async_peek_and_classify(app, context.config.intercept.peek_timeout);
   if (flow.kind == classify::flow_kind::http) {
     spdlog::debug("[{}] intercepted HTTP to {}:{}: {} {}", id, destination->address().to_string(),

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
@@ -24,6 +25,7 @@
 #include <deque>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -33,6 +35,7 @@
 #include "mphttp/reorder_buffer.hpp"
 #include "mphttp/scheduler.hpp"
 #include "net/bound_socket.hpp"
+#include "net/splice.hpp"
 
 namespace fleety::mphttp {
 namespace {
@@ -211,21 +214,23 @@ awaitable<error_code> async_relay_body(beast::tcp_stream& input, beast::flat_buf
                                        http::message<is_request, http::buffer_body>& out,
                                        const core::proxy_config& limits,
                                        std::uint64_t* relayed_bytes) {
-  std::vector<char> chunk(chunk_bytes);
+  // Allocated (not zeroed) only for a message that has a body to read.
+  std::unique_ptr<char[]> chunk;
   http::serializer<is_request, http::buffer_body> serializer{out};
   output.expires_after(as_duration(limits.io_timeout));
   if (auto [ec, n] = co_await http::async_write_header(output, serializer, nothrow); ec)
     co_return ec;
   do {
     if (!parser.is_done()) {
-      parser.get().body().data = chunk.data();
-      parser.get().body().size = chunk.size();
+      if (!chunk) chunk = std::make_unique_for_overwrite<char[]>(chunk_bytes);
+      parser.get().body().data = chunk.get();
+      parser.get().body().size = chunk_bytes;
       input.expires_after(as_duration(limits.io_timeout));
       auto [ec, n] = co_await http::async_read(input, input_buffer, parser, nothrow);
       if (ec == http::error::need_buffer) ec = {};
       if (ec) co_return ec;
-      out.body().size = chunk.size() - parser.get().body().size;
-      out.body().data = chunk.data();
+      out.body().size = chunk_bytes - parser.get().body().size;
+      out.body().data = chunk.get();
       out.body().more = !parser.is_done();
       if (relayed_bytes != nullptr) *relayed_bytes += out.body().size;
     } else {
@@ -245,6 +250,35 @@ awaitable<error_code> async_relay_body(beast::tcp_stream& input, beast::flat_buf
 // Multipath fetch of one object
 
 /// Seconds since an arbitrary epoch, for the pure rate meter.
+/// Relays a response of known length as it is: the header, then the body bytes already
+/// read with it, then the rest straight from socket to socket (splice(2), no copy
+/// through user space). Exactly `length` bytes: the upstream connection stays usable.
+awaitable<error_code> async_relay_sized_body(upstream& input, std::uint64_t length,
+                                             beast::tcp_stream& output,
+                                             const http::response<http::buffer_body>& out,
+                                             const core::proxy_config& limits,
+                                             std::uint64_t& relayed) {
+  // Header and the body bytes at hand in one write: a small response is one segment.
+  std::ostringstream header;
+  header << out.base();
+  const std::string header_bytes = std::move(header).str();
+  const auto buffered = std::min<std::uint64_t>(input.buffer.size(), length);
+  const std::array<asio::const_buffer, 2> first_write{
+      asio::buffer(header_bytes),
+      asio::buffer(input.buffer.data(), static_cast<std::size_t>(buffered))};
+  output.expires_after(as_duration(limits.io_timeout));
+  if (auto [ec, n] = co_await asio::async_write(output, first_write, nothrow); ec) co_return ec;
+  input.buffer.consume(static_cast<std::size_t>(buffered));
+  relayed += buffered;
+  if (buffered == length) co_return error_code{};
+  output.expires_never();
+  input.stream.expires_never();
+  auto result = co_await net::async_splice(input.stream.socket(), output.socket(),
+                                           length - buffered, as_duration(limits.io_timeout));
+  relayed += result.moved;
+  co_return result.ec;
+}
+
 double seconds_of(clock_type::time_point t) {
   return std::chrono::duration<double>(t.time_since_epoch()).count();
 }
@@ -1126,12 +1160,34 @@ void start_cooldown(proxy_context& proxy, const std::string& host, clock_type::t
 }
 
 /// Everything a request handler needs from the session.
+/// The first path's connection left open by the app connection's previous request, for
+/// its next request to the same server on the same path (what the app's own keep-alive
+/// would have given it: no new handshake per request).
+struct kept_upstream {
+  kept_upstream(path_runtime& path_in, const proxy_target& target, upstream&& up_in)
+      : path(&path_in),
+        host(target.host),
+        port(target.port),
+        destination(target.destination),
+        up(std::move(up_in)) {}
+  bool serves(const path_runtime* p, const proxy_target& target) const {
+    return p == path && target.host == host && target.port == port &&
+           target.destination == destination;
+  }
+  path_runtime* path;
+  std::string host;
+  std::uint16_t port;
+  std::optional<asio::ip::address> destination;
+  upstream up;
+};
+
 struct request_context {
   beast::tcp_stream& app;
   proxy_context& proxy;
   const request_header& request;
   const proxy_target& target;
   std::uint64_t session_id;
+  std::optional<kept_upstream>& kept;
 };
 
 /// Paths in preference order, each with its connection attempt for the first request.
@@ -1204,11 +1260,23 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     ~early_guard() { abandon(); }
   } close_unused_early{abandon_early};
 
-  // 1. Open the first path that connects (preference order) and send the request there.
+  // 1. Open the first path that connects (preference order) and send the request there;
+  //    the previous request's connection to the same server if it is still open (not
+  //    for a request with a body: if that connection turns out dead, the body is gone).
+  const bool has_body = !app_parser.is_done();
   upstream first(executor);
   std::size_t first_index = paths.size();
+  bool reused = false;
+  if (ctx.kept && !has_body && ctx.kept->serves(paths[0], ctx.target) && ctx.kept->up.is_open()) {
+    // (A tcp_stream can't be assigned: its socket and buffer are moved.)
+    first.stream.socket() = std::move(ctx.kept->up.stream.socket());
+    first.buffer = std::move(ctx.kept->up.buffer);
+    first_index = 0;
+    reused = true;
+  }
+  ctx.kept.reset();
   error_code connect_ec;
-  for (std::size_t i = 0; i < paths.size(); ++i) {
+  for (std::size_t i = 0; i < paths.size() && !reused; ++i) {
     connect_ec = co_await async_connect_to_target(first, *paths[i], ctx.target, limits, i == 0);
     if (!connect_ec) {
       first_index = i;
@@ -1240,7 +1308,6 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   request_out.base() = upstream_request(ctx.request, ctx.target).base();
   if (head_basis)
     request_out.set(http::field::range, head_range_field(*head_basis, head_range_bytes));
-  const bool has_body = !app_parser.is_done();
   if (has_body && ctx.request.find(http::field::expect) != ctx.request.end()) {
     // We answer the app's 100-continue ourselves (RFC 9110 §10.1.1) and relay the body.
     request_out.erase(http::field::expect);
@@ -1279,6 +1346,19 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     }
   };
   ec = co_await read_final_header();
+  if (ec && reused && !parser->got_some()) {
+    // The server closed the kept connection while it was idle (RFC 9112 §9.3.1): the
+    // request, which has no body, goes again on a new connection.
+    spdlog::debug("[{}] kept connection to {} was closed ({}): new connection", ctx.session_id,
+                  ctx.target.authority, ec.message());
+    first.reset();
+    ec = co_await async_connect_to_target(first, first_path, ctx.target, limits, true);
+    if (!ec)
+      ec = co_await async_relay_body(ctx.app, app_buffer, app_parser, first.stream, request_out,
+                                     limits, nullptr);
+    parser = make_response_parser(head_request);
+    if (!ec) ec = co_await read_final_header();
+  }
   // What the origin would have answered the app, rebuilt from the 206 to our head range;
   // the head range ends at head_end.
   std::optional<response_header> app_view;
@@ -1356,6 +1436,8 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
       http::response_serializer<http::empty_body> serializer{head_out};
       auto [head_ec, n] = co_await http::async_write_header(ctx.app, serializer, nothrow);
       ec = head_ec;
+    } else if (auto length = parser->content_length(); length && !parser->chunked()) {
+      ec = co_await async_relay_sized_body(first, *length, ctx.app, out, limits, relayed);
     } else {
       ec = co_await async_relay_body(first.stream, first.buffer, *parser, ctx.app, out, limits,
                                      &relayed);
@@ -1371,7 +1453,13 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
       net::close_with_reset(ctx.app.socket());
       co_return false;
     }
-    if (!parser->keep_alive()) first.reset();
+    // (The whole response was relayed: an error returned above. Bytes past it would be a
+    // broken server's, and poison the next response.)
+    if (parser->keep_alive() && first.buffer.size() == 0) {
+      ctx.kept.emplace(first_path, ctx.target, std::move(first));
+    } else {
+      first.reset();
+    }
     co_return out.keep_alive();
   }
 
@@ -1553,6 +1641,11 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
                                 std::optional<tcp::endpoint> intercepted) {
   beast::tcp_stream app(std::move(socket));
   beast::flat_buffer app_buffer;
+  std::optional<kept_upstream> kept;
+  // Our writes are whole messages or big body pieces: Nagle would only hold a response's
+  // last small segment back until the app's delayed ACK (40 ms per small response).
+  error_code nodelay_ec;
+  app.socket().set_option(tcp::no_delay(true), nodelay_ec);
   const auto& limits = proxy.config.proxy;
   for (;;) {
     http::request_parser<http::buffer_body> parser;
@@ -1610,7 +1703,7 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
       break;
     }
     const bool keep_alive = co_await async_serve_request(
-        request_context{app, proxy, request, *target, session_id}, app_buffer, parser);
+        request_context{app, proxy, request, *target, session_id, kept}, app_buffer, parser);
     if (!keep_alive) break;
   }
   error_code ignored;

@@ -31,7 +31,10 @@ boost::system::error_code open_bound(boost::asio::ip::tcp::socket& socket,
   boost::system::error_code ec;
   socket.open(protocol, ec);
   if (ec) return ec;
-  if ((ec = apply_own_socket_mark(socket.native_handle()))) {
+  // Requests and relayed messages are written whole: Nagle would only delay their last
+  // segment behind the peer's delayed ACK.
+  socket.set_option(boost::asio::ip::tcp::no_delay(true), ec);
+  if (ec || (ec = apply_own_socket_mark(socket.native_handle()))) {
     boost::system::error_code ignored;
     socket.close(ignored);
     return ec;

@@ -18,9 +18,9 @@ void set_own_socket_mark(std::uint32_t mark);
 /// Applies the mark set above to a socket opened elsewhere (c-ares). Needs CAP_NET_ADMIN.
 boost::system::error_code apply_own_socket_mark(int fd);
 
-/// Opens `socket` for `protocol`, marks it (set_own_socket_mark) and binds it to `interface`
-/// (SO_BINDTODEVICE). Needs CAP_NET_RAW. An empty interface leaves the socket unbound. The socket
-/// is closed again when binding fails.
+/// Opens `socket` for `protocol` with TCP_NODELAY, marks it (set_own_socket_mark) and binds it to
+/// `interface` (SO_BINDTODEVICE). Needs CAP_NET_RAW. An empty interface leaves the socket unbound.
+/// The socket is closed again when binding fails.
 boost::system::error_code open_bound(boost::asio::ip::tcp::socket& socket,
                                      const boost::asio::ip::tcp& protocol,
                                      const std::string& interface);

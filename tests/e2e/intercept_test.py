@@ -195,6 +195,52 @@ class InterceptInLab(LabTestCase):
         self.assertRegex(self.fleetyd.log(),
                          rf"TLS to tls\.fleety\.test \({re.escape(WIFI_CDN)}:8443\) relayed on wifi")
 
+    def test_requests_on_one_app_connection_share_one_upstream_connection(self):
+        """Keep-alive upstream: the app's three requests on one connection reach the CDN on
+        one connection of fleetyd's, not one handshake each."""
+        sizes = self.log_sizes()
+        urls = [f"http://{WIFI_CDN}/1MB"] * 3
+        cp = self.lab.exec("cli", [fleety_cli(), "run", "--", "curl", "-sS", "--noproxy", "*",
+                                   "-H", f"Host: {HOST}", "-o", "/dev/null", "-o", "/dev/null",
+                                   "-o", "/dev/null", "-w", "%{http_code} ", *urls],
+                           timeout=60, capture_output=True, text=True, net_only=True)
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        self.assertEqual(cp.stdout.split(), ["200"] * 3)
+        lines = [line for line in self.new_access_lines(sizes)["wifi"].splitlines() if "/1MB" in line]
+        self.assertEqual(len(lines), 3, lines)
+        self.assertEqual(len({re.search(r"conn=(\d+)", line)[1] for line in lines}), 1, lines)
+
+    def test_a_kept_connection_the_server_closed_is_replaced(self):
+        """The server claims keep-alive but closes: the next request goes again, on a new
+        connection, and the app sees nothing of it."""
+        server = self.lab.popen("inet", [sys.executable, TOOLS, "http-once", "--bind", WIFI_CDN,
+                                         "--port", "8080", "--max-seconds", "60"],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            self.assertIn("listening", server.stdout.readline())
+            script = ("import socket,sys\n"
+                      "s=socket.create_connection((sys.argv[1],8080),timeout=10)\n"
+                      "out=b''\n"
+                      "for path in (b'/a', b'/b'):\n"
+                      "    s.sendall(b'GET '+path+b' HTTP/1.1\\r\\nHost: once.test\\r\\n\\r\\n')\n"
+                      "    reply=b''\n"
+                      "    while not reply.endswith(b'once:'+path):\n"
+                      "        d=s.recv(4096)\n"
+                      "        if not d: break\n"
+                      "        reply+=d\n"
+                      "    out+=reply.split(b'\\r\\n\\r\\n',1)[-1]+b' '\n"
+                      "    import time; time.sleep(0.5)\n"
+                      "print(out.decode())\n")
+            cp = self.lab.exec("cli", [fleety_cli(), "run", "--", sys.executable, "-c", script,
+                                       WIFI_CDN], timeout=60, capture_output=True, text=True,
+                               net_only=True)
+            self.assertEqual(cp.returncode, 0, cp.stderr)
+            self.assertEqual(cp.stdout.split(), ["once:/a", "once:/b"])
+        finally:
+            server.kill()
+            server.wait(10)
+        self.assertIn("kept connection to once.test was closed", self.fleetyd.log())
+
     def test_app_selected_by_uid_is_taken_over(self):
         with tempfile.TemporaryDirectory(prefix="fleety-uid-") as tmp:
             os.chmod(tmp, 0o777)

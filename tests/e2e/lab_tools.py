@@ -15,6 +15,8 @@ tests (via `fleety-lab exec` / Lab.exec), each bounded in time:
   lab_tools.py echo-client --dst IP [--port N] --bytes N [--max-seconds S]
       sends N random bytes to an echo server, prints JSON with the sha256 of what it
       sent and of what came back
+  lab_tools.py http-once --bind IP [--port N] [--max-seconds S]
+      answers one request per connection (claiming keep-alive), then closes it
 """
 
 import argparse
@@ -197,6 +199,42 @@ def echo_client(dst: str, port: int, nbytes: int, max_seconds: float) -> dict:
             "received_sha256": hashlib.sha256(received).hexdigest()}
 
 
+def http_once(bind: str, port: int, max_seconds: float) -> None:
+    """An HTTP server that answers one request per connection with a 200 that claims
+    keep-alive, then closes the connection a moment later anyway (as a server whose idle
+    timeout just ran out does). The body names the request target."""
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((bind, port))
+    ls.listen(16)
+    ls.settimeout(max_seconds)
+    print(json.dumps({"listening": f"{bind}:{port}"}), flush=True)
+    deadline = time.monotonic() + max_seconds
+    while time.monotonic() < deadline:
+        try:
+            conn, _ = ls.accept()
+        except socket.timeout:
+            break
+        with conn:
+            try:
+                conn.settimeout(5)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    data = conn.recv(4096)
+                    if not data:
+                        break
+                    request += data
+                if b" " not in request:
+                    continue
+                target = request.split(b" ", 2)[1]
+                body = b"once:" + target
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(body)).encode() +
+                             b"\r\nConnection: keep-alive\r\n\r\n" + body)
+                time.sleep(0.1)
+            except OSError:
+                continue  # a client that went away
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -225,7 +263,14 @@ def main() -> int:
     c.add_argument("--port", type=int, default=7007)
     c.add_argument("--bytes", type=int, required=True)
     c.add_argument("--max-seconds", type=float, default=30.0)
+    h = sub.add_parser("http-once")
+    h.add_argument("--bind", required=True)
+    h.add_argument("--port", type=int, default=8080)
+    h.add_argument("--max-seconds", type=float, default=60.0)
     a = ap.parse_args()
+    if a.cmd == "http-once":
+        http_once(a.bind, a.port, a.max_seconds)
+        return 0
     if a.cmd == "echo-server":
         echo_server(a.bind, a.port, a.max_seconds)
         return 0
