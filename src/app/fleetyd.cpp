@@ -11,6 +11,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ip/udp.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -181,6 +182,9 @@ class interception {
 };
 
 int run(const core::config& config, const std::string& config_path) {
+  // A peer that closes while we write must be an error on that connection, not the end
+  // of the daemon: splice(2), unlike send(MSG_NOSIGNAL), raises SIGPIPE.
+  ::signal(SIGPIPE, SIG_IGN);
   asio::io_context io(1);
 
   std::vector<mphttp::path_runtime> paths;

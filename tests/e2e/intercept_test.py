@@ -63,6 +63,12 @@ dns = ["{ANYCAST_DNS}"]
 [[app]]
 name = "uid-app"
 uid = {APP_UID}
+
+# Requests for this host stay on one path: their bodies are relayed with splice(2).
+[[feature]]
+name = "one path"
+hosts = ["single.fleety.test"]
+multipath = false
 """
 
 
@@ -240,6 +246,32 @@ class InterceptInLab(LabTestCase):
             server.kill()
             server.wait(10)
         self.assertIn("kept connection to once.test was closed", self.fleetyd.log())
+
+    def test_an_app_that_quits_mid_download_costs_nothing_else(self):
+        """The app closes while fleetyd splices a body to it: that relay ends, fleetyd
+        goes on (a write to a closed socket must not kill it) and serves the next app."""
+        # wrk drops its 16 keep-alive connections at the end, mid-response: the way a
+        # SIGPIPE from splice(2) once killed fleetyd.
+        cp = self.lab.exec("cli", [fleety_cli(), "run", "--", "wrk", "-t1", "-c16", "-d2s",
+                                   "-H", "Host: single.fleety.test", f"http://{WIFI_CDN}/1MB"],
+                           timeout=30, capture_output=True, text=True, net_only=True)
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        self.assertIn("requests in", cp.stdout)
+        cp = self.lab.exec("cli", [fleety_cli(), "run", "--", "curl", "-sS", "--noproxy", "*",
+                                   "--max-time", "0.5", "--limit-rate", "2M", "-H",
+                                   "Host: single.fleety.test", "-o", "/dev/null",
+                                   f"http://{WIFI_CDN}/100MB"],
+                           timeout=30, capture_output=True, text=True, net_only=True)
+        self.assertEqual(cp.returncode, 28, cp.stderr)  # curl's own time limit
+        time.sleep(0.5)
+        self.assertIsNone(self.fleetyd.process.poll(), "fleetyd died:\n" + self.fleetyd.log()[-2000:])
+        with tempfile.TemporaryDirectory(prefix="fleety-after-") as tmp:
+            out = Path(tmp) / "body"
+            t = self.run_app(["curl", "-sS", "--noproxy", "*", "-o", str(out), "-H",
+                              "Host: single.fleety.test", f"http://{WIFI_CDN}/10MB"], out)
+            self.assertEqual(t.sha256, object_sha256("10MB"), t.stderr)
+            self.assertLess(t.iface_rx["rmnet0"], 20_000, t.iface_rx)  # the rule: one path
+        self.assertIn("one path (no feature rule for it)", self.fleetyd.log())
 
     def test_app_selected_by_uid_is_taken_over(self):
         with tempfile.TemporaryDirectory(prefix="fleety-uid-") as tmp:
