@@ -39,11 +39,13 @@ bool rule_matches(const feature_rule& rule, const request_view& request) {
         rule.extensions.end())
       return false;
   }
-  for (const auto& [name, pattern] : rule.headers) {
+  for (const auto& header : rule.headers) {
+    // (Not a structured binding: clang 14, the fuzz build's compiler, can't capture one.)
+    const std::string& name = header.first;
     const auto field = std::find_if(request.fields.begin(), request.fields.end(),
                                     [&](const auto& f) { return iequals(f.first, name); });
     if (field == request.fields.end() ||
-        !std::regex_search(field->second.begin(), field->second.end(), pattern))
+        !std::regex_search(field->second.begin(), field->second.end(), header.second))
       return false;
   }
   return true;
