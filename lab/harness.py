@@ -64,8 +64,12 @@ class Fleetyd:
         self.port = port
         self.workdir = Path(tempfile.mkdtemp(prefix="fleetyd-"))
         self.config_path = self.workdir / "fleety.toml"
-        self.config_path.write_text(config_text if config_text is not None
-                                    else minimal_config(port))
+        text = config_text if config_text is not None else minimal_config(port)
+        # Each fleetyd its own control socket: tests run several side by side.
+        self.control_socket = self.workdir / "control.sock"
+        if "[control]" not in text:
+            text += f'\n[control]\nsocket = "{self.control_socket}"\n'
+        self.config_path.write_text(text)
         self.log_path = self.workdir / "fleetyd.log"
         self.args = [find_fleetyd(), "--config", str(self.config_path), "--log-level", log_level,
                      *extra_args]

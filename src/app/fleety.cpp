@@ -7,7 +7,10 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <boost/json.hpp>
 #include <cerrno>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "control/control.hpp"
 #include "intercept/intercept.hpp"
 
 namespace {
@@ -43,7 +47,8 @@ bool valid_app_name(const std::string& name) {
   });
 }
 
-int run_command(std::string app, const std::vector<std::string>& command) {
+int run_command(std::string app, const std::vector<std::string>& command,
+                const std::string& socket) {
   if (command.empty()) {
     std::cerr << "fleety run: no command given: fleety run [--app NAME] -- CMD [ARGS...]\n";
     return 2;
@@ -81,6 +86,19 @@ int run_command(std::string app, const std::vector<std::string>& command) {
               << "\n";
     return 1;
   }
+  // fleetyd learns the cgroup (its rules need it to exist) and says whether the app is
+  // enabled: a disabled app is not run, rather than run untouched by surprise.
+  auto answer =
+      control::call(socket, {{"cmd", "app.starting"}, {"name", app}}, std::chrono::seconds(5));
+  if (!answer) {
+    std::cerr << "fleety run: " << answer.error() << "\n";
+    return 1;
+  }
+  if (const auto* enabled = answer->if_contains("enabled");
+      enabled != nullptr && enabled->is_bool() && !enabled->as_bool()) {
+    std::cerr << "fleety run: app '" << app << "' is disabled: fleety apps enable " << app << "\n";
+    return 1;
+  }
   {
     std::ofstream procs(cgroup / "cgroup.procs");
     procs << ::getpid() << std::flush;
@@ -96,6 +114,67 @@ int run_command(std::string app, const std::vector<std::string>& command) {
   ::execvp(argv[0], argv.data());
   std::cerr << "fleety run: cannot run " << command.front() << ": " << std::strerror(errno) << "\n";
   return 127;
+}
+
+/// Prints a control reply: JSON for scripts, else `human`'s rendering.
+template <class Human>
+int show(const std::string& socket, const boost::json::object& request, bool as_json, Human human) {
+  auto reply = control::call(socket, request, std::chrono::seconds(5));
+  if (!reply) {
+    std::cerr << "fleety: " << reply.error() << "\n";
+    return 1;
+  }
+  boost::json::object body = std::move(reply).value();
+  if (as_json) {
+    body.erase("ok");
+    std::cout << boost::json::serialize(body) << "\n";
+  } else {
+    human(body);
+  }
+  return 0;
+}
+
+double number_of(const boost::json::value& v) {
+  return v.is_double()   ? v.as_double()
+         : v.is_int64()  ? static_cast<double>(v.as_int64())
+         : v.is_uint64() ? static_cast<double>(v.as_uint64())
+                         : 0.0;
+}
+
+void print_status(const boost::json::object& s) {
+  std::cout << fmt::format("{:<8} {:<10} {:<9} {:<5} {:>8} {:>10} {:>12}\n", "path", "interface",
+                           "kind", "up", "RTT ms", "Mbit/s", "received");
+  for (const auto& p : s.at("paths").as_array()) {
+    const auto& path = p.as_object();
+    std::cout << fmt::format(
+        "{:<8} {:<10} {:<9} {:<5} {:>8.1f} {:>10.1f} {:>12}\n",
+        std::string(path.at("name").as_string()), std::string(path.at("interface").as_string()),
+        std::string(path.at("kind").as_string()), path.at("up").as_bool() ? "up" : "DOWN",
+        number_of(path.at("rtt_ms")), number_of(path.at("throughput_mbps")),
+        static_cast<std::uint64_t>(number_of(path.at("bytes_received"))));
+  }
+  std::cout << fmt::format(
+      "sessions: {} active, {} since start; multipath downloads: {}; "
+      "interception: {}\n",
+      number_of(s.at("sessions_active")), number_of(s.at("sessions_started")),
+      number_of(s.at("multipath_downloads_active")), s.at("intercepting").as_bool() ? "on" : "off");
+}
+
+void print_apps(const boost::json::object& reply) {
+  const auto& apps = reply.at("apps").as_array();
+  if (apps.empty()) {
+    std::cout << "no apps (interception off, or none configured or started yet)\n";
+    return;
+  }
+  std::cout << fmt::format("{:<20} {:<9} {}\n", "app", "state", "selected by");
+  for (const auto& a : apps) {
+    const auto& app = a.as_object();
+    std::string by = "cgroup " + std::string(app.at("cgroup").as_string());
+    if (!app.at("uid").is_null()) by += fmt::format(", uid {}", number_of(app.at("uid")));
+    if (!app.at("gid").is_null()) by += fmt::format(", gid {}", number_of(app.at("gid")));
+    std::cout << fmt::format("{:<20} {:<9} {}\n", std::string(app.at("name").as_string()),
+                             app.at("enabled").as_bool() ? "enabled" : "disabled", by);
+  }
 }
 
 }  // namespace
@@ -114,19 +193,56 @@ int main(int argc, char** argv) {
   }
   CLI::App cli{"fleety: multipath for unmodified apps (the daemon is fleetyd)"};
   cli.require_subcommand(1);
-  auto* run = cli.add_subcommand(
-      "run", "run a program whose TCP connections fleetyd takes over (needs root)");
+  const char* env_socket = std::getenv("FLEETY_CONTROL");
+  std::string socket =
+      env_socket != nullptr ? env_socket : std::string(control::default_socket_path);
+  bool as_json = false;
+  cli.add_option("--socket", socket,
+                 "fleetyd's control socket (default $FLEETY_CONTROL or " +
+                     std::string(control::default_socket_path) + ")");
+  cli.add_flag("--json", as_json, "machine-readable output");
+
+  auto* run =
+      cli.add_subcommand("run", "run a program whose TCP and DNS fleetyd takes over (needs root)");
   std::string app;
   run->add_option("--app", app, "name the app (default: the command's name)");
   run->footer("Usage: fleety run [--app NAME] -- CMD [ARGS...]");
   if (!has_separator) run->prefix_command();
+
+  auto* status = cli.add_subcommand("status", "paths, sessions, interception");
+  auto* apps = cli.add_subcommand("apps", "the apps fleetyd takes over");
+  std::string app_name;
+  auto* enable = apps->add_subcommand("enable", "take the app over again");
+  enable->add_option("name", app_name, "the app")->required();
+  auto* disable = apps->add_subcommand("disable", "leave the app alone");
+  disable->add_option("name", app_name, "the app")->required();
+  auto* rules = cli.add_subcommand("rules", "the feature rules");
+  rules->add_subcommand("reload", "read the config's [[feature]] rules again")->required(false);
+  rules->require_subcommand(1);
+
   std::reverse(args.begin(), args.end());  // CLI11 parses a reversed vector
   try {
     cli.parse(args);
   } catch (const CLI::ParseError& e) {
     return cli.exit(e);
   }
-  if (!run->parsed()) return 2;
-  if (!has_separator) command = run->remaining();
-  return run_command(app, command);
+  if (run->parsed()) {
+    if (!has_separator) command = run->remaining();
+    return run_command(app, command, socket);
+  }
+  if (status->parsed()) return show(socket, {{"cmd", "status"}}, as_json, print_status);
+  if (enable->parsed() || disable->parsed()) {
+    const bool on = enable->parsed();
+    return show(socket, {{"cmd", on ? "app.enable" : "app.disable"}, {"name", app_name}}, as_json,
+                [&](const boost::json::object&) {
+                  std::cout << "app " << app_name << ": " << (on ? "enabled" : "disabled") << "\n";
+                });
+  }
+  if (apps->parsed()) return show(socket, {{"cmd", "apps"}}, as_json, print_apps);
+  if (rules->parsed()) {
+    return show(socket, {{"cmd", "rules.reload"}}, as_json, [](const boost::json::object& r) {
+      std::cout << number_of(r.at("feature_rules")) << " feature rule(s) loaded\n";
+    });
+  }
+  return 2;
 }

@@ -11,6 +11,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ip/udp.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/json.hpp>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
@@ -19,6 +20,7 @@
 #include <string>
 
 #include "classify/classify.hpp"
+#include "control/control.hpp"
 #include "core/config.hpp"
 #include "core/log.hpp"
 #include "core/units.hpp"
@@ -54,55 +56,43 @@ core::expected<asio::ip::tcp::acceptor> listen_on(asio::io_context& io,
 }
 
 /// Interception: fleetyd's table (a stale one from a crash is replaced in the same
-/// transaction), the cgroup `fleety run` puts apps in, and the listeners. The table
-/// goes away with the object.
+/// transaction), the cgroup `fleety run` puts apps in, the apps and whether each is
+/// enabled (the control socket changes that), and the listeners. The table goes away
+/// with the object.
 class interception {
  public:
   static core::expected<std::unique_ptr<interception>> start(asio::io_context& io,
                                                              const core::config& config,
                                                              dns::duplicator& duplicator) {
-    auto self = std::unique_ptr<interception>(new interception());
+    auto self = std::unique_ptr<interception>(new interception(config.intercept));
     const auto& ic = config.intercept;
     net::set_own_socket_mark(ic.mark);
     auto mount = intercept::cgroup2_mount();
     if (!mount) return core::make_error(mount.error());
     // nft names cgroups relative to /sys/fs/cgroup.
     const std::filesystem::path base("/sys/fs/cgroup");
-    const std::filesystem::path mount_path(*mount);
-    auto relative = mount_path.lexically_relative(base);
+    self->mount_ = *mount;
+    auto relative = self->mount_.lexically_relative(base);
     if (relative.empty() || relative.native().starts_with("..")) {
       return core::make_error(fmt::format(
           "the cgroup2 hierarchy is mounted at {}, not below /sys/fs/cgroup where nftables "
           "looks for cgroups",
           *mount));
     }
-    const std::string prefix = relative == "." ? "" : relative.string();
+    self->prefix_ = relative == "." ? "" : relative.string();
     std::error_code fs_ec;
-    std::filesystem::create_directories(mount_path / intercept::run_cgroup, fs_ec);
+    std::filesystem::create_directories(self->mount_ / intercept::run_cgroup, fs_ec);
     if (fs_ec) {
       return core::make_error(fmt::format("cannot create the cgroup {}: {}",
-                                          (mount_path / intercept::run_cgroup).string(),
+                                          (self->mount_ / intercept::run_cgroup).string(),
                                           fs_ec.message()));
     }
-    intercept::ruleset_spec spec;
-    spec.tcp_port = ic.tcp_port;
-    spec.dns_port = ic.dns_port;
-    spec.own_mark = ic.mark;
-    spec.cgroup2_prefix = prefix;
-    spec.apps.push_back({"fleety run", std::string(intercept::run_cgroup), {}, {}});
     for (const auto& app : config.apps) {
-      if (!app.enabled) continue;
-      intercept::app_match match{app.name, app.cgroup, app.uid, app.gid};
-      if (!app.cgroup.empty() && !std::filesystem::is_directory(mount_path / app.cgroup)) {
+      self->apps_.push_back({app.name, app.cgroup, app.uid, app.gid, app.enabled});
+      if (!app.cgroup.empty() && !std::filesystem::is_directory(self->mount_ / app.cgroup)) {
         spdlog::warn("app {}: cgroup {} does not exist (yet): not selected by cgroup", app.name,
-                     (mount_path / app.cgroup).string());
-        match.cgroup.clear();
+                     (self->mount_ / app.cgroup).string());
       }
-      if (match.cgroup.empty() && !match.uid && !match.gid) {
-        spdlog::info("app {}: runs through `fleety run --app {}`", app.name, app.name);
-        continue;
-      }
-      spec.apps.push_back(std::move(match));
     }
     for (const auto& address : {"127.0.0.1", "::1"}) {
       asio::ip::tcp::endpoint endpoint(asio::ip::make_address(address), ic.tcp_port);
@@ -138,17 +128,12 @@ class interception {
       asio::co_spawn(io, dns::run_dns_udp(std::move(udp), duplicator), asio::detached);
       asio::co_spawn(io, dns::run_dns_tcp(std::move(tcp).value(), duplicator), asio::detached);
     }
-    spec.redirect_dns = true;
-    if (auto applied = intercept::run_nft(intercept::build_ruleset(spec)); !applied) {
-      return core::make_error("cannot load the interception rules (nftables): " + applied.error());
-    }
-    self->table_loaded_ = true;
+    if (auto applied = self->apply(); !applied) return core::make_error(applied.error());
     spdlog::info(
-        "intercept: table inet {} loaded; apps in cgroup {}/{}{} are taken over on "
-        "port {}",
-        intercept::table_name, *mount, intercept::run_cgroup,
-        spec.apps.size() > 1 ? fmt::format(" and {} configured app(s)", spec.apps.size() - 1) : "",
-        ic.tcp_port);
+        "intercept: table inet {} loaded; apps in cgroup {}/{} and {} configured app(s) "
+        "are taken over on port {}, their DNS on port {}",
+        intercept::table_name, *mount, intercept::run_cgroup, config.apps.size(), ic.tcp_port,
+        ic.dns_port);
     return self;
   }
 
@@ -165,6 +150,49 @@ class interception {
 
   std::vector<asio::ip::tcp::acceptor>& acceptors() { return acceptors_; }
 
+  boost::json::array apps_json() const {
+    boost::json::array out;
+    for (const auto& app : apps_) {
+      boost::json::object entry{{"name", app.name}, {"enabled", app.enabled}};
+      entry["cgroup"] =
+          app.cgroup.empty() ? fmt::format("{}/{}", intercept::run_cgroup, app.name) : app.cgroup;
+      entry["uid"] = app.uid ? boost::json::value(*app.uid) : boost::json::value(nullptr);
+      entry["gid"] = app.gid ? boost::json::value(*app.gid) : boost::json::value(nullptr);
+      out.push_back(std::move(entry));
+    }
+    return out;
+  }
+
+  core::expected<bool> set_enabled(const std::string& name, bool enabled) {
+    auto* app = find(name);
+    if (app == nullptr) {
+      std::string names;
+      for (const auto& a : apps_) names += (names.empty() ? "" : ", ") + a.name;
+      return core::make_error(
+          fmt::format("no app named '{}' (apps: {})", name, names.empty() ? "none yet" : names));
+    }
+    const bool before = app->enabled;
+    app->enabled = enabled;
+    if (auto applied = apply(); !applied) {
+      app->enabled = before;
+      return applied;
+    }
+    spdlog::info("app {}: {}", name, enabled ? "enabled" : "disabled");
+    return true;
+  }
+
+  /// `fleety run --app NAME` made the cgroup fleety/NAME: the rules learn it.
+  core::expected<bool> starting(const std::string& name) {
+    auto* app = find(name);
+    if (app == nullptr) {
+      apps_.push_back({name, "", std::nullopt, std::nullopt, true});
+      app = &apps_.back();
+    }
+    const bool enabled = app->enabled;
+    if (auto applied = apply(); !applied) return applied;
+    return enabled;
+  }
+
   ~interception() {
     if (!table_loaded_) return;
     if (auto removed = intercept::run_nft(intercept::removal_script()); !removed) {
@@ -176,9 +204,121 @@ class interception {
   }
 
  private:
-  interception() = default;
+  struct app_state {
+    std::string name;
+    std::string cgroup;  ///< configured; empty: fleety/<name> (`fleety run --app`)
+    std::optional<std::uint32_t> uid;
+    std::optional<std::uint32_t> gid;
+    bool enabled = true;
+  };
+
+  explicit interception(const core::intercept_config& ic) : ic_(ic) {}
+
+  app_state* find(const std::string& name) {
+    for (auto& app : apps_)
+      if (app.name == name) return &app;
+    return nullptr;
+  }
+
+  /// The rules for the apps as they are now, loaded in one transaction.
+  core::expected<bool> apply() {
+    intercept::ruleset_spec spec;
+    spec.tcp_port = ic_.tcp_port;
+    spec.dns_port = ic_.dns_port;
+    spec.redirect_dns = true;
+    spec.own_mark = ic_.mark;
+    spec.cgroup2_prefix = prefix_;
+    spec.apps.push_back({"fleety run", std::string(intercept::run_cgroup), {}, {}});
+    for (const auto& app : apps_) {
+      const std::string run_cgroup = fmt::format("{}/{}", intercept::run_cgroup, app.name);
+      if (!app.enabled) {
+        // nft needs the cgroup to exist; one that doesn't has no process to let pass.
+        if (std::filesystem::is_directory(mount_ / run_cgroup))
+          spec.excluded_cgroups.push_back(run_cgroup);
+        continue;
+      }
+      intercept::app_match match{app.name, app.cgroup, app.uid, app.gid};
+      if (!match.cgroup.empty() && !std::filesystem::is_directory(mount_ / match.cgroup))
+        match.cgroup.clear();
+      if (!match.cgroup.empty() || match.uid || match.gid) spec.apps.push_back(std::move(match));
+    }
+    if (auto applied = intercept::run_nft(intercept::build_ruleset(spec)); !applied) {
+      return core::make_error("cannot load the interception rules (nftables): " + applied.error());
+    }
+    table_loaded_ = true;
+    return true;
+  }
+
+  const core::intercept_config& ic_;
+  std::filesystem::path mount_;
+  std::string prefix_;
+  std::vector<app_state> apps_;
   std::vector<asio::ip::tcp::acceptor> acceptors_;
   bool table_loaded_ = false;
+};
+
+/// What the fleety CLI may ask (control socket).
+class daemon_control : public control::daemon_api {
+ public:
+  daemon_control(mphttp::proxy_context& context, interception* intercepting,
+                 const dns::duplicator& duplicator, std::string config_path)
+      : context_(context),
+        intercepting_(intercepting),
+        duplicator_(duplicator),
+        config_path_(std::move(config_path)) {}
+
+  boost::json::object status() override {
+    boost::json::array paths;
+    for (const auto& p : context_.paths) {
+      paths.push_back(
+          boost::json::object{{"name", p.config.name},
+                              {"interface", p.config.interface},
+                              {"kind", std::string(core::to_string(p.config.kind))},
+                              {"up", net::interface_exists(p.config.interface)},
+                              {"rtt_ms", p.estimator.rtt_s() * 1000},
+                              {"throughput_mbps", p.estimator.rate_bytes_per_s() * 8 / 1e6},
+                              {"loss", nullptr},
+                              {"bytes_received", p.bytes_received},
+                              {"requests", p.requests}});
+    }
+    const auto& dns = duplicator_.stats();
+    return {{"paths", std::move(paths)},
+            {"sessions_active", context_.sessions_active},
+            {"sessions_started", context_.sessions_started},
+            {"multipath_downloads_active", context_.fetches_active},
+            {"version_conflicts", context_.version_conflicts},
+            {"intercepting", intercepting_ != nullptr},
+            {"dns", boost::json::object{{"queries", dns.queries},
+                                        {"answered_by_fallback", dns.answered_by_fallback},
+                                        {"failed", dns.failed}}}};
+  }
+  boost::json::array apps() override {
+    return intercepting_ ? intercepting_->apps_json() : boost::json::array{};
+  }
+  core::expected<bool> set_app_enabled(const std::string& name, bool enabled) override {
+    if (!intercepting_) return core::make_error(interception_off);
+    return intercepting_->set_enabled(name, enabled);
+  }
+  core::expected<bool> app_starting(const std::string& name) override {
+    if (!intercepting_) return core::make_error(interception_off);
+    return intercepting_->starting(name);
+  }
+  core::expected<std::size_t> reload_rules() override {
+    auto fresh = core::load_config(config_path_);
+    if (!fresh) return core::make_error(fresh.error() + " (the rules in use stay)");
+    context_.features =
+        classify::compile_feature_rules(fresh->features, fresh->multipath_by_default);
+    spdlog::info("{} feature rule(s) loaded from {}", context_.features.rules.size(), config_path_);
+    return context_.features.rules.size();
+  }
+
+ private:
+  static constexpr const char* interception_off =
+      "interception is off in fleetyd: set [intercept] enabled = true and restart it";
+  mphttp::proxy_context& context_;
+  interception* intercepting_;
+  const dns::duplicator& duplicator_;
+  std::string config_path_;
 };
 
 int run(const core::config& config, const std::string& config_path) {
@@ -281,20 +421,23 @@ int run(const core::config& config, const std::string& config_path) {
     spdlog::info("signal {}: stopping", signal);
     io.stop();
   });
+  // The fleety CLI's socket.
+  daemon_control control_api(context, intercepting.get(), duplicator, config_path);
+  auto control_acceptor = control::listen_control(io, config.control_socket);
+  if (!control_acceptor) {
+    std::cerr << "fleetyd: control socket: " << control_acceptor.error() << "\n";
+    return 1;
+  }
+  asio::co_spawn(io, control::run_control_server(std::move(control_acceptor).value(), control_api),
+                 asio::detached);
+
   // SIGHUP: the feature rules are read again (the rest of the file needs a restart).
   asio::signal_set reload(io, SIGHUP);
   std::function<void(const boost::system::error_code&, int)> on_reload =
       [&](const boost::system::error_code& wait_ec, int) {
         if (wait_ec) return;
-        auto fresh = core::load_config(config_path);
-        if (!fresh) {
-          spdlog::error("SIGHUP: {}: keeping the rules in use", fresh.error());
-        } else {
-          context.features =
-              classify::compile_feature_rules(fresh->features, fresh->multipath_by_default);
-          spdlog::info("SIGHUP: {} feature rule(s) loaded from {}", context.features.rules.size(),
-                       config_path);
-        }
+        if (auto count = control_api.reload_rules(); !count)
+          spdlog::error("SIGHUP: {}", count.error());
         reload.async_wait(on_reload);
       };
   reload.async_wait(on_reload);
@@ -309,6 +452,8 @@ int run(const core::config& config, const std::string& config_path) {
                config.scheduler.mode == core::scheduler_mode::cost ? "cost" : "aggregate");
   io.run();
   intercepting.reset();
+  std::error_code removed;
+  std::filesystem::remove(config.control_socket, removed);
   for (const auto& p : paths) {
     spdlog::info("path {}: {} received in {} requests", p.config.name,
                  core::format_size(p.bytes_received), p.requests);

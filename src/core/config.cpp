@@ -499,9 +499,9 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
         fmt::format("{}:{}: {}", source_name, error.source().begin.line, error.description()));
   }
   config result;
-  if (auto e = check_keys(
-          ctx, root, "the file",
-          {"proxy", "path", "scheduler", "log", "intercept", "app", "feature", "classify"})) {
+  if (auto e = check_keys(ctx, root, "the file",
+                          {"proxy", "path", "scheduler", "log", "intercept", "app", "feature",
+                           "classify", "control"})) {
     return make_error(*e);
   }
   if (const toml::node* node = root.get("intercept")) {
@@ -517,6 +517,20 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
     if (auto e =
             read_bool(ctx, *table, "multipath_by_default", "classify", result.multipath_by_default))
       return make_error(*e);
+  }
+  if (const toml::node* node = root.get("control")) {
+    const auto* table = node->as_table();
+    if (table == nullptr) return make_error(ctx.where(*node) + "[control] must be a table");
+    if (auto e = check_keys(ctx, *table, "[control]", {"socket"})) return make_error(*e);
+    if (auto e = read_string(ctx, *table, "socket", "control", result.control_socket))
+      return make_error(*e);
+    if (result.control_socket.empty() || result.control_socket.front() != '/' ||
+        result.control_socket.size() > 107) {
+      return make_error(
+          fmt::format("{}control.socket '{}' must be an absolute path (at most 107 "
+                      "characters)",
+                      ctx.where(*table->get("socket")), result.control_socket));
+    }
   }
   if (auto e = read_array_of_tables(ctx, root, "app", result.apps, read_app)) return make_error(*e);
   {

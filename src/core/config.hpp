@@ -107,6 +107,8 @@ struct config {
   std::vector<feature_config> features;
   /// `[classify] multipath_by_default`: an HTTP GET no feature rule matches may split.
   bool multipath_by_default = true;
+  /// `[control] socket`: the fleety CLI's unix socket (root-only).
+  std::string control_socket = "/run/fleety/control.sock";
   std::string log_level = "info";
 };
 

@@ -42,6 +42,9 @@ struct ruleset_spec {
   /// "unified" on a hybrid one): nft resolves cgroup paths from /sys/fs/cgroup.
   std::string cgroup2_prefix;
   std::vector<app_match> apps;
+  /// Cgroups (below the mount) of disabled apps inside an enabled one's, e.g. a
+  /// disabled `fleety run --app X` below "fleety": they pass before any app rule.
+  std::vector<std::string> excluded_cgroups;
 };
 
 /// The nft script that replaces fleety's table in one transaction: the table is

@@ -42,6 +42,11 @@ std::string build_ruleset(const ruleset_spec& spec) {
   rules += "    type nat hook output priority -100; policy accept;\n";
   // fleetyd's own upstream connections and DNS queries pass untouched.
   if (spec.own_mark != 0) rules += fmt::format("    meta mark {:#x} return\n", spec.own_mark);
+  for (const auto& cgroup : spec.excluded_cgroups) {
+    rules += fmt::format(
+        "    socket cgroupv2 level {} \"{}\" return comment \"disabled: {}\"\n", depth_of(cgroup),
+        spec.cgroup2_prefix.empty() ? cgroup : spec.cgroup2_prefix + "/" + cgroup, cgroup);
+  }
   for (const auto& app : spec.apps) {
     if (!app.cgroup.empty()) {
       const std::string path =

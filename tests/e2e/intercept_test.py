@@ -86,6 +86,8 @@ class InterceptInLab(LabTestCase):
         # debug: the DNS duplicator's per-path answers are checked in the log.
         cls.fleetyd = Fleetyd(cls.lab, config_text=CONFIG, net_only=True, log_level="debug")
         cls.fleetyd.start()
+        # fleety (run, apps, status) finds this fleetyd's control socket here.
+        os.environ["FLEETY_CONTROL"] = str(cls.fleetyd.control_socket)
 
     @classmethod
     def tear_down_lab(cls):
@@ -272,6 +274,72 @@ class InterceptInLab(LabTestCase):
             self.assertEqual(t.sha256, object_sha256("10MB"), t.stderr)
             self.assertLess(t.iface_rx["rmnet0"], 20_000, t.iface_rx)  # the rule: one path
         self.assertIn("one path (no feature rule for it)", self.fleetyd.log())
+
+    def fleety(self, *args: str) -> subprocess.CompletedProcess:
+        return self.lab.exec("cli", [fleety_cli(), *args], timeout=30, capture_output=True,
+                             text=True, net_only=True)
+
+    def test_status_for_people_and_scripts(self):
+        cp = self.fleety("--json", "status")
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        status = json.loads(cp.stdout)
+        self.assertTrue(status["intercepting"])
+        names = [p["name"] for p in status["paths"]]
+        self.assertEqual(names, ["wifi", "cell"])
+        for path in status["paths"]:
+            self.assertEqual(set(path) >= {"name", "interface", "kind", "up", "rtt_ms",
+                                           "throughput_mbps", "loss"}, True, path)
+            self.assertTrue(path["up"])
+        cp = self.fleety("status")
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        self.assertRegex(cp.stdout, r"wifi\s+wlan0\s+wifi\s+up")
+        self.assertIn("interception: on", cp.stdout)
+        cp = self.fleety("--socket", "/nonexistent/control.sock", "status")
+        self.assertEqual(cp.returncode, 1)
+        self.assertIn("fleetyd is not running (nothing answers on /nonexistent/control.sock)",
+                      cp.stderr)
+
+    def test_apps_are_disabled_and_enabled_at_runtime(self):
+        def curl_as_uid() -> dict[str, int]:
+            with tempfile.TemporaryDirectory(prefix="fleety-uid-") as tmp:
+                os.chmod(tmp, 0o777)
+                out = Path(tmp) / "body"
+                t = measured_download(self.lab, [
+                    "setpriv", f"--reuid={APP_UID}", f"--regid={APP_UID}", "--clear-groups",
+                    "curl", "-sS", "--noproxy", "*", "-o", str(out), "-H", f"Host: {HOST}",
+                    f"http://{WIFI_CDN}/10MB"], out, 60, net_only=True)
+                self.assertEqual(t.sha256, object_sha256("10MB"), t.stderr)
+                return t.iface_rx
+
+        cp = self.fleety("--json", "apps")
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        apps = {a["name"]: a for a in json.loads(cp.stdout)["apps"]}
+        self.assertTrue(apps["uid-app"]["enabled"])
+        self.assertEqual(apps["uid-app"]["uid"], APP_UID)
+        try:
+            self.assertEqual(self.fleety("apps", "disable", "uid-app").returncode, 0)
+            # Untouched now: nothing of it on cellular.
+            self.assertLess(curl_as_uid()["rmnet0"], 20_000)
+        finally:
+            self.assertEqual(self.fleety("apps", "enable", "uid-app").returncode, 0)
+        self.assertGreater(curl_as_uid()["rmnet0"], 1_000_000)
+        cp = self.fleety("apps", "disable", "nobody")
+        self.assertEqual(cp.returncode, 1)
+        self.assertIn("no app named 'nobody'", cp.stderr)
+
+    def test_a_disabled_run_app_is_not_started(self):
+        self.assertEqual(self.fleety("run", "--app", "toggled", "--", "true").returncode, 0)
+        self.assertEqual(self.fleety("apps", "disable", "toggled").returncode, 0)
+        cp = self.fleety("run", "--app", "toggled", "--", "true")
+        self.assertEqual(cp.returncode, 1)
+        self.assertIn("app 'toggled' is disabled: fleety apps enable toggled", cp.stderr)
+        # The rules let its cgroup pass meanwhile (a process already in it is untouched).
+        listing = self.lab.exec("cli", ["nft", "list", "table", "inet", "fleety"], timeout=30,
+                                capture_output=True, text=True).stdout
+        # (nft shows the cgroup by its inode number where /sys/fs/cgroup is hidden.)
+        self.assertRegex(listing, r'socket cgroupv2 level 2 \S+ return comment "disabled: fleety/toggled"')
+        self.assertEqual(self.fleety("apps", "enable", "toggled").returncode, 0)
+        self.assertEqual(self.fleety("run", "--app", "toggled", "--", "true").returncode, 0)
 
     def test_app_selected_by_uid_is_taken_over(self):
         with tempfile.TemporaryDirectory(prefix="fleety-uid-") as tmp:

@@ -199,5 +199,21 @@ TEST(Config, BadAppsAreRefusedWithTheLine) {
   EXPECT_EQ(config.error(), "f.toml:2: intercept.port must be a whole number from 1 to 65535");
 }
 
+TEST(Config, ControlSocket) {
+  const std::string path = "[[path]]\nname = \"wifi\"\ninterface = \"wlan0\"\nkind = \"wifi\"\n";
+  auto config = parse_config(path, "f.toml");
+  ASSERT_TRUE(config) << config.error();
+  EXPECT_EQ(config->control_socket, "/run/fleety/control.sock");
+  config = parse_config("[control]\nsocket = \"/tmp/x.sock\"\n" + path, "f.toml");
+  ASSERT_TRUE(config) << config.error();
+  EXPECT_EQ(config->control_socket, "/tmp/x.sock");
+  config = parse_config("[control]\nsocket = \"relative.sock\"\n" + path, "f.toml");
+  ASSERT_FALSE(config);
+  EXPECT_EQ(
+      config.error().rfind("f.toml:2: control.socket 'relative.sock' must be an absolute path", 0),
+      0U)
+      << config.error();
+}
+
 }  // namespace
 }  // namespace fleety::core

@@ -47,6 +47,17 @@ TEST(BuildRuleset, ReplacesTheTableAtomicallyAndSelectsEachApp) {
   EXPECT_LT(rules.find("tcp dport 53 redirect"), rules.find("meta l4proto tcp redirect to :3129"));
 }
 
+TEST(BuildRuleset, ADisabledRunAppPassesBeforeTheRunCgroupIsTaken) {
+  ruleset_spec spec;
+  spec.tcp_port = 3129;
+  spec.apps = {{"fleety run", "fleety", {}, {}}};
+  spec.excluded_cgroups = {"fleety/player"};
+  const std::string rules = build_ruleset(spec);
+  const auto excluded = rules.find("socket cgroupv2 level 2 \"fleety/player\" return");
+  ASSERT_NE(excluded, std::string::npos) << rules;
+  EXPECT_LT(excluded, rules.find("socket cgroupv2 level 1 \"fleety\" goto app"));
+}
+
 TEST(BuildRuleset, PureCgroup2HostAndNoDnsListener) {
   ruleset_spec spec;
   spec.tcp_port = 4000;

@@ -1,0 +1,206 @@
+#include "control/control.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+namespace fleety::control {
+namespace asio = boost::asio;
+namespace json = boost::json;
+using local = asio::local::stream_protocol;
+
+namespace {
+
+constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
+constexpr std::size_t max_line_bytes = 64 * 1024;
+constexpr auto idle_timeout = std::chrono::seconds(30);
+
+std::string reply_error(std::string_view error) {
+  return json::serialize(json::object{{"ok", false}, {"error", error}});
+}
+
+std::string reply_ok(json::object body = {}) {
+  body["ok"] = true;
+  return json::serialize(body);
+}
+
+}  // namespace
+
+std::string handle_request(std::string_view line, daemon_api& daemon) {
+  boost::system::error_code ec;
+  json::value request = json::parse(line, ec);
+  if (ec || !request.is_object()) return reply_error("a request is one JSON object per line");
+  const auto& object = request.as_object();
+  const auto* cmd = object.if_contains("cmd");
+  if (cmd == nullptr || !cmd->is_string()) return reply_error("the request has no \"cmd\"");
+  const std::string_view command = cmd->as_string();
+  auto name_of = [&]() -> std::string {
+    const auto* name = object.if_contains("name");
+    return name != nullptr && name->is_string() ? std::string(name->as_string()) : std::string();
+  };
+  if (command == "status") return reply_ok(daemon.status());
+  if (command == "apps") return reply_ok({{"apps", daemon.apps()}});
+  if (command == "app.enable" || command == "app.disable" || command == "app.starting") {
+    const std::string name = name_of();
+    if (name.empty()) return reply_error(fmt::format("{} needs \"name\"", command));
+    if (command == "app.starting") {
+      auto enabled = daemon.app_starting(name);
+      if (!enabled) return reply_error(enabled.error());
+      return reply_ok({{"name", name}, {"enabled", *enabled}});
+    }
+    auto done = daemon.set_app_enabled(name, command == "app.enable");
+    if (!done) return reply_error(done.error());
+    return reply_ok({{"name", name}, {"enabled", command == "app.enable"}});
+  }
+  if (command == "rules.reload") {
+    auto count = daemon.reload_rules();
+    if (!count) return reply_error(count.error());
+    return reply_ok({{"feature_rules", *count}});
+  }
+  return reply_error(fmt::format(
+      "unknown cmd \"{}\" (status, apps, app.enable, app.disable, app.starting, rules.reload)",
+      command));
+}
+
+asio::awaitable<void> run_control_server(local::acceptor acceptor, daemon_api& daemon) {
+  auto executor = co_await asio::this_coro::executor;
+  for (;;) {
+    auto [ec, socket] = co_await acceptor.async_accept(nothrow);
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+    if (ec) continue;
+    asio::co_spawn(
+        executor,
+        [](local::socket peer, daemon_api& api) -> asio::awaitable<void> {
+          using namespace std::chrono_literals;
+          asio::steady_timer idle(peer.get_executor());
+          std::string buffer;
+          for (;;) {
+            idle.expires_after(idle_timeout);
+            idle.async_wait([&peer](boost::system::error_code wait_ec) {
+              if (!wait_ec) peer.close();
+            });
+            auto [read_ec, n] = co_await asio::async_read_until(
+                peer, asio::dynamic_buffer(buffer, max_line_bytes), '\n', nothrow);
+            idle.cancel();
+            if (read_ec) co_return;
+            std::string reply =
+                handle_request(std::string_view(buffer).substr(0, n - 1), api) + "\n";
+            buffer.erase(0, n);
+            auto [write_ec, w] = co_await asio::async_write(peer, asio::buffer(reply), nothrow);
+            if (write_ec) co_return;
+          }
+        }(std::move(socket), daemon),
+        asio::detached);
+  }
+}
+
+core::expected<local::acceptor> listen_control(asio::io_context& io, const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code fs_ec;
+  const fs::path socket_path(path);
+  if (socket_path.has_parent_path()) {
+    fs::create_directories(socket_path.parent_path(), fs_ec);
+    if (fs_ec)
+      return core::make_error(
+          fmt::format("cannot create {}: {}", socket_path.parent_path().string(), fs_ec.message()));
+  }
+  // A socket left by a fleetyd that died; one that answers belongs to a live fleetyd.
+  if (fs::exists(socket_path, fs_ec)) {
+    if (call(path, json::object{{"cmd", "status"}}, std::chrono::milliseconds(500))) {
+      return core::make_error(fmt::format(
+          "another fleetyd answers on {}: stop it, or give this one another [control] socket",
+          path));
+    }
+    fs::remove(socket_path, fs_ec);
+  }
+  local::acceptor acceptor(io);
+  boost::system::error_code ec;
+  acceptor.open(local(), ec);
+  if (!ec) {
+    // Created 0600 (root-only, DESIGN.md): umask for the bind, not a chmod after it.
+    const mode_t old_mask = ::umask(0177);
+    acceptor.bind(local::endpoint(path), ec);
+    ::umask(old_mask);
+  }
+  if (!ec) acceptor.listen(16, ec);
+  if (ec) return core::make_error(fmt::format("cannot listen on {}: {}", path, ec.message()));
+  return acceptor;
+}
+
+core::expected<json::object> call(const std::string& path, const json::object& request,
+                                  std::chrono::milliseconds timeout) {
+  sockaddr_un address{};
+  if (path.size() >= sizeof address.sun_path)
+    return core::make_error(fmt::format("control socket path too long: {}", path));
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return core::make_error(std::string("socket: ") + std::strerror(errno));
+  struct closer {
+    int fd;
+    ~closer() { ::close(fd); }
+  } close_fd{fd};
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) {
+    const int err = errno;
+    if (err == ENOENT || err == ECONNREFUSED)
+      return core::make_error(fmt::format(
+          "fleetyd is not running (nothing answers on {}): start it (systemctl start fleetyd, "
+          "or fleetyd --config FILE)",
+          path));
+    if (err == EACCES)
+      return core::make_error(fmt::format("no permission to use {}: run as root (sudo)", path));
+    return core::make_error(fmt::format("cannot connect to {}: {}", path, std::strerror(err)));
+  }
+  const std::string line = json::serialize(request) + "\n";
+  if (::send(fd, line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size()))
+    return core::make_error(fmt::format("cannot send to {}: {}", path, std::strerror(errno)));
+  std::string reply;
+  char chunk[4096];
+  while (reply.find('\n') == std::string::npos) {
+    const ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
+    if (n <= 0) {
+      return core::make_error(
+          n == 0 ? fmt::format("fleetyd closed {} without a reply", path)
+                 : fmt::format("no reply from fleetyd within {} ms", timeout.count()));
+    }
+    reply.append(chunk, static_cast<std::size_t>(n));
+    if (reply.size() > max_line_bytes * 16) return core::make_error("reply too long");
+  }
+  boost::system::error_code ec;
+  auto value = json::parse(reply.substr(0, reply.find('\n')), ec);
+  if (ec || !value.is_object()) return core::make_error("fleetyd's reply is not JSON");
+  auto& object = value.as_object();
+  if (const auto* ok = object.if_contains("ok");
+      ok == nullptr || !ok->is_bool() || !ok->as_bool()) {
+    const auto* error = object.if_contains("error");
+    return core::make_error(error != nullptr && error->is_string()
+                                ? std::string(error->as_string())
+                                : std::string("fleetyd refused the request"));
+  }
+  return std::move(object);
+}
+
+}  // namespace fleety::control

@@ -1,0 +1,62 @@
+#pragma once
+// The control socket: a root-only unix socket over which the `fleety` CLI asks the
+// daemon (one JSON object per line each way). The dispatch is a pure function over
+// the daemon_api interface; the socket server and the CLI's client are thin I/O.
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/json/object.hpp>
+#include <boost/json/value.hpp>
+#include <chrono>
+#include <string>
+#include <string_view>
+
+#include "core/expected.hpp"
+
+namespace fleety::control {
+
+/// Where fleetyd listens unless the config says otherwise.
+inline constexpr std::string_view default_socket_path = "/run/fleety/control.sock";
+
+/// What the control socket can ask of the daemon (fleetyd implements it).
+class daemon_api {
+ public:
+  virtual ~daemon_api() = default;
+  /// {"paths": [...], "sessions": ..., ...}
+  virtual boost::json::object status() = 0;
+  /// [{"name", "enabled", "cgroup", "uid", "gid"}, ...]
+  virtual boost::json::array apps() = 0;
+  /// Enables or disables an app and reloads the interception rules; the error names
+  /// an unknown app or what nftables said.
+  virtual core::expected<bool> set_app_enabled(const std::string& name, bool enabled) = 0;
+  /// `fleety run --app NAME` is about to start NAME in its cgroup: the rules are loaded
+  /// again so that they know the cgroup. Whether the app is enabled (an unknown name
+  /// is a new, enabled app).
+  virtual core::expected<bool> app_starting(const std::string& name) = 0;
+  /// Reads the feature rules again; how many there are.
+  virtual core::expected<std::size_t> reload_rules() = 0;
+};
+
+/// One request line → one reply line (without the newline). Requests:
+/// {"cmd":"status"}, {"cmd":"apps"}, {"cmd":"app.enable","name":N},
+/// {"cmd":"app.disable","name":N}, {"cmd":"app.starting","name":N},
+/// {"cmd":"rules.reload"}. Replies: {"ok":true,...} or {"ok":false,"error":"..."}.
+std::string handle_request(std::string_view line, daemon_api& daemon);
+
+/// Serves the socket until the acceptor is closed: requests in order per connection,
+/// lines up to 64 KiB, each connection idle at most 30 s.
+boost::asio::awaitable<void> run_control_server(
+    boost::asio::local::stream_protocol::acceptor acceptor, daemon_api& daemon);
+
+/// Opens `path` for fleetyd: its directory made root-only, a stale socket removed, the
+/// socket itself mode 0600.
+core::expected<boost::asio::local::stream_protocol::acceptor> listen_control(
+    boost::asio::io_context& io, const std::string& path);
+
+/// The CLI's side: one request, its reply object (with "ok" true), within `timeout`.
+/// Errors say what to do ("fleetyd is not running: no control socket at PATH").
+core::expected<boost::json::object> call(const std::string& path,
+                                         const boost::json::object& request,
+                                         std::chrono::milliseconds timeout);
+
+}  // namespace fleety::control

@@ -1,0 +1,92 @@
+#include <gtest/gtest.h>
+
+#include <boost/json/parse.hpp>
+#include <map>
+
+#include "control/control.hpp"
+
+namespace fleety::control {
+namespace {
+
+namespace json = boost::json;
+
+/// A daemon with two apps, one of them disabled.
+class fake_daemon : public daemon_api {
+ public:
+  std::map<std::string, bool> apps_enabled{{"browser", true}, {"player", false}};
+  std::size_t reloads = 0;
+
+  json::object status() override { return {{"paths", json::array{}}, {"sessions_active", 3}}; }
+  json::array apps() override {
+    json::array out;
+    for (const auto& [name, enabled] : apps_enabled)
+      out.push_back(json::object{{"name", name}, {"enabled", enabled}});
+    return out;
+  }
+  core::expected<bool> set_app_enabled(const std::string& name, bool enabled) override {
+    auto it = apps_enabled.find(name);
+    if (it == apps_enabled.end()) return core::make_error("no app named '" + name + "'");
+    it->second = enabled;
+    return true;
+  }
+  core::expected<bool> app_starting(const std::string& name) override {
+    return apps_enabled.emplace(name, true).first->second;
+  }
+  core::expected<std::size_t> reload_rules() override { return ++reloads; }
+};
+
+json::object reply(std::string_view request, daemon_api& daemon) {
+  return json::parse(handle_request(request, daemon)).as_object();
+}
+
+TEST(HandleRequest, StatusAndApps) {
+  fake_daemon daemon;
+  auto status = reply(R"({"cmd":"status"})", daemon);
+  EXPECT_EQ(status.at("ok"), true);
+  EXPECT_EQ(status.at("sessions_active"), 3);
+  auto apps = reply(R"({"cmd":"apps"})", daemon);
+  EXPECT_EQ(apps.at("apps").as_array().size(), 2U);
+}
+
+TEST(HandleRequest, EnableDisableAndStarting) {
+  fake_daemon daemon;
+  auto r = reply(R"({"cmd":"app.enable","name":"player"})", daemon);
+  EXPECT_EQ(r.at("ok"), true);
+  EXPECT_TRUE(daemon.apps_enabled["player"]);
+  r = reply(R"({"cmd":"app.disable","name":"browser"})", daemon);
+  EXPECT_EQ(r.at("enabled"), false);
+  EXPECT_FALSE(daemon.apps_enabled["browser"]);
+  r = reply(R"({"cmd":"app.starting","name":"browser"})", daemon);
+  EXPECT_EQ(r.at("enabled"), false);
+  r = reply(R"({"cmd":"app.starting","name":"new"})", daemon);
+  EXPECT_EQ(r.at("enabled"), true);
+  r = reply(R"({"cmd":"app.disable","name":"nobody"})", daemon);
+  EXPECT_EQ(r.at("ok"), false);
+  EXPECT_EQ(r.at("error"), "no app named 'nobody'");
+  r = reply(R"({"cmd":"app.enable"})", daemon);
+  EXPECT_EQ(r.at("error"), "app.enable needs \"name\"");
+}
+
+TEST(HandleRequest, ReloadAndBadRequests) {
+  fake_daemon daemon;
+  EXPECT_EQ(reply(R"({"cmd":"rules.reload"})", daemon).at("feature_rules"), 1);
+  EXPECT_EQ(reply("not json", daemon).at("error"), "a request is one JSON object per line");
+  EXPECT_EQ(reply("[1,2]", daemon).at("ok"), false);
+  EXPECT_EQ(reply(R"({"command":"status"})", daemon).at("error"), "the request has no \"cmd\"");
+  const auto unknown = reply(R"({"cmd":"shutdown"})", daemon);
+  EXPECT_EQ(unknown.at("ok"), false);
+  EXPECT_NE(std::string(unknown.at("error").as_string()).find("unknown cmd \"shutdown\""),
+            std::string::npos);
+}
+
+TEST(Call, NoDaemonIsAClearError) {
+  auto r = call("/nonexistent/fleety.sock", {{"cmd", "status"}}, std::chrono::milliseconds(500));
+  ASSERT_FALSE(r);
+  EXPECT_EQ(
+      r.error().rfind("fleetyd is not running (nothing answers on /nonexistent/fleety.sock)", 0),
+      0U)
+      << r.error();
+}
+
+}  // namespace
+}  // namespace fleety::control
