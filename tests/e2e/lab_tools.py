@@ -87,13 +87,20 @@ def dns_query(server: str, name: str, qtype: str, dev: str | None, timeout: floa
     return {"rcode": flags & 0xF, "answers": answers, "elapsed_ms": round(elapsed, 2)}
 
 
-def sink(bind: str, port: int, max_seconds: float) -> dict:
+def listening_socket(bind: str, port: int, backlog: int, max_seconds: float) -> socket.socket:
+    """A TCP listener on bind:port whose accept waits at most max_seconds; says so on
+    stdout (the tests wait for that line)."""
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((bind, port))
-    ls.listen(1)
+    ls.listen(backlog)
     ls.settimeout(max_seconds)
     print(json.dumps({"listening": f"{bind}:{port}"}), flush=True)
+    return ls
+
+
+def sink(bind: str, port: int, max_seconds: float) -> dict:
+    ls = listening_socket(bind, port, 1, max_seconds)
     conn, peer = ls.accept()
     deadline = time.monotonic() + max_seconds
     conn.settimeout(max_seconds)
@@ -153,12 +160,7 @@ def upload(dst: str, port: int, dev: str | None, nbytes: int, max_seconds: float
 def echo_server(bind: str, port: int, max_seconds: float) -> None:
     """Echoes every connection's bytes back until it closes (each in a thread), for at
     most max_seconds in all."""
-    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind((bind, port))
-    ls.listen(16)
-    ls.settimeout(max_seconds)
-    print(json.dumps({"listening": f"{bind}:{port}"}), flush=True)
+    ls = listening_socket(bind, port, 16, max_seconds)
     deadline = time.monotonic() + max_seconds
 
     def serve(conn: socket.socket) -> None:
@@ -203,12 +205,7 @@ def http_once(bind: str, port: int, max_seconds: float) -> None:
     """An HTTP server that answers one request per connection with a 200 that claims
     keep-alive, then closes the connection a moment later anyway (as a server whose idle
     timeout just ran out does). The body names the request target."""
-    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind((bind, port))
-    ls.listen(16)
-    ls.settimeout(max_seconds)
-    print(json.dumps({"listening": f"{bind}:{port}"}), flush=True)
+    ls = listening_socket(bind, port, 16, max_seconds)
     deadline = time.monotonic() + max_seconds
     while time.monotonic() < deadline:
         try:
