@@ -94,39 +94,30 @@ class interception {
                      (self->mount_ / app.cgroup).string());
       }
     }
-    for (const auto& address : {"127.0.0.1", "::1"}) {
-      asio::ip::tcp::endpoint endpoint(asio::ip::make_address(address), ic.tcp_port);
-      auto acceptor = listen_on(io, endpoint, "intercept.port");
-      if (!acceptor) {
-        // A host without IPv6 on loopback only loses IPv6 interception.
-        if (std::string_view(address) == "::1") {
-          spdlog::warn("intercept: {}: IPv6 connections are not taken over", acceptor.error());
-          continue;
-        }
-        return core::make_error(acceptor.error());
-      }
-      self->acceptors_.push_back(std::move(acceptor).value());
-    }
-    // The apps' DNS (UDP and TCP 53) comes to the duplicator.
+    // Per loopback address: the redirected connections, and the apps' DNS (UDP and TCP
+    // 53) for the duplicator. A host without IPv6 on loopback only loses IPv6.
     for (const auto& address : {"127.0.0.1", "::1"}) {
       const auto ip = asio::ip::make_address(address);
-      asio::ip::udp::socket udp(io);
+      auto tcp = listen_on(io, asio::ip::tcp::endpoint(ip, ic.tcp_port), "intercept.port");
+      auto dns_tcp = listen_on(io, asio::ip::tcp::endpoint(ip, ic.dns_port), "intercept.dns_port");
+      asio::ip::udp::socket dns_udp(io);
       boost::system::error_code ec;
-      udp.open(ip.is_v4() ? asio::ip::udp::v4() : asio::ip::udp::v6(), ec);
-      if (!ec) udp.bind({ip, ic.dns_port}, ec);
-      auto tcp = listen_on(io, asio::ip::tcp::endpoint(ip, ic.dns_port), "intercept.dns_port");
-      if (ec || !tcp) {
-        const std::string why =
-            ec ? fmt::format("cannot listen on {}:{} (UDP): {}", address, ic.dns_port, ec.message())
-               : tcp.error();
-        if (std::string_view(address) == "::1") {
-          spdlog::warn("intercept: {}: IPv6 DNS is not taken over", why);
+      dns_udp.open(ip.is_v4() ? asio::ip::udp::v4() : asio::ip::udp::v6(), ec);
+      if (!ec) dns_udp.bind({ip, ic.dns_port}, ec);
+      if (!tcp || !dns_tcp || ec) {
+        const std::string why = !tcp       ? tcp.error()
+                                : !dns_tcp ? dns_tcp.error()
+                                           : fmt::format("cannot listen on {}:{} (UDP): {}",
+                                                         address, ic.dns_port, ec.message());
+        if (ip.is_v6()) {
+          spdlog::warn("intercept: {}: IPv6 connections and DNS are not taken over", why);
           continue;
         }
         return core::make_error(why);
       }
-      asio::co_spawn(io, dns::run_dns_udp(std::move(udp), duplicator), asio::detached);
-      asio::co_spawn(io, dns::run_dns_tcp(std::move(tcp).value(), duplicator), asio::detached);
+      self->acceptors_.push_back(std::move(tcp).value());
+      asio::co_spawn(io, dns::run_dns_udp(std::move(dns_udp), duplicator), asio::detached);
+      asio::co_spawn(io, dns::run_dns_tcp(std::move(dns_tcp).value(), duplicator), asio::detached);
     }
     if (auto applied = self->apply(); !applied) return core::make_error(applied.error());
     spdlog::info(

@@ -13,6 +13,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <cerrno>
+#include <memory>
 
 #include "classify/classify.hpp"
 #include "intercept/intercept.hpp"
@@ -54,7 +55,7 @@ awaitable<classify::flow_class> async_peek_and_classify(tcp::socket& app,
                                                         clock_type::duration timeout) {
   using namespace asio::experimental::awaitable_operators;
   const auto deadline = clock_type::now() + timeout;
-  std::vector<char> bytes(classify::max_peek_bytes);
+  const auto bytes = std::make_unique_for_overwrite<char[]>(classify::max_peek_bytes);
   asio::steady_timer timer(co_await asio::this_coro::executor);
   std::size_t seen = 0;
   while (clock_type::now() < deadline) {
@@ -63,14 +64,14 @@ awaitable<classify::flow_class> async_peek_and_classify(tcp::socket& app,
         co_await (app.async_wait(tcp::socket::wait_read, nothrow) || timer.async_wait(nothrow));
     if (ready.index() == 1) break;  // timed out
     const ssize_t n =
-        ::recv(app.native_handle(), bytes.data(), bytes.size(), MSG_PEEK | MSG_DONTWAIT);
+        ::recv(app.native_handle(), bytes.get(), classify::max_peek_bytes, MSG_PEEK | MSG_DONTWAIT);
     if (n == 0) co_return classify::flow_of(classify::flow_kind::other);  // app closed
     if (n < 0) {
       if (errno == EAGAIN || errno == EINTR) continue;
       co_return classify::flow_of(classify::flow_kind::other);
     }
     auto verdict =
-        classify::classify_first_bytes(std::string_view(bytes.data(), static_cast<std::size_t>(n)));
+        classify::classify_first_bytes(std::string_view(bytes.get(), static_cast<std::size_t>(n)));
     if (verdict.kind != classify::flow_kind::need_more) co_return verdict;
     if (static_cast<std::size_t>(n) == seen) {
       // The socket stays readable with the same bytes: let more arrive.

@@ -70,6 +70,12 @@ struct upstream {
     net::close_with_reset(stream.socket());
     buffer.clear();
   }
+  /// Takes over `other`'s connection and what it buffered (a tcp_stream can't be
+  /// assigned: its socket is moved, which leaves `other` closed).
+  void adopt(upstream& other) {
+    stream.socket() = std::move(other.stream.socket());
+    buffer = std::move(other.buffer);
+  }
 };
 
 /// A response parser with our limits: headers up to 64 KiB, bodies of any length (we
@@ -895,8 +901,7 @@ awaitable<bool> async_take_early(early_connection& early, upstream& up, const pa
   spdlog::debug(
       "path {}: takes the connection it opened early (waited {} ms for it)", path.config.name,
       std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - needed).count());
-  // (A tcp_stream can't be assigned: its socket is moved, which leaves `early` closed.)
-  up.stream.socket() = std::move(early.up.stream.socket());
+  up.adopt(early.up);
   co_return true;
 }
 
@@ -1268,9 +1273,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   std::size_t first_index = paths.size();
   bool reused = false;
   if (ctx.kept && !has_body && ctx.kept->serves(paths[0], ctx.target) && ctx.kept->up.is_open()) {
-    // (A tcp_stream can't be assigned: its socket and buffer are moved.)
-    first.stream.socket() = std::move(ctx.kept->up.stream.socket());
-    first.buffer = std::move(ctx.kept->up.buffer);
+    first.adopt(ctx.kept->up);
     first_index = 0;
     reused = true;
   }
