@@ -185,16 +185,18 @@ class InterceptInLab(LabTestCase):
                                     cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 out = Path(tmp) / "received"
+                # Wait until it listens: through fleetyd a refused connection reaches the
+                # app as a reset (its connection was accepted before the upstream one).
                 deadline = time.monotonic() + 10
-                while True:
-                    t = measured_download(self.lab, [
-                        fleety_cli(), "run", "--app", "tls", "--", "curl", "-sS", "-k",
-                        "--noproxy", "*", "--resolve", f"tls.fleety.test:8443:{WIFI_CDN}",
-                        "-o", str(out), "https://tls.fleety.test:8443/blob"], out, 30,
-                        net_only=True)
-                    if t.exit_code != 7 or time.monotonic() > deadline:  # 7: not listening yet
-                        break
-                    time.sleep(0.2)
+                while "LISTEN" not in self.lab.exec("inet", ["ss", "-ltn", "sport", "= :8443"],
+                                                    timeout=10, capture_output=True,
+                                                    text=True).stdout:
+                    self.assertLess(time.monotonic(), deadline, "openssl s_server did not start")
+                    time.sleep(0.1)
+                t = measured_download(self.lab, [
+                    fleety_cli(), "run", "--app", "tls", "--", "curl", "-sS", "-k",
+                    "--noproxy", "*", "--resolve", f"tls.fleety.test:8443:{WIFI_CDN}",
+                    "-o", str(out), "https://tls.fleety.test:8443/blob"], out, 30, net_only=True)
                 self.assertEqual(t.exit_code, 0, t.stderr)
                 self.assertEqual(out.read_bytes(), payload)
             finally:
