@@ -183,35 +183,10 @@ awaitable<void> serve_intercepted(tcp::socket app, mphttp::proxy_context& contex
 }  // namespace
 
 awaitable<void> run_intercept_listener(tcp::acceptor acceptor, mphttp::proxy_context& context) {
-  auto executor = co_await asio::this_coro::executor;
-  asio::steady_timer slot_freed(executor);
-  for (;;) {
-    while (context.sessions_active >= context.config.proxy.max_connections) {
-      slot_freed.expires_after(std::chrono::seconds(1));
-      co_await slot_freed.async_wait(nothrow);
-    }
-    auto [ec, socket] = co_await acceptor.async_accept(nothrow);
-    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
-    if (ec) {
-      spdlog::warn("intercept: accept failed: {}", ec.message());
-      continue;
-    }
-    const std::uint64_t id = ++context.sessions_started;
-    ++context.sessions_active;
-    asio::co_spawn(executor, serve_intercepted(std::move(socket), context, id),
-                   [id, &context, &slot_freed](std::exception_ptr error) {
-                     if (error) {
-                       try {
-                         std::rethrow_exception(error);
-                       } catch (const std::exception& e) {
-                         spdlog::error("[{}] intercepted connection ended by an error: {}", id,
-                                       e.what());
-                       }
-                     }
-                     --context.sessions_active;
-                     slot_freed.cancel();
-                   });
-  }
+  co_await mphttp::run_accept_loop(std::move(acceptor), context, "intercepted",
+                                   [&context](tcp::socket socket, std::uint64_t id) {
+                                     return serve_intercepted(std::move(socket), context, id);
+                                   });
 }
 
 }  // namespace fleety::intercept

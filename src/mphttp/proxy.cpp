@@ -1716,35 +1716,45 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
 
 }  // namespace
 
-awaitable<void> run_proxy_listener(tcp::acceptor acceptor, proxy_context& context) {
+awaitable<void> run_accept_loop(tcp::acceptor acceptor, proxy_context& context, std::string what,
+                                std::function<awaitable<void>(tcp::socket, std::uint64_t)> serve) {
   auto executor = co_await asio::this_coro::executor;
-  asio::steady_timer slot_freed(executor);
+  // Shared with the sessions' completion handlers, which may outlive this loop.
+  auto slot_freed = std::make_shared<asio::steady_timer>(executor);
   for (;;) {
     while (context.sessions_active >= context.config.proxy.max_connections) {
       // At the limit, leave new connections in the kernel's backlog until one ends.
-      co_await async_wait_for_wake(slot_freed, std::chrono::seconds(1));
+      co_await async_wait_for_wake(*slot_freed, std::chrono::seconds(1));
     }
     auto [ec, socket] = co_await acceptor.async_accept(nothrow);
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
     if (ec) {
-      spdlog::warn("accept failed: {}", ec.message());
+      spdlog::warn("{}: accept failed: {}", what, ec.message());
       continue;
     }
     const std::uint64_t id = ++context.sessions_started;
     ++context.sessions_active;
-    asio::co_spawn(executor, run_app_session(std::move(socket), context, id, std::nullopt),
-                   [&context, &slot_freed, id](std::exception_ptr error) {
+    asio::co_spawn(executor, serve(std::move(socket), id),
+                   [&context, slot_freed, id, what](std::exception_ptr error) {
                      if (error) {
                        try {
                          std::rethrow_exception(error);
                        } catch (const std::exception& e) {
-                         spdlog::error("[{}] session ended by an error: {}", id, e.what());
+                         spdlog::error("[{}] {} connection ended by an error: {}", id, what,
+                                       e.what());
                        }
                      }
                      --context.sessions_active;
-                     slot_freed.cancel();
+                     slot_freed->cancel();
                    });
   }
+}
+
+awaitable<void> run_proxy_listener(tcp::acceptor acceptor, proxy_context& context) {
+  co_await run_accept_loop(std::move(acceptor), context, "proxy",
+                           [&context](tcp::socket socket, std::uint64_t id) {
+                             return run_app_session(std::move(socket), context, id, std::nullopt);
+                           });
 }
 
 awaitable<void> run_intercepted_http_session(tcp::socket socket, tcp::endpoint destination,

@@ -8,6 +8,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -49,8 +50,16 @@ struct proxy_context {
   dns::info_db* dns_info = nullptr;
 };
 
+/// Accepts connections on `acceptor` until it is closed, each served by `serve(socket,
+/// session id)` in its own coroutine, at most config.proxy.max_connections at once (more
+/// wait in the kernel's backlog); counted in sessions_started/active. `what` names the
+/// listener in logs.
+boost::asio::awaitable<void> run_accept_loop(
+    boost::asio::ip::tcp::acceptor acceptor, proxy_context& context, std::string what,
+    std::function<boost::asio::awaitable<void>(boost::asio::ip::tcp::socket, std::uint64_t)> serve);
+
 /// Accepts app connections on `acceptor` until it is closed and serves each in its own
-/// coroutine; at most config.proxy.max_connections at once.
+/// coroutine (run_accept_loop).
 boost::asio::awaitable<void> run_proxy_listener(boost::asio::ip::tcp::acceptor acceptor,
                                                 proxy_context& context);
 
