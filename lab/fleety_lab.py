@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -88,6 +89,11 @@ PATH_ALIASES = {"wifi": "wifi", "wlan0": "wifi", "wlan": "wifi",
 LINK_STATES = ("up", "down", "blackhole")
 ROUTER_CLI_IF = "to-cli"
 ROUTER_INET_IF = "to-inet"
+# IPv6 (opt-in: up(ipv6=True), `up --ipv6`): link-local only, on the client<->router
+# links, the same pair on both (fe80::1%wlan0 and fe80::1%rmnet0 are two routers: the
+# interface tells them apart). There is no IPv6 range for the lab; nothing routes these.
+IPV6_GATEWAY = "fe80::1"  # each router's to-cli
+IPV6_CLIENT = "fe80::2"  # the client's wlan0 and rmnet0
 
 
 class LabError(Exception):
@@ -305,12 +311,14 @@ def per_cdn(value: str | dict[str, str] | None, what: str) -> dict[str, str]:
 
 def nginx_config(name: str, listen_addr: str, state_dir: Path, object_dir: Path,
                  extra_roots: Iterable[ExtraRoot] = (), extra_http: str = "",
-                 extra_server: str = "") -> str:
+                 extra_server: str = "", aliases: Iterable[str] = ()) -> str:
     """nginx.conf for the CDN node `name` (wifi|cell). Objects are served from
     object_dir at /; each ExtraRoot adds a `location PREFIX { alias DIR/; }`.
     extra_http / extra_server are appended verbatim to the http / server
-    blocks (for later needs: other ports, headers, throttling...)."""
+    blocks (for later needs: other ports, headers, throttling...). The node also
+    listens on each of `aliases` (more addresses of the same CDN node)."""
     base = state_dir / f"nginx-{name}"
+    alias_listens = "".join(f"        listen {a}:80;\n" for a in aliases)
     locations = []
     for r in extra_roots:
         if r.cdn in (None, name):
@@ -344,7 +352,7 @@ http {{
 {extra_http}
     server {{
         listen {listen_addr}:80;
-        server_name {CDN_NAME} _;
+{alias_listens}        server_name {CDN_NAME} _;
         root {object_dir};
         location / {{ }}
 {''.join(locations)}{extra_server}
@@ -731,12 +739,17 @@ class Lab:
            cell_up: str | None = None, cell_down: str | None = None,
            objects: Iterable[str] = (), extra_roots: Iterable[ExtraRoot | str] = (),
            extra_http: str | dict[str, str] = "", extra_server: str | dict[str, str] = "",
-           check: bool = True) -> "Lab":
+           cdn_aliases: dict[str, Iterable[str]] | None = None,
+           ipv6: bool = False, check: bool = True) -> "Lab":
         """Builds the lab (after tearing down an existing one of this prefix).
+        ipv6: IPv6 on the client's loopback and on the client<->router links, with the
+        link-local addresses IPV6_GATEWAY / IPV6_CLIENT (see _enable_ipv6); off by default.
         SPECs are 'RATE/DELAY[/LOSS]', DELAY one-way per direction. extra_http /
         extra_server: nginx directives added to the CDNs' http / server blocks, one
         string for both CDNs or {"wifi": ..., "cell": ...} (e.g. a location that
-        ignores Range on one CDN). On failure, tears down what was made and raises
+        ignores Range on one CDN). cdn_aliases: more addresses of a CDN node
+        ({"wifi": ["198.18.10.11"]}), served by it like its own (no DNS name
+        gives them: an HTTP-DNS answer can). On failure, tears down what was made and raises
         LabError. Returns self."""
         require_root()
         delayline = find_delayline(self.delayline_arg)
@@ -755,6 +768,14 @@ class Lab:
         roots = [r if isinstance(r, ExtraRoot) else ExtraRoot.parse(r) for r in extra_roots]
         nginx_extra = {"http": per_cdn(extra_http, "extra_http"),
                        "server": per_cdn(extra_server, "extra_server")}
+        aliases = {p: [str(ipaddress.IPv4Address(a)) for a in (cdn_aliases or {}).get(p, ())]
+                   for p in ("wifi", "cell")}
+        unknown = set(cdn_aliases or {}) - {"wifi", "cell"}
+        if unknown:
+            raise LabError(f"cdn_aliases: unknown CDN {sorted(unknown)}: expected wifi and/or cell")
+        for a in (a for v in aliases.values() for a in v):
+            if ipaddress.IPv4Address(a) not in ipaddress.IPv4Network("198.18.0.0/15"):
+                raise LabError(f"cdn_aliases: {a} is not in 198.18.0.0/15")
         wanted = list(dict.fromkeys([*DEFAULT_OBJECTS, *objects]))
         for o in wanted:
             parse_object_size(o)
@@ -777,12 +798,16 @@ class Lab:
                 "extra_roots": [dataclasses.asdict(r) for r in roots],
                 "extra_http": nginx_extra["http"],
                 "extra_server": nginx_extra["server"],
+                "cdn_aliases": aliases,
+                "ipv6": bool(ipv6),
                 "paths": {p: {"up": s["up"].to_json(), "down": s["down"].to_json(),
                               "link": "up"} for p, s in shaping.items()},
             }
             self._write_json("config.json", cfg)
             self._write_json("pids.json", [])
-            self._build(delayline, shaping, roots, nginx_extra)
+            self._build(delayline, shaping, roots, nginx_extra, aliases)
+            if ipv6:
+                self._enable_ipv6()
             if check:
                 self._check_paths()
         except BaseException as e:
@@ -799,7 +824,8 @@ class Lab:
         return self
 
     def _build(self, delayline: str, shaping: dict, roots: list[ExtraRoot],
-               nginx_extra: dict[str, dict[str, str]]) -> None:
+               nginx_extra: dict[str, dict[str, str]],
+               aliases: dict[str, list[str]] | None = None) -> None:
         # namespaces, loopback, sysctls
         for n in NAMESPACES:
             self._run(["ip", "netns", "add", self.ns(n)])
@@ -841,6 +867,9 @@ class Lab:
             self._in("cli", "sysctl", "-q", "-w",
                      f"net.ipv4.conf.{p.iface}.ignore_routes_with_linkdown=1",
                      f"net.ipv4.conf.{p.iface}.rp_filter=0")
+        for pname in PATHS:
+            for a in (aliases or {}).get(pname, ()):
+                self._ip("inet", "addr", "add", f"{a}/32", "dev", "lo")
         for ns, dev in self._veths():
             self._ip(ns, "link", "set", dev, "up")
 
@@ -919,7 +948,8 @@ class Lab:
             conf = self.state_dir / f"{role}.conf"
             conf.write_text(nginx_config(pname, p.cdn, self.state_dir, OBJECT_DIR, roots,
                                          nginx_extra["http"][pname],
-                                         nginx_extra["server"][pname]))
+                                         nginx_extra["server"][pname],
+                                         (aliases or {}).get(pname, ())))
             self._in("inet", "nginx", "-t", "-q", "-c", str(conf), "-p", str(base))
             proc = self._spawn(role, "inet", ["nginx", "-c", str(conf), "-p", str(base)])
             self._wait_ready(role, proc,
@@ -952,8 +982,33 @@ class Lab:
                        "tbf", "rate", f"{spec.rate_bps}bit", "burst", str(burst),
                        "limit", str(limit)])
 
+    def _enable_ipv6(self) -> None:
+        """IPv6 on the client's lo (so it has ::1) and on both ends of each client<->router
+        link, nowhere else (the routers' to-inet and the Internet stay IPv4-only; the
+        routers don't forward IPv6). No address generation (addr_gen_mode 1), no DAD, no
+        router solicitations or advertisements: the only IPv6 addresses are ::1 and the
+        fixed link-local ones, fe80::1/64 on each router's to-cli, fe80::2/64 on wlan0 and
+        rmnet0."""
+        self._in("cli", "sysctl", "-q", "-w", "net.ipv6.conf.lo.disable_ipv6=0")
+        for p in PATHS.values():
+            for ns, dev, addr in (("cli", p.iface, IPV6_CLIENT),
+                                  (p.router, ROUTER_CLI_IF, IPV6_GATEWAY)):
+                conf = f"net.ipv6.conf.{dev}"
+                self._in(ns, "sysctl", "-q", "-w", f"{conf}.addr_gen_mode=1",
+                         f"{conf}.accept_ra=0", f"{conf}.router_solicitations=0",
+                         f"{conf}.disable_ipv6=0")
+                self._ip(ns, "addr", "add", f"{addr}/64", "dev", dev, "nodad")
+
     def _check_paths(self) -> None:
-        """A HEAD request over each path, so `up` returns a working lab."""
+        """A HEAD request over each path, so `up` returns a working lab (and with IPv6,
+        a ping of each router's link-local address)."""
+        if self.config().get("ipv6"):
+            for p in PATHS.values():
+                cp = self._in("cli", "ping", "-n", "-q", "-c", "1", "-W", "3",
+                              f"{IPV6_GATEWAY}%{p.iface}", check=False, timeout=10)
+                if cp.returncode != 0:
+                    raise LabError(f"IPv6 check failed: ping {IPV6_GATEWAY}%{p.iface}: "
+                                   f"{_first_line(cp.stderr) or _first_line(cp.stdout)}")
         for p in PATHS.values():
             cp = self._in("cli", "curl", "-sS", "-o", "/dev/null", "-I", "--max-time", "10",
                           "--interface", p.iface, f"http://{p.cdn}/1MB", check=False,
@@ -1093,6 +1148,7 @@ class Lab:
                 "iface": p.iface, "client_addr": p.client_addr, "gateway": p.gateway,
                 "router_ns": self.ns(p.router), "cdn": p.cdn, "cdn_url": f"http://{p.cdn}/",
                 "isp_dns": p.dns, "table": p.table, "metric": p.metric,
+                "ipv6_client_addr": IPV6_CLIENT, "ipv6_gateway": IPV6_GATEWAY,
             }
         return {
             "prefix": self.prefix,
@@ -1106,6 +1162,7 @@ class Lab:
             "object_dir": str(OBJECT_DIR),
             "state_dir": str(self.state_dir),
             "up": (self.state_dir / "config.json").exists(),
+            "ipv6": bool(self._read_json("config.json", {}).get("ipv6")),
         }
 
     def helpers(self) -> list[dict[str, Any]]:
@@ -1148,7 +1205,7 @@ class Lab:
                 "counters": counters.get(p.iface),
             }
         return {"prefix": self.prefix, "state_dir": str(self.state_dir),
-                "congestion_control": cc, "paths": paths,
+                "congestion_control": cc, "paths": paths, "ipv6": bool(cfg.get("ipv6")),
                 "all_helpers_alive": all(h["alive"] for h in helpers) and bool(helpers)}
 
     # ---- kernel MPTCP: the reference that changes both ends (bench peer `mptcp`)
@@ -1260,7 +1317,8 @@ class Lab:
 def _print_status(st: dict[str, Any]) -> None:
     cc = st["congestion_control"]
     print(f"lab '{st['prefix']}' ({st['state_dir']}); congestion control: "
-          f"cli={cc.get('cli')} inet={cc.get('inet')}")
+          f"cli={cc.get('cli')} inet={cc.get('inet')}; IPv6 "
+          f"{f'on (link-local {IPV6_CLIENT} -> {IPV6_GATEWAY})' if st.get('ipv6') else 'off'}")
     for pname, ps in st["paths"].items():
         p = PATHS[pname]
         conf = ps["configured"]
@@ -1306,6 +1364,9 @@ def _parser(exec_remainder: bool = True) -> argparse.ArgumentParser:
                     help="extra objects to serve besides 1MB 10MB 100MB, e.g. 500MB")
     up.add_argument("--extra-root", action="append", default=[], metavar="[CDN:]/PREFIX/=/DIR",
                     help="also serve DIR under /PREFIX/ (on one CDN: wifi: or cell:)")
+    up.add_argument("--ipv6", action="store_true",
+                    help=f"IPv6 on the client's lo and the client<->router links, link-local "
+                         f"only: {IPV6_GATEWAY} on the routers, {IPV6_CLIENT} on wlan0/rmnet0")
     up.add_argument("--no-check", action="store_true", help="skip the HEAD request per path")
 
     down = sub.add_parser("down", help="tear the lab down (idempotent)")
@@ -1397,7 +1458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             t0 = time.monotonic()
             lab.up(wifi=args.wifi, cell=args.cell, wifi_up=args.wifi_up,
                    wifi_down=args.wifi_down, cell_up=args.cell_up, cell_down=args.cell_down,
-                   objects=args.objects, extra_roots=args.extra_root, check=not args.no_check)
+                   objects=args.objects, extra_roots=args.extra_root, ipv6=args.ipv6,
+                   check=not args.no_check)
             cfg = lab.config()
             desc = "; ".join(f"{p} down {c['down']['spec']} up {c['up']['spec']}"
                              for p, c in cfg["paths"].items())

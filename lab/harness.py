@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
+import queue
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 from pathlib import Path
@@ -30,6 +33,49 @@ MINIMAL_CONFIG_FILE = REPO / "docs" / "examples" / "minimal.toml"
 def minimal_config(port: int = 3128) -> str:
     """docs/examples/minimal.toml, listening on `port`."""
     return MINIMAL_CONFIG_FILE.read_text().replace("127.0.0.1:3128", f"127.0.0.1:{port}")
+
+
+class Lines:
+    """The JSON lines a helper process prints (lab_tools servers and clients), read by a
+    thread so that every wait is bounded."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+        self.queue: queue.Queue[dict] = queue.Queue()
+        self.seen: list[dict] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            try:
+                self.queue.put(json.loads(line))
+            except ValueError:
+                self.queue.put({"text": line.rstrip()})
+
+    def wait_for(self, key: str, timeout: float, where=None) -> dict:
+        """The next line with `key` (and for which where(line) holds, if given)."""
+        deadline = time.monotonic() + timeout
+        for item in self.seen:
+            if key in item and (where is None or where(item)):
+                self.seen.remove(item)
+                return item
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                item = self.queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if key in item and (where is None or where(item)):
+                return item
+            self.seen.append(item)
+        raise AssertionError(f"no '{key}' line within {timeout:g} s; seen {self.seen}")
+
+    def drain(self) -> list[dict]:
+        while True:
+            try:
+                self.seen.append(self.queue.get_nowait())
+            except queue.Empty:
+                out, self.seen = self.seen, []
+                return out
 
 
 def find_fleetyd() -> str:

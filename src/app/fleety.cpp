@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "control/control.hpp"
+#include "core/units.hpp"
 #include "intercept/intercept.hpp"
 
 namespace {
@@ -141,23 +142,54 @@ double number_of(const boost::json::value& v) {
                          : 0.0;
 }
 
+/// "12.3" or "-" for a value that is unknown (null).
+std::string measured(const boost::json::value& v, int decimals = 1) {
+  if (v.is_null()) return "-";
+  return fmt::format("{:.{}f}", number_of(v), decimals);
+}
+
 void print_status(const boost::json::object& s) {
-  std::cout << fmt::format("{:<8} {:<10} {:<9} {:<5} {:>8} {:>10} {:>12}\n", "path", "interface",
-                           "kind", "up", "RTT ms", "Mbit/s", "received");
+  std::cout << fmt::format("{:<8} {:<10} {:<9} {:<5} {:>8} {:>9} {:>7} {:>8} {:>12}\n", "path",
+                           "interface", "kind", "up", "RTT ms", "jitter ms", "loss %", "Mbit/s",
+                           "received");
   for (const auto& p : s.at("paths").as_array()) {
     const auto& path = p.as_object();
+    const auto& loss = path.at("loss");
     std::cout << fmt::format(
-        "{:<8} {:<10} {:<9} {:<5} {:>8.1f} {:>10.1f} {:>12}\n",
+        "{:<8} {:<10} {:<9} {:<5} {:>8} {:>9} {:>7} {:>8} {:>12}\n",
         std::string(path.at("name").as_string()), std::string(path.at("interface").as_string()),
         std::string(path.at("kind").as_string()), path.at("up").as_bool() ? "up" : "DOWN",
-        number_of(path.at("rtt_ms")), number_of(path.at("throughput_mbps")),
-        static_cast<std::uint64_t>(number_of(path.at("bytes_received"))));
+        measured(path.at("rtt_ms")), measured(path.at("jitter_ms")),
+        loss.is_null() ? std::string("-") : fmt::format("{:.1f}", number_of(loss) * 100),
+        measured(path.at("throughput_mbps")),
+        core::format_size(static_cast<std::uint64_t>(number_of(path.at("bytes_received")))));
+  }
+  if (const auto* flows = s.if_contains("flows"); flows != nullptr && !flows->as_array().empty()) {
+    std::cout << fmt::format("\n{:<7} {:<14} {:<10} {:<6} {:>8}  {}\n", "flow", "app", "class",
+                             "path", "seconds", "what");
+    for (const auto& f : flows->as_array()) {
+      const auto& flow = f.as_object();
+      const std::string app(flow.at("app").as_string());
+      std::cout << fmt::format("{:<7} {:<14} {:<10} {:<6} {:>8.0f}  {}\n", number_of(flow.at("id")),
+                               app.empty() ? "-" : app, std::string(flow.at("class").as_string()),
+                               std::string(flow.at("path").as_string()),
+                               number_of(flow.at("seconds")),
+                               std::string(flow.at("what").as_string()));
+    }
+    std::cout << "\n";
   }
   std::cout << fmt::format(
       "sessions: {} active, {} since start; multipath downloads: {}; "
       "interception: {}\n",
       number_of(s.at("sessions_active")), number_of(s.at("sessions_started")),
       number_of(s.at("multipath_downloads_active")), s.at("intercepting").as_bool() ? "on" : "off");
+  if (const auto* used = s.if_contains("cellular_month_bytes")) {
+    std::cout << fmt::format("cellular this month: {}{}\n",
+                             core::format_size(static_cast<std::uint64_t>(number_of(*used))),
+                             s.at("cellular_capped").as_bool()
+                                 ? " (over the budget: only when nothing else is up)"
+                                 : "");
+  }
 }
 
 void print_apps(const boost::json::object& reply) {

@@ -2,6 +2,7 @@
 // listener and (with [intercept]) the interception rules and their listener; runs
 // until SIGINT/SIGTERM, reloads the feature rules on SIGHUP.
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -10,6 +11,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ip/udp.hpp>
+#include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/json.hpp>
 #include <csignal>
@@ -18,6 +20,7 @@
 #include <functional>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "classify/classify.hpp"
 #include "control/control.hpp"
@@ -28,31 +31,53 @@
 #include "intercept/intercept.hpp"
 #include "mphttp/proxy.hpp"
 #include "net/bound_socket.hpp"
+#include "net/socket_owner.hpp"
+#include "path/history.hpp"
+#include "path/monitor.hpp"
+#include "select/select.hpp"
 
 namespace {
 
 namespace asio = boost::asio;
 using namespace fleety;
 
-/// Opens a listening socket; the error names the address and what to do.
+/// "127.0.0.1" or "[::]".
+std::string address_text(const asio::ip::address& address) {
+  return address.is_v6() ? fmt::format("[{}]", address.to_string()) : address.to_string();
+}
+
+/// Opens a listening socket; the error names the address and what to do. `v6_only`: an
+/// IPv6 socket takes no IPv4 (IPV6_V6ONLY), which has a listener of its own.
 core::expected<asio::ip::tcp::acceptor> listen_on(asio::io_context& io,
                                                   const asio::ip::tcp::endpoint& endpoint,
-                                                  std::string_view setting) {
+                                                  std::string_view setting, bool v6_only = false) {
   asio::ip::tcp::acceptor acceptor(io);
   boost::system::error_code ec;
   acceptor.open(endpoint.protocol(), ec);
+  if (!ec && v6_only && endpoint.address().is_v6())
+    acceptor.set_option(asio::ip::v6_only(true), ec);
   if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
   if (!ec) acceptor.bind(endpoint, ec);
   if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
   if (ec) {
     return core::make_error(fmt::format(
-        "cannot listen on {}:{}: {}{}", endpoint.address().to_string(), endpoint.port(),
+        "cannot listen on {}:{}: {}{}", address_text(endpoint.address()), endpoint.port(),
         ec.message(),
         ec == asio::error::address_in_use
             ? fmt::format(" (another program uses this port: pick another {} or stop it)", setting)
             : ""));
   }
   return acceptor;
+}
+
+/// Why IPv6 cannot be taken over here, empty if it can: IPv6 is redirected to ::1, which
+/// loopback has only when IPv6 is on there.
+std::string ipv6_loopback_problem(asio::io_context& io) {
+  asio::ip::udp::socket probe(io);
+  boost::system::error_code ec;
+  probe.open(asio::ip::udp::v6(), ec);
+  if (!ec) probe.bind({asio::ip::address_v6::loopback(), 0}, ec);
+  return ec ? fmt::format("cannot bind [::1]: {}", ec.message()) : std::string();
 }
 
 /// Interception: fleetyd's table (a stale one from a crash is replaced in the same
@@ -94,27 +119,42 @@ class interception {
                      (self->mount_ / app.cgroup).string());
       }
     }
-    // Per loopback address: the redirected connections, and the apps' DNS (UDP and TCP
-    // 53) for the duplicator. A host without IPv6 on loopback only loses IPv6.
-    for (const auto& address : {"127.0.0.1", "::1"}) {
+    // Per address family: the redirected connections, and the apps' DNS (UDP and TCP
+    // 53) for the duplicator. IPv4 arrives on 127.0.0.1. IPv6 arrives on ::1, or, to a
+    // link-local destination, on the app's own address on that link (build_ruleset: a
+    // socket tied to its link has no route to ::1): the IPv6 listeners take [::], IPv6
+    // only, and the table drops what reaches these ports from outside. A host without
+    // IPv6 on loopback only loses IPv6.
+    std::vector<std::string> listening;
+    for (const auto& address : {"127.0.0.1", "::"}) {
       const auto ip = asio::ip::make_address(address);
-      auto tcp = listen_on(io, asio::ip::tcp::endpoint(ip, ic.tcp_port), "intercept.port");
-      auto dns_tcp = listen_on(io, asio::ip::tcp::endpoint(ip, ic.dns_port), "intercept.dns_port");
+      if (ip.is_v6()) {
+        if (const auto why = ipv6_loopback_problem(io); !why.empty()) {
+          spdlog::warn("intercept: {}: IPv6 connections and DNS are not taken over", why);
+          continue;
+        }
+      }
+      auto tcp = listen_on(io, asio::ip::tcp::endpoint(ip, ic.tcp_port), "intercept.port", true);
+      auto dns_tcp =
+          listen_on(io, asio::ip::tcp::endpoint(ip, ic.dns_port), "intercept.dns_port", true);
       asio::ip::udp::socket dns_udp(io);
       boost::system::error_code ec;
       dns_udp.open(ip.is_v4() ? asio::ip::udp::v4() : asio::ip::udp::v6(), ec);
+      if (!ec && ip.is_v6()) dns_udp.set_option(asio::ip::v6_only(true), ec);
       if (!ec) dns_udp.bind({ip, ic.dns_port}, ec);
       if (!tcp || !dns_tcp || ec) {
-        const std::string why = !tcp       ? tcp.error()
-                                : !dns_tcp ? dns_tcp.error()
-                                           : fmt::format("cannot listen on {}:{} (UDP): {}",
-                                                         address, ic.dns_port, ec.message());
+        const std::string why = !tcp ? tcp.error()
+                                : !dns_tcp
+                                    ? dns_tcp.error()
+                                    : fmt::format("cannot listen on {}:{} (UDP): {}",
+                                                  address_text(ip), ic.dns_port, ec.message());
         if (ip.is_v6()) {
           spdlog::warn("intercept: {}: IPv6 connections and DNS are not taken over", why);
           continue;
         }
         return core::make_error(why);
       }
+      listening.push_back(address_text(ip));
       self->acceptors_.push_back(std::move(tcp).value());
       asio::co_spawn(io, dns::run_dns_udp(std::move(dns_udp), duplicator), asio::detached);
       asio::co_spawn(io, dns::run_dns_tcp(std::move(dns_tcp).value(), duplicator), asio::detached);
@@ -122,9 +162,9 @@ class interception {
     if (auto applied = self->apply(); !applied) return core::make_error(applied.error());
     spdlog::info(
         "intercept: table inet {} loaded; apps in cgroup {}/{} and {} configured app(s) "
-        "are taken over on port {}, their DNS on port {}",
+        "are taken over on port {}, their DNS on port {} ({})",
         intercept::table_name, *mount, intercept::run_cgroup, config.apps.size(), ic.tcp_port,
-        ic.dns_port);
+        ic.dns_port, fmt::join(listening, ", "));
     return self;
   }
 
@@ -248,32 +288,220 @@ class interception {
   bool table_loaded_ = false;
 };
 
+/// The path history (issue 6): opened where the config says; a file that cannot be
+/// opened costs the history only (said once), not the daemon.
+std::unique_ptr<path::history> open_history(const core::monitor_config& config) {
+  if (config.history_file.empty()) return nullptr;
+  const std::filesystem::path file(config.history_file);
+  std::error_code ec;
+  if (file.has_parent_path()) std::filesystem::create_directories(file.parent_path(), ec);
+  path::history_options options;
+  options.retention = std::chrono::duration_cast<std::chrono::hours>(config.history_retention);
+  if (options.retention.count() == 0) options.retention = std::chrono::hours(1);
+  auto opened = path::history::open(config.history_file, options);
+  if (!opened) {
+    spdlog::warn("path history: {}; going on without it ([monitor] history)", opened.error());
+    return nullptr;
+  }
+  return std::make_unique<path::history>(std::move(opened).value());
+}
+
+/// Paths as the selector sees them (issue 6): the monitor measures them, the selector
+/// decides for relayed flows after each round, flows that must move are reset, and
+/// cellular bytes are counted against the monthly budget.
+class path_supervision {
+ public:
+  path_supervision(asio::io_context& io, const core::config& config, mphttp::proxy_context& context,
+                   path::history* store)
+      : config_(config),
+        context_(context),
+        store_(store),
+        selector_(config.classes, config.selector),
+        monitor_(io.get_executor(), config.monitor, specs(config), store,
+                 [this](path::clock_type::time_point now) { on_round(now); }),
+        month_(path::month_of(path::wall_clock::now())) {
+    last_bytes_.resize(context.paths.size(), 0);
+    if (store_ != nullptr) {
+      if (auto rows = store_->usage(month_)) {
+        for (const auto& row : *rows)
+          if (row.app == all_apps && is_cellular(row.path)) cellular_month_bytes_ += row.bytes;
+      }
+    }
+    auto mount = intercept::cgroup2_mount();
+    apps_ = std::make_unique<intercept::app_directory>(config.apps, mount ? *mount : std::string(),
+                                                       config.selector.default_class);
+    placement_.selector = &selector_;
+    placement_.flows = &flows_;
+    placement_.monitor = &monitor_;
+    placement_.identify = [this](const asio::ip::tcp::endpoint& app,
+                                 const asio::ip::tcp::endpoint& destination) {
+      auto owner = net::find_tcp_socket_owner(app, destination);
+      if (!owner) {
+        spdlog::debug("which app is {}? {}", app.address().to_string(), owner.error());
+        return intercept::app_identity{"", config_.selector.default_class};
+      }
+      return apps_->identify(owner->cgroup_id, owner->uid);
+    };
+    placement_.cellular_capped = [this] { return cellular_capped(); };
+    placement_.count = [this](const intercept::app_identity& who, std::size_t path,
+                              std::uint64_t bytes) {
+      if (store_ == nullptr || bytes == 0) return;
+      (void)store_->add_usage(month_, who.app.empty() ? "-" : who.app,
+                              context_.paths[path].config.name, bytes);
+    };
+  }
+
+  void start() { monitor_.start(); }
+  void stop() { monitor_.stop(); }
+  intercept::flow_placement& placement() { return placement_; }
+  const path::monitor& monitor() const { return monitor_; }
+  const select::flow_table& flows() const { return flows_; }
+  bool cellular_capped() const {
+    return config_.budget.cellular_monthly_bytes > 0 &&
+           cellular_month_bytes_ >= config_.budget.cellular_monthly_bytes;
+  }
+  std::uint64_t cellular_month_bytes() const { return cellular_month_bytes_; }
+
+ private:
+  /// The usage rows' app for all of a path's bytes (relays, downloads, probes aside).
+  static constexpr const char* all_apps = "*";
+
+  static std::vector<path::monitor::path_spec> specs(const core::config& config) {
+    std::vector<path::monitor::path_spec> out;
+    for (const auto& p : config.paths)
+      out.push_back(
+          {p.name, p.interface, p.kind == core::path_kind::cellular, path::probe_target(p)});
+    return out;
+  }
+
+  bool is_cellular(std::string_view name) const {
+    return std::any_of(config_.paths.begin(), config_.paths.end(), [&](const core::path_config& p) {
+      return p.name == name && p.kind == core::path_kind::cellular;
+    });
+  }
+
+  void count_usage() {
+    const auto month = path::month_of(path::wall_clock::now());
+    if (month != month_) {
+      month_ = month;
+      cellular_month_bytes_ = 0;
+    }
+    for (std::size_t i = 0; i < context_.paths.size(); ++i) {
+      const auto& p = context_.paths[i];
+      const auto delta = p.bytes_received - last_bytes_[i];
+      last_bytes_[i] = p.bytes_received;
+      if (delta == 0) continue;
+      if (p.config.kind == core::path_kind::cellular) cellular_month_bytes_ += delta;
+      if (store_ != nullptr) (void)store_->add_usage(month_, all_apps, p.config.name, delta);
+    }
+    const bool capped = cellular_capped();
+    if (capped != context_.cellular_capped) {
+      spdlog::warn("cellular budget: {} of {} used this month: cellular {}",
+                   core::format_size(cellular_month_bytes_),
+                   core::format_size(config_.budget.cellular_monthly_bytes),
+                   capped ? "only when no other path is up" : "available again");
+    }
+    context_.cellular_capped = capped;
+  }
+
+  void on_round(path::clock_type::time_point now) {
+    std::vector<select::path_view> views;
+    for (std::size_t i = 0; i < context_.paths.size(); ++i) {
+      const auto& p = context_.paths[i];
+      select::path_view view;
+      view.up = monitor_.up(i);
+      view.cellular = p.config.kind == core::path_kind::cellular;
+      view.quality = monitor_.current(i);
+      view.capacity_bps = p.estimator.rate_bytes_per_s() * 8;
+      views.push_back(view);
+    }
+    selector_.update(views, now);
+    if (++rounds_ % usage_every_rounds == 0) count_usage();
+    const bool capped = cellular_capped();
+    flows_.reset_if([&](const select::flow_table::flow& f) {
+      if (!selector_.should_reset(f.qos, f.path, capped, now)) return false;
+      const auto to = selector_.choose(f.qos, capped, now).value_or(f.path);
+      const auto& from_q = views[f.path].quality;
+      const auto& to_q = views[to].quality;
+      spdlog::info("[{}] {} of app {} (class {}): {} {} → {}: reset so that it reconnects", f.id,
+                   f.what, f.app.empty() ? "-" : f.app, selector_.qos_class(f.qos).name,
+                   views[f.path].up ? "misses its class on" : "lost its path",
+                   context_.paths[f.path].config.name, context_.paths[to].config.name);
+      if (store_ != nullptr && from_q.rtt && to_q.rtt)
+        (void)store_->record_switch(path::wall_clock::now(), f.app,
+                                    context_.paths[f.path].config.name,
+                                    context_.paths[to].config.name, *from_q.rtt, *to_q.rtt);
+      return true;
+    });
+  }
+
+  static constexpr std::uint64_t usage_every_rounds = 5;
+  const core::config& config_;
+  mphttp::proxy_context& context_;
+  path::history* store_;
+  select::selector selector_;
+  select::flow_table flows_;
+  path::monitor monitor_;
+  std::unique_ptr<intercept::app_directory> apps_;
+  intercept::flow_placement placement_;
+  std::string month_;
+  std::uint64_t cellular_month_bytes_ = 0;
+  std::vector<std::uint64_t> last_bytes_;
+  std::uint64_t rounds_ = 0;
+};
+
 /// What the fleety CLI may ask (control socket).
 class daemon_control : public control::daemon_api {
  public:
   daemon_control(mphttp::proxy_context& context, interception* intercepting,
-                 const dns::duplicator& duplicator, std::string config_path)
+                 const dns::duplicator& duplicator, const path_supervision& paths,
+                 std::string config_path)
       : context_(context),
         intercepting_(intercepting),
         duplicator_(duplicator),
+        supervision_(paths),
         config_path_(std::move(config_path)) {}
 
   boost::json::object status() override {
+    auto ms = [](const std::optional<std::chrono::microseconds>& v) -> boost::json::value {
+      if (!v) return nullptr;
+      return static_cast<double>(v->count()) / 1000;
+    };
     boost::json::array paths;
-    for (const auto& p : context_.paths) {
-      paths.push_back(
-          boost::json::object{{"name", p.config.name},
-                              {"interface", p.config.interface},
-                              {"kind", std::string(core::to_string(p.config.kind))},
-                              {"up", net::interface_exists(p.config.interface)},
-                              {"rtt_ms", p.estimator.rtt_s() * 1000},
-                              {"throughput_mbps", p.estimator.rate_bytes_per_s() * 8 / 1e6},
-                              {"loss", nullptr},
-                              {"bytes_received", p.bytes_received},
-                              {"requests", p.requests}});
+    for (std::size_t i = 0; i < context_.paths.size(); ++i) {
+      const auto& p = context_.paths[i];
+      const auto q = supervision_.monitor().current(i);
+      paths.push_back(boost::json::object{
+          {"name", p.config.name},
+          {"interface", p.config.interface},
+          {"kind", std::string(core::to_string(p.config.kind))},
+          {"up", q.up},
+          {"rtt_ms", ms(q.rtt)},
+          {"jitter_ms", ms(q.jitter)},
+          {"throughput_mbps",
+           q.throughput_bps ? boost::json::value(*q.throughput_bps / 1e6) : nullptr},
+          {"loss", q.loss ? boost::json::value(*q.loss) : nullptr},
+          {"capacity_mbps", p.estimator.rate_bytes_per_s() * 8 / 1e6},
+          {"probes", supervision_.monitor().probes_sent(i)},
+          {"bytes_received", p.bytes_received},
+          {"requests", p.requests}});
+    }
+    boost::json::array flows;
+    for (const auto& [id, f] : supervision_.flows().flows()) {
+      flows.push_back(boost::json::object{
+          {"id", id},
+          {"app", f.app},
+          {"class", f.qos},
+          {"path", context_.paths[f.path].config.name},
+          {"what", f.what},
+          {"seconds",
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - f.started).count()}});
     }
     const auto& dns = duplicator_.stats();
     return {{"paths", std::move(paths)},
+            {"flows", std::move(flows)},
+            {"cellular_month_bytes", supervision_.cellular_month_bytes()},
+            {"cellular_capped", supervision_.cellular_capped()},
             {"sessions_active", context_.sessions_active},
             {"sessions_started", context_.sessions_started},
             {"multipath_downloads_active", context_.fetches_active},
@@ -297,9 +525,9 @@ class daemon_control : public control::daemon_api {
   core::expected<std::size_t> reload_rules() override {
     auto fresh = core::load_config(config_path_);
     if (!fresh) return core::make_error(fresh.error() + " (the rules in use stay)");
-    context_.features =
-        classify::compile_feature_rules(fresh->features, fresh->multipath_by_default);
-    spdlog::info("{} feature rule(s) loaded from {}", context_.features.rules.size(), config_path_);
+    context_.features = classify::compile_feature_rules(*fresh);
+    spdlog::info("{} feature rule(s) and {} HTTP-DNS endpoint(s) loaded from {}",
+                 context_.features.rules.size(), context_.features.http_dns.size(), config_path_);
     return context_.features.rules.size();
   }
 
@@ -309,6 +537,7 @@ class daemon_control : public control::daemon_api {
   mphttp::proxy_context& context_;
   interception* intercepting_;
   const dns::duplicator& duplicator_;
+  const path_supervision& supervision_;
   std::string config_path_;
 };
 
@@ -318,6 +547,7 @@ int run(const core::config& config, const std::string& config_path) {
   ::signal(SIGPIPE, SIG_IGN);
   asio::io_context io(1);
 
+  const auto history = open_history(config.monitor);
   std::vector<mphttp::path_runtime> paths;
   std::size_t present = 0;
   for (const auto& path_config : config.paths) {
@@ -331,12 +561,30 @@ int run(const core::config& config, const std::string& config_path) {
     options.interface = path_config.interface;
     options.servers = path_config.dns_servers;
     auto resolver = std::make_unique<dns::path_resolver>(io.get_executor(), options);
+    // What the history knows of the path's last hour seeds what the config doesn't say.
+    std::uint64_t rate_bps = path_config.prior_rate_bps;
+    auto rtt = path_config.prior_rtt;
+    if (history) {
+      const auto now = path::wall_clock::now();
+      if (auto known = history->summary(path_config.name, now - std::chrono::hours(1), now)) {
+        if (rate_bps == 0 && known->median_throughput_bps)
+          rate_bps = static_cast<std::uint64_t>(*known->median_throughput_bps);
+        if (rtt.count() == 0 && known->median_rtt) rtt = *known->median_rtt;
+        if (known->samples > 0)
+          spdlog::info(
+              "path {}: history of the last hour: {} samples, median RTT {}, rate {}",
+              path_config.name, known->samples,
+              known->median_rtt ? fmt::format("{} ms", known->median_rtt->count() / 1000)
+                                : std::string("unknown"),
+              known->median_throughput_bps
+                  ? core::format_rate(static_cast<std::uint64_t>(*known->median_throughput_bps))
+                  : std::string("unknown"));
+      }
+    }
     mphttp::path_runtime runtime{
         path_config, std::move(resolver),
-        mphttp::path_estimator(
-            path_config.prior_rate_bps ? path_config.prior_rate_bps
-                                       : config.scheduler.default_rate_bps,
-            path_config.prior_rtt.count() ? path_config.prior_rtt : config.scheduler.default_rtt)};
+        mphttp::path_estimator(rate_bps ? rate_bps : config.scheduler.default_rate_bps,
+                               rtt.count() ? rtt : config.scheduler.default_rtt)};
     paths.push_back(std::move(runtime));
   }
   if (present == 0) {
@@ -376,7 +624,7 @@ int run(const core::config& config, const std::string& config_path) {
   }
 
   mphttp::proxy_context context{config, paths};
-  context.features = classify::compile_feature_rules(config.features, config.multipath_by_default);
+  context.features = classify::compile_feature_rules(config);
   asio::co_spawn(io, mphttp::run_proxy_listener(std::move(acceptor), context),
                  [](std::exception_ptr e) {
                    if (e) std::rethrow_exception(e);
@@ -388,6 +636,8 @@ int run(const core::config& config, const std::string& config_path) {
   for (auto& p : paths) dns_paths.push_back({p.config.name, p.config.interface, p.resolver.get()});
   dns::duplicator duplicator(std::move(dns_paths), dns_info);
   context.dns_info = &dns_info;
+  path_supervision supervision(io, config, context, history.get());
+  supervision.start();
 
   std::unique_ptr<interception> intercepting;
   if (config.intercept.enabled) {
@@ -398,7 +648,9 @@ int run(const core::config& config, const std::string& config_path) {
     }
     intercepting = std::move(started).value();
     for (auto& intercept_acceptor : intercepting->acceptors()) {
-      asio::co_spawn(io, intercept::run_intercept_listener(std::move(intercept_acceptor), context),
+      asio::co_spawn(io,
+                     intercept::run_intercept_listener(std::move(intercept_acceptor), context,
+                                                       supervision.placement()),
                      [](std::exception_ptr e) {
                        if (e) std::rethrow_exception(e);
                      });
@@ -413,7 +665,7 @@ int run(const core::config& config, const std::string& config_path) {
     io.stop();
   });
   // The fleety CLI's socket.
-  daemon_control control_api(context, intercepting.get(), duplicator, config_path);
+  daemon_control control_api(context, intercepting.get(), duplicator, supervision, config_path);
   auto control_acceptor = control::listen_control(io, config.control_socket);
   if (!control_acceptor) {
     std::cerr << "fleetyd: control socket: " << control_acceptor.error() << "\n";
@@ -442,6 +694,7 @@ int run(const core::config& config, const std::string& config_path) {
                fmt::format("{}:{}", config.proxy.listen_address, config.proxy.listen_port), summary,
                config.scheduler.mode == core::scheduler_mode::cost ? "cost" : "aggregate");
   io.run();
+  supervision.stop();
   intercepting.reset();
   std::error_code removed;
   std::filesystem::remove(config.control_socket, removed);

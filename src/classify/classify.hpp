@@ -71,6 +71,8 @@ struct feature_rules {
   std::vector<feature_rule> rules;
   /// When no rule matches: true = any GET may split (by size), false = none.
   bool multipath_by_default = true;
+  /// The HTTP-DNS endpoints (config `[[http_dns]]`), reloaded with the rules.
+  std::vector<core::http_dns_config> http_dns;
 };
 
 struct feature_decision {
@@ -88,8 +90,24 @@ std::string path_extension(std::string_view target);
 
 feature_decision decide_feature(const feature_rules& rules, const request_view& request);
 
+/// A request to an HTTP-DNS endpoint: which one, and the name it asks for.
+struct http_dns_request {
+  const core::http_dns_config* endpoint = nullptr;
+  std::string asked_name;  ///< the first name parameter's value, decoded; empty if none
+};
+
+/// Whether `request` asks an HTTP-DNS endpoint: one of its host patterns matches the
+/// request's host or `destination` (the address the app connected to, "" if none), and
+/// the path is the endpoint's or below it ("/d" matches "/d", "/d?x" and "/d/v4", not "/dx").
+std::optional<http_dns_request> match_http_dns(const std::vector<core::http_dns_config>& endpoints,
+                                               const request_view& request,
+                                               std::string_view destination);
+
 /// The config's `[[feature]]` entries, compiled (the config has checked the regexes).
 feature_rules compile_feature_rules(const std::vector<core::feature_config>& features,
                                     bool multipath_by_default);
+
+/// All of the config's rules: `[[feature]]`, `[classify]` and `[[http_dns]]`.
+feature_rules compile_feature_rules(const core::config& config);
 
 }  // namespace fleety::classify

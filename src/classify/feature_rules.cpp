@@ -103,4 +103,10 @@ feature_rules compile_feature_rules(const std::vector<core::feature_config>& fea
   return out;
 }
 
+feature_rules compile_feature_rules(const core::config& config) {
+  auto out = compile_feature_rules(config.features, config.multipath_by_default);
+  out.http_dns = config.http_dns;
+  return out;
+}
+
 }  // namespace fleety::classify

@@ -1,5 +1,6 @@
 #include "core/config.hpp"
 
+#include <arpa/inet.h>
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
@@ -130,10 +131,31 @@ std::optional<std::string> read_proxy(const context& ctx, const toml::table& tab
   return std::nullopt;
 }
 
+/// "198.51.100.1:443" or "[2001:db8::1]:443": a literal address and a port above 0.
+bool valid_host_port(std::string_view text) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string_view::npos || colon + 1 == text.size()) return false;
+  std::string_view host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  } else if (host.find(':') != std::string_view::npos) {
+    return false;  // an IPv6 address needs its brackets
+  }
+  unsigned port = 0;
+  const auto digits = text.substr(colon + 1);
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), port);
+  if (ec != std::errc{} || end != digits.data() + digits.size() || port == 0 || port > 65535)
+    return false;
+  in6_addr v6{};
+  in_addr v4{};
+  const std::string h(host);
+  return ::inet_pton(AF_INET, h.c_str(), &v4) == 1 || ::inet_pton(AF_INET6, h.c_str(), &v6) == 1;
+}
+
 std::optional<std::string> read_path(const context& ctx, const toml::table& table,
                                      path_config& path) {
   if (auto e = check_keys(ctx, table, "[[path]]",
-                          {"name", "interface", "kind", "cost", "dns", "rate", "rtt"})) {
+                          {"name", "interface", "kind", "cost", "dns", "rate", "rtt", "probe"})) {
     return e;
   }
   for (auto key : {"name", "interface", "kind"}) {
@@ -198,6 +220,13 @@ std::optional<std::string> read_path(const context& ctx, const toml::table& tabl
             return std::nullopt;
           })) {
     return e;
+  }
+  if (auto e = read_string(ctx, table, "probe", "path", path.probe)) return e;
+  if (!path.probe.empty() && !valid_host_port(path.probe)) {
+    return fmt::format(
+        "{}path '{}': probe '{}' must be ADDRESS:PORT (\"198.51.100.1:443\", "
+        "\"[2001:db8::1]:443\")",
+        ctx.where(*table.get("probe")), path.name, path.probe);
   }
   return read_unit<std::chrono::microseconds>(
       ctx, table, "rtt", "path", parse_duration,
@@ -372,7 +401,8 @@ std::optional<std::string> read_intercept(const context& ctx, const toml::table&
 }
 
 std::optional<std::string> read_app(const context& ctx, const toml::table& table, app_config& app) {
-  if (auto e = check_keys(ctx, table, "[[app]]", {"name", "cgroup", "uid", "gid", "enabled"}))
+  if (auto e =
+          check_keys(ctx, table, "[[app]]", {"name", "cgroup", "uid", "gid", "enabled", "class"}))
     return e;
   if (!table.contains("name")) return fmt::format("{}[[app]] needs 'name'", ctx.where(table));
   if (auto e = read_string(ctx, table, "name", "app", app.name)) return e;
@@ -397,7 +427,105 @@ std::optional<std::string> read_app(const context& ctx, const toml::table& table
   if (auto e = read_integer(ctx, table, "gid", "app", 0, 0xfffffffeLL, id)) return e;
   if (id >= 0) app.gid = static_cast<std::uint32_t>(id);
   if (auto e = read_bool(ctx, table, "enabled", "app", app.enabled)) return e;
-  return std::nullopt;
+  return read_string(ctx, table, "class", "app", app.qos_class);
+}
+
+std::optional<std::string> read_class(const context& ctx, const toml::table& table,
+                                      qos_class_config& out) {
+  if (auto e = check_keys(ctx, table, "[[class]]",
+                          {"name", "max_rtt", "max_jitter", "max_loss", "min_throughput"}))
+    return e;
+  if (!table.contains("name")) return fmt::format("{}[[class]] needs 'name'", ctx.where(table));
+  if (auto e = read_string(ctx, table, "name", "class", out.name)) return e;
+  auto store = [](std::optional<std::chrono::microseconds>& target) {
+    return [&target](std::chrono::microseconds v, const toml::node&) -> std::optional<std::string> {
+      target = v;
+      return std::nullopt;
+    };
+  };
+  if (auto e = read_unit<std::chrono::microseconds>(ctx, table, "max_rtt", "class", parse_duration,
+                                                    store(out.max_rtt)))
+    return e;
+  if (auto e = read_unit<std::chrono::microseconds>(ctx, table, "max_jitter", "class",
+                                                    parse_duration, store(out.max_jitter)))
+    return e;
+  if (const toml::node* node = table.get("max_loss")) {
+    const auto value = node->value<double>();
+    if (!value || *value < 0 || *value > 1) {
+      return fmt::format("{}class '{}': max_loss must be a fraction from 0 to 1 (0.02 is 2%)",
+                         ctx.where(*node), out.name);
+    }
+    out.max_loss = *value;
+  }
+  return read_unit<std::uint64_t>(
+      ctx, table, "min_throughput", "class", parse_rate_bps,
+      [&](std::uint64_t v, const toml::node&) -> std::optional<std::string> {
+        out.min_throughput_bps = v;
+        return std::nullopt;
+      });
+}
+
+std::optional<std::string> read_selector(const context& ctx, const toml::table& table,
+                                         selector_config& out) {
+  if (auto e = check_keys(ctx, table, "[selector]", {"default_class", "reset_after", "hysteresis"}))
+    return e;
+  if (auto e = read_string(ctx, table, "default_class", "selector", out.default_class)) return e;
+  auto bounded = [&](std::chrono::microseconds& target, std::string_view key) {
+    return [&target, &ctx, key](std::chrono::microseconds v,
+                                const toml::node& n) -> std::optional<std::string> {
+      if (v < std::chrono::milliseconds(200) || v > std::chrono::hours(1))
+        return fmt::format("{}selector.{} must be from 200ms to 1h", ctx.where(n), key);
+      target = v;
+      return std::nullopt;
+    };
+  };
+  if (auto e = read_unit<std::chrono::microseconds>(ctx, table, "reset_after", "selector",
+                                                    parse_duration,
+                                                    bounded(out.reset_after, "reset_after")))
+    return e;
+  return read_unit<std::chrono::microseconds>(ctx, table, "hysteresis", "selector", parse_duration,
+                                              bounded(out.hysteresis, "hysteresis"));
+}
+
+std::optional<std::string> read_monitor(const context& ctx, const toml::table& table,
+                                        monitor_config& out) {
+  if (auto e = check_keys(
+          ctx, table, "[monitor]",
+          {"interval", "probe_interval", "cellular_probe_budget", "history", "history_retention"}))
+    return e;
+  auto bounded = [&](std::chrono::microseconds& target, std::string_view key,
+                     std::chrono::microseconds low, std::chrono::microseconds high) {
+    return [&target, &ctx, key, low, high](std::chrono::microseconds v,
+                                           const toml::node& n) -> std::optional<std::string> {
+      if (v < low || v > high)
+        return fmt::format("{}monitor.{} must be from {} ms to {} s", ctx.where(n), key,
+                           low.count() / 1000, high.count() / 1'000'000);
+      target = v;
+      return std::nullopt;
+    };
+  };
+  using std::chrono::hours;
+  using std::chrono::milliseconds;
+  using std::chrono::seconds;
+  if (auto e = read_unit<std::chrono::microseconds>(
+          ctx, table, "interval", "monitor", parse_duration,
+          bounded(out.interval, "interval", milliseconds(50), seconds(60))))
+    return e;
+  if (auto e = read_unit<std::chrono::microseconds>(
+          ctx, table, "probe_interval", "monitor", parse_duration,
+          bounded(out.probe_interval, "probe_interval", milliseconds(100), hours(1))))
+    return e;
+  if (auto e = read_unit<std::chrono::microseconds>(
+          ctx, table, "history_retention", "monitor", parse_duration,
+          bounded(out.history_retention, "history_retention", seconds(60), hours(24 * 366))))
+    return e;
+  if (auto e = read_string(ctx, table, "history", "monitor", out.history_file)) return e;
+  return read_unit<std::uint64_t>(
+      ctx, table, "cellular_probe_budget", "monitor", parse_size_bytes,
+      [&](std::uint64_t v, const toml::node&) -> std::optional<std::string> {
+        out.cellular_probe_budget_Bps = v;
+        return std::nullopt;
+      });
 }
 
 std::optional<std::string> read_feature(const context& ctx, const toml::table& table,
@@ -453,6 +581,53 @@ std::optional<std::string> read_feature(const context& ctx, const toml::table& t
   return read_bool(ctx, table, "multipath", "feature", feature.multipath);
 }
 
+std::optional<std::string> read_http_dns(const context& ctx, const toml::table& table,
+                                         http_dns_config& endpoint) {
+  if (auto e =
+          check_keys(ctx, table, "[[http_dns]]",
+                     {"name", "hosts", "path", "name_parameters", "default_ttl", "max_reply_size"}))
+    return e;
+  if (!table.contains("name")) return fmt::format("{}[[http_dns]] needs 'name'", ctx.where(table));
+  if (auto e = read_string(ctx, table, "name", "http_dns", endpoint.name)) return e;
+  if (auto e = read_string_list(ctx, table, "hosts", "http_dns", endpoint.hosts)) return e;
+  if (endpoint.hosts.empty()) {
+    return fmt::format(
+        "{}http_dns '{}' needs 'hosts': the endpoint's host names or addresses, e.g. hosts = "
+        "[\"203.0.113.1\"]",
+        ctx.where(table), endpoint.name);
+  }
+  if (auto e = read_string(ctx, table, "path", "http_dns", endpoint.path)) return e;
+  if (endpoint.path.empty() || endpoint.path.front() != '/' ||
+      endpoint.path.find_first_of("?# ") != std::string::npos) {
+    return fmt::format("{}http_dns '{}': path '{}' must start with '/' and have no query",
+                       ctx.where(*table.get("path")), endpoint.name, endpoint.path);
+  }
+  if (table.contains("name_parameters")) {
+    endpoint.name_parameters.clear();
+    if (auto e =
+            read_string_list(ctx, table, "name_parameters", "http_dns", endpoint.name_parameters))
+      return e;
+  }
+  if (auto e = read_unit<std::chrono::microseconds>(
+          ctx, table, "default_ttl", "http_dns", parse_duration,
+          [&](std::chrono::microseconds v, const toml::node& node) -> std::optional<std::string> {
+            if (v < std::chrono::seconds(1) || v > std::chrono::hours(24))
+              return fmt::format("{}http_dns.default_ttl must be from 1s to 24h", ctx.where(node));
+            endpoint.default_ttl = std::chrono::duration_cast<std::chrono::seconds>(v);
+            return std::nullopt;
+          }))
+    return e;
+  return read_unit<std::uint64_t>(
+      ctx, table, "max_reply_size", "http_dns", parse_size_bytes,
+      [&](std::uint64_t v, const toml::node& node) -> std::optional<std::string> {
+        if (v < 512 || v > (16ULL << 20))
+          return fmt::format("{}http_dns.max_reply_size must be from 512B to 16MiB",
+                             ctx.where(node));
+        endpoint.max_reply_bytes = v;
+        return std::nullopt;
+      });
+}
+
 /// [[NAME]] entries, each read by `read_one`.
 template <class Entry, class Reader>
 std::optional<std::string> read_array_of_tables(const context& ctx, const toml::table& root,
@@ -477,6 +652,17 @@ std::optional<std::string> read_array_of_tables(const context& ctx, const toml::
 
 }  // namespace
 
+std::vector<qos_class_config> builtin_qos_classes() {
+  using std::chrono::milliseconds;
+  return {
+      {"gaming", milliseconds(100), milliseconds(30), 0.02, std::nullopt},
+      {"streaming", std::nullopt, std::nullopt, std::nullopt, 5'000'000},
+      {"download", std::nullopt, std::nullopt, std::nullopt, 1'000'000},
+      {"messaging", std::nullopt, std::nullopt, std::nullopt, std::nullopt},
+      {"default", std::nullopt, std::nullopt, std::nullopt, std::nullopt},
+  };
+}
+
 std::string_view to_string(path_kind kind) {
   switch (kind) {
     case path_kind::wifi:
@@ -499,9 +685,10 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
         fmt::format("{}:{}: {}", source_name, error.source().begin.line, error.description()));
   }
   config result;
-  if (auto e = check_keys(ctx, root, "the file",
-                          {"proxy", "path", "scheduler", "log", "intercept", "app", "feature",
-                           "classify", "control"})) {
+  if (auto e = check_keys(
+          ctx, root, "the file",
+          {"proxy", "path", "scheduler", "log", "intercept", "app", "feature", "http_dns",
+           "classify", "control", "class", "selector", "monitor", "budget"})) {
     return make_error(*e);
   }
   if (const toml::node* node = root.get("intercept")) {
@@ -542,6 +729,67 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
   }
   if (auto e = read_array_of_tables(ctx, root, "feature", result.features, read_feature))
     return make_error(*e);
+  if (auto e = read_array_of_tables(ctx, root, "http_dns", result.http_dns, read_http_dns))
+    return make_error(*e);
+  {
+    // A [[class]] of a built-in class's name replaces it.
+    std::vector<qos_class_config> classes;
+    if (auto e = read_array_of_tables(ctx, root, "class", classes, read_class))
+      return make_error(*e);
+    std::set<std::string> seen;
+    for (auto& c : classes) {
+      if (!seen.insert(c.name).second)
+        return make_error(fmt::format("{}: class '{}' is defined twice", source_name, c.name));
+      auto same = std::find_if(result.classes.begin(), result.classes.end(),
+                               [&](const qos_class_config& b) { return b.name == c.name; });
+      if (same != result.classes.end()) {
+        *same = std::move(c);
+      } else {
+        result.classes.push_back(std::move(c));
+      }
+    }
+  }
+  auto class_exists = [&](const std::string& name) {
+    return std::any_of(result.classes.begin(), result.classes.end(),
+                       [&](const qos_class_config& c) { return c.name == name; });
+  };
+  auto class_names = [&] {
+    std::string names;
+    for (const auto& c : result.classes) names += (names.empty() ? "" : ", ") + c.name;
+    return names;
+  };
+  for (const auto& section : {"selector", "monitor", "budget"}) {
+    const toml::node* node = root.get(section);
+    if (node != nullptr && node->as_table() == nullptr)
+      return make_error(fmt::format("{}[{}] must be a table", ctx.where(*node), section));
+  }
+  if (const auto* table = root["selector"].as_table()) {
+    if (auto e = read_selector(ctx, *table, result.selector)) return make_error(*e);
+    if (!class_exists(result.selector.default_class)) {
+      return make_error(fmt::format("{}selector.default_class '{}' is not a class (classes: {})",
+                                    ctx.where(*table), result.selector.default_class,
+                                    class_names()));
+    }
+  }
+  if (const auto* table = root["monitor"].as_table()) {
+    if (auto e = read_monitor(ctx, *table, result.monitor)) return make_error(*e);
+  }
+  if (const auto* table = root["budget"].as_table()) {
+    if (auto e = check_keys(ctx, *table, "[budget]", {"cellular_monthly"})) return make_error(*e);
+    if (auto e = read_unit<std::uint64_t>(
+            ctx, *table, "cellular_monthly", "budget", parse_size_bytes,
+            [&](std::uint64_t v, const toml::node&) -> std::optional<std::string> {
+              result.budget.cellular_monthly_bytes = v;
+              return std::nullopt;
+            }))
+      return make_error(*e);
+  }
+  for (const auto& app : result.apps) {
+    if (!app.qos_class.empty() && !class_exists(app.qos_class)) {
+      return make_error(fmt::format("{}: app '{}': class '{}' is not a class (classes: {})",
+                                    source_name, app.name, app.qos_class, class_names()));
+    }
+  }
   if (const toml::node* node = root.get("proxy")) {
     const auto* table = node->as_table();
     if (table == nullptr) return make_error(ctx.where(*node) + "[proxy] must be a table");

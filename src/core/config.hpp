@@ -31,6 +31,9 @@ struct path_config {
   /// Prior estimates used until the path has been measured.
   std::uint64_t prior_rate_bps = 0;        ///< 0: use [scheduler] default_rate
   std::chrono::microseconds prior_rtt{0};  ///< 0: use [scheduler] default_rtt
+  /// Where idle probes go ("198.18.0.53:53", "[2001:db8::1]:443"): a TCP connect whose
+  /// time is the path's RTT. Empty: the path's first DNS server, port 53.
+  std::string probe;
 };
 
 /// The scheduler's two policies (DESIGN.md): Wi-Fi first with a tolerance, or pure aggregation.
@@ -85,6 +88,51 @@ struct app_config {
   std::optional<std::uint32_t> uid;
   std::optional<std::uint32_t> gid;
   bool enabled = true;
+  std::string qos_class;  ///< `class`: its flows' QoS class; empty: [selector] default_class
+};
+
+/// A QoS class (`[[class]]`, paper §4.4): what a path must offer a flow of this class.
+/// Unset limits don't count.
+struct qos_class_config {
+  std::string name;
+  std::optional<std::chrono::microseconds> max_rtt;
+  std::optional<std::chrono::microseconds> max_jitter;
+  std::optional<double> max_loss;  ///< 0..1
+  std::optional<std::uint64_t> min_throughput_bps;
+};
+
+/// The classes every config has unless it redefines them: gaming (RTT ≤ 100 ms, jitter ≤
+/// 30 ms, loss ≤ 2%), streaming (≥ 5 Mbit/s), download (≥ 1 Mbit/s), messaging and
+/// default (anything that is up).
+std::vector<qos_class_config> builtin_qos_classes();
+
+/// `[selector]`: how relayed flows (TLS, other TCP, HTTP that is not split) pick a path.
+struct selector_config {
+  std::string default_class = "default";  ///< for flows of apps without a class
+  /// A flow whose path misses its class this long, while another path meets it, is reset
+  /// so that the app reconnects on the better path.
+  std::chrono::microseconds reset_after{3'000'000};
+  /// A path that missed a class must meet it this long before new flows of the class go
+  /// back to it (against flapping).
+  std::chrono::microseconds hysteresis{10'000'000};
+};
+
+/// `[monitor]`: how paths are measured, and where what was measured is kept.
+struct monitor_config {
+  std::chrono::microseconds interval{200'000};          ///< each path's quality is read this often
+  std::chrono::microseconds probe_interval{1'000'000};  ///< probes while a path is idle
+  /// Bytes per second probes may cost on a cellular path (a probe is about 200 bytes).
+  std::uint64_t cellular_probe_budget_Bps = 1024;
+  /// The path history (SQLite); empty: none (nothing survives a restart).
+  std::string history_file = "/var/lib/fleety/history.db";
+  std::chrono::microseconds history_retention{7LL * 24 * 3600 * 1'000'000};
+};
+
+/// `[budget]`: cellular data.
+struct budget_config {
+  /// Bytes a month (UTC) fleetyd may spend on cellular paths; beyond it cellular carries
+  /// flows only when no other path is up, and no multipath download. 0: no cap.
+  std::uint64_t cellular_monthly_bytes = 0;
 };
 
 /// A feature rule (`[[feature]]`, paper §4.1): which HTTP requests may use MPHTTP.
@@ -98,6 +146,20 @@ struct feature_config {
   bool multipath = true;
 };
 
+/// An HTTP-DNS endpoint (`[[http_dns]]`, paper §4.1): apps that resolve names over HTTP
+/// ask it; fleetyd asks it on every path and records each path's answer.
+struct http_dns_config {
+  std::string name;
+  /// Host patterns ("httpdns.example.com", "*.example.com") or addresses ("203.0.113.1"),
+  /// matched against the request's Host and the address the app connected to.
+  std::vector<std::string> hosts;
+  std::string path = "/";  ///< the endpoint's path; requests for it or below it match
+  /// Query parameters that carry the name asked (when the reply doesn't say it).
+  std::vector<std::string> name_parameters{"host", "dn", "domain", "name"};
+  std::chrono::seconds default_ttl{60};       ///< for answers that give none
+  std::uint64_t max_reply_bytes = 64 * 1024;  ///< a longer reply is refused (502)
+};
+
 struct config {
   proxy_config proxy;
   std::vector<path_config> paths;  ///< in preference order: cost, then file order
@@ -105,6 +167,11 @@ struct config {
   intercept_config intercept;
   std::vector<app_config> apps;
   std::vector<feature_config> features;
+  std::vector<http_dns_config> http_dns;
+  std::vector<qos_class_config> classes = builtin_qos_classes();
+  selector_config selector;
+  monitor_config monitor;
+  budget_config budget;
   /// `[classify] multipath_by_default`: an HTTP GET no feature rule matches may split.
   bool multipath_by_default = true;
   /// `[control] socket`: the fleety CLI's unix socket (root-only).

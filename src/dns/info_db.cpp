@@ -74,6 +74,18 @@ std::optional<std::string> info_db::name_of(const address& addr, clock_type::tim
   return *best;
 }
 
+std::optional<info_db::address> info_db::counterpart(const address& addr, std::string_view path,
+                                                     clock_type::time_point now) const {
+  const auto name = name_of(addr, now);
+  if (!name) return std::nullopt;
+  const auto own = addresses(*name, path, now);
+  if (!own || std::find(own->begin(), own->end(), addr) != own->end()) return std::nullopt;
+  for (const auto& candidate : *own) {
+    if (candidate.is_v4() == addr.is_v4()) return candidate;
+  }
+  return std::nullopt;
+}
+
 std::size_t info_db::size(clock_type::time_point now) const {
   return static_cast<std::size_t>(
       std::count_if(names_.begin(), names_.end(),

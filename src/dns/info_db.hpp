@@ -35,6 +35,13 @@ class info_db {
   /// The name some path's answer gave `address` for (the most recently recorded).
   std::optional<std::string> name_of(const address& addr, clock_type::time_point now) const;
 
+  /// Where `path` should go for a server the app reached at `addr`: the address `path`'s
+  /// answer gave (same family) for the name `addr` was given for (paper §4.1: the app
+  /// connects to A, the other path's server for that name is B). nullopt when the name
+  /// or that path's answer is unknown, or when `path`'s answer contains `addr` itself.
+  std::optional<address> counterpart(const address& addr, std::string_view path,
+                                     clock_type::time_point now) const;
+
   /// Unexpired names.
   std::size_t size(clock_type::time_point now) const;
 

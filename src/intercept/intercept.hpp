@@ -6,16 +6,27 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <chrono>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "core/config.hpp"
 #include "core/expected.hpp"
 
 namespace fleety::mphttp {
 struct proxy_context;
+}
+namespace fleety::select {
+class selector;
+class flow_table;
+}  // namespace fleety::select
+namespace fleety::path {
+class monitor;
 }
 
 namespace fleety::intercept {
@@ -24,6 +35,8 @@ namespace fleety::intercept {
 inline constexpr std::string_view table_name = "fleety";
 /// The cgroup (below the cgroup2 mount) under which `fleety run` puts apps.
 inline constexpr std::string_view run_cgroup = "fleety";
+/// IPv6 link-local unicast (RFC 4291): destinations only meaningful with their interface.
+inline constexpr std::string_view link_local_net = "fe80::/10";
 
 /// An app the rules select: every given selector is a separate match.
 struct app_match {
@@ -48,7 +61,11 @@ struct ruleset_spec {
 };
 
 /// The nft script that replaces fleety's table in one transaction: the table is
-/// created (so that deleting it cannot fail), deleted, and built again.
+/// created (so that deleting it cannot fail), deleted, and built again. The selected
+/// apps' TCP (and DNS) go to 127.0.0.1 / ::1 (redirect), to a link-local IPv6
+/// destination to the app's own address on that link (dnat to its source address: the
+/// listener must take IPv6 on [::]); an input chain drops what reaches these ports from
+/// outside this host.
 std::string build_ruleset(const ruleset_spec& spec);
 
 /// The script that removes the table (after creating it, so it never fails).
@@ -64,15 +81,64 @@ core::expected<std::string> cgroup2_mount();
 /// Runs an nft script through libnftables. The error is nft's own message.
 core::expected<bool> run_nft(const std::string& script);
 
-/// The destination the app connected to before the redirect (SO_ORIGINAL_DST).
+/// The destination the app connected to before the redirect (SO_ORIGINAL_DST); a
+/// link-local IPv6 one carries its scope (the app's interface).
 std::optional<boost::asio::ip::tcp::endpoint> original_destination(
     boost::asio::ip::tcp::socket& socket);
+
+/// Which configured app a redirected connection is, and its QoS class.
+struct app_identity {
+  std::string app;  ///< empty: no configured app (the class is then the default)
+  std::string qos;
+};
+
+/// Names the app behind a connection from what the kernel says of its socket: the
+/// configured app whose cgroup is the socket's (a `fleety run --app NAME` program's is
+/// `fleety/NAME`), else the one whose uid owns it; its class is the app's `class`, else
+/// `default_class`. Cgroup ids are looked up again (at most once a second) when one is
+/// not known, so apps started later are named.
+class app_directory {
+ public:
+  /// `cgroup2_mount`: "/sys/fs/cgroup" or "/sys/fs/cgroup/unified"; empty: by uid only.
+  app_directory(std::vector<core::app_config> apps, std::string cgroup2_mount,
+                std::string default_class);
+  app_identity identify(std::optional<std::uint64_t> cgroup_id, std::uint32_t uid);
+
+ private:
+  void refresh_cgroups(std::chrono::steady_clock::time_point now);
+  std::string class_of(const std::string& app) const;
+
+  std::vector<core::app_config> apps_;
+  std::string mount_;
+  std::string default_class_;
+  std::map<std::uint64_t, std::string> cgroup_apps_;  ///< cgroup id → app name
+  std::chrono::steady_clock::time_point refreshed_{};
+};
+
+/// Where relayed flows (TLS, other TCP) go and how they are followed (issue 6). Owned by
+/// fleetyd; outlives the listener. Every member may be empty: then a flow takes the first
+/// path that is up and nobody follows it.
+struct flow_placement {
+  select::selector* selector = nullptr;
+  select::flow_table* flows = nullptr;
+  path::monitor* monitor = nullptr;
+  /// The app behind a connection: its local endpoint (the accepted socket's peer) and
+  /// its original destination.
+  std::function<app_identity(const boost::asio::ip::tcp::endpoint& app,
+                             const boost::asio::ip::tcp::endpoint& destination)>
+      identify;
+  /// Over the cellular budget: cellular only when nothing else is up.
+  std::function<bool()> cellular_capped;
+  /// A relayed flow of `who` ended having received `bytes` on path `path`.
+  std::function<void(const app_identity& who, std::size_t path, std::uint64_t bytes)> count;
+};
 
 /// Accepts the redirected connections on `acceptor` until it is closed: each is
 /// classified on its first bytes (or relayed as bytes when the app says nothing within
 /// the peek timeout), HTTP goes to the MPHTTP session, the rest is relayed on the path
 /// the selector picks, to the app's original destination.
 boost::asio::awaitable<void> run_intercept_listener(boost::asio::ip::tcp::acceptor acceptor,
-                                                    mphttp::proxy_context& context);
+                                                    mphttp::proxy_context& context,
+                                                    flow_placement& placement);
 
 }  // namespace fleety::intercept

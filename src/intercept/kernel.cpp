@@ -44,7 +44,18 @@ std::optional<boost::asio::ip::tcp::endpoint> original_destination(
   const auto& in6 = reinterpret_cast<const sockaddr_in6&>(storage);
   boost::asio::ip::address_v6::bytes_type bytes;
   std::copy(std::begin(in6.sin6_addr.s6_addr), std::end(in6.sin6_addr.s6_addr), bytes.begin());
-  return boost::asio::ip::tcp::endpoint(boost::asio::ip::address_v6(bytes, in6.sin6_scope_id),
+  // A link-local destination means nothing without its interface: the kernel gives the
+  // interface our socket is tied to, the app's link (the rules DNAT such connections to
+  // the app's own address on it, so they arrive through that interface). Should it give
+  // none, the address we were reached at has the same scope.
+  auto scope = in6.sin6_scope_id;
+  const boost::asio::ip::address_v6 original(bytes);
+  if (scope == 0 && original.is_link_local()) {
+    boost::system::error_code ec;
+    const auto local = socket.local_endpoint(ec);
+    if (!ec && local.address().is_v6()) scope = local.address().to_v6().scope_id();
+  }
+  return boost::asio::ip::tcp::endpoint(boost::asio::ip::address_v6(bytes, scope),
                                         ntohs(in6.sin6_port));
 }
 

@@ -18,6 +18,7 @@
 #include "intercept/intercept.hpp"
 #include "mphttp/proxy.hpp"
 #include "net/bound_socket.hpp"
+#include "path/monitor.hpp"
 #include "select/select.hpp"
 
 namespace fleety::intercept {
@@ -88,41 +89,49 @@ awaitable<classify::flow_class> async_peek_and_classify(tcp::socket& app,
 tcp::endpoint server_on_path(const mphttp::proxy_context& context, const tcp::endpoint& destination,
                              const mphttp::path_runtime& path) {
   if (context.dns_info == nullptr) return destination;
-  const auto now = dns::info_db::clock_type::now();
-  const auto name = context.dns_info->name_of(destination.address(), now);
-  if (!name) return destination;
-  const auto own = context.dns_info->addresses(*name, path.config.name, now);
-  if (!own || std::find(own->begin(), own->end(), destination.address()) != own->end())
-    return destination;
-  for (const auto& address : *own) {
-    if (address.is_v4() == destination.address().is_v4())
-      return tcp::endpoint(address, destination.port());
-  }
-  return destination;
+  const auto own = context.dns_info->counterpart(destination.address(), path.config.name,
+                                                 dns::info_db::clock_type::now());
+  return own ? tcp::endpoint(*own, destination.port()) : destination;
 }
 
-/// Relays a flow that is not split to the app's destination, on the first path (in
-/// preference order) that connects.
+/// Relays a flow that is not split to the app's destination, on the path the selector
+/// picks for the app's class (else the first that is up), trying the others in
+/// preference order when it doesn't connect. The flow stays in the flow table while it
+/// lasts, so that the selector can reset it off a path that went down or stopped meeting
+/// its class; its socket counts toward its path's measurements.
 awaitable<void> async_relay_flow(tcp::socket app, tcp::endpoint destination,
                                  const classify::flow_class& flow, mphttp::proxy_context& context,
-                                 std::uint64_t id) {
+                                 flow_placement& placement, std::uint64_t id) {
   auto executor = co_await asio::this_coro::executor;
   const auto started = clock_type::now();
-  std::vector<select::path_state> states;
-  for (const auto& path : context.paths)
-    states.push_back({net::interface_exists(path.config.interface)});
   const std::string what =
       flow.server_name.empty()
           ? fmt::format("{} to {}:{}", kind_name(flow.kind), destination.address().to_string(),
                         destination.port())
           : fmt::format("{} to {} ({}:{})", kind_name(flow.kind), flow.server_name,
                         destination.address().to_string(), destination.port());
-  const auto first = select::choose_path(states);
+  app_identity who;
+  if (placement.identify) {
+    boost::system::error_code peer_ec;
+    const auto peer = app.remote_endpoint(peer_ec);
+    if (!peer_ec) who = placement.identify(peer, destination);
+  }
+  const bool capped = placement.cellular_capped && placement.cellular_capped();
+  std::vector<std::size_t> order;
+  if (placement.selector != nullptr) {
+    if (auto chosen = placement.selector->choose(who.qos, capped, clock_type::now()))
+      order.push_back(*chosen);
+  }
+  for (std::size_t k = 0; k < context.paths.size(); ++k) {
+    const bool up = placement.monitor != nullptr
+                        ? placement.monitor->up(k)
+                        : net::interface_exists(context.paths[k].config.interface);
+    if (up && std::find(order.begin(), order.end(), k) == order.end()) order.push_back(k);
+  }
   beast::tcp_stream upstream(executor);
-  mphttp::path_runtime* used = nullptr;
+  std::optional<std::size_t> used;
   boost::system::error_code ec = asio::error::network_down;
-  for (std::size_t k = first.value_or(states.size()); k < context.paths.size(); ++k) {
-    if (!states[k].up) continue;
+  for (std::size_t k : order) {
     auto& path = context.paths[k];
     const auto target = server_on_path(context, destination, path);
     ec = net::open_bound(upstream.socket(), target.protocol(), path.config.interface);
@@ -131,32 +140,52 @@ awaitable<void> async_relay_flow(tcp::socket app, tcp::endpoint destination,
     auto [connect_ec] = co_await upstream.async_connect(target, nothrow);
     ec = connect_ec;
     if (!ec) {
-      used = &path;
+      used = k;
       break;
     }
     spdlog::info("[{}] {}: cannot connect on {}: {}", id, what, path.config.name, ec.message());
     upstream.close();
   }
-  if (used == nullptr) {
+  if (!used) {
     // The app sees the connection fail as it would have without us.
     spdlog::warn("[{}] {}: no path connects ({}): resetting the app", id, what, ec.message());
     net::close_with_reset(app);
     co_return;
   }
+  auto& path = context.paths[*used];
   upstream.expires_never();
   tcp::socket server = upstream.release_socket();
+  const std::string app_name = who.app.empty() ? std::string("-") : who.app;
+  spdlog::info("[{}] {} of app {} (class {}) on {}", id, what, app_name,
+               who.qos.empty() ? "default" : who.qos, path.config.name);
+  bool moved = false;
+  path::monitor::watch measured;
+  if (placement.monitor != nullptr)
+    measured = placement.monitor->watch_socket(*used, server.native_handle());
+  select::flow_table::registration listed;
+  if (placement.flows != nullptr) {
+    listed = placement.flows->add(
+        {id, who.app, who.qos, *used, what, started, [&app, &server, &moved, &measured] {
+           moved = true;
+           measured = path::monitor::watch{};  // its fd is closing
+           net::close_with_reset(app);
+           net::close_with_reset(server);
+         }});
+  }
   const auto totals = co_await select::async_relay(app, server, relay_idle_timeout);
-  used->bytes_received += totals.server_to_app;
-  spdlog::info("[{}] {} relayed on {}: {} up, {} down in {:.1f} s{}", id, what, used->config.name,
+  path.bytes_received += totals.server_to_app;
+  if (placement.count) placement.count(who, *used, totals.app_to_server + totals.server_to_app);
+  spdlog::info("[{}] {} relayed on {}: {} up, {} down in {:.1f} s{}", id, what, path.config.name,
                totals.app_to_server, totals.server_to_app,
                std::chrono::duration<double>(clock_type::now() - started).count(),
-               totals.idle_timeout ? " (idle timeout)"
-               : totals.reset      ? " (reset)"
-                                   : "");
+               moved                 ? " (reset: moved off its path)"
+               : totals.idle_timeout ? " (idle timeout)"
+               : totals.reset        ? " (reset)"
+                                     : "");
 }
 
 awaitable<void> serve_intercepted(tcp::socket app, mphttp::proxy_context& context,
-                                  std::uint64_t id) {
+                                  flow_placement& placement, std::uint64_t id) {
   const auto destination = original_destination(app);
   if (!destination || destination->address().is_loopback()) {
     // Not redirected: someone connected to the listener itself. We are not an open proxy.
@@ -176,15 +205,17 @@ awaitable<void> serve_intercepted(tcp::socket app, mphttp::proxy_context& contex
     co_await mphttp::run_intercepted_http_session(std::move(app), *destination, context, id);
     co_return;
   }
-  co_await async_relay_flow(std::move(app), *destination, flow, context, id);
+  co_await async_relay_flow(std::move(app), *destination, flow, context, placement, id);
 }
 
 }  // namespace
 
-awaitable<void> run_intercept_listener(tcp::acceptor acceptor, mphttp::proxy_context& context) {
+awaitable<void> run_intercept_listener(tcp::acceptor acceptor, mphttp::proxy_context& context,
+                                       flow_placement& placement) {
   co_await mphttp::run_accept_loop(std::move(acceptor), context, "intercepted",
-                                   [&context](tcp::socket socket, std::uint64_t id) {
-                                     return serve_intercepted(std::move(socket), context, id);
+                                   [&context, &placement](tcp::socket socket, std::uint64_t id) {
+                                     return serve_intercepted(std::move(socket), context, placement,
+                                                              id);
                                    });
 }
 

@@ -1,4 +1,5 @@
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <fstream>
@@ -61,17 +62,45 @@ std::string build_ruleset(const ruleset_spec& spec) {
   }
   rules += "  }\n";
   rules += "  chain app {\n";
+  // A link-local destination (fe80::1%wlan0) binds the app's socket to that interface, and
+  // the kernel has no route to ::1 through it: a redirect leaves the SYN unroutable (the
+  // app's connect times out). Those go to the app's own address on that link instead (a
+  // local address, looped back), where fleetyd's IPv6 listener on [::] takes them, and
+  // IP6T_SO_ORIGINAL_DST gives their scope (the interface).
+  const auto to_link_local = [](std::string_view what, std::uint16_t port) {
+    return fmt::format("    ip6 daddr {} {} dnat ip6 to ip6 saddr : {}\n", link_local_net, what,
+                       port);
+  };
   // DNS first, also to a resolver on loopback (systemd-resolved's 127.0.0.53): the
   // query is the app's, wherever it was going.
   if (spec.redirect_dns) {
+    rules += to_link_local("meta l4proto { tcp, udp } th dport 53", spec.dns_port);
     rules += fmt::format("    udp dport 53 redirect to :{}\n", spec.dns_port);
     rules += fmt::format("    tcp dport 53 redirect to :{}\n", spec.dns_port);
   }
   // Other connections to this host stay the app's own business.
   rules += "    ip daddr 127.0.0.0/8 return\n";
   rules += "    ip6 daddr ::1 return\n";
+  rules += to_link_local("meta l4proto tcp", spec.tcp_port);
   rules += fmt::format("    meta l4proto tcp redirect to :{}\n", spec.tcp_port);
   rules += "  }\n";
+  // fleetyd's IPv6 listeners are on [::]: IPv6 that reaches its ports from the network
+  // (not looped back from this host) is dropped. Redirected and link-local DNATed
+  // connections arrive on lo. (IPv4 listens on 127.0.0.1 only.)
+  std::vector<std::uint16_t> ports;
+  for (const auto port : {spec.tcp_port, spec.dns_port}) {
+    if (port != 0 && std::find(ports.begin(), ports.end(), port) == ports.end())
+      ports.push_back(port);
+  }
+  if (!ports.empty()) {
+    rules += "  chain input {\n";
+    rules += "    type filter hook input priority 0; policy accept;\n";
+    rules += fmt::format(
+        "    meta nfproto ipv6 iif != \"lo\" meta l4proto {{ tcp, udp }} th dport {{ {} }} drop "
+        "comment \"fleetyd's ports: this host only\"\n",
+        fmt::join(ports, ", "));
+    rules += "  }\n";
+  }
   rules += "}\n";
   return rules;
 }

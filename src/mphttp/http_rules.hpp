@@ -25,6 +25,15 @@ struct proxy_target {
   /// Intercepted: the address the app connected to. The first path goes there (the app
   /// chose it); the others to their own resolver's answer for `host`, else there too.
   std::optional<boost::asio::ip::address> destination;
+  /// Where each other path goes instead of `destination`: the DNS information database's
+  /// counterpart of it for that path (path name, address), when it knows one.
+  std::vector<std::pair<std::string, boost::asio::ip::address>> path_servers;
+
+  const boost::asio::ip::address* server_on(std::string_view path) const {
+    for (const auto& [name, address] : path_servers)
+      if (name == path) return &address;
+    return nullptr;
+  }
 };
 
 /// Parses "http://host[:port]/path?query". nullopt for anything else (https, origin-form,

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "core/units.hpp"
+#include "dns/http_dns.hpp"
 #include "mphttp/claim_map.hpp"
 #include "mphttp/http_rules.hpp"
 #include "mphttp/reorder_buffer.hpp"
@@ -128,8 +129,9 @@ awaitable<error_code> async_connect_on_path(upstream& up, path_runtime& path,
 
 /// Connects on `path` to where `target` is served: the app's own destination when
 /// `to_destination` (the first path of an intercepted request: the app chose it), else
-/// the path's own resolver's answer for the host (each path to its own CDN, paper
-/// §4.1), falling back to the app's destination when the host doesn't resolve there.
+/// the path's counterpart of that destination, else the path's own resolver's answer for
+/// the host (each path to its own CDN, paper §4.1), falling back to the app's destination
+/// when the host doesn't resolve there.
 awaitable<error_code> async_connect_to_target(upstream& up, path_runtime& path,
                                               const proxy_target& target,
                                               const core::proxy_config& limits,
@@ -137,6 +139,12 @@ awaitable<error_code> async_connect_to_target(upstream& up, path_runtime& path,
   if (target.destination && to_destination) {
     co_return co_await async_connect_endpoint(
         up, path, tcp::endpoint(*target.destination, target.port), limits);
+  }
+  if (const auto* own = to_destination ? nullptr : target.server_on(path.config.name)) {
+    // The app reached the host at the address another path's answer gave; this path's
+    // own answer (DNS or HTTP-DNS) for the same name is its own ISP's server.
+    if (!co_await async_connect_endpoint(up, path, tcp::endpoint(*own, target.port), limits))
+      co_return error_code{};
   }
   auto ec = co_await async_connect_on_path(up, path, target.host, target.port, limits);
   if (ec && target.destination && ec.category() == dns::error_category()) {
@@ -1197,8 +1205,18 @@ struct request_context {
 
 /// Paths in preference order, each with its connection attempt for the first request.
 std::vector<path_runtime*> usable_paths(proxy_context& proxy) {
+  // Over the budget: cellular only when no other path is up.
+  const bool skip_cellular =
+      proxy.cellular_capped &&
+      std::any_of(proxy.paths.begin(), proxy.paths.end(), [](const path_runtime& p) {
+        return p.config.kind != core::path_kind::cellular &&
+               net::interface_exists(p.config.interface);
+      });
   std::vector<path_runtime*> paths;
-  for (auto& p : proxy.paths) paths.push_back(&p);
+  for (auto& p : proxy.paths) {
+    if (skip_cellular && p.config.kind == core::path_kind::cellular) continue;
+    paths.push_back(&p);
+  }
   return paths;
 }
 
@@ -1640,6 +1658,182 @@ awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buf
 /// One app connection: requests in order (keep-alive) until either side is done. An
 /// intercepted connection (`intercepted`: where the app connected) sends origin-form
 /// requests; an explicit proxy's, absolute-form ones and CONNECT.
+/// Fills `target.path_servers`: where each path goes for the address the app reached
+/// the host at (the intercepted destination, or a literal address as the host).
+void learn_path_servers(proxy_target& target, const proxy_context& proxy) {
+  if (proxy.dns_info == nullptr) return;
+  std::optional<asio::ip::address> reached = target.destination;
+  if (!reached) {
+    error_code ec;
+    const auto literal = asio::ip::make_address(target.host, ec);
+    if (ec) return;
+    reached = literal;
+  }
+  const auto now = dns::info_db::clock_type::now();
+  for (const auto& path : proxy.paths) {
+    if (auto own = proxy.dns_info->counterpart(*reached, path.config.name, now))
+      target.path_servers.emplace_back(path.config.name, *own);
+  }
+}
+
+/// One path's answer to an HTTP-DNS query.
+struct http_dns_reply {
+  error_code ec;
+  http::response<http::string_body> response;
+};
+
+/// Sends the query on `path` and reads the whole reply (at most `max_bytes` of body);
+/// a 2xx reply's addresses go into the DNS information database and the path's resolver
+/// cache, under the names it gives (else the name asked).
+awaitable<http_dns_reply> async_http_dns_on_path(path_runtime& path, proxy_context& proxy,
+                                                 http::request<http::empty_body> query,
+                                                 proxy_target target, bool to_destination,
+                                                 std::string asked_name,
+                                                 core::http_dns_config endpoint,
+                                                 std::uint64_t session_id) {
+  const auto& limits = proxy.config.proxy;
+  upstream up(co_await asio::this_coro::executor);
+  http_dns_reply out;
+  out.ec = co_await async_connect_to_target(up, path, target, limits, to_destination);
+  if (!out.ec) {
+    ++path.requests;
+    up.stream.expires_after(as_duration(limits.io_timeout));
+    auto [write_ec, written] = co_await http::async_write(up.stream, query, nothrow);
+    out.ec = write_ec;
+  }
+  if (!out.ec) {
+    http::response_parser<http::string_body> parser;
+    parser.header_limit(header_limit_bytes);
+    parser.body_limit(endpoint.max_reply_bytes);
+    up.stream.expires_after(as_duration(limits.io_timeout));
+    auto [read_ec, read] = co_await http::async_read(up.stream, up.buffer, parser, nothrow);
+    out.ec = read_ec;
+    path.bytes_received += read;
+    if (!out.ec) out.response = parser.release();
+  }
+  up.reset();
+  if (out.ec) {
+    spdlog::info("[{}] http-dns {}: no reply on {}: {}", session_id, endpoint.name,
+                 path.config.name, out.ec.message());
+    co_return out;
+  }
+  if (out.response.result_int() / 100 != 2 || proxy.dns_info == nullptr) co_return out;
+  const auto now = dns::info_db::clock_type::now();
+  for (auto& answer :
+       dns::parse_http_dns_reply(out.response.body(), asked_name, endpoint.default_ttl)) {
+    spdlog::debug("[{}] http-dns: {} on {}: {} (ttl {} s)", session_id, answer.name,
+                  path.config.name, answer.addresses.front().to_string(), answer.ttl.count());
+    proxy.dns_info->record(answer.name, path.config.name, answer.addresses, answer.ttl, now);
+    path.resolver->remember(answer.name, dns::resolution{answer.addresses, answer.ttl});
+  }
+  co_return out;
+}
+
+/// An app's HTTP-DNS query (paper §4.1), asked like its DNS queries: on every path that
+/// is up, each to its own server for the endpoint; the app gets the preferred path's
+/// reply as it came (or the first other path's when the preferred one fails), and every
+/// path's answers are recorded for that path. Returns true if the app connection can
+/// carry another request; nullopt when the reply is too long to be an HTTP-DNS answer:
+/// then the request is served as any other.
+awaitable<std::optional<bool>> async_serve_http_dns(const request_context& ctx,
+                                                    const classify::http_dns_request& query) {
+  auto executor = co_await asio::this_coro::executor;
+  const auto& limits = ctx.proxy.config.proxy;
+  const auto started = clock_type::now();
+  const std::string url = fmt::format("http://{}{}", ctx.target.authority, ctx.target.origin_form);
+  // (A copy: a reload may replace the endpoints while we wait.)
+  const core::http_dns_config endpoint = *query.endpoint;
+  std::vector<path_runtime*> up;
+  for (auto& path : ctx.proxy.paths)
+    if (net::interface_exists(path.config.interface)) up.push_back(&path);
+  if (up.empty()) {
+    co_await async_write_error(ctx.app, http::status::bad_gateway, "no path is up",
+                               ctx.request.version(), limits);
+    co_return false;
+  }
+  // Shared with the per-path queries, which may outlive this call: a late reply is still
+  // recorded.
+  struct gathering {
+    gathering(const asio::any_io_executor& executor, std::size_t n) : wake(executor), replies(n) {}
+    asio::steady_timer wake;
+    std::vector<std::optional<http_dns_reply>> replies;
+  };
+  auto state = std::make_shared<gathering>(executor, up.size());
+  const auto query_out = upstream_request(ctx.request, ctx.target);
+  for (std::size_t k = 0; k < up.size(); ++k) {
+    asio::co_spawn(
+        executor,
+        [](std::shared_ptr<gathering> shared, std::size_t index, awaitable<http_dns_reply> reply)
+            -> awaitable<void> {
+          shared->replies[index] = co_await std::move(reply);
+          shared->wake.cancel();
+        }(state, k,
+            async_http_dns_on_path(*up[k], ctx.proxy, query_out, ctx.target,
+                                   /*to_destination=*/k == 0, query.asked_name, *query.endpoint,
+                                   ctx.session_id)),
+        asio::detached);
+  }
+  // Each path's connect and read have their own timeouts; this bounds the app's wait.
+  const auto deadline = started + as_duration(limits.connect_timeout + 2 * limits.io_timeout);
+  const http_dns_reply* chosen = nullptr;
+  std::size_t chosen_index = 0;
+  while (chosen == nullptr && clock_type::now() < deadline) {
+    const auto& preferred = state->replies[0];
+    if (preferred && !preferred->ec) {
+      chosen = &*preferred;
+      break;
+    }
+    if (preferred) {
+      for (std::size_t k = 1; k < up.size() && chosen == nullptr; ++k) {
+        if (state->replies[k] && !state->replies[k]->ec) {
+          chosen = &*state->replies[k];
+          chosen_index = k;
+        }
+      }
+      const bool all_failed = std::all_of(state->replies.begin(), state->replies.end(),
+                                          [](const auto& r) { return r && r->ec; });
+      if (chosen != nullptr || all_failed) break;
+    }
+    co_await async_wait_for_wake(state->wake, deadline - clock_type::now());
+  }
+  if (chosen == nullptr) {
+    const auto& preferred = state->replies[0];
+    const error_code ec = preferred ? preferred->ec : error_code(beast::error::timeout);
+    if (ec == http::error::body_limit) {
+      spdlog::info("[{}] http-dns {} {}: reply over {} bytes: relayed as it is, not read",
+                   ctx.session_id, endpoint.name, url, endpoint.max_reply_bytes);
+      co_return std::nullopt;
+    }
+    spdlog::warn("[{}] http-dns {} {}: no path answered ({})", ctx.session_id, endpoint.name, url,
+                 ec.message());
+    co_await async_write_error(
+        ctx.app,
+        ec == beast::error::timeout ? http::status::gateway_timeout : http::status::bad_gateway,
+        fmt::format("HTTP-DNS {}: {}", ctx.target.authority, ec.message()), ctx.request.version(),
+        limits);
+    co_return false;
+  }
+  if (chosen_index != 0) {
+    spdlog::info("[{}] http-dns {}: answered by {}: {} failed ({})", ctx.session_id, url,
+                 up[chosen_index]->config.name, up[0]->config.name,
+                 state->replies[0]->ec.message());
+  }
+  // The reply as the origin sent it, with our connection's framing.
+  http::response<http::string_body> reply = chosen->response;
+  strip_hop_by_hop(reply.base());
+  reply.version(ctx.request.version());
+  reply.prepare_payload();
+  const bool keep_alive = wants_keep_alive(ctx.request);
+  reply.keep_alive(keep_alive);
+  ctx.app.expires_after(as_duration(limits.io_timeout));
+  auto [write_ec, written] = co_await http::async_write(ctx.app, reply, nothrow);
+  spdlog::info("[{}] http-dns {} GET {} → {} from {} in {:.0f} ms ({} bytes)", ctx.session_id,
+               endpoint.name, url, reply.result_int(), up[chosen_index]->config.name,
+               std::chrono::duration<double, std::milli>(clock_type::now() - started).count(),
+               reply.body().size());
+  co_return !write_ec && keep_alive;
+}
+
 awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::uint64_t session_id,
                                 std::optional<tcp::endpoint> intercepted) {
   beast::tcp_stream app(std::move(socket));
@@ -1705,8 +1899,19 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
                                  request.version(), limits);
       break;
     }
-    const bool keep_alive = co_await async_serve_request(
-        request_context{app, proxy, request, *target, session_id, kept}, app_buffer, parser);
+    learn_path_servers(*target, proxy);
+    const request_context ctx{app, proxy, request, *target, session_id, kept};
+    if (request.method() == http::verb::get && parser.is_done()) {
+      classify::request_view view{target->host, request.target(), {}};
+      const std::string destination =
+          target->destination ? target->destination->to_string() : std::string();
+      if (auto query = classify::match_http_dns(proxy.features.http_dns, view, destination)) {
+        const auto served = co_await async_serve_http_dns(ctx, *query);
+        if (served && !*served) break;
+        if (served) continue;
+      }
+    }
+    const bool keep_alive = co_await async_serve_request(ctx, app_buffer, parser);
     if (!keep_alive) break;
   }
   error_code ignored;

@@ -48,6 +48,9 @@ struct proxy_context {
   classify::feature_rules features{};
   /// What each path's resolver answered (the DNS duplicator fills it); may be null.
   dns::info_db* dns_info = nullptr;
+  /// Over the cellular budget ([budget]): downloads don't split onto cellular paths, and
+  /// take one only when no other path is up.
+  bool cellular_capped = false;
 };
 
 /// Accepts connections on `acceptor` until it is closed, each served by `serve(socket,

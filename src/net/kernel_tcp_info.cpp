@@ -14,12 +14,19 @@ bool read_kernel_tcp_info(int fd, kernel_tcp_sample& out) {
   if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0) return false;
   out.rtt_us = info.tcpi_rtt;
   out.total_retrans = info.tcpi_total_retrans;
+  out.rttvar_us = info.tcpi_rttvar;
   // Older kernels fill a shorter struct: take only what they wrote.
   if (length >= offsetof(tcp_info, tcpi_min_rtt) + sizeof(info.tcpi_min_rtt)) {
     out.min_rtt_us = info.tcpi_min_rtt;
   }
   if (length >= offsetof(tcp_info, tcpi_delivery_rate) + sizeof(info.tcpi_delivery_rate)) {
     out.delivery_rate_Bps = info.tcpi_delivery_rate;
+  }
+  if (length >= offsetof(tcp_info, tcpi_bytes_received) + sizeof(info.tcpi_bytes_received)) {
+    out.bytes_received = info.tcpi_bytes_received;
+  }
+  if (length >= offsetof(tcp_info, tcpi_segs_out) + sizeof(info.tcpi_segs_out)) {
+    out.segs_out = info.tcpi_segs_out;
   }
   return true;
 }

@@ -12,6 +12,9 @@ struct kernel_tcp_sample {
   std::uint32_t min_rtt_us = 0;         ///< 0 when the kernel does not report it
   std::uint64_t delivery_rate_Bps = 0;  ///< bytes per second; 0 when not reported
   std::uint32_t total_retrans = 0;
+  std::uint32_t rttvar_us = 0;
+  std::uint64_t bytes_received = 0;  ///< 0 when not reported
+  std::uint32_t segs_out = 0;        ///< segments sent, retransmissions included
 };
 
 /// false if `fd` is not a TCP socket.

@@ -12,20 +12,12 @@ namespace fleety::select {
 namespace asio = boost::asio;
 using asio::awaitable;
 using asio::ip::tcp;
-using clock_type = std::chrono::steady_clock;
 
 namespace {
 
 constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 
 }  // namespace
-
-std::optional<std::size_t> choose_path(const std::vector<path_state>& paths) {
-  for (std::size_t i = 0; i < paths.size(); ++i) {
-    if (paths[i].up) return i;
-  }
-  return std::nullopt;
-}
 
 awaitable<relay_totals> async_relay(tcp::socket& app, tcp::socket& server,
                                     clock_type::duration idle_timeout) {

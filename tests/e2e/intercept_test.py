@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "lab"))
 
-from fleety_lab import ANYCAST_DNS  # noqa: E402
+from fleety_lab import ANYCAST_DNS, OBJECT_DIR  # noqa: E402
 from harness import (Fleetyd, LabTestCase, find_fleetyd, measured_download,  # noqa: E402
                      object_sha256)
 
@@ -69,7 +69,31 @@ uid = {APP_UID}
 name = "one path"
 hosts = ["single.fleety.test"]
 multipath = false
+
+# The lab's HTTP-DNS endpoint, on each CDN node (HTTP_DNS_LOCATIONS).
+[[http_dns]]
+name = "lab"
+hosts = ["{WIFI_CDN}", "{CELL_CDN}"]
+path = "/d"
+max_reply_size = "16KiB"
 """
+# The HTTP-DNS endpoint answers as such services do, by the client's address: a client
+# on the cellular ISP gets the cellular CDN. The addresses it gives (.11, .12, .13 of each
+# CDN, one per reply format) are the CDN nodes' aliases: no DNS answer ever names them,
+# so a path can only reach its own through its own HTTP-DNS answer.
+HTTP_DNS_MAP = r"""
+    map $remote_addr $httpdns_isp { ~^198\.18\.2\. 198.18.20; default 198.18.10; }
+"""
+HTTP_DNS_LOCATIONS = r"""
+        location = /d/json { default_type application/json;
+            return 200 '{"host":"$arg_host","ips":["$httpdns_isp.11"],"ttl":300}'; }
+        location = /d/plain { default_type text/plain; return 200 '$httpdns_isp.12,300'; }
+        location = /d/url { default_type application/json;
+            return 200 '{"code":0,"data":{"url":"http://$httpdns_isp.13/10MB"}}'; }
+"""
+HTTP_DNS_LOCATIONS += f"        location = /d/big {{ alias {OBJECT_DIR}/1MB; }}\n"
+HTTP_DNS_ALIASES = {"wifi": [f"198.18.10.{n}" for n in (11, 12, 13)],
+                    "cell": [f"198.18.20.{n}" for n in (11, 12, 13)]}
 
 
 def fleety_cli() -> str:
@@ -82,7 +106,8 @@ class InterceptInLab(LabTestCase):
 
     @classmethod
     def set_up_lab(cls):
-        cls.lab.up(wifi="80mbit/5ms", cell="50mbit/10ms")
+        cls.lab.up(wifi="80mbit/5ms", cell="50mbit/10ms", extra_http=HTTP_DNS_MAP,
+                   extra_server=HTTP_DNS_LOCATIONS, cdn_aliases=HTTP_DNS_ALIASES)
         # debug: the DNS duplicator's per-path answers are checked in the log.
         cls.fleetyd = Fleetyd(cls.lab, config_text=CONFIG, net_only=True, log_level="debug")
         cls.fleetyd.start()
@@ -117,7 +142,8 @@ class InterceptInLab(LabTestCase):
         return ["unshare", "--mount", "--", "sh", "-c",
                 'mount --bind "$0" /etc/resolv.conf && exec "$@"', resolv, *argv]
 
-    def assert_split_over_both_cdns(self, t, size: int, sizes: dict[str, int]):
+    def assert_split_over_both_cdns(self, t, size: int, sizes: dict[str, int],
+                                    wifi_server: str = WIFI_CDN, cell_server: str = CELL_CDN):
         self.assertEqual(t.exit_code, 0, t.stderr)
         self.assertEqual(t.body_bytes, size)
         # Both paths carried a real part, and nothing was fetched twice over.
@@ -126,8 +152,8 @@ class InterceptInLab(LabTestCase):
         self.assertLess(t.iface_rx["wlan0"] + t.iface_rx["rmnet0"], size * 1.10, t.iface_rx)
         # Each CDN served its part over its own path to its own address.
         new = self.new_access_lines(sizes)
-        self.assertIn(f"{WLAN_ADDR} {WIFI_CDN}:80", new["wifi"])
-        self.assertIn(f"{RMNET_ADDR} {CELL_CDN}:80", new["cell"])
+        self.assertIn(f"{WLAN_ADDR} {wifi_server}:80", new["wifi"])
+        self.assertIn(f"{RMNET_ADDR} {cell_server}:80", new["cell"])
         self.assertNotIn(RMNET_ADDR, new["wifi"])
         self.assertNotIn(WLAN_ADDR, new["cell"])
         self.assertIn('range="bytes=', new["cell"])
@@ -171,6 +197,62 @@ class InterceptInLab(LabTestCase):
         self.assertIn(f"dns: {HOST} on wifi: {WIFI_CDN}", log)
         self.assertIn(f"dns: {HOST} on cell: {CELL_CDN}", log)
 
+    def wait_for_log(self, pattern: str, seconds: float = 5) -> None:
+        deadline = time.monotonic() + seconds
+        while not re.search(pattern, self.fleetyd.log()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertRegex(self.fleetyd.log(), pattern)
+
+    def test_http_dns_answers_send_each_path_to_its_own_server(self):
+        """The app resolves the name over HTTP (JSON, a plain list, an address inside a
+        URL) and connects to the address it got: fleetyd asked the endpoint on both paths,
+        the app got Wi-Fi's answer, and cellular fetches its part from the server its own
+        answer named, which no DNS answer gives."""
+        # (The URL reply gives no TTL: the endpoint's default_ttl, 60 s.)
+        cases = [("json", 11, 300, '{{"host":"{name}","ips":["{server}"],"ttl":300}}'),
+                 ("plain", 12, 300, "{server},300"),
+                 ("url", 13, 60, '{{"code":0,"data":{{"url":"http://{server}/10MB"}}}}')]
+        with tempfile.TemporaryDirectory(prefix="fleety-httpdns-") as tmp:
+            for fmt, n, ttl, expected in cases:
+                with self.subTest(format=fmt):
+                    name = f"v-{fmt}.fleety.test"
+                    wifi_server, cell_server = f"198.18.10.{n}", f"198.18.20.{n}"
+                    cp = self.lab.exec("cli", [fleety_cli(), "run", "--", "curl", "-sS",
+                                               "--noproxy", "*", "--max-time", "10",
+                                               f"http://{WIFI_CDN}/d/{fmt}?host={name}"],
+                                       timeout=30, capture_output=True, text=True, net_only=True)
+                    self.assertEqual(cp.returncode, 0, cp.stderr)
+                    # The app has the Wi-Fi endpoint's reply, byte for byte.
+                    self.assertEqual(cp.stdout, expected.format(name=name, server=wifi_server))
+                    self.wait_for_log(rf"http-dns: {re.escape(name)} on cell: "
+                                      rf"{re.escape(cell_server)} \(ttl {ttl} s\)")
+                    self.assertIn(f"http-dns: {name} on wifi: {wifi_server} (ttl {ttl} s)",
+                                  self.fleetyd.log())
+                    out = Path(tmp) / f"{fmt}.body"
+                    sizes = self.log_sizes()
+                    t = self.run_app(["curl", "-sS", "--noproxy", "*", "-o", str(out), "-H",
+                                      f"Host: {name}", f"http://{wifi_server}/10MB"], out)
+                    self.assertEqual(t.sha256, object_sha256("10MB"), t.stderr)
+                    self.assert_split_over_both_cdns(t, 10_000_000, sizes, wifi_server,
+                                                     cell_server)
+                    self.assertNotIn(f"{RMNET_ADDR} {wifi_server}:80",
+                                     self.new_access_lines(sizes)["wifi"])
+        self.assertRegex(self.fleetyd.log(),
+                         r"http-dns lab GET http://198\.18\.10\.1/d/json\?host=v-json\.fleety\.test"
+                         r" → 200 from wifi")
+
+    def test_http_dns_reply_too_long_to_read_is_relayed_as_it_is(self):
+        """A reply over max_reply_size is no HTTP-DNS answer fleetyd reads: the app still
+        gets it, whole."""
+        with tempfile.TemporaryDirectory(prefix="fleety-httpdns-") as tmp:
+            out = Path(tmp) / "big"
+            t = self.run_app(["curl", "-sS", "--noproxy", "*", "-o", str(out),
+                              f"http://{WIFI_CDN}/d/big?host=big.fleety.test"], out)
+            self.assertEqual(t.exit_code, 0, t.stderr)
+            self.assertEqual(t.sha256, object_sha256("1MB"))
+        self.assertIn("reply over 16384 bytes: relayed as it is, not read", self.fleetyd.log())
+        self.assertNotIn("http-dns: big.fleety.test", self.fleetyd.log())
+
     def test_tls_is_relayed_intact_and_named_by_its_sni(self):
         with tempfile.TemporaryDirectory(prefix="fleety-tls-") as tmp:
             os.chmod(tmp, 0o755)
@@ -202,8 +284,8 @@ class InterceptInLab(LabTestCase):
             finally:
                 server.kill()
                 server.wait(10)
-        self.assertRegex(self.fleetyd.log(),
-                         rf"TLS to tls\.fleety\.test \({re.escape(WIFI_CDN)}:8443\) relayed on wifi")
+        # (The line comes when the relay has ended, a moment after curl's.)
+        self.wait_for_log(rf"TLS to tls\.fleety\.test \({re.escape(WIFI_CDN)}:8443\) relayed on wifi")
 
     def test_requests_on_one_app_connection_share_one_upstream_connection(self):
         """Keep-alive upstream: the app's three requests on one connection reach the CDN on

@@ -215,5 +215,137 @@ TEST(Config, ControlSocket) {
       << config.error();
 }
 
+TEST(Config, HttpDnsEndpoints) {
+  const std::string path = "[[path]]\nname = \"wifi\"\ninterface = \"wlan0\"\nkind = \"wifi\"\n";
+  auto config = parse_config(R"(
+[[http_dns]]
+name = "video"
+hosts = ["203.0.113.1", "*.httpdns.example"]
+path = "/d"
+name_parameters = ["dn"]
+default_ttl = "5m"
+max_reply_size = "16KiB"
+
+[[http_dns]]
+name = "defaults"
+hosts = "resolve.example"
+)" + path,
+                             "f.toml");
+  ASSERT_TRUE(config) << config.error();
+  ASSERT_EQ(config->http_dns.size(), 2U);
+  const auto& video = config->http_dns[0];
+  EXPECT_EQ(video.hosts, (std::vector<std::string>{"203.0.113.1", "*.httpdns.example"}));
+  EXPECT_EQ(video.path, "/d");
+  EXPECT_EQ(video.name_parameters, std::vector<std::string>{"dn"});
+  EXPECT_EQ(video.default_ttl, std::chrono::minutes(5));
+  EXPECT_EQ(video.max_reply_bytes, 16U * 1024);
+  const auto& defaults = config->http_dns[1];
+  EXPECT_EQ(defaults.path, "/");
+  EXPECT_EQ(defaults.name_parameters.size(), 4U);
+  EXPECT_EQ(defaults.default_ttl, std::chrono::seconds(60));
+  EXPECT_EQ(defaults.max_reply_bytes, 64U * 1024);
+
+  const std::pair<const char*, const char*> bad[] = {
+      {"[[http_dns]]\nhosts = [\"a.example\"]\n", "f.toml:1: [[http_dns]] needs 'name'"},
+      {"[[http_dns]]\nname = \"x\"\n", "f.toml:1: http_dns 'x' needs 'hosts'"},
+      {"[[http_dns]]\nname = \"x\"\nhosts = [\"a\"]\npath = \"d?x=1\"\n",
+       "f.toml:4: http_dns 'x': path 'd?x=1' must start with '/' and have no query"},
+      {"[[http_dns]]\nname = \"x\"\nhosts = [\"a\"]\ndefault_ttl = \"0s\"\n",
+       "f.toml:4: http_dns.default_ttl must be from 1s to 24h"},
+      {"[[http_dns]]\nname = \"x\"\nhosts = [\"a\"]\nmax_reply_size = \"1GiB\"\n",
+       "f.toml:4: http_dns.max_reply_size must be from 512B to 16MiB"},
+      {"[[http_dns]]\nname = \"x\"\nhosts = [\"a\"]\nformat = \"json\"\n",
+       "f.toml:4: unknown key 'format' in [[http_dns]]"},
+  };
+  for (const auto& [text, expected] : bad) {
+    auto refused = parse_config(text + path, "f.toml");
+    ASSERT_FALSE(refused) << text;
+    EXPECT_EQ(refused.error().rfind(expected, 0), 0U) << refused.error();
+  }
+}
+
+TEST(Config, QosClassesSelectorMonitorBudget) {
+  const std::string path =
+      "[[path]]\nname = \"cell\"\ninterface = \"rmnet0\"\nkind = \"cellular\"\n"
+      "probe = \"[2001:db8::1]:443\"\n";
+  auto config = parse_config(R"(
+[[class]]
+name = "gaming"
+max_rtt = "80ms"
+max_loss = 0.01
+
+[[class]]
+name = "voip"
+max_jitter = "20ms"
+min_throughput = "100kbit"
+
+[[app]]
+name = "game"
+class = "gaming"
+
+[selector]
+default_class = "messaging"
+reset_after = "2s"
+hysteresis = "5s"
+
+[monitor]
+interval = "100ms"
+probe_interval = "2s"
+cellular_probe_budget = "512B"
+history = ""
+history_retention = "1h"
+
+[budget]
+cellular_monthly = "10GiB"
+)" + path,
+                             "f.toml");
+  ASSERT_TRUE(config) << config.error();
+  auto find = [&](const std::string& name) {
+    return std::find_if(config->classes.begin(), config->classes.end(),
+                        [&](const qos_class_config& c) { return c.name == name; });
+  };
+  // The file's gaming replaces the built-in one whole; voip is added; the others stay.
+  ASSERT_NE(find("gaming"), config->classes.end());
+  EXPECT_EQ(find("gaming")->max_rtt, std::chrono::milliseconds(80));
+  EXPECT_EQ(find("gaming")->max_jitter, std::nullopt);
+  EXPECT_EQ(find("gaming")->max_loss, 0.01);
+  EXPECT_EQ(find("voip")->min_throughput_bps, 100'000U);
+  EXPECT_EQ(find("streaming")->min_throughput_bps, 5'000'000U);
+  EXPECT_EQ(config->classes.size(), builtin_qos_classes().size() + 1);
+  EXPECT_EQ(config->apps[0].qos_class, "gaming");
+  EXPECT_EQ(config->selector.default_class, "messaging");
+  EXPECT_EQ(config->selector.reset_after, std::chrono::seconds(2));
+  EXPECT_EQ(config->selector.hysteresis, std::chrono::seconds(5));
+  EXPECT_EQ(config->monitor.interval, std::chrono::milliseconds(100));
+  EXPECT_EQ(config->monitor.probe_interval, std::chrono::seconds(2));
+  EXPECT_EQ(config->monitor.cellular_probe_budget_Bps, 512U);
+  EXPECT_EQ(config->monitor.history_file, "");
+  EXPECT_EQ(config->monitor.history_retention, std::chrono::hours(1));
+  EXPECT_EQ(config->budget.cellular_monthly_bytes, 10ULL << 30);
+  EXPECT_EQ(config->paths[0].probe, "[2001:db8::1]:443");
+
+  const std::pair<std::string, const char*> bad[] = {
+      {"[[app]]\nname = \"a\"\nclass = \"fast\"\n",
+       "f.toml: app 'a': class 'fast' is not a class (classes: gaming, streaming"},
+      {"[selector]\ndefault_class = \"x\"\n",
+       "f.toml:1: selector.default_class 'x' is not a class"},
+      {"[selector]\nreset_after = \"1ms\"\n",
+       "f.toml:2: selector.reset_after must be from 200ms to 1h"},
+      {"[[class]]\nname = \"g\"\nmax_loss = 2\n",
+       "f.toml:3: class 'g': max_loss must be a fraction"},
+      {"[[class]]\nname = \"g\"\n[[class]]\nname = \"g\"\n", "f.toml: class 'g' is defined twice"},
+      {"[monitor]\ninterval = \"1ms\"\n", "f.toml:2: monitor.interval must be from 50 ms to 60 s"},
+      {"[budget]\ncellular = \"1GiB\"\n", "f.toml:2: unknown key 'cellular' in [budget]"},
+      {"[[path]]\nname = \"w\"\ninterface = \"wlan0\"\nkind = \"wifi\"\nprobe = "
+       "\"2001:db8::1:443\"\n",
+       "f.toml:5: path 'w': probe '2001:db8::1:443' must be ADDRESS:PORT"},
+  };
+  for (const auto& [text, expected] : bad) {
+    auto refused = parse_config(text + path, "f.toml");
+    ASSERT_FALSE(refused) << text;
+    EXPECT_EQ(refused.error().rfind(expected, 0), 0U) << refused.error();
+  }
+}
+
 }  // namespace
 }  // namespace fleety::core

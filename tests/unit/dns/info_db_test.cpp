@@ -36,6 +36,22 @@ TEST(InfoDb, AnAddressIsNamedByTheLatestAnswerThatGaveIt) {
   EXPECT_EQ(db.name_of(ip("198.18.99.9"), t0), std::nullopt);
 }
 
+TEST(InfoDb, CounterpartIsTheOtherPathsServerForTheSameName) {
+  info_db db;
+  const auto t0 = info_db::clock_type::time_point{} + seconds(1000);
+  db.record("video.example", "wifi", {ip("198.18.10.1")}, seconds(60), t0);
+  db.record("video.example", "cell", {ip("2001:db8::7"), ip("198.18.20.1")}, seconds(30), t0);
+  EXPECT_EQ(db.counterpart(ip("198.18.10.1"), "cell", t0), ip("198.18.20.1"));
+  EXPECT_EQ(db.counterpart(ip("198.18.20.1"), "wifi", t0), ip("198.18.10.1"));
+  // The same family only; the path's own answer holds the address: nothing to change.
+  EXPECT_EQ(db.counterpart(ip("2001:db8::7"), "wifi", t0), std::nullopt);
+  EXPECT_EQ(db.counterpart(ip("198.18.10.1"), "wifi", t0), std::nullopt);
+  // Unknown address, unknown path, expired answer.
+  EXPECT_EQ(db.counterpart(ip("198.18.99.1"), "cell", t0), std::nullopt);
+  EXPECT_EQ(db.counterpart(ip("198.18.10.1"), "wired", t0), std::nullopt);
+  EXPECT_EQ(db.counterpart(ip("198.18.10.1"), "cell", t0 + seconds(30)), std::nullopt);
+}
+
 TEST(InfoDb, AnEmptyAnswerForgets) {
   info_db db;
   const auto t0 = info_db::clock_type::time_point{} + seconds(1000);

@@ -47,6 +47,37 @@ TEST(BuildRuleset, ReplacesTheTableAtomicallyAndSelectsEachApp) {
   EXPECT_LT(rules.find("tcp dport 53 redirect"), rules.find("meta l4proto tcp redirect to :3129"));
 }
 
+TEST(BuildRuleset, LinkLocalIPv6GoesToTheAppsOwnAddressAndThePortsAreLocalOnly) {
+  ruleset_spec spec;
+  spec.tcp_port = 3129;
+  spec.dns_port = 3053;
+  spec.redirect_dns = true;
+  spec.apps = {{"run", "fleety", {}, {}}};
+  const std::string rules = build_ruleset(spec);
+  // A socket tied to its link by the scope id has no route to ::1: it is DNATed to its
+  // own source address (the [::] listener), before the catch-all redirect.
+  const auto link_local_tcp =
+      rules.find("ip6 daddr fe80::/10 meta l4proto tcp dnat ip6 to ip6 saddr : 3129\n");
+  ASSERT_NE(link_local_tcp, std::string::npos) << rules;
+  EXPECT_LT(rules.find("ip6 daddr ::1 return"), link_local_tcp);
+  EXPECT_LT(link_local_tcp, rules.find("meta l4proto tcp redirect to :3129"));
+  // Its DNS too, to a link-local resolver, before the other DNS rules.
+  const auto link_local_dns = rules.find(
+      "ip6 daddr fe80::/10 meta l4proto { tcp, udp } th dport 53 dnat ip6 to ip6 saddr : 3053\n");
+  ASSERT_NE(link_local_dns, std::string::npos) << rules;
+  EXPECT_LT(link_local_dns, rules.find("udp dport 53 redirect to :3053"));
+  // Only this host reaches fleetyd's ports.
+  const auto input =
+      rules.find("chain input {\n    type filter hook input priority 0; policy accept;\n");
+  ASSERT_NE(input, std::string::npos) << rules;
+  EXPECT_NE(
+      rules.find(
+          "meta nfproto ipv6 iif != \"lo\" meta l4proto { tcp, udp } th dport { 3129, 3053 } drop",
+          input),
+      std::string::npos)
+      << rules;
+}
+
 TEST(BuildRuleset, ADisabledRunAppPassesBeforeTheRunCgroupIsTaken) {
   ruleset_spec spec;
   spec.tcp_port = 3129;
@@ -66,6 +97,7 @@ TEST(BuildRuleset, PureCgroup2HostAndNoDnsListener) {
   EXPECT_NE(rules.find("socket cgroupv2 level 1 \"fleety\" goto app"), std::string::npos);
   EXPECT_EQ(rules.find("dport 53"), std::string::npos);
   EXPECT_EQ(rules.find("meta mark"), std::string::npos);
+  EXPECT_NE(rules.find("th dport { 4000 } drop"), std::string::npos) << rules;
   EXPECT_EQ(removal_script(), "add table inet fleety\ndelete table inet fleety\n");
 }
 

@@ -1,0 +1,346 @@
+#include "path/monitor.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <charconv>
+#include <map>
+
+#include "net/bound_socket.hpp"
+#include "net/kernel_tcp_info.hpp"
+#include "path/history.hpp"
+#include "path/link_watcher.hpp"
+
+namespace fleety::path {
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+namespace {
+
+constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
+/// What one probe costs on the wire, both ways: SYN, SYN-ACK (or RST), RST, with IP and
+/// TCP headers and options (the figure the cellular probe budget is spent in).
+constexpr std::uint64_t probe_bytes = 200;
+/// Samples go to the history once a second, not every round: a day of two paths is then
+/// about 170 000 rows instead of 860 000.
+constexpr auto history_every = std::chrono::seconds(1);
+
+}  // namespace
+
+struct monitor::watch::state {
+  state(asio::any_io_executor ex, core::monitor_config cfg, std::vector<path_spec> specs,
+        history* store_in, round_handler handler)
+      : executor(std::move(ex)),
+        config(cfg),
+        paths(std::move(specs)),
+        store(store_in),
+        on_round(std::move(handler)),
+        timer(executor),
+        per_path(paths.size()) {}
+
+  struct socket_watch {
+    std::size_t path = 0;
+    int fd = -1;
+    std::optional<net::kernel_tcp_sample> last;
+  };
+  struct path_state {
+    quality_tracker tracker;
+    bool up = false;
+    std::uint64_t bytes_received = 0;  ///< what its watched sockets received, in total
+    clock_type::time_point last_activity{};
+    clock_type::time_point next_probe{};
+    bool probing = false;
+    std::uint64_t probes = 0;
+  };
+
+  asio::any_io_executor executor;
+  core::monitor_config config;
+  std::vector<path_spec> paths;
+  history* store;
+  round_handler on_round;
+  asio::steady_timer timer;
+  std::vector<path_state> per_path;
+  std::map<std::uint64_t, socket_watch> sockets;
+  std::uint64_t next_watch_id = 1;
+  std::unique_ptr<link_watcher> links;
+  bool links_ok = false;
+  bool running = false;
+  clock_type::time_point last_history{};
+  bool history_failed_logged = false;
+  std::weak_ptr<state> self;
+
+  bool link_up(std::size_t i) const {
+    if (links_ok) return usable(links->state(paths[i].interface));
+    return net::interface_exists(paths[i].interface);
+  }
+
+  void read_sockets(clock_type::time_point now) {
+    struct busiest {
+      std::uint64_t segs = 0;
+      net::kernel_tcp_sample sample;
+    };
+    std::vector<std::optional<busiest>> rtt_source(paths.size());
+    for (auto& [id, w] : sockets) {
+      net::kernel_tcp_sample sample;
+      if (!net::read_kernel_tcp_info(w.fd, sample)) continue;
+      auto& p = per_path[w.path];
+      if (w.last) {
+        const std::uint64_t segs = sample.segs_out - w.last->segs_out;  // wraps like the kernel's
+        const std::uint64_t retrans = sample.total_retrans - w.last->total_retrans;
+        const std::uint64_t received = sample.bytes_received >= w.last->bytes_received
+                                           ? sample.bytes_received - w.last->bytes_received
+                                           : 0;
+        p.tracker.on_segments(segs, retrans, now);
+        p.bytes_received += received;
+        if (segs > 0 || received > 0) {
+          p.last_activity = now;
+          auto& source = rtt_source[w.path];
+          if (!source || segs > source->segs) source = busiest{segs, sample};
+        }
+      } else {
+        p.last_activity = now;
+        if (sample.rtt_us > 0 && !rtt_source[w.path]) rtt_source[w.path] = busiest{0, sample};
+      }
+      w.last = sample;
+    }
+    for (std::size_t i = 0; i < paths.size(); ++i) {
+      if (rtt_source[i] && rtt_source[i]->sample.rtt_us > 0) {
+        per_path[i].tracker.on_smoothed_rtt(
+            std::chrono::microseconds(rtt_source[i]->sample.rtt_us),
+            std::chrono::microseconds(rtt_source[i]->sample.rttvar_us), now);
+      }
+      per_path[i].tracker.on_bytes_received(per_path[i].bytes_received, now);
+    }
+  }
+
+  std::chrono::microseconds probe_interval(std::size_t i) const {
+    auto interval = config.probe_interval;
+    if (paths[i].cellular && config.cellular_probe_budget_Bps > 0) {
+      const auto within_budget = std::chrono::microseconds(
+          static_cast<std::int64_t>(probe_bytes * 1'000'000 / config.cellular_probe_budget_Bps));
+      interval = std::max(interval, within_budget);
+    }
+    return interval;
+  }
+
+  void maybe_probe(std::size_t i, clock_type::time_point now) {
+    auto& p = per_path[i];
+    if (!paths[i].probe || !p.up || p.probing || now < p.next_probe) return;
+    if (paths[i].cellular && config.cellular_probe_budget_Bps == 0) return;
+    // A path that carried traffic lately is measured by that traffic.
+    if (now - p.last_activity < probe_interval(i)) return;
+    p.probing = true;
+    p.next_probe = now + probe_interval(i);
+    ++p.probes;
+    asio::co_spawn(executor, probe(self, i, *paths[i].probe, paths[i].interface), asio::detached);
+  }
+
+  static asio::awaitable<void> probe(std::weak_ptr<state> weak, std::size_t i, tcp::endpoint target,
+                                     std::string interface) {
+    using namespace asio::experimental::awaitable_operators;
+    auto executor = co_await asio::this_coro::executor;
+    tcp::socket socket(executor);
+    const auto started = clock_type::now();
+    bool answered = false;
+    if (!net::open_bound(socket, target.protocol(), interface)) {
+      asio::steady_timer deadline(executor);
+      deadline.expires_after(std::chrono::seconds(2));
+      auto result =
+          co_await (socket.async_connect(target, nothrow) || deadline.async_wait(nothrow));
+      if (result.index() == 0) {
+        const auto [ec] = std::get<0>(result);
+        // A refusal (RST) came back over the path as fast as a SYN-ACK would have.
+        answered = !ec || ec == asio::error::connection_refused;
+      }
+    }
+    const auto rtt =
+        std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - started);
+    net::close_with_reset(socket);
+    auto me = weak.lock();
+    if (!me) co_return;
+    auto& p = me->per_path[i];
+    p.probing = false;
+    if (!me->running) co_return;
+    p.tracker.on_probe(answered, clock_type::now());
+    if (answered) p.tracker.on_rtt(rtt, clock_type::now());
+  }
+
+  void record_history(clock_type::time_point now) {
+    if (store == nullptr || now - last_history < history_every) return;
+    last_history = now;
+    std::vector<named_sample> samples;
+    const auto wall = wall_clock::now();
+    for (std::size_t i = 0; i < paths.size(); ++i)
+      samples.push_back({paths[i].name, wall, per_path[i].tracker.current(per_path[i].up, now)});
+    if (auto ok = store->record_samples(samples); !ok && !history_failed_logged) {
+      history_failed_logged = true;
+      spdlog::warn("path history: {} (samples are not kept; said once)", ok.error());
+    }
+  }
+
+  void round() {
+    const auto now = clock_type::now();
+    for (std::size_t i = 0; i < paths.size(); ++i) per_path[i].up = link_up(i);
+    read_sockets(now);
+    for (std::size_t i = 0; i < paths.size(); ++i) maybe_probe(i, now);
+    record_history(now);
+    if (on_round) on_round(now);
+  }
+
+  void schedule() {
+    timer.expires_after(config.interval);
+    timer.async_wait([weak = self](boost::system::error_code ec) {
+      auto me = weak.lock();
+      if (ec || !me || !me->running) return;
+      me->round();
+      me->schedule();
+    });
+  }
+
+  void on_link_change(const link_state& before, const link_state& after) {
+    for (std::size_t i = 0; i < paths.size(); ++i) {
+      if (paths[i].interface != after.name) continue;
+      const bool now_up = usable(after);
+      if (usable(before) != now_up) {
+        spdlog::info("path {}: {} ({} {}{})", paths[i].name, now_up ? "up" : "down", after.name,
+                     after.exists ? (after.running ? "running" : "no carrier") : "gone",
+                     after.addresses.empty() ? ", no address" : "");
+      } else if (before.addresses != after.addresses) {
+        spdlog::info("path {}: {} now has {} address(es)", paths[i].name, after.name,
+                     after.addresses.size());
+      }
+    }
+    // Act at once: flows on a path that went down move now, not at the next round.
+    if (running) round();
+  }
+};
+
+monitor::monitor(asio::any_io_executor executor, core::monitor_config config,
+                 std::vector<path_spec> paths, history* store, round_handler on_round)
+    : state_(std::make_shared<watch::state>(std::move(executor), config, std::move(paths), store,
+                                            std::move(on_round))) {
+  state_->self = state_;
+}
+
+monitor::~monitor() {
+  stop();
+}
+
+void monitor::start() {
+  auto& s = *state_;
+  if (s.running) return;
+  s.running = true;
+  std::vector<std::string> interfaces;
+  for (const auto& p : s.paths) interfaces.push_back(p.interface);
+  s.links = std::make_unique<link_watcher>(s.executor, interfaces,
+                                           [weak = std::weak_ptr<watch::state>(state_)](
+                                               const link_state& before, const link_state& after) {
+                                             if (auto me = weak.lock())
+                                               me->on_link_change(before, after);
+                                           });
+  if (auto started = s.links->start(); !started) {
+    spdlog::warn("path monitor: {}: interfaces are polled every {} ms instead", started.error(),
+                 s.config.interval.count() / 1000);
+    s.links.reset();
+    s.links_ok = false;
+  } else {
+    s.links_ok = true;
+  }
+  for (std::size_t i = 0; i < s.paths.size(); ++i) {
+    s.per_path[i].up = s.link_up(i);
+    spdlog::info("path {}: {} ({}), probes {}", s.paths[i].name, s.per_path[i].up ? "up" : "down",
+                 s.paths[i].interface,
+                 s.paths[i].probe
+                     ? fmt::format("to {}:{} every {} ms while idle",
+                                   s.paths[i].probe->address().to_string(),
+                                   s.paths[i].probe->port(), s.probe_interval(i).count() / 1000)
+                     : std::string("off (no probe target)"));
+  }
+  s.schedule();
+}
+
+void monitor::stop() {
+  if (!state_ || !state_->running) return;
+  state_->running = false;
+  state_->timer.cancel();
+  if (state_->links) state_->links->stop();
+}
+
+bool monitor::up(std::size_t path) const {
+  return state_->per_path.at(path).up;
+}
+
+quality monitor::current(std::size_t path) const {
+  const auto& p = state_->per_path.at(path);
+  return p.tracker.current(p.up, clock_type::now());
+}
+
+const std::vector<monitor::path_spec>& monitor::paths() const {
+  return state_->paths;
+}
+
+std::uint64_t monitor::probes_sent(std::size_t path) const {
+  return state_->per_path.at(path).probes;
+}
+
+monitor::watch monitor::watch_socket(std::size_t path, int fd) {
+  auto& s = *state_;
+  const auto id = s.next_watch_id++;
+  s.sockets[id] = watch::state::socket_watch{path, fd, std::nullopt};
+  return watch(state_, id);
+}
+
+monitor::watch::watch(watch&& other) noexcept
+    : monitor_(std::move(other.monitor_)), id_(std::exchange(other.id_, 0)) {}
+
+monitor::watch& monitor::watch::operator=(watch&& other) noexcept {
+  if (this != &other) {
+    if (auto s = monitor_.lock()) s->sockets.erase(id_);
+    monitor_ = std::move(other.monitor_);
+    id_ = std::exchange(other.id_, 0);
+  }
+  return *this;
+}
+
+monitor::watch::~watch() {
+  if (auto s = monitor_.lock()) s->sockets.erase(id_);
+}
+
+std::optional<tcp::endpoint> probe_target(const core::path_config& path) {
+  auto parse = [](std::string text, std::uint16_t default_port) -> std::optional<tcp::endpoint> {
+    std::uint16_t port = default_port;
+    auto read_port = [&port](std::string_view digits) {
+      std::uint16_t value = 0;
+      const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+      if (ec == std::errc{} && end == digits.data() + digits.size() && value > 0) port = value;
+    };
+    if (!text.empty() && text.front() == '[') {
+      const auto close = text.find(']');
+      if (close == std::string::npos) return std::nullopt;
+      if (close + 2 < text.size() && text[close + 1] == ':')
+        read_port(std::string_view(text).substr(close + 2));
+      text = text.substr(1, close - 1);
+    } else if (const auto colon = text.rfind(':');
+               colon != std::string::npos && text.find(':') == colon) {
+      read_port(std::string_view(text).substr(colon + 1));
+      text = text.substr(0, colon);
+    }
+    boost::system::error_code ec;
+    const auto address = asio::ip::make_address(text, ec);
+    if (ec || port == 0) return std::nullopt;
+    return tcp::endpoint(address, port);
+  };
+  if (!path.probe.empty()) return parse(path.probe, 0);
+  if (path.dns_servers.empty()) return std::nullopt;
+  // A resolver's own port may be another than 53 ("127.0.0.1:5353"): probes go to TCP 53.
+  auto target = parse(path.dns_servers.front(), 53);
+  if (target) target->port(53);
+  return target;
+}
+
+}  // namespace fleety::path

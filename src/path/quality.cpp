@@ -1,0 +1,79 @@
+#include "path/quality.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace fleety::path {
+
+void quality_tracker::on_rtt(std::chrono::microseconds rtt, clock_type::time_point now) {
+  const double sample = static_cast<double>(rtt.count());
+  if (!srtt_us_ || now - rtt_at_ > opts_.max_age) {
+    // RFC 6298 §2.2: the first measurement sets SRTT and RTTVAR = R/2.
+    srtt_us_ = sample;
+    rttvar_us_ = sample / 2;
+  } else {
+    rttvar_us_ = 0.75 * rttvar_us_ + 0.25 * std::abs(*srtt_us_ - sample);
+    srtt_us_ = 0.875 * *srtt_us_ + 0.125 * sample;
+  }
+  rtt_at_ = now;
+}
+
+void quality_tracker::on_smoothed_rtt(std::chrono::microseconds srtt,
+                                      std::chrono::microseconds rttvar,
+                                      clock_type::time_point now) {
+  srtt_us_ = static_cast<double>(srtt.count());
+  rttvar_us_ = static_cast<double>(rttvar.count());
+  rtt_at_ = now;
+}
+
+void quality_tracker::count_loss(double sent, double lost, clock_type::time_point now) {
+  if (now - loss_now_.start >= opts_.window) {
+    // A window ended: it becomes the previous one (or both restart after a long gap).
+    loss_before_ = (now - loss_now_.start < 2 * opts_.window) ? loss_now_ : loss_window{};
+    loss_now_ = loss_window{now, 0, 0};
+  }
+  loss_now_.sent += sent;
+  loss_now_.lost += lost;
+  loss_at_ = now;
+}
+
+void quality_tracker::on_probe(bool answered, clock_type::time_point now) {
+  count_loss(1, answered ? 0 : 1, now);
+}
+
+void quality_tracker::on_segments(std::uint64_t sent, std::uint64_t retransmitted,
+                                  clock_type::time_point now) {
+  if (sent == 0) return;
+  count_loss(static_cast<double>(sent), static_cast<double>(std::min(retransmitted, sent)), now);
+}
+
+void quality_tracker::on_bytes_received(std::uint64_t total, clock_type::time_point now) {
+  if (!bytes_mark_ || total < *bytes_mark_ || now - bytes_mark_at_ > opts_.max_age) {
+    bytes_mark_ = total;
+    bytes_mark_at_ = now;
+    return;
+  }
+  const auto elapsed = std::chrono::duration<double>(now - bytes_mark_at_).count();
+  if (now - bytes_mark_at_ < opts_.window) return;
+  throughput_bps_ = static_cast<double>(total - *bytes_mark_) * 8 / elapsed;
+  throughput_at_ = now;
+  bytes_mark_ = total;
+  bytes_mark_at_ = now;
+}
+
+quality quality_tracker::current(bool up, clock_type::time_point now) const {
+  quality q;
+  q.up = up;
+  if (srtt_us_ && now - rtt_at_ <= opts_.max_age) {
+    q.rtt = std::chrono::microseconds(std::llround(*srtt_us_));
+    q.jitter = std::chrono::microseconds(std::llround(rttvar_us_));
+  }
+  if (now - loss_at_ <= opts_.max_age) {
+    const double sent = loss_now_.sent + loss_before_.sent;
+    if (sent > 0) q.loss = (loss_now_.lost + loss_before_.lost) / sent;
+  }
+  if (throughput_bps_ && now - throughput_at_ <= opts_.max_age) q.throughput_bps = throughput_bps_;
+  return q;
+}
+
+}  // namespace fleety::path

@@ -1,0 +1,85 @@
+#include "path/quality.hpp"
+
+#include <gtest/gtest.h>
+
+namespace fleety::path {
+namespace {
+
+using std::chrono::microseconds;
+using std::chrono::milliseconds;
+
+const auto t0 = clock_type::time_point{} + std::chrono::hours(1);
+
+TEST(QualityTracker, NothingMeasuredIsUnknown) {
+  quality_tracker tracker;
+  const auto q = tracker.current(true, t0);
+  EXPECT_TRUE(q.up);
+  EXPECT_FALSE(q.rtt);
+  EXPECT_FALSE(q.jitter);
+  EXPECT_FALSE(q.loss);
+  EXPECT_FALSE(q.throughput_bps);
+}
+
+TEST(QualityTracker, ProbeRttsAreSmoothedAsRfc6298) {
+  quality_tracker tracker;
+  tracker.on_rtt(milliseconds(100), t0);
+  auto q = tracker.current(true, t0);
+  EXPECT_EQ(*q.rtt, milliseconds(100));
+  EXPECT_EQ(*q.jitter, milliseconds(50));
+  tracker.on_rtt(milliseconds(20), t0 + milliseconds(200));
+  q = tracker.current(true, t0 + milliseconds(200));
+  // RTTVAR = 3/4·50 + 1/4·|100−20| = 57.5 ms; SRTT = 7/8·100 + 1/8·20 = 90 ms.
+  EXPECT_EQ(*q.rtt, milliseconds(90));
+  EXPECT_EQ(*q.jitter, microseconds(57'500));
+}
+
+TEST(QualityTracker, KernelSmoothedRttIsTakenAsItIs) {
+  quality_tracker tracker;
+  tracker.on_rtt(milliseconds(50), t0);
+  tracker.on_smoothed_rtt(milliseconds(400), milliseconds(30), t0 + milliseconds(200));
+  const auto q = tracker.current(true, t0 + milliseconds(200));
+  EXPECT_EQ(*q.rtt, milliseconds(400));
+  EXPECT_EQ(*q.jitter, milliseconds(30));
+}
+
+TEST(QualityTracker, OldSamplesAreForgotten) {
+  quality_tracker tracker({.max_age = milliseconds(5000), .window = milliseconds(1000)});
+  tracker.on_rtt(milliseconds(80), t0);
+  tracker.on_probe(false, t0);
+  EXPECT_TRUE(tracker.current(true, t0 + milliseconds(5000)).rtt);
+  const auto stale = tracker.current(true, t0 + milliseconds(5001));
+  EXPECT_FALSE(stale.rtt);
+  EXPECT_FALSE(stale.loss);
+  // A new sample after a long silence starts afresh, not smoothed with the old one.
+  tracker.on_rtt(milliseconds(20), t0 + milliseconds(9000));
+  EXPECT_EQ(*tracker.current(true, t0 + milliseconds(9000)).rtt, milliseconds(20));
+}
+
+TEST(QualityTracker, LossOverTheLastTwoWindows) {
+  quality_tracker tracker({.max_age = milliseconds(10'000), .window = milliseconds(1000)});
+  for (int i = 0; i < 4; ++i) tracker.on_probe(i != 0, t0 + milliseconds(100 * i));
+  EXPECT_DOUBLE_EQ(*tracker.current(true, t0 + milliseconds(400)).loss, 0.25);
+  tracker.on_segments(1000, 10, t0 + milliseconds(1500));  // next window
+  EXPECT_DOUBLE_EQ(*tracker.current(true, t0 + milliseconds(1500)).loss, 11.0 / 1004.0);
+  tracker.on_segments(100, 0, t0 + milliseconds(2600));  // the first window drops out
+  EXPECT_DOUBLE_EQ(*tracker.current(true, t0 + milliseconds(2600)).loss, 10.0 / 1100.0);
+  tracker.on_segments(100, 200, t0 + milliseconds(6000));  // after a gap; capped at sent
+  EXPECT_DOUBLE_EQ(*tracker.current(true, t0 + milliseconds(6000)).loss, 1.0);
+}
+
+TEST(QualityTracker, ThroughputFromTheByteCounterOverAWindow) {
+  quality_tracker tracker({.max_age = milliseconds(3000), .window = milliseconds(1000)});
+  tracker.on_bytes_received(1'000'000, t0);
+  tracker.on_bytes_received(1'600'000, t0 + milliseconds(500));  // window not over yet
+  EXPECT_FALSE(tracker.current(true, t0 + milliseconds(500)).throughput_bps);
+  tracker.on_bytes_received(3'500'000, t0 + milliseconds(1000));
+  EXPECT_DOUBLE_EQ(*tracker.current(true, t0 + milliseconds(1000)).throughput_bps, 20e6);
+  tracker.on_bytes_received(3'500'000, t0 + milliseconds(2000));  // idle: zero
+  EXPECT_DOUBLE_EQ(*tracker.current(true, t0 + milliseconds(2000)).throughput_bps, 0);
+  // A counter that went back (a path's sockets replaced) restarts the measurement.
+  tracker.on_bytes_received(10, t0 + milliseconds(3000));
+  EXPECT_DOUBLE_EQ(*tracker.current(true, t0 + milliseconds(3000)).throughput_bps, 0);
+}
+
+}  // namespace
+}  // namespace fleety::path
