@@ -22,7 +22,7 @@ import unittest
 from pathlib import Path
 from typing import Sequence
 
-from fleety_lab import Lab, LabError, OBJECT_DIR
+from fleety_lab import ANYCAST_DNS, Lab, LabError, OBJECT_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -90,6 +90,29 @@ def find_fleetyd() -> str:
                    "or set FLEETYD=/path/to/fleetyd")
 
 
+def fleety_cli() -> str:
+    """The fleety CLI from $FLEETY, else beside fleetyd."""
+    return os.environ.get("FLEETY") or str(Path(find_fleetyd()).with_name("fleety"))
+
+
+# The lab's two paths as fleetyd's config names them. Each path names its resolver: under
+# nsenter fleetyd sees the host's resolv.conf, not the lab's (the anycast address answers
+# per ISP, by the interface the query leaves on).
+LAB_PATHS_TOML = f"""
+[[path]]
+name = "wifi"
+interface = "wlan0"
+kind = "wifi"
+dns = ["{ANYCAST_DNS}"]
+
+[[path]]
+name = "cell"
+interface = "rmnet0"
+kind = "cellular"
+dns = ["{ANYCAST_DNS}"]
+"""
+
+
 def object_sha256(name: str) -> str:
     """sha256 of a lab object as the CDNs serve it."""
     h = hashlib.sha256()
@@ -115,6 +138,9 @@ class Fleetyd:
         self.control_socket = self.workdir / "control.sock"
         if "[control]" not in text:
             text += f'\n[control]\nsocket = "{self.control_socket}"\n'
+        # ... and its own path history: what one test measured must not seed the next.
+        if "[monitor]" not in text:
+            text += f'\n[monitor]\nhistory = "{self.workdir / "history.db"}"\n'
         self.config_path.write_text(text)
         self.log_path = self.workdir / "fleetyd.log"
         self.args = [find_fleetyd(), "--config", str(self.config_path), "--log-level", log_level,

@@ -192,6 +192,36 @@ void print_status(const boost::json::object& s) {
   }
 }
 
+void print_stats(const boost::json::object& s) {
+  std::cout << fmt::format(
+      "cellular in {}: {}{}\n", std::string(s.at("month").as_string()),
+      core::format_size(static_cast<std::uint64_t>(number_of(s.at("cellular_bytes")))),
+      s.at("cellular_capped").as_bool() ? " (over the budget)" : "");
+  std::cout << fmt::format("\n{:<20} {:<8} {:>12}\n", "app", "path", "bytes");
+  for (const auto& a : s.at("apps").as_array()) {
+    const auto& row = a.as_object();
+    std::cout << fmt::format(
+        "{:<20} {:<8} {:>12}\n", std::string(row.at("app").as_string()),
+        std::string(row.at("path").as_string()),
+        core::format_size(static_cast<std::uint64_t>(number_of(row.at("bytes")))));
+  }
+  for (const auto& p : s.at("paths").as_array()) {
+    const auto& row = p.as_object();
+    std::cout << fmt::format(
+        "{:<20} {:<8} {:>12}\n", "(all, path total)", std::string(row.at("path").as_string()),
+        core::format_size(static_cast<std::uint64_t>(number_of(row.at("bytes")))));
+  }
+  const auto& t = s.at("telemetry").as_object();
+  std::cout << fmt::format(
+      "\nlast {} days: {} single→multipath transitions: throughput gain median {} Mbit/s, mean {} "
+      "Mbit/s (speed-up median {}, mean {})\n",
+      number_of(t.at("days")), number_of(t.at("transitions")), measured(t.at("median_gain_mbps")),
+      measured(t.at("mean_gain_mbps")), measured(t.at("median_speedup"), 2),
+      measured(t.at("mean_speedup"), 2));
+  std::cout << fmt::format("{} path switches: RTT change median {} ms\n",
+                           number_of(t.at("switches")), measured(t.at("median_rtt_change_ms")));
+}
+
 void print_apps(const boost::json::object& reply) {
   const auto& apps = reply.at("apps").as_array();
   if (apps.empty()) {
@@ -242,6 +272,8 @@ int main(int argc, char** argv) {
   if (!has_separator) run->prefix_command();
 
   auto* status = cli.add_subcommand("status", "paths, sessions, interception");
+  auto* stats = cli.add_subcommand(
+      "stats", "cellular bytes per app this month; multipath and switch telemetry");
   auto* apps = cli.add_subcommand("apps", "the apps fleetyd takes over");
   std::string app_name;
   auto* enable = apps->add_subcommand("enable", "take the app over again");
@@ -271,6 +303,7 @@ int main(int argc, char** argv) {
                 });
   }
   if (apps->parsed()) return show(socket, {{"cmd", "apps"}}, as_json, print_apps);
+  if (stats->parsed()) return show(socket, {{"cmd", "stats"}}, as_json, print_stats);
   if (rules->parsed()) {
     return show(socket, {{"cmd", "rules.reload"}}, as_json, [](const boost::json::object& r) {
       std::cout << number_of(r.at("feature_rules")) << " feature rule(s) loaded\n";

@@ -2,10 +2,14 @@
 // listener and (with [intercept]) the interception rules and their listener; runs
 // until SIGINT/SIGTERM, reloads the feature rules on SIGHUP.
 
+#include <arpa/inet.h>
 #include <fmt/ranges.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -16,9 +20,13 @@
 #include <boost/json.hpp>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <iostream>
+#include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -31,8 +39,10 @@
 #include "intercept/intercept.hpp"
 #include "mphttp/proxy.hpp"
 #include "net/bound_socket.hpp"
+#include "net/mptcp.hpp"
 #include "net/socket_owner.hpp"
 #include "path/history.hpp"
+#include "path/link_watcher.hpp"
 #include "path/monitor.hpp"
 #include "select/select.hpp"
 
@@ -355,6 +365,8 @@ class path_supervision {
   void stop() { monitor_.stop(); }
   intercept::flow_placement& placement() { return placement_; }
   const path::monitor& monitor() const { return monitor_; }
+  path::monitor& monitor() { return monitor_; }
+  path::history* history() const { return store_; }
   const select::flow_table& flows() const { return flows_; }
   bool cellular_capped() const {
     return config_.budget.cellular_monthly_bytes > 0 &&
@@ -481,6 +493,7 @@ class daemon_control : public control::daemon_api {
           {"throughput_mbps",
            q.throughput_bps ? boost::json::value(*q.throughput_bps / 1e6) : nullptr},
           {"loss", q.loss ? boost::json::value(*q.loss) : nullptr},
+          {"signal_dbm", q.signal_dbm ? boost::json::value(*q.signal_dbm) : nullptr},
           {"capacity_mbps", p.estimator.rate_bytes_per_s() * 8 / 1e6},
           {"probes", supervision_.monitor().probes_sent(i)},
           {"bytes_received", p.bytes_received},
@@ -522,6 +535,57 @@ class daemon_control : public control::daemon_api {
     if (!intercepting_) return core::make_error(interception_off);
     return intercepting_->starting(name);
   }
+  core::expected<boost::json::object> stats() override {
+    auto* store = supervision_.history();
+    if (store == nullptr) {
+      return core::make_error(
+          "fleetyd keeps no path history ([monitor] history is \"\" or could not be opened: "
+          "see its log)");
+    }
+    const auto now = path::wall_clock::now();
+    const auto month = path::month_of(now);
+    auto usage = store->usage(month);
+    if (!usage) return core::make_error(usage.error());
+    boost::json::array per_app;
+    boost::json::array per_path;
+    for (const auto& row : *usage) {
+      boost::json::object entry{{"path", row.path}, {"bytes", row.bytes}};
+      if (row.app == "*") {
+        per_path.push_back(std::move(entry));
+      } else {
+        entry["app"] = row.app;
+        per_app.push_back(std::move(entry));
+      }
+    }
+    auto telemetry = store->telemetry(now - std::chrono::hours(24 * 30));
+    if (!telemetry) return core::make_error(telemetry.error());
+    auto number = [](const std::optional<double>& v) -> boost::json::value {
+      return v ? boost::json::value(*v) : nullptr;
+    };
+    auto mbps = [](const std::optional<double>& v) -> boost::json::value {
+      return v ? boost::json::value(*v / 1e6) : nullptr;
+    };
+    const auto& t = *telemetry;
+    return boost::json::object{
+        {"month", month},
+        {"cellular_bytes", supervision_.cellular_month_bytes()},
+        {"cellular_capped", supervision_.cellular_capped()},
+        {"paths", std::move(per_path)},
+        {"apps", std::move(per_app)},
+        {"telemetry",
+         boost::json::object{
+             {"days", 30},
+             {"transitions", t.transitions},
+             {"median_gain_mbps", mbps(t.median_gain_bps)},
+             {"mean_gain_mbps", mbps(t.mean_gain_bps)},
+             {"median_speedup", number(t.median_speedup)},
+             {"mean_speedup", number(t.mean_speedup)},
+             {"switches", t.switches},
+             {"median_rtt_change_ms",
+              t.median_rtt_change
+                  ? boost::json::value(static_cast<double>(t.median_rtt_change->count()) / 1000)
+                  : nullptr}}}};
+  }
   core::expected<std::size_t> reload_rules() override {
     auto fresh = core::load_config(config_path_);
     if (!fresh) return core::make_error(fresh.error() + " (the rules in use stay)");
@@ -539,6 +603,164 @@ class daemon_control : public control::daemon_api {
   const dns::duplicator& duplicator_;
   const path_supervision& supervision_;
   std::string config_path_;
+};
+
+/// [mptcp] (issue 6, item 8): the endpoints of the kernel's MPTCP path manager from which
+/// relayed MPTCP connections get a subflow on each other path. One per path's interface and
+/// address family, for its primary address (flags subflow, plus backup for mptcp_backup
+/// paths: by default the cellular ones), bound to that interface; kept in step with
+/// address changes (a link watcher of its own); the subflow limit raised to paths − 1.
+/// Endpoints someone else configured are left as they are. With the object go fleetyd's
+/// own endpoints, and the limits it raised come back (unless changed meanwhile).
+class mptcp_endpoints {
+ public:
+  /// Null (after a warning) when the path manager cannot be used: relayed flows are then
+  /// MPTCP on their initial path only.
+  static std::unique_ptr<mptcp_endpoints> start(asio::io_context& io, const core::config& config) {
+    auto manager = net::mptcp_path_manager::open();
+    if (!manager) {
+      spdlog::warn("{}: relayed MPTCP flows get no subflows on other paths", manager.error());
+      return nullptr;
+    }
+    auto self =
+        std::unique_ptr<mptcp_endpoints>(new mptcp_endpoints(config, std::move(manager).value()));
+    self->raise_limits();
+    std::vector<std::string> interfaces;
+    for (const auto& p : config.paths) interfaces.push_back(p.interface);
+    self->links_ = std::make_unique<path::link_watcher>(
+        io.get_executor(), interfaces,
+        [me = self.get()](const path::link_state& before, const path::link_state& after) {
+          if (before.exists != after.exists || before.addresses != after.addresses) me->sync();
+        });
+    if (auto watching = self->links_->start(); !watching) {
+      spdlog::warn("mptcp: {}: endpoints follow the addresses at start only", watching.error());
+      self->links_.reset();
+    }
+    self->sync();
+    return self;
+  }
+
+  ~mptcp_endpoints() {
+    links_.reset();  // no sync from here on
+    for (const auto id : ours_) {
+      if (auto removed = manager_->remove(id); !removed) {
+        spdlog::warn("{} (endpoint id {})", removed.error(), id);
+      } else {
+        spdlog::info("mptcp: endpoint id {} removed", id);
+      }
+    }
+    if (!raised_) return;
+    if (auto now = manager_->limits(); now && *now == raised_->second) {
+      if (auto restored = manager_->set_limits(raised_->first); !restored)
+        spdlog::warn("{}", restored.error());
+    }
+  }
+  mptcp_endpoints(const mptcp_endpoints&) = delete;
+  mptcp_endpoints& operator=(const mptcp_endpoints&) = delete;
+
+ private:
+  mptcp_endpoints(const core::config& config, std::unique_ptr<net::mptcp_path_manager> manager)
+      : config_(config), manager_(std::move(manager)) {}
+
+  void raise_limits() {
+    auto limits = manager_->limits();
+    if (!limits) {
+      spdlog::warn("{}: limits left as they are", limits.error());
+      return;
+    }
+    const auto wanted = net::limits_for_paths(*limits, config_.paths.size());
+    if (wanted == *limits) return;
+    if (auto set = manager_->set_limits(wanted); !set) {
+      spdlog::warn("{}: at most {} more subflows per connection", set.error(), limits->subflows);
+      return;
+    }
+    raised_ = {*limits, wanted};
+    spdlog::info("mptcp: limits: subflows {} → {} per connection", limits->subflows,
+                 wanted.subflows);
+  }
+
+  /// The interface's addresses now (getifaddrs).
+  static std::vector<asio::ip::address> addresses_of(const std::string& interface) {
+    std::vector<asio::ip::address> out;
+    ifaddrs* all = nullptr;
+    if (::getifaddrs(&all) != 0) return out;
+    for (const ifaddrs* a = all; a != nullptr; a = a->ifa_next) {
+      if (a->ifa_addr == nullptr || interface != a->ifa_name) continue;
+      if (a->ifa_addr->sa_family == AF_INET) {
+        const auto* in = reinterpret_cast<const sockaddr_in*>(a->ifa_addr);
+        out.push_back(asio::ip::address_v4(ntohl(in->sin_addr.s_addr)));
+      } else if (a->ifa_addr->sa_family == AF_INET6) {
+        const auto* in6 = reinterpret_cast<const sockaddr_in6*>(a->ifa_addr);
+        asio::ip::address_v6::bytes_type bytes;
+        std::memcpy(bytes.data(), &in6->sin6_addr, bytes.size());
+        out.push_back(asio::ip::address_v6(bytes));
+      }
+    }
+    ::freeifaddrs(all);
+    return out;
+  }
+
+  /// Brings the kernel's endpoints in line with the paths' addresses now.
+  void sync() {
+    auto existing = manager_->endpoints();
+    if (!existing) {
+      spdlog::warn("{}: endpoints not updated", existing.error());
+      return;
+    }
+    std::vector<net::wanted_endpoint> wanted;
+    std::vector<std::string> path_of;  // per wanted endpoint: its path's name
+    for (const auto& p : config_.paths) {
+      const int ifindex = static_cast<int>(::if_nametoindex(p.interface.c_str()));
+      if (ifindex == 0) continue;
+      // One subflow per path and family: its first (primary) IPv4 and IPv6 address.
+      bool have_v4 = false;
+      bool have_v6 = false;
+      for (const auto& a : addresses_of(p.interface)) {
+        if (!net::endpoint_address(a) || (a.is_v4() ? have_v4 : have_v6)) continue;
+        (a.is_v4() ? have_v4 : have_v6) = true;
+        wanted.push_back({a, ifindex, p.mptcp_backup});
+        path_of.push_back(p.name);
+      }
+    }
+    const auto changes = net::plan_endpoint_changes(*existing, ours_, wanted);
+    std::vector<std::uint8_t> still;  // own ids still in the kernel
+    for (const auto& e : *existing) {
+      if (std::find(ours_.begin(), ours_.end(), e.id) != ours_.end()) still.push_back(e.id);
+    }
+    ours_ = std::move(still);
+    for (const auto id : changes.remove) {
+      if (auto removed = manager_->remove(id); !removed) {
+        spdlog::warn("{} (endpoint id {})", removed.error(), id);
+        continue;
+      }
+      spdlog::info("mptcp: endpoint id {} removed (its address or interface changed)", id);
+      ours_.erase(std::remove(ours_.begin(), ours_.end(), id), ours_.end());
+    }
+    for (const auto& e : changes.add) {
+      std::string path = "?";
+      for (std::size_t i = 0; i < wanted.size(); ++i)
+        if (wanted[i].address == e.address) path = path_of[i];
+      if (auto added = manager_->add(e); !added) {
+        spdlog::warn("{} ({} for path {})", added.error(), net::describe(e), path);
+        continue;
+      }
+      ours_.push_back(e.id);
+      spdlog::info("mptcp: endpoint {} added for path {}", net::describe(e), path);
+    }
+    for (const auto& e : changes.foreign) {
+      if (reported_.insert(e.id).second)
+        spdlog::info("mptcp: endpoint {} was configured by someone else: left as it is",
+                     net::describe(e));
+    }
+  }
+
+  const core::config& config_;
+  std::unique_ptr<net::mptcp_path_manager> manager_;  ///< owned; the kernel's path manager
+  std::unique_ptr<path::link_watcher> links_;         ///< owned; null when rtnetlink failed
+  std::vector<std::uint8_t> ours_;                    ///< ids of the endpoints fleetyd added
+  std::set<std::uint8_t> reported_;                   ///< someone else's endpoints already logged
+  /// The limits before and after fleetyd raised them; empty when it did not.
+  std::optional<std::pair<net::mptcp_limits, net::mptcp_limits>> raised_;
 };
 
 int run(const core::config& config, const std::string& config_path) {
@@ -561,24 +783,17 @@ int run(const core::config& config, const std::string& config_path) {
     options.interface = path_config.interface;
     options.servers = path_config.dns_servers;
     auto resolver = std::make_unique<dns::path_resolver>(io.get_executor(), options);
-    // What the history knows of the path's last hour seeds what the config doesn't say.
+    // The history's RTT of the last hour seeds what the config doesn't say. Not its rate:
+    // a sample's throughput is what the path carried, not what it can carry.
     std::uint64_t rate_bps = path_config.prior_rate_bps;
     auto rtt = path_config.prior_rtt;
     if (history) {
       const auto now = path::wall_clock::now();
-      if (auto known = history->summary(path_config.name, now - std::chrono::hours(1), now)) {
-        if (rate_bps == 0 && known->median_throughput_bps)
-          rate_bps = static_cast<std::uint64_t>(*known->median_throughput_bps);
-        if (rtt.count() == 0 && known->median_rtt) rtt = *known->median_rtt;
-        if (known->samples > 0)
-          spdlog::info(
-              "path {}: history of the last hour: {} samples, median RTT {}, rate {}",
-              path_config.name, known->samples,
-              known->median_rtt ? fmt::format("{} ms", known->median_rtt->count() / 1000)
-                                : std::string("unknown"),
-              known->median_throughput_bps
-                  ? core::format_rate(static_cast<std::uint64_t>(*known->median_throughput_bps))
-                  : std::string("unknown"));
+      if (auto known = history->summary(path_config.name, now - std::chrono::hours(1), now);
+          known && known->median_rtt) {
+        if (rtt.count() == 0) rtt = *known->median_rtt;
+        spdlog::info("path {}: history of the last hour: {} samples, median RTT {} ms",
+                     path_config.name, known->samples, known->median_rtt->count() / 1000);
       }
     }
     mphttp::path_runtime runtime{
@@ -637,6 +852,27 @@ int run(const core::config& config, const std::string& config_path) {
   dns::duplicator duplicator(std::move(dns_paths), dns_info);
   context.dns_info = &dns_info;
   path_supervision supervision(io, config, context, history.get());
+  for (std::size_t i = 0; i < paths.size(); ++i) {
+    paths[i].monitor = &supervision.monitor();
+    paths[i].index = i;
+  }
+  if (history) {
+    context.on_transition = [store = history.get()](const std::string& host, double single_bps,
+                                                    double multi_bps) {
+      (void)store->record_transition(path::wall_clock::now(), host, single_bps, multi_bps);
+    };
+    context.on_app_bytes = [store = history.get()](const std::string& app,
+                                                   const mphttp::path_runtime& path,
+                                                   std::uint64_t bytes) {
+      (void)store->add_usage(path::month_of(path::wall_clock::now()), app.empty() ? "-" : app,
+                             path.config.name, bytes);
+    };
+    context.on_ttfb = [store = history.get()](const mphttp::path_runtime& path,
+                                              const std::string& host,
+                                              std::chrono::microseconds ttfb) {
+      (void)store->record_ttfb(path.config.name, host, path::wall_clock::now(), ttfb);
+    };
+  }
   supervision.start();
 
   std::unique_ptr<interception> intercepting;
@@ -657,6 +893,15 @@ int run(const core::config& config, const std::string& config_path) {
     }
   } else {
     interception::remove_stale();
+  }
+  // [mptcp]: the kernel path manager's endpoints, for the relayed flows' other subflows.
+  std::unique_ptr<mptcp_endpoints> mptcp;
+  if (config.mptcp.enabled) {
+    if (config.intercept.enabled) {
+      mptcp = mptcp_endpoints::start(io, config);
+    } else {
+      spdlog::warn("[mptcp] enabled = true without [intercept]: no relayed flow uses MPTCP");
+    }
   }
 
   asio::signal_set signals(io, SIGINT, SIGTERM);
@@ -696,6 +941,7 @@ int run(const core::config& config, const std::string& config_path) {
   io.run();
   supervision.stop();
   intercepting.reset();
+  mptcp.reset();
   std::error_code removed;
   std::filesystem::remove(config.control_socket, removed);
   for (const auto& p : paths) {

@@ -58,6 +58,11 @@ std::string handle_request(std::string_view line, daemon_api& daemon) {
   };
   if (command == "status") return reply_ok(daemon.status());
   if (command == "apps") return reply_ok({{"apps", daemon.apps()}});
+  if (command == "stats") {
+    auto stats = daemon.stats();
+    if (!stats) return reply_error(stats.error());
+    return reply_ok(std::move(stats).value());
+  }
   if (command == "app.enable" || command == "app.disable" || command == "app.starting") {
     const std::string name = name_of();
     if (name.empty()) return reply_error(fmt::format("{} needs \"name\"", command));
@@ -75,9 +80,10 @@ std::string handle_request(std::string_view line, daemon_api& daemon) {
     if (!count) return reply_error(count.error());
     return reply_ok({{"feature_rules", *count}});
   }
-  return reply_error(fmt::format(
-      "unknown cmd \"{}\" (status, apps, app.enable, app.disable, app.starting, rules.reload)",
-      command));
+  return reply_error(
+      fmt::format("unknown cmd \"{}\" (status, apps, stats, app.enable, app.disable, app.starting, "
+                  "rules.reload)",
+                  command));
 }
 
 asio::awaitable<void> run_control_server(local::acceptor acceptor, daemon_api& daemon) {

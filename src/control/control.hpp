@@ -35,12 +35,17 @@ class daemon_api {
   virtual core::expected<bool> app_starting(const std::string& name) = 0;
   /// Reads the feature rules again; how many there are.
   virtual core::expected<std::size_t> reload_rules() = 0;
+  /// Cellular bytes per app and in total this month, and the paper's §6.1 telemetry
+  /// (throughput gain at single→multi transitions, RTT change at path switches).
+  virtual core::expected<boost::json::object> stats() {
+    return core::make_error("this fleetyd keeps no statistics");
+  }
 };
 
 /// One request line → one reply line (without the newline). Requests:
 /// {"cmd":"status"}, {"cmd":"apps"}, {"cmd":"app.enable","name":N},
 /// {"cmd":"app.disable","name":N}, {"cmd":"app.starting","name":N},
-/// {"cmd":"rules.reload"}. Replies: {"ok":true,...} or {"ok":false,"error":"..."}.
+/// {"cmd":"rules.reload"}, {"cmd":"stats"}. Replies: {"ok":true,...} or {"ok":false,"error":"..."}.
 std::string handle_request(std::string_view line, daemon_api& daemon);
 
 /// Serves the socket until the acceptor is closed: requests in order per connection,

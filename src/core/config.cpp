@@ -154,8 +154,9 @@ bool valid_host_port(std::string_view text) {
 
 std::optional<std::string> read_path(const context& ctx, const toml::table& table,
                                      path_config& path) {
-  if (auto e = check_keys(ctx, table, "[[path]]",
-                          {"name", "interface", "kind", "cost", "dns", "rate", "rtt", "probe"})) {
+  if (auto e = check_keys(
+          ctx, table, "[[path]]",
+          {"name", "interface", "kind", "cost", "dns", "rate", "rtt", "probe", "mptcp_backup"})) {
     return e;
   }
   for (auto key : {"name", "interface", "kind"}) {
@@ -185,6 +186,7 @@ std::optional<std::string> read_path(const context& ctx, const toml::table& tabl
                        ctx.where(*table.get("kind")), path.name, kind);
   }
   path.cost = path.kind == path_kind::cellular ? 10 : 0;
+  path.mptcp_backup = path.kind == path_kind::cellular;
   if (const toml::node* node = table.get("cost")) {
     const auto* value = node->as_integer();
     if (value == nullptr || value->get() < 0 || value->get() > 1000000) {
@@ -220,6 +222,14 @@ std::optional<std::string> read_path(const context& ctx, const toml::table& tabl
             return std::nullopt;
           })) {
     return e;
+  }
+  if (const toml::node* node = table.get("mptcp_backup")) {
+    const auto* value = node->as_boolean();
+    if (value == nullptr) {
+      return fmt::format("{}path '{}': mptcp_backup must be true or false", ctx.where(*node),
+                         path.name);
+    }
+    path.mptcp_backup = value->get();
   }
   if (auto e = read_string(ctx, table, "probe", "path", path.probe)) return e;
   if (!path.probe.empty() && !valid_host_port(path.probe)) {
@@ -688,7 +698,7 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
   if (auto e = check_keys(
           ctx, root, "the file",
           {"proxy", "path", "scheduler", "log", "intercept", "app", "feature", "http_dns",
-           "classify", "control", "class", "selector", "monitor", "budget"})) {
+           "classify", "control", "class", "selector", "monitor", "budget", "mptcp"})) {
     return make_error(*e);
   }
   if (const toml::node* node = root.get("intercept")) {
@@ -758,7 +768,7 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
     for (const auto& c : result.classes) names += (names.empty() ? "" : ", ") + c.name;
     return names;
   };
-  for (const auto& section : {"selector", "monitor", "budget"}) {
+  for (const auto& section : {"selector", "monitor", "budget", "mptcp"}) {
     const toml::node* node = root.get(section);
     if (node != nullptr && node->as_table() == nullptr)
       return make_error(fmt::format("{}[{}] must be a table", ctx.where(*node), section));
@@ -782,6 +792,11 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
               result.budget.cellular_monthly_bytes = v;
               return std::nullopt;
             }))
+      return make_error(*e);
+  }
+  if (const auto* table = root["mptcp"].as_table()) {
+    if (auto e = check_keys(ctx, *table, "[mptcp]", {"enabled"})) return make_error(*e);
+    if (auto e = read_bool(ctx, *table, "enabled", "mptcp", result.mptcp.enabled))
       return make_error(*e);
   }
   for (const auto& app : result.apps) {

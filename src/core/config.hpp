@@ -34,6 +34,9 @@ struct path_config {
   /// Where idle probes go ("198.18.0.53:53", "[2001:db8::1]:443"): a TCP connect whose
   /// time is the path's RTT. Empty: the path's first DNS server, port 53.
   std::string probe;
+  /// `mptcp_backup` ([mptcp], paper §3): this path's MPTCP endpoint is a backup one, whose
+  /// subflows carry data only when no other subflow can. Default: true for cellular paths.
+  bool mptcp_backup = false;
 };
 
 /// The scheduler's two policies (DESIGN.md): Wi-Fi first with a tolerance, or pure aggregation.
@@ -79,6 +82,12 @@ struct intercept_config {
   /// How long to wait for the app's first bytes (or the server's) before relaying the
   /// flow as plain bytes.
   std::chrono::microseconds peek_timeout{1'000'000};
+};
+
+/// `[mptcp]` (paper §3, issue 6 item 8): relayed upstream connections are opened as
+/// Multipath TCP, with an endpoint of the kernel's path manager on every path.
+struct mptcp_config {
+  bool enabled = false;
 };
 
 /// An app whose traffic fleetyd takes over (`[[app]]`), named by any of cgroup, uid, gid.
@@ -172,6 +181,7 @@ struct config {
   selector_config selector;
   monitor_config monitor;
   budget_config budget;
+  mptcp_config mptcp;
   /// `[classify] multipath_by_default`: an HTTP GET no feature rule matches may split.
   bool multipath_by_default = true;
   /// `[control] socket`: the fleety CLI's unix socket (root-only).

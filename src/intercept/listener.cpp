@@ -18,6 +18,7 @@
 #include "intercept/intercept.hpp"
 #include "mphttp/proxy.hpp"
 #include "net/bound_socket.hpp"
+#include "net/mptcp.hpp"
 #include "path/monitor.hpp"
 #include "select/select.hpp"
 
@@ -134,13 +135,25 @@ awaitable<void> async_relay_flow(tcp::socket app, tcp::endpoint destination,
   for (std::size_t k : order) {
     auto& path = context.paths[k];
     const auto target = server_on_path(context, destination, path);
-    ec = net::open_bound(upstream.socket(), target.protocol(), path.config.interface);
+    // [mptcp] (issue 6, item 8): an MPTCP upstream whose initial subflow leaves on this
+    // path; the kernel's path manager adds the other paths' subflows, and a server without
+    // MPTCP gets plain TCP within the same handshake.
+    ec = context.config.mptcp.enabled
+             ? net::open_bound_mptcp(upstream.socket(), target.protocol(), path.config.interface)
+             : net::open_bound(upstream.socket(), target.protocol(), path.config.interface);
     if (ec) continue;
     upstream.expires_after(context.config.proxy.connect_timeout);
     auto [connect_ec] = co_await upstream.async_connect(target, nothrow);
     ec = connect_ec;
     if (!ec) {
       used = k;
+      if (context.config.mptcp.enabled) {
+        spdlog::debug("[{}] {}: {} on {}", id, what,
+                      net::speaks_mptcp(upstream.socket().native_handle())
+                          ? "MPTCP, initial subflow"
+                          : "plain TCP (no MPTCP with the server)",
+                      path.config.name);
+      }
       break;
     }
     spdlog::info("[{}] {}: cannot connect on {}: {}", id, what, path.config.name, ec.message());
@@ -202,7 +215,14 @@ awaitable<void> serve_intercepted(tcp::socket app, mphttp::proxy_context& contex
   if (flow.kind == classify::flow_kind::http) {
     spdlog::debug("[{}] intercepted HTTP to {}:{}: {} {}", id, destination->address().to_string(),
                   destination->port(), flow.method, flow.target);
-    co_await mphttp::run_intercepted_http_session(std::move(app), *destination, context, id);
+    std::string app_name;
+    if (placement.identify) {
+      boost::system::error_code peer_ec;
+      const auto peer = app.remote_endpoint(peer_ec);
+      if (!peer_ec) app_name = placement.identify(peer, *destination).app;
+    }
+    co_await mphttp::run_intercepted_http_session(std::move(app), *destination, context, id,
+                                                  std::move(app_name));
     co_return;
   }
   co_await async_relay_flow(std::move(app), *destination, flow, context, placement, id);

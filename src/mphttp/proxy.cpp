@@ -64,10 +64,14 @@ std::chrono::steady_clock::duration as_duration(std::chrono::microseconds us) {
 struct upstream {
   beast::tcp_stream stream;
   beast::flat_buffer buffer;
+  /// The path monitor reads the connection's TCP_INFO while it is open (declared after
+  /// the stream: it goes first).
+  path::monitor::watch measured;
 
   explicit upstream(const asio::any_io_executor& executor) : stream(executor) {}
   bool is_open() { return stream.socket().is_open(); }
   void reset() {
+    measured = path::monitor::watch{};
     net::close_with_reset(stream.socket());
     buffer.clear();
   }
@@ -76,6 +80,7 @@ struct upstream {
   void adopt(upstream& other) {
     stream.socket() = std::move(other.stream.socket());
     buffer = std::move(other.buffer);
+    measured = std::move(other.measured);
   }
 };
 
@@ -110,6 +115,8 @@ awaitable<error_code> async_connect_endpoint(upstream& up, path_runtime& path,
   if (auto metrics = net::read_tcp_metrics(up.stream.socket())) {
     path.estimator.on_rtt(metrics->smoothed_rtt);
   }
+  if (path.monitor != nullptr)
+    up.measured = path.monitor->watch_socket(path.index, up.stream.socket().native_handle());
   co_return error_code{};
 }
 
@@ -1201,6 +1208,11 @@ struct request_context {
   const proxy_target& target;
   std::uint64_t session_id;
   std::optional<kept_upstream>& kept;
+  const std::string& app_name;  ///< the intercepted app's name; empty if unknown
+
+  void count(const path_runtime& path, std::uint64_t bytes) const {
+    if (proxy.on_app_bytes && bytes > 0) proxy.on_app_bytes(app_name, path, bytes);
+  }
 };
 
 /// Paths in preference order, each with its connection attempt for the first request.
@@ -1338,6 +1350,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   }
   if (app_parser.chunked()) request_out.chunked(true);
   ++first_path.requests;
+  const auto request_sent = clock_type::now();
   error_code ec = co_await async_relay_body(ctx.app, app_buffer, app_parser, first.stream,
                                             request_out, limits, nullptr);
   if (ec) {
@@ -1430,6 +1443,11 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   }
   if (auto metrics = net::read_tcp_metrics(first.stream.socket()))
     first_path.estimator.on_rtt(metrics->smoothed_rtt);
+  if (ctx.proxy.on_ttfb) {
+    ctx.proxy.on_ttfb(
+        first_path, ctx.target.host,
+        std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - request_sent));
+  }
   // A copy: the parser goes to the first path's fetcher, which may end (and free it)
   // before this session logs the download's status.
   const response_header response = app_view ? *app_view : parser->get().base();
@@ -1464,6 +1482,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
                                      &relayed);
     }
     first_path.bytes_received += relayed;
+    ctx.count(first_path, relayed);
     const double seconds = std::chrono::duration<double>(clock_type::now() - started).count();
     spdlog::info("[{}] {} {} → {} one path ({}): {} on {} in {:.2f} s", ctx.session_id,
                  std::string(http::to_string(ctx.request.method())), url, response.result_int(),
@@ -1550,6 +1569,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   std::string per_path;
   for (std::size_t i = 0; i < paths.size(); ++i) {
     const auto& w = fetch.work()[i];
+    ctx.count(*w.path, w.bytes);
     per_path += fmt::format("{}{}: {} bytes (planned {}, {} ranges, {} taken over)",
                             per_path.empty() ? "" : ", ", w.path->config.name, w.bytes,
                             fetch.planned_share(i), w.ranges, w.stolen);
@@ -1572,10 +1592,15 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     net::close_with_reset(ctx.app.socket());
     co_return false;
   }
+  const double multi_bps = static_cast<double>(length) * 8 / std::max(seconds, 1e-6);
+  // What the first path alone carried meanwhile: the single-path throughput the download
+  // would have had (the paths don't share a bottleneck).
+  const double single_bps =
+      static_cast<double>(fetch.work()[0].bytes) * 8 / std::max(seconds, 1e-6);
   spdlog::info("[{}] GET {} → {} multipath: {} in {:.2f} s = {}; {}", ctx.session_id, url,
                response.result_int(), core::format_size(length), seconds,
-               core::format_rate(static_cast<double>(length) * 8 / std::max(seconds, 1e-6)),
-               per_path);
+               core::format_rate(multi_bps), per_path);
+  if (ctx.proxy.on_transition) ctx.proxy.on_transition(ctx.target.host, single_bps, multi_bps);
   co_return out.keep_alive();
 }
 
@@ -1835,7 +1860,7 @@ awaitable<std::optional<bool>> async_serve_http_dns(const request_context& ctx,
 }
 
 awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::uint64_t session_id,
-                                std::optional<tcp::endpoint> intercepted) {
+                                std::optional<tcp::endpoint> intercepted, std::string app_name) {
   beast::tcp_stream app(std::move(socket));
   beast::flat_buffer app_buffer;
   std::optional<kept_upstream> kept;
@@ -1900,7 +1925,7 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
       break;
     }
     learn_path_servers(*target, proxy);
-    const request_context ctx{app, proxy, request, *target, session_id, kept};
+    const request_context ctx{app, proxy, request, *target, session_id, kept, app_name};
     if (request.method() == http::verb::get && parser.is_done()) {
       classify::request_view view{target->host, request.target(), {}};
       const std::string destination =
@@ -1956,15 +1981,16 @@ awaitable<void> run_accept_loop(tcp::acceptor acceptor, proxy_context& context, 
 }
 
 awaitable<void> run_proxy_listener(tcp::acceptor acceptor, proxy_context& context) {
-  co_await run_accept_loop(std::move(acceptor), context, "proxy",
-                           [&context](tcp::socket socket, std::uint64_t id) {
-                             return run_app_session(std::move(socket), context, id, std::nullopt);
-                           });
+  co_await run_accept_loop(
+      std::move(acceptor), context, "proxy", [&context](tcp::socket socket, std::uint64_t id) {
+        return run_app_session(std::move(socket), context, id, std::nullopt, std::string());
+      });
 }
 
 awaitable<void> run_intercepted_http_session(tcp::socket socket, tcp::endpoint destination,
-                                             proxy_context& context, std::uint64_t session_id) {
-  co_await run_app_session(std::move(socket), context, session_id, destination);
+                                             proxy_context& context, std::uint64_t session_id,
+                                             std::string app) {
+  co_await run_app_session(std::move(socket), context, session_id, destination, std::move(app));
 }
 
 }  // namespace fleety::mphttp

@@ -19,6 +19,7 @@
 #include "dns/info_db.hpp"
 #include "dns/path_resolver.hpp"
 #include "mphttp/path_estimator.hpp"
+#include "path/monitor.hpp"
 
 namespace fleety::mphttp {
 
@@ -29,6 +30,10 @@ struct path_runtime {
   path_estimator estimator;
   std::uint64_t bytes_received = 0;  ///< response bytes this path carried (all sessions)
   std::uint64_t requests = 0;        ///< upstream requests sent on this path
+  /// Measures the path from its sockets (issue 6): every upstream connection on the path
+  /// is watched while it is open. May be null.
+  path::monitor* monitor = nullptr;
+  std::size_t index = 0;  ///< the path's index in the monitor
 };
 
 /// What every session shares; referenced by sessions, outlives them.
@@ -51,6 +56,17 @@ struct proxy_context {
   /// Over the cellular budget ([budget]): downloads don't split onto cellular paths, and
   /// take one only when no other path is up.
   bool cellular_capped = false;
+  /// Telemetry (paper §6.1), may be empty: a download went from one path (its first
+  /// path's rate, bits/s) to several (the whole download's rate).
+  std::function<void(const std::string& host, double single_bps, double multi_bps)> on_transition{};
+  /// The first response header came this long after the request went out on `path`.
+  std::function<void(const path_runtime& path, const std::string& host,
+                     std::chrono::microseconds ttfb)>
+      on_ttfb{};
+  /// `bytes` of a response to app `app` (named by the intercept listener; empty for the
+  /// explicit proxy's apps) came over `path`: per-app usage, e.g. of cellular.
+  std::function<void(const std::string& app, const path_runtime& path, std::uint64_t bytes)>
+      on_app_bytes{};
 };
 
 /// Accepts connections on `acceptor` until it is closed, each served by `serve(socket,
@@ -72,6 +88,6 @@ boost::asio::awaitable<void> run_proxy_listener(boost::asio::ip::tcp::acceptor a
 /// caller counts it in sessions_started/active.)
 boost::asio::awaitable<void> run_intercepted_http_session(
     boost::asio::ip::tcp::socket socket, boost::asio::ip::tcp::endpoint destination,
-    proxy_context& context, std::uint64_t session_id);
+    proxy_context& context, std::uint64_t session_id, std::string app = {});
 
 }  // namespace fleety::mphttp

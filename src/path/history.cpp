@@ -322,7 +322,9 @@ std::string month_of(wall_clock::time_point when) {
 struct history::impl {
   std::string file;
   history_options opts;
-  database_handle db;  // declared before the statements: they are finalized first
+  // Before the statements: members go in reverse order, so they are finalized before the
+  // connection closes.
+  database_handle db;
   transaction_statements transactions;
   statement_handle insert_sample, latest_sample, samples_between;
   statement_handle insert_ttfb, ttfb_since;

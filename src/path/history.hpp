@@ -99,7 +99,8 @@ class history {
   ~history();
 
   /// Writes the samples in one transaction. Prunes (see prune()) at most once a minute,
-  /// taking the newest sample's time as now.
+  /// taking the newest sample's time as now; a failed prune is returned as the error,
+  /// though the samples were written.
   core::expected<bool> record_samples(std::span<const named_sample> samples);
 
   /// The newest sample of `path` taken in [now − max_age, now]: what the estimates start

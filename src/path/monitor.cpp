@@ -9,6 +9,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <charconv>
+#include <fstream>
+#include <iterator>
 #include <map>
 
 #include "net/bound_socket.hpp"
@@ -56,6 +58,7 @@ struct monitor::watch::state {
     clock_type::time_point next_probe{};
     bool probing = false;
     std::uint64_t probes = 0;
+    std::optional<double> signal_dbm;
   };
 
   asio::any_io_executor executor;
@@ -71,6 +74,7 @@ struct monitor::watch::state {
   bool links_ok = false;
   bool running = false;
   clock_type::time_point last_history{};
+  clock_type::time_point last_signal{};
   bool history_failed_logged = false;
   std::weak_ptr<state> self;
 
@@ -170,13 +174,30 @@ struct monitor::watch::state {
     if (answered) p.tracker.on_rtt(rtt, clock_type::now());
   }
 
+  /// Wi-Fi signal levels, where the kernel lists the interface (wireless extensions).
+  void read_signal(clock_type::time_point now) {
+    if (now - last_signal < std::chrono::seconds(1)) return;
+    last_signal = now;
+    std::ifstream file("/proc/net/wireless");
+    if (!file) return;
+    std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    for (std::size_t i = 0; i < paths.size(); ++i)
+      per_path[i].signal_dbm = wireless_signal_dbm(text, paths[i].interface);
+  }
+
+  quality measured(std::size_t i, clock_type::time_point now) const {
+    auto q = per_path[i].tracker.current(per_path[i].up, now);
+    q.signal_dbm = per_path[i].signal_dbm;
+    return q;
+  }
+
   void record_history(clock_type::time_point now) {
     if (store == nullptr || now - last_history < history_every) return;
     last_history = now;
     std::vector<named_sample> samples;
     const auto wall = wall_clock::now();
     for (std::size_t i = 0; i < paths.size(); ++i)
-      samples.push_back({paths[i].name, wall, per_path[i].tracker.current(per_path[i].up, now)});
+      samples.push_back({paths[i].name, wall, measured(i, now)});
     if (auto ok = store->record_samples(samples); !ok && !history_failed_logged) {
       history_failed_logged = true;
       spdlog::warn("path history: {} (samples are not kept; said once)", ok.error());
@@ -187,6 +208,7 @@ struct monitor::watch::state {
     const auto now = clock_type::now();
     for (std::size_t i = 0; i < paths.size(); ++i) per_path[i].up = link_up(i);
     read_sockets(now);
+    read_signal(now);
     for (std::size_t i = 0; i < paths.size(); ++i) maybe_probe(i, now);
     record_history(now);
     if (on_round) on_round(now);
@@ -251,8 +273,16 @@ void monitor::start() {
   } else {
     s.links_ok = true;
   }
+  const auto started = clock_type::now();
   for (std::size_t i = 0; i < s.paths.size(); ++i) {
     s.per_path[i].up = s.link_up(i);
+    // The last ten minutes' RTT from the history seed the path until it is measured.
+    if (s.store != nullptr) {
+      if (auto known =
+              s.store->latest(s.paths[i].name, std::chrono::minutes(10), wall_clock::now());
+          known && *known)
+        s.per_path[i].tracker.seed(**known, started);
+    }
     spdlog::info("path {}: {} ({}), probes {}", s.paths[i].name, s.per_path[i].up ? "up" : "down",
                  s.paths[i].interface,
                  s.paths[i].probe
@@ -276,8 +306,7 @@ bool monitor::up(std::size_t path) const {
 }
 
 quality monitor::current(std::size_t path) const {
-  const auto& p = state_->per_path.at(path);
-  return p.tracker.current(p.up, clock_type::now());
+  return state_->measured(path, clock_type::now());
 }
 
 const std::vector<monitor::path_spec>& monitor::paths() const {

@@ -1,16 +1,19 @@
 #include "path/quality.hpp"
 
 #include <algorithm>
+#include <array>
+#include <charconv>
 #include <cmath>
 
 namespace fleety::path {
 
 void quality_tracker::on_rtt(std::chrono::microseconds rtt, clock_type::time_point now) {
   const double sample = static_cast<double>(rtt.count());
-  if (!srtt_us_ || now - rtt_at_ > opts_.max_age) {
+  if (!srtt_us_ || seeded_ || now - rtt_at_ > opts_.max_age) {
     // RFC 6298 §2.2: the first measurement sets SRTT and RTTVAR = R/2.
     srtt_us_ = sample;
     rttvar_us_ = sample / 2;
+    seeded_ = false;
   } else {
     rttvar_us_ = 0.75 * rttvar_us_ + 0.25 * std::abs(*srtt_us_ - sample);
     srtt_us_ = 0.875 * *srtt_us_ + 0.125 * sample;
@@ -24,6 +27,47 @@ void quality_tracker::on_smoothed_rtt(std::chrono::microseconds srtt,
   srtt_us_ = static_cast<double>(srtt.count());
   rttvar_us_ = static_cast<double>(rttvar.count());
   rtt_at_ = now;
+  seeded_ = false;
+}
+
+void quality_tracker::seed(const quality& known, clock_type::time_point now) {
+  if (!known.rtt) return;
+  srtt_us_ = static_cast<double>(known.rtt->count());
+  rttvar_us_ = known.jitter ? static_cast<double>(known.jitter->count()) : *srtt_us_ / 2;
+  rtt_at_ = now;
+  seeded_ = true;
+}
+
+std::optional<double> wireless_signal_dbm(std::string_view text, std::string_view interface) {
+  // " wlan0: 0000   54.  -56.  -256 ..." : status, link quality, signal level, noise.
+  std::size_t line_start = 0;
+  while (line_start < text.size()) {
+    auto line_end = text.find('\n', line_start);
+    if (line_end == std::string_view::npos) line_end = text.size();
+    std::string_view line = text.substr(line_start, line_end - line_start);
+    line_start = line_end + 1;
+    const auto colon = line.find(':');
+    if (colon == std::string_view::npos) continue;
+    std::string_view name = line.substr(0, colon);
+    while (!name.empty() && name.front() == ' ') name.remove_prefix(1);
+    if (name != interface) continue;
+    std::string_view rest = line.substr(colon + 1);
+    std::array<std::string_view, 3> fields{};
+    for (auto& field : fields) {
+      while (!rest.empty() && rest.front() == ' ') rest.remove_prefix(1);
+      const auto end = rest.find(' ');
+      field = rest.substr(0, end);
+      rest = end == std::string_view::npos ? std::string_view() : rest.substr(end);
+    }
+    std::string_view level = fields[2];
+    if (!level.empty() && level.back() == '.') level.remove_suffix(1);
+    double dbm = 0;
+    const auto [ptr, ec] = std::from_chars(level.data(), level.data() + level.size(), dbm);
+    if (ec != std::errc{} || ptr != level.data() + level.size() || level.empty())
+      return std::nullopt;
+    return dbm;
+  }
+  return std::nullopt;
 }
 
 void quality_tracker::count_loss(double sent, double lost, clock_type::time_point now) {

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <string_view>
 
 namespace fleety::path {
 
@@ -19,7 +20,13 @@ struct quality {
   std::optional<std::chrono::microseconds> jitter;  ///< mean deviation of the RTT
   std::optional<double> loss;                       ///< fraction of packets lost, 0..1
   std::optional<double> throughput_bps;             ///< bits/s received lately (0 while idle)
+  std::optional<double> signal_dbm;                 ///< Wi-Fi signal level, where the system says
 };
+
+/// The signal level (dBm) of `interface` in a /proc/net/wireless text; nullopt when the
+/// interface isn't listed or its level isn't a number.
+std::optional<double> wireless_signal_dbm(std::string_view proc_net_wireless,
+                                          std::string_view interface);
 
 /// Smooths a path's samples (RFC 6298's gains for RTT and its deviation) and forgets
 /// them when they get old.
@@ -50,11 +57,16 @@ class quality_tracker {
   /// rate of change.
   void on_bytes_received(std::uint64_t total, clock_type::time_point now);
 
+  /// Starts from what the path history knew (after a restart), until the first sample
+  /// replaces it (a seed is not smoothed with: it may be old).
+  void seed(const quality& known, clock_type::time_point now);
+
   quality current(bool up, clock_type::time_point now) const;
 
  private:
   options opts_;
   std::optional<double> srtt_us_;
+  bool seeded_ = false;
   double rttvar_us_ = 0;
   clock_type::time_point rtt_at_{};
   // Loss: packets sent and lost in the current and previous windows.

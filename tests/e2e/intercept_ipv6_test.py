@@ -28,8 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "lab"))
 
-from fleety_lab import ANYCAST_DNS, IPV6_CLIENT, IPV6_GATEWAY  # noqa: E402
-from harness import (Fleetyd, LabTestCase, Lines, file_sha256, find_fleetyd,  # noqa: E402
+from fleety_lab import IPV6_CLIENT, IPV6_GATEWAY  # noqa: E402
+from harness import (LAB_PATHS_TOML, Fleetyd, LabTestCase, Lines, file_sha256,  # noqa: E402
+                     fleety_cli,
                      measured_download)
 
 PREFIX = "fl6"
@@ -46,22 +47,8 @@ enabled = true
 port = 3129
 dns_port = 3053
 
-[[path]]
-name = "wifi"
-interface = "wlan0"
-kind = "wifi"
-dns = ["{ANYCAST_DNS}"]
+{LAB_PATHS_TOML}"""
 
-[[path]]
-name = "cell"
-interface = "rmnet0"
-kind = "cellular"
-dns = ["{ANYCAST_DNS}"]
-"""
-
-
-def fleety_cli() -> str:
-    return os.environ.get("FLEETY") or str(Path(find_fleetyd()).with_name("fleety"))
 
 
 class InterceptIPv6InLab(LabTestCase):

@@ -24,9 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "lab"))
 
-from fleety_lab import ANYCAST_DNS, OBJECT_DIR  # noqa: E402
-from harness import (Fleetyd, LabTestCase, find_fleetyd, measured_download,  # noqa: E402
-                     object_sha256)
+from fleety_lab import OBJECT_DIR  # noqa: E402
+from harness import (LAB_PATHS_TOML, Fleetyd, LabTestCase, fleety_cli,  # noqa: E402
+                     measured_download, object_sha256)
 
 PREFIX = "fli"
 WIFI_CDN, CELL_CDN = "198.18.10.1", "198.18.20.1"
@@ -35,8 +35,7 @@ HOST = "cdn.fleety.test"
 APP_UID = 4242
 TOOLS = str(Path(__file__).resolve().parent / "lab_tools.py")
 # Aggregate mode: even 10 MB goes over both paths (cost mode would keep it on Wi-Fi).
-# Each path names its resolver: under nsenter fleetyd sees the host's resolv.conf, not
-# the lab's (the anycast address answers per ISP, by the interface the query leaves on).
+# (LAB_PATHS_TOML: each path names its own resolver.)
 CONFIG = f"""
 [proxy]
 listen = "127.0.0.1:3128"
@@ -48,18 +47,7 @@ mode = "aggregate"
 enabled = true
 port = 3129
 
-[[path]]
-name = "wifi"
-interface = "wlan0"
-kind = "wifi"
-dns = ["{ANYCAST_DNS}"]
-
-[[path]]
-name = "cell"
-interface = "rmnet0"
-kind = "cellular"
-dns = ["{ANYCAST_DNS}"]
-
+{LAB_PATHS_TOML}
 [[app]]
 name = "uid-app"
 uid = {APP_UID}
@@ -95,9 +83,6 @@ HTTP_DNS_LOCATIONS += f"        location = /d/big {{ alias {OBJECT_DIR}/1MB; }}\
 HTTP_DNS_ALIASES = {"wifi": [f"198.18.10.{n}" for n in (11, 12, 13)],
                     "cell": [f"198.18.20.{n}" for n in (11, 12, 13)]}
 
-
-def fleety_cli() -> str:
-    return os.environ.get("FLEETY") or str(Path(find_fleetyd()).with_name("fleety"))
 
 
 class InterceptInLab(LabTestCase):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -25,8 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "lab"))
 
-from fleety_lab import ANYCAST_DNS  # noqa: E402
-from harness import Fleetyd, LabTestCase, Lines, find_fleetyd  # noqa: E402
+from harness import LAB_PATHS_TOML, Fleetyd, LabTestCase, Lines, fleety_cli  # noqa: E402
 
 PREFIX = "fls"
 SERVER = "198.18.10.1"  # reachable over both paths
@@ -43,18 +43,7 @@ listen = "127.0.0.1:3128"
 enabled = true
 port = 3129
 
-[[path]]
-name = "wifi"
-interface = "wlan0"
-kind = "wifi"
-dns = ["{ANYCAST_DNS}"]
-
-[[path]]
-name = "cell"
-interface = "rmnet0"
-kind = "cellular"
-dns = ["{ANYCAST_DNS}"]
-
+{LAB_PATHS_TOML}
 [[app]]
 name = "game"
 class = "gaming"
@@ -73,9 +62,6 @@ cellular_probe_budget = "1KiB"
 history = "{HISTORY}"
 """
 
-
-def fleety_cli() -> str:
-    return os.environ.get("FLEETY") or str(Path(find_fleetyd()).with_name("fleety"))
 
 
 def on_path(line: dict) -> str:
@@ -119,6 +105,13 @@ class SelectorInLab(LabTestCase):
         if getattr(cls, "fleetyd", None):
             cls.fleetyd.stop()
             print("--- fleetyd log (tail) ---\n" + "\n".join(cls.fleetyd.log().splitlines()[-30:]))
+        shutil.rmtree(HISTORY.parent, ignore_errors=True)
+
+    def restart(self, config: str) -> None:
+        self.fleetyd.stop()
+        type(self).fleetyd = Fleetyd(self.lab, config_text=config, net_only=True)
+        self.fleetyd.start()
+        os.environ["FLEETY_CONTROL"] = str(self.fleetyd.control_socket)
 
     def status(self) -> dict:
         cp = self.lab.exec("cli", [fleety_cli(), "--json", "status"], timeout=30,
@@ -139,7 +132,7 @@ class SelectorInLab(LabTestCase):
 
     def test_flows_follow_their_class_when_wifi_slows_down_goes_and_comes_back(self):
         game = self.ping("game", GAME_PORT, 120)
-        chat = self.ping("chat", CHAT_PORT, 120)
+        self.ping("chat", CHAT_PORT, 120)
         self.assertEqual(on_path(self.game_server.wait_for("accepted", 10)), "wifi")
         self.assertEqual(on_path(self.chat_server.wait_for("accepted", 10)), "wifi")
         game.wait_for("event", 5, where=lambda e: e["event"] == "connected")
@@ -214,6 +207,63 @@ class SelectorInLab(LabTestCase):
             self.assertIsNotNone(p["rtt_ms"], p)
             self.assertGreater(p["probes"], 0, p)
         self.assertTrue(re.search(r"probes to 198\.18\.0\.53:53", self.fleetyd.log()))
+
+    def test_stats_report_switches_and_cellular_bytes_per_app(self):
+        """(Runs after the flows test.) The path switches and the flows' bytes, from the
+        history, for people and scripts."""
+        cp = self.lab.exec("cli", [fleety_cli(), "--json", "stats"], timeout=30,
+                           capture_output=True, text=True, net_only=True)
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        stats = json.loads(cp.stdout)
+        self.assertGreaterEqual(stats["telemetry"]["switches"], 2, stats)
+        apps = {(a["app"], a["path"]): a["bytes"] for a in stats["apps"]}
+        self.assertGreater(apps.get(("game", "cell"), 0), 0, stats)
+        self.assertGreater(apps.get(("chat", "cell"), 0), 0, stats)
+        self.assertGreater(stats["cellular_bytes"], 0, stats)
+        cp = self.lab.exec("cli", [fleety_cli(), "stats"], timeout=30, capture_output=True,
+                           text=True, net_only=True)
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        self.assertRegex(cp.stdout, r"game\s+cell\s+")
+        self.assertRegex(cp.stdout, r"path switches: RTT change median -?[0-9.]+ ms")
+
+
+    def test_z_over_the_cellular_budget_cellular_only_when_nothing_else_is_up(self):
+        """(Runs last: it replaces the class's fleetyd.) With a monthly cellular budget
+        of 300 bytes, once a flow has spent it, new game flows stay on a Wi-Fi that misses
+        their class, until Wi-Fi goes down."""
+        # (A history of its own: the one above has spent more than this budget already.)
+        capped_config = CONFIG.replace(str(HISTORY), str(HISTORY.with_name("capped.db")))
+        capped_config = capped_config.replace(
+            "[selector]", '[budget]\ncellular_monthly = "300B"\n\n[selector]')
+        self.restart(capped_config)
+        try:
+            self.lab.set_path("wifi", "20mbit/200ms")
+            # The new fleetyd measures Wi-Fi's RTT by its probes first.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                rtt = self.status()["paths"][0]["rtt_ms"]
+                if rtt is not None and rtt > 150:
+                    break
+                time.sleep(0.2)
+            # Gaming goes to cellular while the budget lasts: 3 s of pings (about 500
+            # bytes back) spend it.
+            self.game_server.drain()
+            client = self.ping("game", GAME_PORT, 3.0)
+            client.wait_for("event", 5, where=lambda e: e["event"] == "connected")
+            self.assertEqual(on_path(self.game_server.wait_for("accepted", 5)), "cell")
+            deadline = time.monotonic() + 10
+            while not self.status()["cellular_capped"] and time.monotonic() < deadline:
+                time.sleep(0.2)
+            self.assertTrue(self.status()["cellular_capped"], self.status())
+            self.assertIn("cellular budget:", self.fleetyd.log())
+            self.assertEqual(self.new_flow_path("game", GAME_PORT, self.game_server), "wifi")
+            self.lab.set_path("wifi", link="down")
+            self.assertEqual(self.new_flow_path("game", GAME_PORT, self.game_server), "cell")
+            # The month's cellular bytes are in the history: a restart doesn't forget them.
+            self.restart(capped_config)
+            self.assertTrue(self.status()["cellular_capped"], self.status())
+        finally:
+            self.lab.set_path("wifi", "20mbit/25ms", link="up")
 
 
 if __name__ == "__main__":

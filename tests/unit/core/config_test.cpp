@@ -347,5 +347,62 @@ cellular_monthly = "10GiB"
   }
 }
 
+// Issue 6, item 8: [mptcp] is off unless asked for; cellular paths are MPTCP backups unless
+// a path says otherwise.
+TEST(Config, MptcpOffByDefaultCellularIsBackup) {
+  const std::string paths = R"(
+[[path]]
+name = "wifi"
+interface = "wlan0"
+kind = "wifi"
+
+[[path]]
+name = "cell"
+interface = "rmnet0"
+kind = "cellular"
+)";
+  auto plain = parse_config(paths, "f.toml");
+  ASSERT_TRUE(plain) << plain.error();
+  EXPECT_FALSE(plain->mptcp.enabled);
+  EXPECT_FALSE(plain->paths[0].mptcp_backup);
+  EXPECT_TRUE(plain->paths[1].mptcp_backup);
+
+  auto on = parse_config("[mptcp]\nenabled = true\n" + paths, "f.toml");
+  ASSERT_TRUE(on) << on.error();
+  EXPECT_TRUE(on->mptcp.enabled);
+
+  auto both_active = parse_config(
+      R"([[path]]
+name = "cell"
+interface = "rmnet0"
+kind = "cellular"
+mptcp_backup = false
+
+[[path]]
+name = "wired"
+interface = "eth0"
+kind = "wired"
+mptcp_backup = true
+)",
+      "f.toml");
+  ASSERT_TRUE(both_active) << both_active.error();
+  EXPECT_EQ(both_active->paths[0].name, "wired");  // cost order
+  EXPECT_TRUE(both_active->paths[0].mptcp_backup);
+  EXPECT_FALSE(both_active->paths[1].mptcp_backup);
+
+  const std::pair<std::string, const char*> bad[] = {
+      {"[mptcp]\nenabled = \"yes\"\n", "f.toml:2: mptcp.enabled must be true or false"},
+      {"[mptcp]\nenable = true\n", "f.toml:2: unknown key 'enable' in [mptcp] (known: enabled)"},
+      {"mptcp = true\n", "f.toml:1: [mptcp] must be a table"},
+      {"[[path]]\nname = \"w\"\ninterface = \"wlan0\"\nkind = \"wifi\"\nmptcp_backup = 1\n",
+       "f.toml:5: path 'w': mptcp_backup must be true or false"},
+  };
+  for (const auto& [text, expected] : bad) {
+    auto refused = parse_config(text + paths, "f.toml");
+    ASSERT_FALSE(refused) << text;
+    EXPECT_EQ(refused.error().rfind(expected, 0), 0U) << refused.error();
+  }
+}
+
 }  // namespace
 }  // namespace fleety::core

@@ -81,5 +81,31 @@ TEST(QualityTracker, ThroughputFromTheByteCounterOverAWindow) {
   EXPECT_DOUBLE_EQ(*tracker.current(true, t0 + milliseconds(3000)).throughput_bps, 0);
 }
 
+TEST(QualityTracker, AHistorySeedIsReplacedByTheFirstRealSample) {
+  quality_tracker tracker;
+  quality known;
+  known.rtt = milliseconds(400);
+  known.jitter = milliseconds(20);
+  tracker.seed(known, t0);
+  EXPECT_EQ(*tracker.current(true, t0).rtt, milliseconds(400));
+  tracker.on_rtt(milliseconds(50), t0 + milliseconds(100));  // not smoothed with the seed
+  EXPECT_EQ(*tracker.current(true, t0 + milliseconds(100)).rtt, milliseconds(50));
+  tracker.on_rtt(milliseconds(50), t0 + milliseconds(200));
+  EXPECT_EQ(*tracker.current(true, t0 + milliseconds(200)).rtt, milliseconds(50));
+}
+
+TEST(WirelessSignal, LevelOfTheInterfaceFromProcNetWireless) {
+  const char* text =
+      "Inter-| sta-|   Quality        |   Discarded packets               | Missed | WE\n"
+      " face | tus | link level noise |  nwid  crypt   frag  retry   misc | beacon | 22\n"
+      "wlp2s0: 0000   54.  -56.  -256        0      0      0      0      0        0\n"
+      " wlan0: 0000   70.  -40.  -256        0      0      0      0      0        0\n";
+  EXPECT_EQ(wireless_signal_dbm(text, "wlp2s0"), -56.0);
+  EXPECT_EQ(wireless_signal_dbm(text, "wlan0"), -40.0);
+  EXPECT_EQ(wireless_signal_dbm(text, "rmnet0"), std::nullopt);
+  EXPECT_EQ(wireless_signal_dbm("wlan0: 0000 bad", "wlan0"), std::nullopt);
+  EXPECT_EQ(wireless_signal_dbm("", "wlan0"), std::nullopt);
+}
+
 }  // namespace
 }  // namespace fleety::path
