@@ -363,6 +363,16 @@ class InterceptInLab(LabTestCase):
         self.assertEqual(cp.returncode, 0, cp.stderr)
         self.assertRegex(cp.stdout, r"wifi\s+wlan0\s+wifi\s+up")
         self.assertIn("interception: on", cp.stdout)
+        # (After the downloads above.) The telemetry of their single→multipath transitions
+        # and the uid-selected app's bytes on cellular, from the path history.
+        cp = self.fleety("--json", "stats")
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        stats = json.loads(cp.stdout)
+        self.assertGreaterEqual(stats["telemetry"]["transitions"], 1, stats)
+        self.assertGreater(stats["telemetry"]["median_speedup"], 1.0, stats)
+        by_app = {(a["app"], a["path"]): a["bytes"] for a in stats["apps"]}
+        self.assertGreater(by_app.get(("uid-app", "cell"), 0), 1_000_000, stats)
+        self.assertGreater(stats["cellular_bytes"], 1_000_000, stats)
         cp = self.fleety("--socket", "/nonexistent/control.sock", "status")
         self.assertEqual(cp.returncode, 1)
         self.assertIn("fleetyd is not running (nothing answers on /nonexistent/control.sock)",
