@@ -1252,7 +1252,11 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   const std::uint64_t min_split_bytes =
       feature.min_size.value_or(ctx.proxy.config.scheduler.min_split_bytes);
   std::optional<wanted_range> head_basis;
-  if (paths.size() >= 2 && app_parser.is_done() && feature.multipath &&
+  // A link-local server is on one link only: the same address on another path's link is
+  // another host (whose bytes the overlap check would then have to throw away).
+  const bool link_local_server = ctx.target.destination && ctx.target.destination->is_v6() &&
+                                 ctx.target.destination->to_v6().is_link_local();
+  if (paths.size() >= 2 && app_parser.is_done() && feature.multipath && !link_local_server &&
       !host_is_cooling(ctx.proxy, ctx.target.host))
     head_basis = head_range_basis(ctx.request);
   // Meanwhile the other paths get ready, so their range requests start an RTT or two
