@@ -7,6 +7,7 @@
 #include <ifaddrs.h>
 #include <net/if.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -182,6 +183,8 @@ class interception {
   /// Removes a table left by a fleetyd that crashed while interception was on: it would
   /// send the apps to a port nobody listens on.
   static void remove_stale() {
+    // Without root there is no table of ours to find (and nft would only complain).
+    if (::geteuid() != 0) return;
     if (intercept::run_nft(fmt::format("list table inet {}", intercept::table_name))) {
       if (auto removed = intercept::run_nft(intercept::removal_script()); removed) {
         spdlog::warn("intercept: removed a stale table inet {} (interception is off)",
@@ -850,6 +853,21 @@ int run(const core::config& config, const std::string& config_path) {
               << "): check [[path]] interface = ... against `ip link`\n";
     return 1;
   }
+  // Every upstream socket is bound to its path's interface: without the privilege for
+  // that, each request would fail later, one by one. Say so now, once.
+  for (const auto& p : config.paths) {
+    if (!net::interface_exists(p.interface)) continue;
+    asio::ip::tcp::socket probe(io);
+    const auto bound = net::open_bound(probe, asio::ip::tcp::v4(), p.interface);
+    if (bound == boost::system::errc::operation_not_permitted) {
+      std::cerr << "fleetyd: not allowed to bind sockets to " << p.interface
+                << " (SO_BINDTODEVICE needs CAP_NET_RAW on this kernel): run it as root, or give "
+                   "it "
+                   "CAP_NET_RAW and CAP_NET_ADMIN (the systemd unit does)\n";
+      return 1;
+    }
+    break;
+  }
 
   asio::ip::tcp::acceptor acceptor(io);
   boost::system::error_code ec;
@@ -919,7 +937,13 @@ int run(const core::config& config, const std::string& config_path) {
   if (config.intercept.enabled) {
     auto started = interception::start(io, config, duplicator);
     if (!started) {
-      std::cerr << "fleetyd: intercept: " << started.error() << "\n";
+      const bool denied = started.error().find("not permitted") != std::string::npos;
+      std::cerr << "fleetyd: intercept: " << started.error()
+                << (denied ? " ([intercept] needs CAP_NET_ADMIN for its nftables table and "
+                             "socket marks: run fleetyd as root, or with CAP_NET_ADMIN and "
+                             "CAP_NET_RAW as the systemd unit does)"
+                           : "")
+                << "\n";
       return 1;
     }
     intercepting = std::move(started).value();

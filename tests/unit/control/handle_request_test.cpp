@@ -48,6 +48,19 @@ TEST(HandleRequest, StatusAndApps) {
   EXPECT_EQ(apps.at("apps").as_array().size(), 2U);
 }
 
+TEST(HandleRequest, StatsOrWhyThereAreNone) {
+  fake_daemon daemon;  // keeps no statistics: the default answer
+  auto none = reply(R"({"cmd":"stats"})", daemon);
+  EXPECT_EQ(none.at("ok"), false);
+  EXPECT_EQ(none.at("error"), "this fleetyd keeps no statistics");
+  struct counting : fake_daemon {
+    core::expected<json::object> stats() override { return json::object{{"cellular_bytes", 7}}; }
+  } with_stats;
+  auto stats = reply(R"({"cmd":"stats"})", with_stats);
+  EXPECT_EQ(stats.at("ok"), true);
+  EXPECT_EQ(stats.at("cellular_bytes"), 7);
+}
+
 TEST(HandleRequest, EnableDisableAndStarting) {
   fake_daemon daemon;
   auto r = reply(R"({"cmd":"app.enable","name":"player"})", daemon);
