@@ -141,6 +141,9 @@ class Fleetyd:
         # ... and its own path history: what one test measured must not seed the next.
         if "[monitor]" not in text:
             text += f'\n[monitor]\nhistory = "{self.workdir / "history.db"}"\n'
+        # ... and no metrics listener unless the test asks (several may share a namespace).
+        if "[metrics]" not in text:
+            text += '\n[metrics]\nlisten = ""\n'
         self.config_path.write_text(text)
         self.log_path = self.workdir / "fleetyd.log"
         self.args = [find_fleetyd(), "--config", str(self.config_path), "--log-level", log_level,

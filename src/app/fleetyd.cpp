@@ -365,8 +365,10 @@ class path_supervision {
 
   /// An app's bytes on a path, added to the history's usage at the next flush.
   void note_app_bytes(const std::string& app, const std::string& path, std::uint64_t bytes) {
-    if (store_ == nullptr || bytes == 0) return;
+    if (bytes == 0) return;
     auto key = std::make_pair(app.empty() ? std::string("-") : app, path);
+    if (app_bytes_.size() < max_pending_keys || app_bytes_.contains(key)) app_bytes_[key] += bytes;
+    if (store_ == nullptr) return;
     if (pending_usage_.size() >= max_pending_keys && !pending_usage_.contains(key)) return;
     pending_usage_[std::move(key)] += bytes;
   }
@@ -396,6 +398,11 @@ class path_supervision {
            cellular_month_bytes_ >= config_.budget.cellular_monthly_bytes;
   }
   std::uint64_t cellular_month_bytes() const { return cellular_month_bytes_; }
+  std::uint64_t flow_resets() const { return flow_resets_; }
+  /// Bytes each app received on each path since start.
+  const std::map<std::pair<std::string, std::string>, std::uint64_t>& app_bytes() const {
+    return app_bytes_;
+  }
 
  private:
   /// The usage rows' app for all of a path's bytes (relays, downloads, probes aside).
@@ -480,6 +487,7 @@ class path_supervision {
         (void)store_->record_switch(path::wall_clock::now(), f.app,
                                     context_.paths[f.path].config.name,
                                     context_.paths[to].config.name, *from_q.rtt, *to_q.rtt);
+      ++flow_resets_;
       return true;
     });
   }
@@ -490,6 +498,8 @@ class path_supervision {
   static constexpr std::size_t max_pending_keys = 1024;
   static constexpr std::size_t max_ttfb_samples = 256;
   std::map<std::pair<std::string, std::string>, std::uint64_t> pending_usage_;
+  std::map<std::pair<std::string, std::string>, std::uint64_t> app_bytes_;
+  std::uint64_t flow_resets_ = 0;
   std::map<std::pair<std::string, std::string>, std::vector<std::chrono::microseconds>>
       pending_ttfb_;
   const core::config& config_;
@@ -558,6 +568,8 @@ class daemon_control : public control::daemon_api {
     return {{"paths", std::move(paths)},
             {"flows", std::move(flows)},
             {"cellular_month_bytes", supervision_.cellular_month_bytes()},
+            {"flow_resets", supervision_.flow_resets()},
+            {"app_bytes", app_bytes_json()},
             {"cellular_capped", supervision_.cellular_capped()},
             {"sessions_active", context_.sessions_active},
             {"sessions_started", context_.sessions_started},
@@ -579,6 +591,14 @@ class daemon_control : public control::daemon_api {
     if (!intercepting_) return core::make_error(interception_off);
     return intercepting_->starting(name);
   }
+  boost::json::array app_bytes_json() const {
+    boost::json::array out;
+    for (const auto& [key, bytes] : supervision_.app_bytes())
+      out.push_back(
+          boost::json::object{{"app", key.first}, {"path", key.second}, {"bytes", bytes}});
+    return out;
+  }
+
   core::expected<boost::json::object> stats() override {
     auto* store = supervision_.history();
     if (store == nullptr) {
@@ -982,6 +1002,26 @@ int run(const core::config& config, const std::string& config_path) {
   }
   asio::co_spawn(io, control::run_control_server(std::move(control_acceptor).value(), control_api),
                  asio::detached);
+  if (config.metrics.enabled) {
+    boost::system::error_code metrics_ec;
+    const auto metrics_address = asio::ip::make_address(config.metrics.listen_address, metrics_ec);
+    if (metrics_ec) {
+      std::cerr << "fleetyd: metrics.listen: '" << config.metrics.listen_address
+                << "' is not an IP address\n";
+      return 1;
+    }
+    auto metrics_acceptor = listen_on(
+        io, asio::ip::tcp::endpoint(metrics_address, config.metrics.listen_port), "metrics.listen");
+    if (!metrics_acceptor) {
+      std::cerr << "fleetyd: " << metrics_acceptor.error() << "\n";
+      return 1;
+    }
+    spdlog::info("metrics at http://{}:{}/metrics", config.metrics.listen_address,
+                 config.metrics.listen_port);
+    asio::co_spawn(io,
+                   control::run_metrics_server(std::move(metrics_acceptor).value(), control_api),
+                   asio::detached);
+  }
 
   // SIGHUP: the feature rules are read again (the rest of the file needs a restart).
   asio::signal_set reload(io, SIGHUP);

@@ -4,6 +4,7 @@
 // the daemon_api interface; the socket server and the CLI's client are thin I/O.
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/json/object.hpp>
 #include <boost/json/value.hpp>
@@ -52,6 +53,17 @@ std::string handle_request(std::string_view line, daemon_api& daemon);
 /// lines up to 64 KiB, each connection idle at most 30 s.
 boost::asio::awaitable<void> run_control_server(
     boost::asio::local::stream_protocol::acceptor acceptor, daemon_api& daemon);
+
+/// The status as Prometheus text metrics (exposition format 0.0.4), names `fleety_...`:
+/// per path (up, RTT, jitter, loss, throughput, capacity, signal, bytes, requests, probes),
+/// flows by class and path, sessions, verifier mismatches, flow resets, DNS fallbacks and
+/// failures, cellular bytes, bytes per app. Unknown values have no sample. Pure.
+std::string prometheus_text(const boost::json::object& status);
+
+/// Serves GET /metrics (prometheus_text of daemon.status()) over HTTP on `acceptor` until it
+/// is closed: at most 16 connections, each idle at most 10 s.
+boost::asio::awaitable<void> run_metrics_server(boost::asio::ip::tcp::acceptor acceptor,
+                                                daemon_api& daemon);
 
 /// Opens `path` for fleetyd: its directory made root-only, a stale socket removed, the
 /// socket itself mode 0600.

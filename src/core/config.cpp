@@ -76,34 +76,43 @@ std::optional<std::string> read_unit(const context& ctx, const toml::table& tabl
   return store(*parsed, *node);
 }
 
+/// `listen = "ADDRESS:PORT"` ("127.0.0.1:3128" or "[::1]:3128") of `section`.
+std::optional<std::string> read_listen(const context& ctx, const toml::table& table,
+                                       std::string_view section, std::string_view example,
+                                       std::string& address, std::uint16_t& port_out) {
+  const toml::node* node = table.get("listen");
+  if (node == nullptr) return std::nullopt;
+  std::string listen;
+  if (auto e = read_string(ctx, table, "listen", section, listen)) return e;
+  const auto colon = listen.rfind(':');
+  if (colon == std::string::npos || colon + 1 == listen.size()) {
+    return fmt::format("{}{}.listen '{}' must be ADDRESS:PORT, e.g. \"{}\"", ctx.where(*node),
+                       section, listen, example);
+  }
+  std::string host = listen.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  unsigned port = 0;
+  const std::string port_text = listen.substr(colon + 1);
+  auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (ec != std::errc{} || end != port_text.data() + port_text.size() || port > 65535) {
+    return fmt::format("{}{}.listen '{}': '{}' is not a port number (0-65535)", ctx.where(*node),
+                       section, listen, port_text);
+  }
+  address = host;
+  port_out = static_cast<std::uint16_t>(port);
+  return std::nullopt;
+}
+
 std::optional<std::string> read_proxy(const context& ctx, const toml::table& table,
                                       proxy_config& proxy) {
   if (auto e = check_keys(ctx, table, "[proxy]",
                           {"listen", "connect_timeout", "io_timeout", "max_connections"})) {
     return e;
   }
-  if (const toml::node* node = table.get("listen")) {
-    std::string listen;
-    if (auto e = read_string(ctx, table, "listen", "proxy", listen)) return e;
-    // "127.0.0.1:3128" or "[::1]:3128"
-    const auto colon = listen.rfind(':');
-    if (colon == std::string::npos || colon + 1 == listen.size()) {
-      return fmt::format("{}proxy.listen '{}' must be ADDRESS:PORT, e.g. \"127.0.0.1:3128\"",
-                         ctx.where(*node), listen);
-    }
-    std::string host = listen.substr(0, colon);
-    if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
-      host = host.substr(1, host.size() - 2);
-    unsigned port = 0;
-    const std::string port_text = listen.substr(colon + 1);
-    auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-    if (ec != std::errc{} || end != port_text.data() + port_text.size() || port > 65535) {
-      return fmt::format("{}proxy.listen '{}': '{}' is not a port number (0-65535)",
-                         ctx.where(*node), listen, port_text);
-    }
-    proxy.listen_address = host;
-    proxy.listen_port = static_cast<std::uint16_t>(port);
-  }
+  if (auto e = read_listen(ctx, table, "proxy", "127.0.0.1:3128", proxy.listen_address,
+                           proxy.listen_port))
+    return e;
   auto store_duration = [](std::chrono::microseconds& target) {
     return [&target](std::chrono::microseconds value,
                      const toml::node&) -> std::optional<std::string> {
@@ -698,7 +707,7 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
   if (auto e = check_keys(
           ctx, root, "the file",
           {"proxy", "path", "scheduler", "log", "intercept", "app", "feature", "http_dns",
-           "classify", "control", "class", "selector", "monitor", "budget", "mptcp"})) {
+           "classify", "control", "class", "selector", "monitor", "budget", "mptcp", "metrics"})) {
     return make_error(*e);
   }
   if (const toml::node* node = root.get("intercept")) {
@@ -783,6 +792,18 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
   }
   if (const auto* table = root["monitor"].as_table()) {
     if (auto e = read_monitor(ctx, *table, result.monitor)) return make_error(*e);
+  }
+  if (const toml::node* node = root.get("metrics")) {
+    const auto* table = node->as_table();
+    if (table == nullptr) return make_error(ctx.where(*node) + "[metrics] must be a table");
+    if (auto e = check_keys(ctx, *table, "[metrics]", {"listen"})) return make_error(*e);
+    const toml::node* listen = table->get("listen");
+    if (listen != nullptr && listen->value<std::string>() == std::string()) {
+      result.metrics.enabled = false;  // listen = "": no metrics
+    } else if (auto e = read_listen(ctx, *table, "metrics", "127.0.0.1:9464",
+                                    result.metrics.listen_address, result.metrics.listen_port)) {
+      return make_error(*e);
+    }
   }
   if (const auto* table = root["budget"].as_table()) {
     if (auto e = check_keys(ctx, *table, "[budget]", {"cellular_monthly"})) return make_error(*e);

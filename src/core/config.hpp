@@ -169,6 +169,13 @@ struct http_dns_config {
   std::uint64_t max_reply_bytes = 64 * 1024;  ///< a longer reply is refused (502)
 };
 
+/// `[metrics]`: Prometheus text at http://LISTEN/metrics; `listen = ""` turns it off.
+struct metrics_config {
+  bool enabled = true;
+  std::string listen_address = "127.0.0.1";
+  std::uint16_t listen_port = 9464;
+};
+
 struct config {
   proxy_config proxy;
   std::vector<path_config> paths;  ///< in preference order: cost, then file order
@@ -182,6 +189,7 @@ struct config {
   monitor_config monitor;
   budget_config budget;
   mptcp_config mptcp;
+  metrics_config metrics;
   /// `[classify] multipath_by_default`: an HTTP GET no feature rule matches may split.
   bool multipath_by_default = true;
   /// `[control] socket`: the fleety CLI's unix socket (root-only).

@@ -33,6 +33,7 @@ SERVER = "198.18.10.1"  # reachable over both paths
 WLAN_ADDR, RMNET_ADDR = "198.18.1.2", "198.18.2.2"
 GAME_PORT, CHAT_PORT = 7100, 7101
 RESET_AFTER, HYSTERESIS = 2.0, 4.0
+METRICS_PORT = 9464
 TOOLS = str(Path(__file__).resolve().parent / "lab_tools.py")
 HISTORY = Path(tempfile.mkdtemp(prefix="fleety-selector-")) / "history.db"
 CONFIG = f"""
@@ -55,6 +56,9 @@ class = "messaging"
 [selector]
 reset_after = "{RESET_AFTER}s"
 hysteresis = "{HYSTERESIS}s"
+
+[metrics]
+listen = "127.0.0.1:{METRICS_PORT}"
 
 [monitor]
 probe_interval = "500ms"
@@ -207,6 +211,27 @@ class SelectorInLab(LabTestCase):
             self.assertIsNotNone(p["rtt_ms"], p)
             self.assertGreater(p["probes"], 0, p)
         self.assertTrue(re.search(r"probes to 198\.18\.0\.53:53", self.fleetyd.log()))
+
+    def test_metrics_for_prometheus(self):
+        """(Runs after the flows test.) The live status as Prometheus text on loopback."""
+        cp = self.lab.exec("cli", ["curl", "-sS", "--max-time", "5", "-D", "-",
+                                   f"http://127.0.0.1:{METRICS_PORT}/metrics"],
+                           timeout=30, capture_output=True, text=True, net_only=True)
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        head, body = cp.stdout.split("\n\n", 1)  # (text mode has made CRLF a LF)
+        self.assertIn("Content-Type: text/plain; version=0.0.4", head)
+        self.assertIn('fleety_path_up{path="wifi",interface="wlan0",kind="wifi"} 1', body)
+        self.assertIn('fleety_path_up{path="cell",interface="rmnet0",kind="cellular"} 1', body)
+        rtt = re.search(r'^fleety_path_rtt_seconds\{path="cell",[^}]*\} ([0-9.e-]+)$', body, re.M)
+        self.assertTrue(rtt and 0.03 < float(rtt[1]) < 0.2, body)
+        resets = re.search(r"^fleety_flow_resets_total ([0-9]+)$", body, re.M)
+        self.assertTrue(resets and int(resets[1]) >= 2, body)
+        self.assertRegex(body, r'fleety_app_received_bytes_total\{app="game",path="cell"\} [1-9]')
+        self.assertIn("# TYPE fleety_path_received_bytes_total counter", body)
+        cp = self.lab.exec("cli", ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                   f"http://127.0.0.1:{METRICS_PORT}/"],
+                           timeout=30, capture_output=True, text=True, net_only=True)
+        self.assertEqual(cp.stdout, "404")
 
     def test_stats_report_switches_and_cellular_bytes_per_app(self):
         """(Runs after the flows test.) The path switches and the flows' bytes, from the
