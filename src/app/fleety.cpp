@@ -16,6 +16,7 @@
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "control/control.hpp"
@@ -228,14 +229,16 @@ void print_apps(const boost::json::object& reply) {
     std::cout << "no apps (interception off, or none configured or started yet)\n";
     return;
   }
-  std::cout << fmt::format("{:<20} {:<9} {}\n", "app", "state", "selected by");
+  std::cout << fmt::format("{:<20} {:<9} {:<10} {}\n", "app", "state", "class", "selected by");
   for (const auto& a : apps) {
     const auto& app = a.as_object();
     std::string by = "cgroup " + std::string(app.at("cgroup").as_string());
     if (!app.at("uid").is_null()) by += fmt::format(", uid {}", number_of(app.at("uid")));
     if (!app.at("gid").is_null()) by += fmt::format(", gid {}", number_of(app.at("gid")));
-    std::cout << fmt::format("{:<20} {:<9} {}\n", std::string(app.at("name").as_string()),
-                             app.at("enabled").as_bool() ? "enabled" : "disabled", by);
+    const auto* qos = app.if_contains("class");
+    std::cout << fmt::format("{:<20} {:<9} {:<10} {}\n", std::string(app.at("name").as_string()),
+                             app.at("enabled").as_bool() ? "enabled" : "disabled",
+                             qos != nullptr ? std::string(qos->as_string()) : std::string("-"), by);
   }
 }
 
@@ -272,6 +275,12 @@ int main(int argc, char** argv) {
   if (!has_separator) run->prefix_command();
 
   auto* status = cli.add_subcommand("status", "paths, sessions, interception");
+  auto* watch = cli.add_subcommand("watch", "the status, refreshed until interrupted");
+  double watch_interval = 1.0;
+  unsigned watch_count = 0;
+  watch->add_option("--interval", watch_interval, "seconds between refreshes (default 1)")
+      ->check(CLI::Range(0.1, 3600.0));
+  watch->add_option("--count", watch_count, "stop after this many (default: until Ctrl-C)");
   auto* stats = cli.add_subcommand(
       "stats", "cellular bytes per app this month; multipath and switch telemetry");
   auto* apps = cli.add_subcommand("apps", "the apps fleetyd takes over");
@@ -295,6 +304,19 @@ int main(int argc, char** argv) {
     return run_command(app, command, socket);
   }
   if (status->parsed()) return show(socket, {{"cmd", "status"}}, as_json, print_status);
+  if (watch->parsed()) {
+    // A terminal gets the view redrawn in place; a pipe gets one status after another.
+    const bool redraw = !as_json && ::isatty(STDOUT_FILENO) == 1;
+    for (unsigned n = 0; watch_count == 0 || n < watch_count; ++n) {
+      if (n > 0) std::this_thread::sleep_for(std::chrono::duration<double>(watch_interval));
+      if (redraw) std::cout << "\033[H\033[2J";
+      if (const int rc = show(socket, {{"cmd", "status"}}, as_json, print_status); rc != 0)
+        return rc;
+      if (!as_json && !redraw) std::cout << "\n";
+      std::cout.flush();
+    }
+    return 0;
+  }
   if (enable->parsed() || disable->parsed()) {
     const bool on = enable->parsed();
     return show(socket, {{"cmd", on ? "app.enable" : "app.disable"}, {"name", app_name}}, as_json,

@@ -125,7 +125,8 @@ class interception {
                                           fs_ec.message()));
     }
     for (const auto& app : config.apps) {
-      self->apps_.push_back({app.name, app.cgroup, app.uid, app.gid, app.enabled});
+      self->apps_.push_back({app.name, app.cgroup, app.uid, app.gid, app.enabled, app.qos_class});
+      self->default_class_ = config.selector.default_class;
       if (!app.cgroup.empty() && !std::filesystem::is_directory(self->mount_ / app.cgroup)) {
         spdlog::warn("app {}: cgroup {} does not exist (yet): not selected by cgroup", app.name,
                      (self->mount_ / app.cgroup).string());
@@ -203,6 +204,7 @@ class interception {
           app.cgroup.empty() ? fmt::format("{}/{}", intercept::run_cgroup, app.name) : app.cgroup;
       entry["uid"] = app.uid ? boost::json::value(*app.uid) : boost::json::value(nullptr);
       entry["gid"] = app.gid ? boost::json::value(*app.gid) : boost::json::value(nullptr);
+      entry["class"] = app.qos_class.empty() ? default_class_ : app.qos_class;
       out.push_back(std::move(entry));
     }
     return out;
@@ -230,7 +232,7 @@ class interception {
   core::expected<bool> starting(const std::string& name) {
     auto* app = find(name);
     if (app == nullptr) {
-      apps_.push_back({name, "", std::nullopt, std::nullopt, true});
+      apps_.push_back({name, "", std::nullopt, std::nullopt, true, ""});
       app = &apps_.back();
     }
     const bool enabled = app->enabled;
@@ -255,6 +257,7 @@ class interception {
     std::optional<std::uint32_t> uid;
     std::optional<std::uint32_t> gid;
     bool enabled = true;
+    std::string qos_class;  ///< empty: [selector] default_class
   };
 
   explicit interception(const core::intercept_config& ic) : ic_(ic) {}
@@ -298,6 +301,7 @@ class interception {
   std::filesystem::path mount_;
   std::string prefix_;
   std::vector<app_state> apps_;
+  std::string default_class_ = "default";
   std::vector<asio::ip::tcp::acceptor> acceptors_;
   bool table_loaded_ = false;
 };

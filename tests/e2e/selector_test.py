@@ -211,6 +211,19 @@ class SelectorInLab(LabTestCase):
             self.assertIsNotNone(p["rtt_ms"], p)
             self.assertGreater(p["probes"], 0, p)
         self.assertTrue(re.search(r"probes to 198\.18\.0\.53:53", self.fleetyd.log()))
+        # The refreshing view, twice (a pipe: one status after the other).
+        cp = self.lab.exec("cli", [fleety_cli(), "watch", "--count", "2", "--interval", "0.2"],
+                           timeout=30, capture_output=True, text=True, net_only=True)
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        self.assertEqual(len(re.findall(r"^wifi\s+wlan0\s+wifi\s+up", cp.stdout, re.M)), 2,
+                         cp.stdout)
+        # Apps with their class.
+        cp = self.lab.exec("cli", [fleety_cli(), "--json", "apps"], timeout=30,
+                           capture_output=True, text=True, net_only=True)
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        classes = {a["name"]: a["class"] for a in json.loads(cp.stdout)["apps"]}
+        self.assertEqual(classes["game"], "gaming")
+        self.assertEqual(classes["chat"], "messaging")
 
     def test_metrics_for_prometheus(self):
         """(Runs after the flows test.) The live status as Prometheus text on loopback."""
