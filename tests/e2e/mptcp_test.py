@@ -42,8 +42,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "lab"))
 
-from fleety_lab import ANYCAST_DNS, Lab  # noqa: E402
-from harness import Fleetyd, LabTestCase, fleety_cli  # noqa: E402
+from fleety_lab import Lab  # noqa: E402
+from harness import LAB_PATHS_TOML, Fleetyd, LabTestCase, fleety_cli  # noqa: E402
 
 PREFIX = "flm"
 SERVER = Lab.MPTCP_SERVER  # 198.18.30.1, on inet's lo, reachable over both paths
@@ -67,18 +67,7 @@ enabled = true
 [mptcp]
 enabled = {str(mptcp).lower()}
 
-[[path]]
-name = "wifi"
-interface = "wlan0"
-kind = "wifi"
-dns = ["{ANYCAST_DNS}"]
-
-[[path]]
-name = "cell"
-interface = "rmnet0"
-kind = "cellular"
-dns = ["{ANYCAST_DNS}"]
-{backup}
+{LAB_PATHS_TOML}{backup}
 [monitor]
 history = ""
 """
