@@ -124,9 +124,9 @@ class interception {
                                           (self->mount_ / intercept::run_cgroup).string(),
                                           fs_ec.message()));
     }
+    self->default_class_ = config.selector.default_class;
     for (const auto& app : config.apps) {
       self->apps_.push_back({app.name, app.cgroup, app.uid, app.gid, app.enabled, app.qos_class});
-      self->default_class_ = config.selector.default_class;
       if (!app.cgroup.empty() && !std::filesystem::is_directory(self->mount_ / app.cgroup)) {
         spdlog::warn("app {}: cgroup {} does not exist (yet): not selected by cgroup", app.name,
                      (self->mount_ / app.cgroup).string());
@@ -392,6 +392,9 @@ class path_supervision {
     monitor_.stop();
     count_usage();  // the last second's bytes too
   }
+  /// The usage rows' app for all of a path's bytes (relays, downloads, probes aside).
+  static constexpr std::string_view all_apps = "*";
+
   intercept::flow_placement& placement() { return placement_; }
   const path::monitor& monitor() const { return monitor_; }
   path::monitor& monitor() { return monitor_; }
@@ -409,9 +412,6 @@ class path_supervision {
   }
 
  private:
-  /// The usage rows' app for all of a path's bytes (relays, downloads, probes aside).
-  static constexpr const char* all_apps = "*";
-
   static std::vector<path::monitor::path_spec> specs(const core::config& config) {
     std::vector<path::monitor::path_spec> out;
     for (const auto& p : config.paths)
@@ -618,7 +618,7 @@ class daemon_control : public control::daemon_api {
     boost::json::array per_path;
     for (const auto& row : *usage) {
       boost::json::object entry{{"path", row.path}, {"bytes", row.bytes}};
-      if (row.app == "*") {
+      if (row.app == path_supervision::all_apps) {
         per_path.push_back(std::move(entry));
       } else {
         entry["app"] = row.app;

@@ -101,8 +101,9 @@ tcp::endpoint server_on_path(const mphttp::proxy_context& context, const tcp::en
 /// lasts, so that the selector can reset it off a path that went down or stopped meeting
 /// its class; its socket counts toward its path's measurements.
 awaitable<void> async_relay_flow(tcp::socket app, tcp::endpoint destination,
-                                 const classify::flow_class& flow, mphttp::proxy_context& context,
-                                 flow_placement& placement, std::uint64_t id) {
+                                 const classify::flow_class& flow, const app_identity& who,
+                                 mphttp::proxy_context& context, flow_placement& placement,
+                                 std::uint64_t id) {
   auto executor = co_await asio::this_coro::executor;
   const auto started = clock_type::now();
   const std::string what =
@@ -111,12 +112,6 @@ awaitable<void> async_relay_flow(tcp::socket app, tcp::endpoint destination,
                         destination.port())
           : fmt::format("{} to {} ({}:{})", kind_name(flow.kind), flow.server_name,
                         destination.address().to_string(), destination.port());
-  app_identity who;
-  if (placement.identify) {
-    boost::system::error_code peer_ec;
-    const auto peer = app.remote_endpoint(peer_ec);
-    if (!peer_ec) who = placement.identify(peer, destination);
-  }
   const bool capped = placement.cellular_capped && placement.cellular_capped();
   std::vector<std::size_t> order;
   if (placement.selector != nullptr) {
@@ -212,20 +207,21 @@ awaitable<void> serve_intercepted(tcp::socket app, mphttp::proxy_context& contex
   boost::system::error_code nodelay_ec;
   app.set_option(tcp::no_delay(true), nodelay_ec);  // relayed writes carry the app's own pace
   const auto flow = co_await async_peek_and_classify(app, context.config.intercept.peek_timeout);
+  // Which app this is: its class places a relayed flow, and its bytes are counted as its.
+  app_identity who;
+  if (placement.identify) {
+    boost::system::error_code peer_ec;
+    const auto peer = app.remote_endpoint(peer_ec);
+    if (!peer_ec) who = placement.identify(peer, *destination);
+  }
   if (flow.kind == classify::flow_kind::http) {
     spdlog::debug("[{}] intercepted HTTP to {}:{}: {} {}", id, destination->address().to_string(),
                   destination->port(), flow.method, flow.target);
-    std::string app_name;
-    if (placement.identify) {
-      boost::system::error_code peer_ec;
-      const auto peer = app.remote_endpoint(peer_ec);
-      if (!peer_ec) app_name = placement.identify(peer, *destination).app;
-    }
     co_await mphttp::run_intercepted_http_session(std::move(app), *destination, context, id,
-                                                  std::move(app_name));
+                                                  std::move(who.app));
     co_return;
   }
-  co_await async_relay_flow(std::move(app), *destination, flow, context, placement, id);
+  co_await async_relay_flow(std::move(app), *destination, flow, who, context, placement, id);
 }
 
 }  // namespace

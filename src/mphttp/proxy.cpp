@@ -1684,9 +1684,6 @@ awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buf
   used->bytes_received += down_bytes;
 }
 
-/// One app connection: requests in order (keep-alive) until either side is done. An
-/// intercepted connection (`intercepted`: where the app connected) sends origin-form
-/// requests; an explicit proxy's, absolute-form ones and CONNECT.
 /// Fills `target.path_servers`: where each path goes for the address the app reached
 /// the host at (the intercepted destination, or a literal address as the host).
 void learn_path_servers(proxy_target& target, const proxy_context& proxy) {
@@ -1798,7 +1795,7 @@ awaitable<std::optional<bool>> async_serve_http_dns(const request_context& ctx,
           shared->wake.cancel();
         }(state, k,
             async_http_dns_on_path(*up[k], ctx.proxy, query_out, ctx.target,
-                                   /*to_destination=*/k == 0, query.asked_name, *query.endpoint,
+                                   /*to_destination=*/k == 0, query.asked_name, endpoint,
                                    ctx.session_id)),
         asio::detached);
   }
@@ -1863,6 +1860,9 @@ awaitable<std::optional<bool>> async_serve_http_dns(const request_context& ctx,
   co_return !write_ec && keep_alive;
 }
 
+/// One app connection: requests in order (keep-alive) until either side is done. An
+/// intercepted connection (`intercepted`: where the app connected) sends origin-form
+/// requests; an explicit proxy's, absolute-form ones and CONNECT.
 awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::uint64_t session_id,
                                 std::optional<tcp::endpoint> intercepted, std::string app_name) {
   beast::tcp_stream app(std::move(socket));
@@ -1930,7 +1930,8 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
     }
     learn_path_servers(*target, proxy);
     const request_context ctx{app, proxy, request, *target, session_id, kept, app_name};
-    if (request.method() == http::verb::get && parser.is_done()) {
+    if (!proxy.features.http_dns.empty() && request.method() == http::verb::get &&
+        parser.is_done()) {
       classify::request_view view{target->host, request.target(), {}};
       const std::string destination =
           target->destination ? target->destination->to_string() : std::string();

@@ -34,7 +34,7 @@ constexpr auto history_every = std::chrono::seconds(1);
 
 }  // namespace
 
-struct monitor::watch::state {
+struct monitor::state {
   state(asio::any_io_executor ex, core::monitor_config cfg, std::vector<path_spec> specs,
         history* store_in, round_handler handler)
       : executor(std::move(ex)),
@@ -244,8 +244,8 @@ struct monitor::watch::state {
 
 monitor::monitor(asio::any_io_executor executor, core::monitor_config config,
                  std::vector<path_spec> paths, history* store, round_handler on_round)
-    : state_(std::make_shared<watch::state>(std::move(executor), config, std::move(paths), store,
-                                            std::move(on_round))) {
+    : state_(std::make_shared<state>(std::move(executor), config, std::move(paths), store,
+                                     std::move(on_round))) {
   state_->self = state_;
 }
 
@@ -259,12 +259,11 @@ void monitor::start() {
   s.running = true;
   std::vector<std::string> interfaces;
   for (const auto& p : s.paths) interfaces.push_back(p.interface);
-  s.links = std::make_unique<link_watcher>(s.executor, interfaces,
-                                           [weak = std::weak_ptr<watch::state>(state_)](
-                                               const link_state& before, const link_state& after) {
-                                             if (auto me = weak.lock())
-                                               me->on_link_change(before, after);
-                                           });
+  s.links = std::make_unique<link_watcher>(
+      s.executor, interfaces,
+      [weak = std::weak_ptr<state>(state_)](const link_state& before, const link_state& after) {
+        if (auto me = weak.lock()) me->on_link_change(before, after);
+      });
   if (auto started = s.links->start(); !started) {
     spdlog::warn("path monitor: {}: interfaces are polled every {} ms instead", started.error(),
                  s.config.interval.count() / 1000);
@@ -320,7 +319,7 @@ std::uint64_t monitor::probes_sent(std::size_t path) const {
 monitor::watch monitor::watch_socket(std::size_t path, int fd) {
   auto& s = *state_;
   const auto id = s.next_watch_id++;
-  s.sockets[id] = watch::state::socket_watch{path, fd, std::nullopt};
+  s.sockets[id] = state::socket_watch{path, fd, std::nullopt};
   return watch(state_, id);
 }
 

@@ -24,6 +24,8 @@ namespace fleety::path {
 class history;
 
 class monitor {
+  struct state;  // what the monitor knows (monitor.cpp)
+
  public:
   struct path_spec {
     std::string name;
@@ -65,7 +67,6 @@ class monitor {
 
    private:
     friend class monitor;
-    struct state;
     watch(std::weak_ptr<state> s, std::uint64_t id) : monitor_(std::move(s)), id_(id) {}
     std::weak_ptr<state> monitor_;
     std::uint64_t id_ = 0;
@@ -73,7 +74,9 @@ class monitor {
   [[nodiscard]] watch watch_socket(std::size_t path, int fd);
 
  private:
-  std::shared_ptr<watch::state> state_;
+  /// Shared with the probes and handlers in flight and with the watches (weakly), so
+  /// that whichever ends last touches nothing freed.
+  std::shared_ptr<state> state_;
 };
 
 /// Where a path's probes go when its config names no `probe`: its first DNS server on
