@@ -16,6 +16,7 @@ packages=(
   libboost1.81-dev libboost-json1.81-dev libboost-url1.81-dev
   libc-ares-dev libtomlplusplus-dev libspdlog-dev libfmt-dev libcli11-dev
   libsqlite3-dev libmnl-dev libnftables-dev libnetfilter-queue-dev libnfnetlink-dev
+  libssl-dev
   libgtest-dev libgmock-dev
   # lab: namespaces, shaping, servers, peers
   iproute2 ethtool iptables nftables iputils-ping procps psmisc

@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "app/get_command.hpp"
 #include "control/control.hpp"
 #include "core/units.hpp"
 #include "intercept/intercept.hpp"
@@ -289,6 +290,10 @@ int main(int argc, char** argv) {
   enable->add_option("name", app_name, "the app")->required();
   auto* disable = apps->add_subcommand("disable", "leave the app alone");
   disable->add_option("name", app_name, "the app")->required();
+  auto* get =
+      cli.add_subcommand("get", "download a URL over every path, without fleetyd (http and https)");
+  app::get_args get_args;
+  app::add_get_options(*get, get_args);
   auto* rules = cli.add_subcommand("rules", "the feature rules");
   rules->add_subcommand("reload", "read the config's [[feature]] rules again")->required(false);
   rules->require_subcommand(1);
@@ -303,6 +308,7 @@ int main(int argc, char** argv) {
     if (!has_separator) command = run->remaining();
     return run_command(app, command, socket);
   }
+  if (get->parsed()) return app::run_get(get_args, as_json);
   if (status->parsed()) return show(socket, {{"cmd", "status"}}, as_json, print_status);
   if (watch->parsed()) {
     // A terminal gets the view redrawn in place; a pipe gets one status after another.

@@ -4,6 +4,7 @@
 #include <boost/beast/http/field.hpp>
 #include <boost/beast/http/rfc7230.hpp>
 #include <boost/url/parse.hpp>
+#include <boost/url/url.hpp>
 #include <charconv>
 #include <string>
 #include <vector>
@@ -40,13 +41,20 @@ std::optional<std::uint64_t> parse_u64(std::string_view text) {
 
 }  // namespace
 
-std::optional<proxy_target> parse_absolute_target(std::string_view target) {
-  auto url = boost::urls::parse_absolute_uri(target);
+namespace {
+
+/// An http:// (or, with `allow_https`, https://) URL as a target; nullopt otherwise.
+std::optional<proxy_target> parse_url_target(std::string_view target, bool allow_https) {
+  auto url = boost::urls::parse_uri(target);
   if (!url) return std::nullopt;
-  if (!iequals(url->scheme(), "http") || !url->has_authority() || url->has_userinfo()) {
+  const bool https = iequals(url->scheme(), "https");
+  if ((!iequals(url->scheme(), "http") && !(https && allow_https)) || !url->has_authority() ||
+      url->has_userinfo()) {
     return std::nullopt;
   }
   proxy_target result;
+  result.tls = https;
+  result.port = https ? 443 : 80;
   result.host = url->encoded_host_address();
   if (result.host.size() >= 2 && result.host.front() == '[') {
     result.host = result.host.substr(1, result.host.size() - 2);
@@ -65,6 +73,28 @@ std::optional<proxy_target> parse_absolute_target(std::string_view target) {
     result.origin_form += url->encoded_query();
   }
   return result;
+}
+
+}  // namespace
+
+std::optional<proxy_target> parse_absolute_target(std::string_view target) {
+  // An absolute-form request target has no fragment (RFC 9112 §3.2.2).
+  if (target.find('#') != std::string_view::npos) return std::nullopt;
+  return parse_url_target(target, /*allow_https=*/false);
+}
+
+std::optional<proxy_target> parse_download_url(std::string_view url) {
+  return parse_url_target(url, /*allow_https=*/true);
+}
+
+std::optional<std::string> resolve_location(std::string_view base, std::string_view location) {
+  auto base_url = boost::urls::parse_uri(base);
+  auto reference = boost::urls::parse_uri_reference(location);
+  if (!base_url || !reference) return std::nullopt;
+  boost::urls::url resolved;
+  if (!boost::urls::resolve(*base_url, *reference, resolved)) return std::nullopt;
+  resolved.remove_fragment();
+  return std::string(resolved.buffer());
 }
 
 std::optional<proxy_target> parse_intercepted_target(std::string_view target,

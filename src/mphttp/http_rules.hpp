@@ -22,6 +22,7 @@ struct proxy_target {
   std::uint16_t port = 80;
   std::string origin_form;  ///< "/path?query" as sent upstream
   std::string authority;    ///< "host[:port]" for a missing Host header
+  bool tls = false;         ///< an https:// URL (the download client only)
   /// Intercepted: the address the app connected to. The first path goes there (the app
   /// chose it); the others to their own resolver's answer for `host`, else there too.
   std::optional<boost::asio::ip::address> destination;
@@ -39,6 +40,14 @@ struct proxy_target {
 /// Parses "http://host[:port]/path?query". nullopt for anything else (https, origin-form,
 /// userinfo, a bad port): the proxy answers 400.
 std::optional<proxy_target> parse_absolute_target(std::string_view target);
+
+/// A URL to download (`fleety get`): "http://" or "https://" host[:port] path?query; the
+/// fragment is not sent. nullopt for anything else (another scheme, userinfo, a bad port).
+std::optional<proxy_target> parse_download_url(std::string_view url);
+
+/// Where a redirect's Location (RFC 9110 §10.2.2, maybe relative) points from `base`,
+/// without fragment; nullopt when it doesn't parse.
+std::optional<std::string> resolve_location(std::string_view base, std::string_view location);
 
 /// An intercepted request: its target (origin-form, or absolute-form http://) and Host
 /// field, sent to `destination`:`port`. The host is Host's (else the destination's

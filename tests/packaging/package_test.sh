@@ -43,9 +43,10 @@ field() { dpkg-deb -f "$deb" "$1"; }
 [[ $(field Package) == fleety ]] || fail "Package is '$(field Package)', not fleety"
 [[ -n $(field Version) ]] || fail "no Version"
 [[ -n $(field Maintainer) ]] || fail "no Maintainer"
-# dpkg-shlibdeps: the libraries fleetyd links (libc, c-ares, SQLite, nftables).
+# dpkg-shlibdeps: the libraries fleetyd links (libc, c-ares, SQLite, nftables), and the
+# OpenSSL that only `fleety get` links (https://).
 depends=$(field Depends)
-for lib in libc6 libc-ares2 libsqlite3 libnftables; do
+for lib in libc6 libc-ares2 libsqlite3 libnftables libssl3; do
   grep -q "$lib" <<<"$depends" || fail "Depends lacks $lib: $depends"
 done
 echo "Depends: $depends"
