@@ -98,15 +98,22 @@ def _rx(lab: Lab) -> dict[str, int]:
 
 
 def timed_download(lab: Lab, client: str, argv: Sequence[str], out_path: Path, timeout: float,
-                   expected_sha256: str, event: Event | None = None) -> Download:
+                   expected_sha256: str, event: Event | None = None,
+                   stdout_path: Path | None = None) -> Download:
     """Runs argv in the client namespace (it must write the body to out_path),
     applies `event` at its time, and kills the whole process group if it is not
-    done after `timeout` seconds."""
+    done after `timeout` seconds. Its stdout goes to stdout_path if given (else
+    nowhere)."""
     errf = tempfile.TemporaryFile()
+    outf = open(stdout_path, "wb") if stdout_path is not None else subprocess.DEVNULL
     before = _rx(lab)
     start = time.monotonic()
-    proc = lab.popen("cli", list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=errf, start_new_session=True)
+    try:
+        proc = lab.popen("cli", list(argv), stdin=subprocess.DEVNULL, stdout=outf,
+                         stderr=errf, start_new_session=True)
+    finally:
+        if stdout_path is not None:
+            outf.close()  # the child has its own copy
     event_at = None
     rx_at_event: dict[str, int] = {}
     exit_code: int | None = None

@@ -295,7 +295,7 @@ class progress_meter {
   /// Whether the fetch under way gave up on state.paths[i].
   bool failed(std::size_t i) const {
     if (state_.fetch == nullptr) return false;
-    const auto& work = const_cast<object_fetch*>(state_.fetch)->work();
+    const auto& work = state_.fetch->work();
     return std::any_of(work.begin(), work.end(),
                        [&](const path_work& w) { return w.path->index == i && w.failed; });
   }
@@ -405,13 +405,8 @@ awaitable<error_code> async_receive_body(upstream& up,
                                          const byte_sink& sink) {
   std::vector<char> chunk(chunk_bytes);
   while (!parser.is_done()) {
-    parser.get().body().data = chunk.data();
-    parser.get().body().size = chunk.size();
-    up.stream.expires_after(as_duration(limits.io_timeout));
-    auto [ec, n] = co_await http::async_read_some(up.stream, up.buffer, parser, nothrow);
-    if (ec == http::error::need_buffer) ec = {};
+    auto [ec, got] = co_await async_read_body_some(up, parser, chunk, limits);
     if (ec) co_return ec;
-    const std::size_t got = chunk.size() - parser.get().body().size;
     if (got == 0) continue;
     path.bytes_received += got;
     const std::vector<asio::const_buffer> piece{asio::buffer(chunk.data(), got)};
@@ -724,7 +719,8 @@ download_result download(const download_options& options) {
   });
   io.run();
   auto& result = state.result;
-  if (stopped_by_user || timed_out) {
+  // (A signal that arrived as the download ended changes nothing.)
+  if ((stopped_by_user || timed_out) && !state.finished) {
     const std::uint64_t have = state.file ? state.file->size() : 0;
     state.fail(
         fmt::format("{} after {}{}; run the same command again to resume",

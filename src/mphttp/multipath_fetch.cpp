@@ -101,6 +101,17 @@ awaitable<error_code> async_connect_to_target(upstream& up, path_runtime& path,
   co_return ec;
 }
 
+awaitable<std::pair<error_code, std::size_t>> async_read_body_some(
+    upstream& up, http::response_parser<http::buffer_body>& parser, std::span<char> chunk,
+    const core::proxy_config& limits) {
+  parser.get().body().data = chunk.data();
+  parser.get().body().size = chunk.size();
+  up.stream.expires_after(as_duration(limits.io_timeout));
+  auto [ec, n] = co_await http::async_read_some(up.stream, up.buffer, parser, nothrow);
+  if (ec == http::error::need_buffer) ec = {};
+  co_return std::pair{ec, chunk.size() - parser.get().body().size};
+}
+
 /// The request a path sends upstream: the app's end-to-end fields, origin-form target.
 http::request<http::empty_body> upstream_request(const request_header& app_request,
                                                  const proxy_target& target) {
@@ -191,16 +202,9 @@ awaitable<error_code> async_receive_range(object_fetch& fetch, std::size_t index
         }
       }
     }
-    parser.get().body().data = chunk.data();
-    parser.get().body().size = chunk.size();
-    up.stream.expires_after(as_duration(limits.io_timeout));
-    // read_some, not read: return with whatever arrived, so a slow path shows progress
-    // (and is not taken for stalled) long before it fills a whole chunk.
-    auto [ec, n] = co_await http::async_read_some(up.stream, up.buffer, parser, nothrow);
-    if (ec == http::error::need_buffer) ec = {};
+    auto [ec, got] = co_await async_read_body_some(up, parser, chunk, limits);
     if (ec) co_return ec;
     if (fetch.stopping()) co_return asio::error::operation_aborted;
-    const std::size_t got = chunk.size() - parser.get().body().size;
     if (got == 0) continue;
     now = clock_type::now();
     if (!work.current_first_byte) {

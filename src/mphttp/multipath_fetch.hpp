@@ -223,6 +223,13 @@ awaitable<error_code> async_connect_to_target(upstream& up, path_runtime& path,
                                               const core::proxy_config& limits, bool to_destination,
                                               tls_client tls = {});
 
+/// Reads what has arrived of a response's body (header already in `parser`) into `chunk`:
+/// read_some, not read, so that a slow path shows progress (and is not taken for stalled)
+/// long before it fills a whole chunk. Returns the bytes it got (0: only framing came).
+awaitable<std::pair<error_code, std::size_t>> async_read_body_some(
+    upstream& up, http::response_parser<http::buffer_body>& parser, std::span<char> chunk,
+    const core::proxy_config& limits);
+
 /// The request a path sends upstream: the app's end-to-end fields, origin-form target.
 http::request<http::empty_body> upstream_request(const request_header& app_request,
                                                  const proxy_target& target);
@@ -336,6 +343,7 @@ class object_fetch {
   std::uint64_t end() const { return end_; }
   reorder_buffer& buffer() { return buffer_; }
   std::vector<path_work>& work() { return work_; }
+  const std::vector<path_work>& work() const { return work_; }
   bool stopping() const { return stopping_; }
   bool all_failed() const {
     return std::all_of(work_.begin(), work_.end(), [](const path_work& w) { return w.failed; });
