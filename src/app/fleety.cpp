@@ -180,6 +180,33 @@ void print_status(const boost::json::object& s) {
     }
     std::cout << "\n";
   }
+  if (const auto* downloads = s.if_contains("downloads");
+      downloads != nullptr && !downloads->as_array().empty()) {
+    std::cout << fmt::format("{:<7} {:<14} {:>22}  {}\n", "session", "app", "progress",
+                             "paths, url");
+    for (const auto& d : downloads->as_array()) {
+      const auto& row = d.as_object();
+      const auto size = static_cast<std::uint64_t>(number_of(row.at("size")));
+      const auto done = static_cast<std::uint64_t>(number_of(row.at("delivered")));
+      std::string shares;
+      for (const auto& p : row.at("paths").as_array()) {
+        const auto& share = p.as_object();
+        shares += fmt::format(
+            "{} {} ({}), ", std::string(share.at("path").as_string()),
+            core::format_size(static_cast<std::uint64_t>(number_of(share.at("bytes")))),
+            share.at("failed").as_bool() ? "failed"
+                                         : core::format_rate(number_of(share.at("rate_bps"))));
+      }
+      const std::string app(row.at("app").as_string());
+      std::cout << fmt::format(
+          "{:<7} {:<14} {:>22}  {}{}\n", number_of(row.at("session")), app.empty() ? "-" : app,
+          fmt::format(
+              "{} / {} {:3.0f}%", core::format_size(done), core::format_size(size),
+              size > 0 ? 100.0 * static_cast<double>(done) / static_cast<double>(size) : 100.0),
+          shares, std::string(row.at("url").as_string()));
+    }
+    std::cout << "\n";
+  }
   std::cout << fmt::format(
       "sessions: {} active, {} since start; multipath downloads: {}; "
       "interception: {}\n",

@@ -568,9 +568,25 @@ class daemon_control : public control::daemon_api {
           {"seconds",
            std::chrono::duration<double>(std::chrono::steady_clock::now() - f.started).count()}});
     }
+    boost::json::array downloads;
+    for (const auto& d : mphttp::active_downloads(context_)) {
+      boost::json::array shares;
+      for (const auto& p : d.paths) {
+        shares.push_back(boost::json::object{
+            {"path", p.name}, {"bytes", p.bytes}, {"rate_bps", p.rate_bps}, {"failed", p.failed}});
+      }
+      downloads.push_back(boost::json::object{{"session", d.session},
+                                              {"app", d.app},
+                                              {"url", d.url},
+                                              {"size", d.size},
+                                              {"delivered", d.delivered},
+                                              {"seconds", d.seconds},
+                                              {"paths", std::move(shares)}});
+    }
     const auto& dns = duplicator_.stats();
     return {{"paths", std::move(paths)},
             {"flows", std::move(flows)},
+            {"downloads", std::move(downloads)},
             {"cellular_month_bytes", supervision_.cellular_month_bytes()},
             {"flow_resets", supervision_.flow_resets()},
             {"app_bytes", app_bytes_json()},

@@ -342,6 +342,7 @@ class object_fetch {
   std::uint64_t begin() const { return begin_; }
   std::uint64_t end() const { return end_; }
   reorder_buffer& buffer() { return buffer_; }
+  std::uint64_t delivered() const { return buffer_.delivered(); }
   std::vector<path_work>& work() { return work_; }
   const std::vector<path_work>& work() const { return work_; }
   bool stopping() const { return stopping_; }

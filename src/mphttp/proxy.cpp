@@ -552,6 +552,14 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     co_return std::pair{write_ec, n};
   };
   ++ctx.proxy.fetches_active;
+  // Shown by `fleety status` while it lasts (the fetch lives in this frame).
+  auto shown = ctx.proxy.downloads.insert(
+      ctx.proxy.downloads.end(), {ctx.session_id, ctx.app_name, url, &fetch, clock_type::now()});
+  struct unregister_download {
+    std::list<proxy_context::active_download>& list;
+    std::list<proxy_context::active_download>::iterator entry;
+    ~unregister_download() { list.erase(entry); }
+  } remove_when_done{ctx.proxy.downloads, shown};
   // A named variable, not a temporary in the co_await: GCC 12 destroys such temporaries
   // twice (GCC PR 100611).
   fetch_start start{
@@ -681,6 +689,31 @@ awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buf
   while (left > 0) co_await async_wait_for_wake(done, std::chrono::seconds(1));
   used->bytes_received += down_bytes;
 }
+
+}  // namespace
+
+std::vector<download_snapshot> active_downloads(const proxy_context& context) {
+  std::vector<download_snapshot> out;
+  const auto now = clock_type::now();
+  for (const auto& d : context.downloads) {
+    const auto& fetch = *d.fetch;
+    download_snapshot s;
+    s.session = d.session;
+    s.app = d.app;
+    s.url = d.url;
+    s.size = fetch.end() - fetch.begin();
+    s.delivered = fetch.delivered() - fetch.begin();
+    s.seconds = std::chrono::duration<double>(now - d.started).count();
+    for (const auto& w : fetch.work()) {
+      s.paths.push_back(
+          {w.path->config.name, w.bytes, w.failed ? 0.0 : w.live_rate(now) * 8, w.failed});
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+namespace {
 
 /// Fills `target.path_servers`: where each path goes for the address the app reached
 /// the host at (the intercepted destination, or a literal address as the host).

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <list>
 #include <map>
 #include <memory>
 #include <string>
@@ -36,6 +37,27 @@ struct path_runtime {
   std::size_t index = 0;  ///< the path's index in the monitor
 };
 
+namespace detail {
+class object_fetch;
+}
+
+/// A multipath download under way, as `fleety status` shows it.
+struct download_snapshot {
+  std::uint64_t session = 0;
+  std::string app;  ///< the intercepted app; empty for the explicit proxy's
+  std::string url;
+  std::uint64_t size = 0;       ///< bytes the app gets (its range, or the whole object)
+  std::uint64_t delivered = 0;  ///< of those, written to the app so far
+  double seconds = 0;
+  struct path_share {
+    std::string name;
+    std::uint64_t bytes = 0;  ///< of the object, this path's
+    double rate_bps = 0;      ///< now (over the last second of its ranges)
+    bool failed = false;
+  };
+  std::vector<path_share> paths;
+};
+
 /// What every session shares; referenced by sessions, outlives them.
 struct proxy_context {
   const core::config& config;
@@ -49,6 +71,16 @@ struct proxy_context {
   static constexpr std::size_t max_cooling_hosts = 4096;
   std::uint64_t version_conflicts = 0;  ///< multipath downloads that saw two versions
   std::uint64_t fetches_active = 0;     ///< multipath downloads under way
+  /// The multipath downloads under way: each registered by the session serving it, for
+  /// as long as its fetch lives (in that session's frame).
+  struct active_download {
+    std::uint64_t session;
+    std::string app;
+    std::string url;
+    const detail::object_fetch* fetch;
+    std::chrono::steady_clock::time_point started;
+  };
+  std::list<active_download> downloads{};
   /// Which requests may split (config [[feature]]); replaced on reload.
   classify::feature_rules features{};
   /// What each path's resolver answered (the DNS duplicator fills it); may be null.
@@ -68,6 +100,9 @@ struct proxy_context {
   std::function<void(const std::string& app, const path_runtime& path, std::uint64_t bytes)>
       on_app_bytes{};
 };
+
+/// The multipath downloads under way now, with each path's part.
+std::vector<download_snapshot> active_downloads(const proxy_context& context);
 
 /// Accepts connections on `acceptor` until it is closed, each served by `serve(socket,
 /// session id)` in its own coroutine, at most config.proxy.max_connections at once (more

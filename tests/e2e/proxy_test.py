@@ -9,8 +9,10 @@ benchmark to keep the suite quick; realistic rates belong to bench/aggregation.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
+import threading
 import time
 import unittest
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "lab"))
 
-from harness import Fleetyd, LabTestCase, curl, minimal_config, object_sha256  # noqa: E402
+from harness import Fleetyd, LabTestCase, curl, fleety_cli, minimal_config, object_sha256  # noqa: E402
 
 PREFIX = "flp"
 CDN_URL = "http://cdn.fleety.test"
@@ -97,6 +99,47 @@ class ProxyInLab(LabTestCase):
         print(f"fleetyd VmRSS {rss_kib} KiB after the downloads, peak {peak_kib} KiB")
         # (Idle fleetyd: ~6 MiB; kept by glibc without malloc_trim: ~22 MiB here.)
         self.assertLess(rss_kib, 12 * 1024, f"fleetyd keeps {rss_kib} KiB (peak {peak_kib} KiB)")
+
+    def test_status_shows_the_download_under_way(self):
+        """`fleety status` lists a multipath download while it runs: its progress and
+        each path's part (issue 7)."""
+        result = {}
+        download = threading.Thread(target=lambda: result.update(t=curl(
+            self.lab, f"{CDN_URL}/100MB", proxy=self.fleetyd.proxy_url, timeout=120)))
+        download.start()
+        seen = None
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and download.is_alive():
+                cp = self.lab.exec("cli", [fleety_cli(), "--socket", str(self.fleetyd.control_socket),
+                                           "--json", "status"], timeout=10,
+                                   capture_output=True, text=True)
+                self.assertEqual(cp.returncode, 0, cp.stderr)
+                downloads = json.loads(cp.stdout)["downloads"]
+                if downloads and all(p["bytes"] > 0 for p in downloads[0]["paths"]):
+                    seen = downloads[0]
+                    human = self.lab.exec("cli", [fleety_cli(), "--socket",
+                                                  str(self.fleetyd.control_socket), "status"],
+                                          timeout=10, capture_output=True, text=True).stdout
+                    break
+                time.sleep(0.3)
+        finally:
+            download.join()
+        self.assertEqual(result["t"].sha256, object_sha256("100MB"))
+        self.assertIsNotNone(seen, "no download in fleety status while it ran")
+        print(f"status during the download: {seen}")
+        self.assertTrue(seen["url"].endswith("/100MB"), seen)
+        self.assertEqual(seen["size"], 100_000_000)
+        self.assertGreater(seen["delivered"], 0)
+        self.assertLess(seen["delivered"], 100_000_000)
+        self.assertEqual({p["path"] for p in seen["paths"]}, {"wifi", "cell"})
+        self.assertLessEqual(sum(p["bytes"] for p in seen["paths"]), 100_000_000)
+        self.assertIn("/100MB", human)
+        self.assertRegex(human, r"wifi [0-9.]+ [KM]iB")
+        # Gone once it ended.
+        cp = self.lab.exec("cli", [fleety_cli(), "--socket", str(self.fleetyd.control_socket),
+                                   "--json", "status"], timeout=10, capture_output=True, text=True)
+        self.assertEqual(json.loads(cp.stdout)["downloads"], [])
 
     def test_each_path_asks_its_own_cdn(self):
         """Each path's requests go to the address its own resolver gave, Host unchanged."""
