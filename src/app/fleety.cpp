@@ -182,7 +182,7 @@ void print_status(const boost::json::object& s) {
   }
   if (const auto* downloads = s.if_contains("downloads");
       downloads != nullptr && !downloads->as_array().empty()) {
-    std::cout << fmt::format("{:<7} {:<14} {:>22}  {}\n", "session", "app", "progress",
+    std::cout << fmt::format("\n{:<7} {:<14} {:>22}  {}\n", "session", "app", "progress",
                              "paths, url");
     for (const auto& d : downloads->as_array()) {
       const auto& row = d.as_object();
