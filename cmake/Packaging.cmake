@@ -10,7 +10,7 @@ set(_pkg ${PROJECT_SOURCE_DIR}/packaging)
 install(FILES ${_pkg}/fleetyd.service DESTINATION /lib/systemd/system)
 install(FILES ${_pkg}/fleety.toml DESTINATION /etc/fleety)
 install(FILES README.md docs/install.md docs/configuration.md docs/paths.md
-              docs/interception.md docs/ARCHITECTURE.md
+              docs/interception.md docs/get.md docs/ARCHITECTURE.md
         DESTINATION share/doc/fleety)
 install(FILES ${_pkg}/debian/copyright DESTINATION share/doc/fleety)
 
@@ -53,3 +53,11 @@ add_test(NAME packaging
          COMMAND ${PROJECT_SOURCE_DIR}/tests/packaging/package_test.sh
                  ${PROJECT_BINARY_DIR} ${PROJECT_SOURCE_DIR})
 set_tests_properties(packaging PROPERTIES LABELS packaging TIMEOUT 300)
+
+# The packaged unit under systemd as PID 1 (systemd-nspawn, loopback only): install,
+# start, status, metrics, proxy, capabilities, a broken config, stop, restart, purge.
+# Builds the .deb into a temporary dir first; the Debian root it boots is cached in
+# /var/cache/fleety-nspawn (debootstrapped from the archive on the first run).
+add_test(NAME packaging.systemd
+         COMMAND bash -c "set -euo pipefail; t=$(mktemp -d /tmp/fleety-systemd-test.XXXXXX); trap 'rm -rf \"$t\"' EXIT; cpack -G DEB --config '${PROJECT_BINARY_DIR}/CPackConfig.cmake' -B \"$t\" >\"$t/cpack.log\" 2>&1 || { cat \"$t/cpack.log\"; exit 1; }; '${PROJECT_SOURCE_DIR}/tests/packaging/systemd_boot_test.sh' \"$t\"/*.deb")
+set_tests_properties(packaging.systemd PROPERTIES LABELS packaging TIMEOUT 900 RESOURCE_LOCK systemd)

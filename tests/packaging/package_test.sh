@@ -31,6 +31,7 @@ for f in ./usr/sbin/fleetyd ./usr/bin/fleety ./etc/fleety/fleety.toml \
          ./lib/systemd/system/fleetyd.service ./usr/share/doc/fleety/README.md \
          ./usr/share/doc/fleety/install.md ./usr/share/doc/fleety/configuration.md \
          ./usr/share/doc/fleety/paths.md ./usr/share/doc/fleety/interception.md \
+         ./usr/share/doc/fleety/get.md \
          ./usr/share/doc/fleety/copyright; do
   grep -q " $f\$" <<<"$contents" || fail "$f is not in the package"
 done
