@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -162,6 +163,13 @@ class output_file {
     }
     fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd_ < 0) return core::make_error(fmt::format("{}: {}", path_, std::strerror(errno)));
+    // Before anything is cut: a second run on the same file would interleave its bytes.
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      return core::make_error(
+          errno == EWOULDBLOCK
+              ? fmt::format("{}: another fleety get is writing it", path_)
+              : fmt::format("{}: cannot lock it: {}", path_, std::strerror(errno)));
+    }
     if (::ftruncate(fd_, static_cast<off_t>(keep)) != 0)
       return core::make_error(fmt::format("{}: {}", path_, std::strerror(errno)));
     std::vector<char> chunk(1 << 20);

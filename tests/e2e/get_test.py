@@ -197,6 +197,23 @@ class FleetyGet(LabTestCase):
         self.assertEqual(cp.returncode, 2)
         self.assertIn("wlan9", cp.stderr)
 
+    def test_a_second_run_on_the_same_file_is_refused(self):
+        first = {}
+        t = threading.Thread(target=lambda: first.update(r=self.get(
+            f"http://cdn.fleety.test/{BIG}", timeout=120)))
+        t.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not (self.dir / f"{BIG}.fleety").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            cp, s, _ = self.get(f"http://cdn.fleety.test/{BIG}", "--continue", timeout=30)
+        finally:
+            t.join()
+        self.assertEqual(cp.returncode, 1, cp.stderr)
+        self.assertIn("another fleety get is writing it", cp.stderr)
+        self.assertEqual(first["r"][0].returncode, 0, first["r"][0].stderr[-2000:])
+        self.assertEqual(file_sha256(self.dir / BIG), object_sha256(BIG))
+
     def test_redirect_is_followed(self):
         cp, s, _ = self.get("https://cdn.fleety.test/moved", "--cacert", self.ca, "-o", "moved",
                             timeout=60)
