@@ -196,8 +196,12 @@ class LabAccuracy(unittest.TestCase):
                    f"{steady_goodput / 1e6:.2f}, goodput whole {goodput / 1e6:.2f} Mbit/s "
                    f"(10MB in {r['time']:.2f}s, link/payload bytes {overhead:.4f})")
             self.assertTrue(within(steady, rate, 0.10), f"{iface}: link {steady} vs {rate}")
-            self.assertTrue(within(steady_goodput, rate, 0.10),
-                            f"{iface}: steady goodput {steady_goodput} vs {rate}")
+            # The payload the asked link rate carries is rate / overhead (headers are
+            # about 4.5% of the link's bytes): compared with the asked rate itself, the
+            # goodput started 4.5% down on its 10% tolerance, and a noisy machine's
+            # -6% failed it (CI, 37.0 Mbit/s link for 40 asked).
+            self.assertTrue(within(steady_goodput, rate / overhead, 0.10),
+                            f"{iface}: steady goodput {steady_goodput} vs {rate / overhead}")
             self.assertLessEqual(goodput, rate * 1.02)
             self.assertGreaterEqual(goodput, rate * 0.70)
 
