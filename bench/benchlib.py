@@ -299,6 +299,14 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def report_description(md_path: Path, first_table_line: str, default: str) -> str:
+    """What OUT.md says above its first table (the line starting `first_table_line`), for
+    --report to keep when it rewrites the tables; `default` when there is no such file."""
+    old = md_path.read_text().splitlines() if md_path.exists() else []
+    end = next((i for i, line in enumerate(old) if line.startswith(first_table_line)), len(old))
+    return "\n".join(old[:end]).rstrip() or default
+
+
 def truthy(v) -> bool:
     return v is True or str(v).strip().lower() in ("true", "1", "yes")
 

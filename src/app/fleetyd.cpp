@@ -863,28 +863,20 @@ int run(const core::config& config, const std::string& config_path) {
       spdlog::warn("path {}: interface {} does not exist (yet): the path is skipped until it does",
                    path_config.name, path_config.interface);
     }
-    dns::path_resolver::options options;
-    options.interface = path_config.interface;
-    options.servers = path_config.dns_servers;
-    auto resolver = std::make_unique<dns::path_resolver>(io.get_executor(), options);
     // The history's RTT of the last hour seeds what the config doesn't say. Not its rate:
     // a sample's throughput is what the path carried, not what it can carry.
-    std::uint64_t rate_bps = path_config.prior_rate_bps;
-    auto rtt = path_config.prior_rtt;
+    std::chrono::microseconds known_rtt{0};
     if (history) {
       const auto now = path::wall_clock::now();
       if (auto known = history->summary(path_config.name, now - std::chrono::hours(1), now);
           known && known->median_rtt) {
-        if (rtt.count() == 0) rtt = *known->median_rtt;
+        known_rtt = *known->median_rtt;
         spdlog::info("path {}: history of the last hour: {} samples, median RTT {} ms",
                      path_config.name, known->samples, known->median_rtt->count() / 1000);
       }
     }
-    mphttp::path_runtime runtime{
-        path_config, std::move(resolver),
-        mphttp::path_estimator(rate_bps ? rate_bps : config.scheduler.default_rate_bps,
-                               rtt.count() ? rtt : config.scheduler.default_rtt)};
-    paths.push_back(std::move(runtime));
+    paths.push_back(
+        mphttp::make_path_runtime(io.get_executor(), path_config, config.scheduler, known_rtt));
   }
   if (present == 0) {
     std::string names;

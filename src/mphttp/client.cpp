@@ -19,7 +19,6 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
 #include <cerrno>
-#include <charconv>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -334,31 +333,21 @@ struct first_exchange {
   explicit first_exchange(const asio::any_io_executor& executor) : up(executor) {}
   upstream up;
   std::unique_ptr<http::response_parser<http::buffer_body>> parser;
-  std::size_t path = 0;  ///< index in the paths it was tried in
 };
 
 /// Sends the first request on the first path that connects (preference order).
 awaitable<checked> async_first_request(first_exchange& out, std::vector<path_runtime*>& paths,
                                        const proxy_target& target, const request_header& request,
                                        const core::proxy_config& limits, tls_client tls) {
-  std::string failures;
-  std::size_t index = paths.size();
-  for (std::size_t i = 0; i < paths.size(); ++i) {
-    auto ec = co_await async_connect_to_target(out.up, *paths[i], target, limits, false, tls);
-    if (!ec) {
-      index = i;
-      break;
-    }
-    failures +=
-        fmt::format("{}{}: {}", failures.empty() ? "" : "; ", path_label(*paths[i]), ec.message());
-  }
-  if (index == paths.size()) {
+  const auto connected = co_await async_connect_first(out.up, paths, target, limits, tls);
+  if (!connected.connected) {
+    std::string failures;
+    for (const auto& [path, ec] : connected.failures)
+      failures +=
+          fmt::format("{}{}: {}", failures.empty() ? "" : "; ", path_label(*path), ec.message());
     co_return core::make_error(
         fmt::format("cannot reach {}:{}: {}", target.host, target.port, failures));
   }
-  // The path that answered goes first; the others keep their order.
-  std::rotate(paths.begin(), paths.begin() + static_cast<std::ptrdiff_t>(index),
-              paths.begin() + static_cast<std::ptrdiff_t>(index) + 1);
   http::request<http::empty_body> message;
   message.base() = request;
   ++paths[0]->requests;
@@ -387,20 +376,13 @@ first_answer answer_of(const http::response_parser<http::buffer_body>& parser) {
   answer.status = header.result_int();
   answer.range = parse_content_range(header[http::field::content_range]);
   if (!answer.range && answer.status == 416) {
-    // "bytes */N": no part, only the length.
-    const std::string_view value = header[http::field::content_range];
-    if (value.starts_with("bytes */")) {
-      std::uint64_t length = 0;
-      const auto digits = value.substr(8);
-      auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), length);
-      if (ec == std::errc{} && end == digits.data() + digits.size())
-        answer.range = content_range{0, 0, length};
-    }
+    // No part, only the length.
+    if (auto length = parse_unsatisfied_range(header[http::field::content_range]))
+      answer.range = content_range{0, 0, *length};
   }
   if (parser.content_length() && !parser.chunked())
     answer.content_length = *parser.content_length();
-  const std::string_view ranges = header[http::field::accept_ranges];
-  answer.accepts_ranges = ranges.find("bytes") != std::string_view::npos;
+  answer.accepts_ranges = accepts_byte_ranges(header);
   answer.has_location = header.find(http::field::location) != header.end();
   answer.reason_phrase = header.reason();
   return answer;
@@ -435,7 +417,6 @@ awaitable<void> async_download(download_state& state, tls_connector& tls_connect
     state.fail(fmt::format("'{}' is not an http:// or https:// URL", options.url));
     co_return;
   }
-  result.url = options.url;
   result.file = options.output.empty() ? default_file_name(target->origin_form) : options.output;
   state.file = std::make_unique<output_file>(result.file);
   auto& file = *state.file;
@@ -459,6 +440,7 @@ awaitable<void> async_download(download_state& state, tls_connector& tls_connect
   bool starts_over = start.truncate;
   std::string current_url = options.url;
   first_exchange first(executor);
+  first_answer answer;
   answer_plan plan;
   const std::uint64_t head_bytes =
       std::max<std::uint64_t>(config.scheduler.min_split_bytes, min_head_range_bytes);
@@ -484,7 +466,8 @@ awaitable<void> async_download(download_state& state, tls_connector& tls_connect
       state.fail(sent.error());
       co_return;
     }
-    plan = plan_first_answer(answer_of(*first.parser), offset, expected_total);
+    answer = answer_of(*first.parser);
+    plan = plan_first_answer(answer, offset, expected_total);
     if (plan.kind == answer_kind::redirect) {
       const std::string_view location = first.parser->get()[http::field::location];
       auto next = resolve_location(current_url, location);
@@ -563,8 +546,7 @@ awaitable<void> async_download(download_state& state, tls_connector& tls_connect
   const std::uint64_t split_from = plan.kind == answer_kind::ranged ? plan.begin : 0;
   const bool can_split = paths.size() >= 2 && plan.total &&
                          ((plan.kind == answer_kind::ranged && plan.head_end < *plan.total) ||
-                          (plan.kind == answer_kind::whole &&
-                           first.parser->get()[http::field::accept_ranges] == "bytes" &&
+                          (plan.kind == answer_kind::whole && answer.accepts_ranges &&
                            *plan.total >= config.scheduler.min_split_bytes));
   error_code ec;
   bool delivered = true;
@@ -638,17 +620,9 @@ download_result download(const download_options& options) {
       missing += (missing.empty() ? "" : ", ") + path_config.interface;
       continue;
     }
-    dns::path_resolver::options resolver_options;
-    resolver_options.interface = path_config.interface;
-    resolver_options.servers = path_config.dns_servers;
     try {
-      auto resolver = std::make_unique<dns::path_resolver>(io.get_executor(), resolver_options);
-      const auto& sched = options.config.scheduler;
-      state.paths.push_back(path_runtime{
-          path_config, std::move(resolver),
-          path_estimator(
-              path_config.prior_rate_bps ? path_config.prior_rate_bps : sched.default_rate_bps,
-              path_config.prior_rtt.count() ? path_config.prior_rtt : sched.default_rtt)});
+      state.paths.push_back(
+          make_path_runtime(io.get_executor(), path_config, options.config.scheduler));
     } catch (const std::exception& e) {
       state.fail(fmt::format("path {}: {}", path_config.name, e.what()), 2);
       return state.result;

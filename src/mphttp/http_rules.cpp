@@ -160,6 +160,20 @@ std::optional<content_range> parse_content_range(std::string_view value) {
   return content_range{*first, *last, *length};
 }
 
+std::optional<std::uint64_t> parse_unsatisfied_range(std::string_view value) {
+  constexpr std::string_view unit = "bytes */";
+  if (value.size() <= unit.size() || !iequals(value.substr(0, unit.size()), unit))
+    return std::nullopt;
+  return parse_u64(value.substr(unit.size()));
+}
+
+bool accepts_byte_ranges(const response_header& response) {
+  for (auto unit : http::token_list(response[http::field::accept_ranges])) {
+    if (iequals(unit, "bytes")) return true;
+  }
+  return false;
+}
+
 std::string strong_validator(const response_header& response) {
   auto etag = response[http::field::etag];
   if (!etag.empty() && !etag.starts_with("W/")) return std::string(etag);
@@ -288,10 +302,8 @@ split_decision decide_split(const request_header& request, const response_header
     out.total = range->complete_length;
   }
   // A 206 is itself the proof (servers such as nginx don't repeat Accept-Ranges in it).
-  bool takes_ranges = response.result() == http::status::partial_content;
-  for (auto unit : http::token_list(response[http::field::accept_ranges])) {
-    if (iequals(unit, "bytes")) takes_ranges = true;
-  }
+  const bool takes_ranges =
+      response.result() == http::status::partial_content || accepts_byte_ranges(response);
   if (!takes_ranges) return verdict(split_verdict::no_ranges);
   if (out.end - out.begin < min_split_bytes) return verdict(split_verdict::too_small);
   if (usable_paths < 2) return verdict(split_verdict::single_path_only);

@@ -70,6 +70,11 @@ struct content_range {
   std::uint64_t complete_length = 0;
 };
 std::optional<content_range> parse_content_range(std::string_view value);
+/// The complete length of a 416's "bytes */1000" (RFC 9110 §14.4: unsatisfied-range).
+std::optional<std::uint64_t> parse_unsatisfied_range(std::string_view value);
+
+/// Whether the response says Accept-Ranges: bytes (RFC 9110 §14.3; any case, in a list).
+bool accepts_byte_ranges(const response_header& response);
 
 /// The first response's strong validator (RFC 9110 §8.8.1), for If-Range on the other
 /// paths: a strong ETag, else Last-Modified; empty when there is none usable.

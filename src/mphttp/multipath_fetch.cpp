@@ -101,6 +101,24 @@ awaitable<error_code> async_connect_to_target(upstream& up, path_runtime& path,
   co_return ec;
 }
 
+awaitable<first_connect> async_connect_first(upstream& up, std::vector<path_runtime*>& paths,
+                                             const proxy_target& target,
+                                             const core::proxy_config& limits, tls_client tls) {
+  first_connect result;
+  for (std::size_t i = 0; i < paths.size(); ++i) {
+    auto ec = co_await async_connect_to_target(up, *paths[i], target, limits, i == 0, tls);
+    if (!ec) {
+      std::rotate(paths.begin(), paths.begin() + static_cast<std::ptrdiff_t>(i),
+                  paths.begin() + static_cast<std::ptrdiff_t>(i) + 1);
+      result.connected = true;
+      result.index = i;
+      break;
+    }
+    result.failures.emplace_back(paths[i], ec);
+  }
+  co_return result;
+}
+
 awaitable<std::pair<error_code, std::size_t>> async_read_body_some(
     upstream& up, http::response_parser<http::buffer_body>& parser, std::span<char> chunk,
     const core::proxy_config& limits) {

@@ -92,7 +92,6 @@ class upstream_stream {
   void expires_after(clock_type::duration timeout) { tcp_layer().expires_after(timeout); }
   void expires_never() { tcp_layer().expires_never(); }
   executor_type get_executor() { return plain_.get_executor(); }
-  bool is_tls() const { return tls_ != nullptr; }
 
   /// The connected socket, for a TLS session to take over (then start_tls).
   tcp::socket release_socket() { return std::move(plain_.socket()); }
@@ -222,6 +221,20 @@ awaitable<error_code> async_connect_to_target(upstream& up, path_runtime& path,
                                               const proxy_target& target,
                                               const core::proxy_config& limits, bool to_destination,
                                               tls_client tls = {});
+
+/// Where a request's first connection went: every path tried before it and why it failed.
+struct first_connect {
+  bool connected = false;
+  std::size_t index = 0;  ///< where the path that connected was in preference order
+  std::vector<std::pair<const path_runtime*, error_code>> failures;  ///< in the order tried
+};
+
+/// Connects `up` on the first of `paths` (preference order) that reaches `target` and
+/// moves that path to the front; the others keep their order. The first path goes to the
+/// app's own destination (async_connect_to_target's to_destination).
+awaitable<first_connect> async_connect_first(upstream& up, std::vector<path_runtime*>& paths,
+                                             const proxy_target& target,
+                                             const core::proxy_config& limits, tls_client tls = {});
 
 /// Reads what has arrived of a response's body (header already in `parser`) into `chunk`:
 /// read_some, not read, so that a slow path shows progress (and is not taken for stalled)

@@ -316,36 +316,34 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   //    for a request with a body: if that connection turns out dead, the body is gone).
   const bool has_body = !app_parser.is_done();
   upstream first(executor);
-  std::size_t first_index = paths.size();
   bool reused = false;
+  // Whether the preferred path took the request (it then goes to the app's own destination).
+  bool on_preferred_path = true;
   if (ctx.kept && !has_body && ctx.kept->serves(paths[0], ctx.target) && ctx.kept->up.is_open()) {
     first.adopt(ctx.kept->up);
-    first_index = 0;
     reused = true;
   }
   ctx.kept.reset();
-  error_code connect_ec;
-  for (std::size_t i = 0; i < paths.size() && !reused; ++i) {
-    connect_ec = co_await async_connect_to_target(first, *paths[i], ctx.target, limits, i == 0);
-    if (!connect_ec) {
-      first_index = i;
-      break;
+  if (!reused) {
+    const auto connected = co_await async_connect_first(first, paths, ctx.target, limits);
+    for (const auto& [path, failed] : connected.failures) {
+      spdlog::warn("[{}] path {}: cannot reach {}:{}: {}", ctx.session_id, path->config.name,
+                   ctx.target.host, ctx.target.port, failed.message());
     }
-    spdlog::warn("[{}] path {}: cannot reach {}:{}: {}", ctx.session_id, paths[i]->config.name,
-                 ctx.target.host, ctx.target.port, connect_ec.message());
+    on_preferred_path = connected.index == 0;
+    if (!connected.connected) {
+      const error_code connect_ec = connected.failures.empty()
+                                        ? error_code(asio::error::network_unreachable)
+                                        : connected.failures.back().second;
+      const bool timed_out =
+          connect_ec == beast::error::timeout || connect_ec == dns::errc::timed_out;
+      co_await async_write_error(
+          ctx.app, timed_out ? http::status::gateway_timeout : http::status::bad_gateway,
+          fmt::format("cannot reach {}: {}", ctx.target.authority, connect_ec.message()),
+          ctx.request.version(), limits);
+      co_return false;
+    }
   }
-  if (first_index == paths.size()) {
-    const bool timed_out =
-        connect_ec == beast::error::timeout || connect_ec == dns::errc::timed_out;
-    co_await async_write_error(
-        ctx.app, timed_out ? http::status::gateway_timeout : http::status::bad_gateway,
-        fmt::format("cannot reach {}: {}", ctx.target.authority, connect_ec.message()),
-        ctx.request.version(), limits);
-    co_return false;
-  }
-  // The first path goes to the front; the others keep their order.
-  std::rotate(paths.begin(), paths.begin() + static_cast<std::ptrdiff_t>(first_index),
-              paths.begin() + static_cast<std::ptrdiff_t>(first_index) + 1);
   path_runtime& first_path = *paths[0];
 
   // A GET asks for the head of what the app wants only: if that turns out big, the first
@@ -434,8 +432,8 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
         request_out.erase(http::field::range);
       }
       head_basis.reset();
-      ec =
-          co_await async_connect_to_target(first, first_path, ctx.target, limits, first_index == 0);
+      ec = co_await async_connect_to_target(first, first_path, ctx.target, limits,
+                                            on_preferred_path);
       if (!ec) {
         http::request<http::empty_body> again;
         again.base() = request_out.base();

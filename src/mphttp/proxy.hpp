@@ -58,6 +58,15 @@ struct download_snapshot {
   std::vector<path_share> paths;
 };
 
+/// A path as the config names it: its resolver (queries through its interface), and
+/// its estimator primed with the config's rate and RTT, else `known_rtt` (what the
+/// daemon's history remembers; zero: nothing), else the scheduler's defaults. Throws
+/// std::runtime_error when the resolver cannot be set up (a server that doesn't parse).
+path_runtime make_path_runtime(const boost::asio::any_io_executor& executor,
+                               const core::path_config& path,
+                               const core::scheduler_config& scheduler,
+                               std::chrono::microseconds known_rtt = {});
+
 /// What every session shares; referenced by sessions, outlives them.
 struct proxy_context {
   const core::config& config;

@@ -64,6 +64,27 @@ TEST(ParseContentRange, ValidAndInvalid) {
   EXPECT_FALSE(parse_content_range("bytes -1-5/10"));
 }
 
+TEST(ParseUnsatisfiedRange, LengthOnly) {
+  EXPECT_EQ(parse_unsatisfied_range("bytes */1000"), 1000U);
+  EXPECT_EQ(parse_unsatisfied_range("Bytes */0"), 0U);
+  EXPECT_FALSE(parse_unsatisfied_range("bytes */"));
+  EXPECT_FALSE(parse_unsatisfied_range("bytes */12x"));
+  EXPECT_FALSE(parse_unsatisfied_range("bytes 0-1/2"));
+}
+
+TEST(AcceptsByteRanges, TokenAnyCase) {
+  response_header h;
+  EXPECT_FALSE(accepts_byte_ranges(h));
+  h.set(http::field::accept_ranges, "none");
+  EXPECT_FALSE(accepts_byte_ranges(h));
+  h.set(http::field::accept_ranges, "Bytes");
+  EXPECT_TRUE(accepts_byte_ranges(h));
+  h.set(http::field::accept_ranges, "none, bytes");
+  EXPECT_TRUE(accepts_byte_ranges(h));
+  h.set(http::field::accept_ranges, "bytesx");
+  EXPECT_FALSE(accepts_byte_ranges(h));
+}
+
 TEST(StrongValidator, PrefersStrongEtagThenLastModified) {
   response_header h;
   h.set(http::field::etag, "\"abc\"");

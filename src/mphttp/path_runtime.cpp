@@ -1,0 +1,19 @@
+#include "mphttp/proxy.hpp"
+
+namespace fleety::mphttp {
+
+path_runtime make_path_runtime(const boost::asio::any_io_executor& executor,
+                               const core::path_config& path,
+                               const core::scheduler_config& scheduler,
+                               std::chrono::microseconds known_rtt) {
+  dns::path_resolver::options options;
+  options.interface = path.interface;
+  options.servers = path.dns_servers;
+  const auto rtt = path.prior_rtt.count() ? path.prior_rtt : known_rtt;
+  return path_runtime{
+      path, std::make_unique<dns::path_resolver>(executor, options),
+      path_estimator(path.prior_rate_bps ? path.prior_rate_bps : scheduler.default_rate_bps,
+                     rtt.count() ? rtt : scheduler.default_rtt)};
+}
+
+}  // namespace fleety::mphttp
