@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <cctype>
 #include <filesystem>
 #include <iostream>
 
@@ -155,7 +156,8 @@ int run_get(const get_args& args, bool as_json) {
     std::string hex = args.sha256;
     std::transform(hex.begin(), hex.end(), hex.begin(),
                    [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    if (hex.size() != 64 || !plain_word(hex, "")) {
+    if (hex.size() != 64 ||
+        !std::all_of(hex.begin(), hex.end(), [](unsigned char c) { return std::isxdigit(c); })) {
       say(fmt::format("--sha256 '{}': expected 64 hexadecimal digits", args.sha256));
       return 2;
     }

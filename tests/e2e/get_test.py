@@ -182,6 +182,11 @@ class FleetyGet(LabTestCase):
         self.assertIn("sha256 is", cp.stderr)
         self.assertFalse(s["sha256_ok"])
 
+        cp, s, _ = self.get("http://cdn.fleety.test/1MB", "--sha256", "z" * 64, timeout=30)
+        self.assertEqual(cp.returncode, 2, cp.stderr)
+        self.assertIn("expected 64 hexadecimal digits", cp.stderr)
+        self.assertFalse((self.dir / "1MB").exists())
+
         mine = self.dir / "1MB"
         mine.write_bytes(b"the user's own file")
         cp, s, _ = self.get("http://cdn.fleety.test/1MB", timeout=30)
