@@ -9,17 +9,10 @@
 #include <optional>
 #include <span>
 
+#include "mphttp/byte_range.hpp"
 #include "mphttp/scheduler.hpp"
 
 namespace fleety::mphttp {
-
-/// [begin, end) of an object.
-struct byte_range {
-  std::uint64_t begin = 0;
-  std::uint64_t end = 0;
-  std::uint64_t size() const { return end - begin; }
-  bool operator==(const byte_range&) const = default;
-};
 
 class claim_map {
  public:

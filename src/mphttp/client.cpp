@@ -28,6 +28,8 @@
 #include "core/units.hpp"
 #include "dns/path_resolver.hpp"
 #include "mphttp/multipath_fetch.hpp"
+#include "net/bound_socket.hpp"
+#include "net/task_group.hpp"
 
 namespace fleety::mphttp {
 namespace {
@@ -245,7 +247,8 @@ struct download_state {
   std::unique_ptr<output_file> file;
   clock_type::time_point started = clock_type::now();
   std::optional<std::uint64_t> total;
-  const object_fetch* fetch = nullptr;  ///< the multipath fetch under way, if any
+  const fetch_state* fetch = nullptr;            ///< the multipath fetch under way, if any
+  std::vector<const path_runtime*> fetch_paths;  ///< its paths, in its order
   bool finished = false;
 
   void note(const std::string& text) const {
@@ -302,9 +305,11 @@ class progress_meter {
   /// Whether the fetch under way gave up on state.paths[i].
   bool failed(std::size_t i) const {
     if (state_.fetch == nullptr) return false;
-    const auto& work = state_.fetch->work();
-    return std::any_of(work.begin(), work.end(),
-                       [&](const path_work& w) { return w.path->index == i && w.failed; });
+    for (std::size_t k = 0; k < state_.fetch_paths.size(); ++k) {
+      if (state_.fetch_paths[k]->index == i)
+        return state_.fetch->path(k).phase == path_phase::failed;
+    }
+    return false;
   }
 
   download_state& state_;
@@ -338,8 +343,9 @@ struct first_exchange {
 /// Sends the first request on the first path that connects (preference order).
 awaitable<checked> async_first_request(first_exchange& out, std::vector<path_runtime*>& paths,
                                        const proxy_target& target, const request_header& request,
-                                       const core::proxy_config& limits, tls_client tls) {
-  const auto connected = co_await async_connect_first(out.up, paths, target, limits, tls);
+                                       const core::proxy_config& limits,
+                                       upstream_connector& connector) {
+  const auto connected = co_await async_connect_first(out.up, paths, target, connector);
   if (!connected.connected) {
     std::string failures;
     for (const auto& [path, ec] : connected.failures)
@@ -356,16 +362,10 @@ awaitable<checked> async_first_request(first_exchange& out, std::vector<path_run
     co_return core::make_error(
         fmt::format("sending the request on {}: {}", paths[0]->config.name, ec.message()));
   }
-  while (true) {
-    out.parser = make_response_parser(/*head_request=*/false);
-    out.up.stream.expires_after(as_duration(limits.io_timeout));
-    auto [ec, n] =
-        co_await http::async_read_header(out.up.stream, out.up.buffer, *out.parser, nothrow);
-    if (ec) {
-      co_return core::make_error(fmt::format("no answer from {} on {}: {}", target.authority,
-                                             paths[0]->config.name, ec.message()));
-    }
-    if (out.parser->get().result_int() >= 200) break;  // 1xx: interim
+  out.parser = make_response_parser(/*head_request=*/false);
+  if (auto ec = co_await async_read_final_header(out.up, out.parser, false, limits)) {
+    co_return core::make_error(fmt::format("no answer from {} on {}: {}", target.authority,
+                                           paths[0]->config.name, ec.message()));
   }
   co_return std::monostate{};
 }
@@ -393,7 +393,7 @@ awaitable<error_code> async_receive_body(upstream& up,
                                          http::response_parser<http::buffer_body>& parser,
                                          path_runtime& path, const core::proxy_config& limits,
                                          const byte_sink& sink) {
-  std::vector<char> chunk(chunk_bytes);
+  std::vector<char> chunk(fetch_state::read_chunk_bytes);
   while (!parser.is_done()) {
     auto [ec, got] = co_await async_read_body_some(up, parser, chunk, limits);
     if (ec) co_return ec;
@@ -406,11 +406,16 @@ awaitable<error_code> async_receive_body(upstream& up,
 }
 
 awaitable<void> async_download(download_state& state, tls_connector& tls_connection) {
+  // Stopped from outside (a signal, --max-time): what we await ends with
+  // operation_aborted, and the download ends as a failure that download() reports.
+  co_await asio::this_coro::throw_if_cancelled(false);
   const auto& options = state.options;
   const auto& config = options.config;
   const auto& limits = config.proxy;
   auto executor = co_await asio::this_coro::executor;
   auto& result = state.result;
+  path_connector plain(limits);
+  path_connector secure(limits, &tls_connection);
 
   auto target = parse_download_url(options.url);
   if (!target) {
@@ -459,9 +464,8 @@ awaitable<void> async_download(download_state& state, tls_connector& tls_connect
     if (!validator.empty() && offset > 0) request.set(http::field::if_range, validator);
     first.up.reset();
     first.parser.reset();
-    auto sent =
-        co_await async_first_request(first, paths, *target, request, limits,
-                                     target->tls ? tls_client{&tls_connection} : tls_client{});
+    auto sent = co_await async_first_request(first, paths, *target, request, limits,
+                                             target->tls ? secure : plain);
     if (!sent) {
       state.fail(sent.error());
       co_return;
@@ -543,36 +547,48 @@ awaitable<void> async_download(download_state& state, tls_connector& tls_connect
     co_return std::pair{ec, written};
   };
 
-  const std::uint64_t split_from = plan.kind == answer_kind::ranged ? plan.begin : 0;
-  const bool can_split = paths.size() >= 2 && plan.total &&
-                         ((plan.kind == answer_kind::ranged && plan.head_end < *plan.total) ||
-                          (plan.kind == answer_kind::whole && answer.accepts_ranges &&
-                           *plan.total >= config.scheduler.min_split_bytes));
+  // The same rule as the proxy's: a head range that ends before the object does is split;
+  // a whole answer when decide_split says so.
+  const request_header request = make_request(*target);
+  split_decision decision;
+  if (plan.kind == answer_kind::ranged) {
+    if (auto whole = app_view_of_head_range(first.parser->get().base(),
+                                            wanted_range{plan.begin, std::nullopt, plan.begin > 0}))
+      decision = decide_first_answer(request, *whole, plan.head_end,
+                                     {config.scheduler.min_split_bytes, paths.size()});
+  } else if (plan.kind == answer_kind::whole) {
+    decision = decide_first_answer(request, first.parser->get().base(), std::nullopt,
+                                   {config.scheduler.min_split_bytes, paths.size()});
+  }
   error_code ec;
   bool delivered = true;
   if (plan.kind == answer_kind::complete) {
     // nothing to fetch
-  } else if (can_split) {
+  } else if (decision.verdict == split_verdict::split) {
     result.multipath = true;
-    const request_header request = make_request(*target);
-    object_fetch fetch(executor, config, paths, *plan.total, split_from, *plan.total,
-                       target->tls ? tls_client{&tls_connection} : tls_client{});
+    std::vector<fetch_route> routes;
+    for (std::size_t i = 0; i < paths.size(); ++i) routes.push_back({paths[i], i == 0, nullptr});
+    fetch_state fetch(limits_of(config), fetch_paths_of(routes), clock_type::now());
+    fetch.on_first_response(
+        {true, decision.total, decision.begin, decision.end,
+         plan.kind == answer_kind::ranged ? std::optional(plan.head_end) : std::nullopt},
+        clock_type::now());
     state.fetch = &fetch;
-    const std::uint64_t first_range_end = fetch.claim_first_range(
-        plan.kind == answer_kind::ranged ? std::optional(plan.head_end) : std::nullopt);
+    state.fetch_paths.assign(paths.begin(), paths.end());
     // A named variable, not a temporary in the co_await: GCC 12 destroys such temporaries
     // twice (GCC PR 100611).
     fetch_start start_from{request,
                            *target,
                            object_validator,
-                           initial_stream{std::move(first.up), std::move(first.parser),
-                                          plan.kind == answer_kind::ranged},
-                           first_range_end,
-                           {}};
+                           initial_stream{std::move(first.up), std::move(first.parser)},
+                           std::move(routes),
+                           target->tls ? secure : plain,
+                           limits,
+                           current_url};
     delivered = co_await async_run_fetch(fetch, std::move(start_from), to_file);
     state.fetch = nullptr;
-    for (std::size_t i = 0; i < fetch.work().size(); ++i) {
-      if (fetch.work()[i].failed)
+    for (std::size_t i = 0; i < fetch.path_count(); ++i) {
+      if (fetch.path(i).phase == path_phase::failed)
         state.note(fmt::format("path {} failed during the download", paths[i]->config.name));
     }
     if (fetch.mismatches() > 0)
@@ -660,11 +676,14 @@ download_result download(const download_options& options) {
   asio::steady_timer progress_timer(io);
   bool stopped_by_user = false;
   bool timed_out = false;
+  // Everything that runs is in `tasks`: a signal or the time limit cancels them, and
+  // io.run() returns once they have all ended (nothing outlives what it uses).
+  net::task_group tasks(io.get_executor());
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const error_code& ec, int) {
     if (ec) return;
     stopped_by_user = true;
-    io.stop();
+    tasks.cancel();
   });
   asio::steady_timer deadline(io);
   if (options.max_time.count() > 0) {
@@ -672,37 +691,41 @@ download_result download(const download_options& options) {
     deadline.async_wait([&](const error_code& ec) {
       if (ec) return;
       timed_out = true;
-      io.stop();
+      tasks.cancel();
     });
   }
-  asio::co_spawn(
-      io,
-      [&]() -> awaitable<void> {
-        while (!state.finished) {
-          if (options.on_progress && state.file) options.on_progress(meter.sample());
-          progress_timer.expires_after(std::chrono::milliseconds(250));
-          co_await progress_timer.async_wait(nothrow);
+  tasks.spawn(
+      [](download_state& s, progress_meter& m, asio::steady_timer& timer) -> awaitable<void> {
+        co_await asio::this_coro::throw_if_cancelled(false);
+        while (!s.finished) {
+          if (s.options.on_progress && s.file) s.options.on_progress(m.sample());
+          timer.expires_after(std::chrono::milliseconds(250));
+          co_await timer.async_wait(nothrow);
+          if ((co_await asio::this_coro::cancellation_state).cancelled() !=
+              asio::cancellation_type::none)
+            break;
         }
-      },
-      asio::detached);
+      }(state, meter, progress_timer),
+      "progress");
   openssl_connector connector(tls_context);
-  asio::co_spawn(io, async_download(state, connector), [&](std::exception_ptr error) {
-    if (error) {
-      try {
-        std::rethrow_exception(error);
-      } catch (const std::exception& e) {
-        state.fail(fmt::format("internal error: {}", e.what()));
-      }
-    }
-    state.finished = true;
-    progress_timer.cancel();
-    signals.cancel();
-    deadline.cancel();
-  });
+  tasks.spawn(
+      [](download_state& s, tls_connector& tls, asio::steady_timer& progress,
+         asio::signal_set& signal_wait, asio::steady_timer& limit) -> awaitable<void> {
+        try {
+          co_await async_download(s, tls);
+        } catch (const std::exception& e) {
+          s.fail(fmt::format("internal error: {}", e.what()));
+        }
+        s.finished = true;
+        progress.cancel();
+        signal_wait.cancel();
+        limit.cancel();
+      }(state, connector, progress_timer, signals, deadline),
+      "download");
   io.run();
   auto& result = state.result;
   // (A signal that arrived as the download ended changes nothing.)
-  if ((stopped_by_user || timed_out) && !state.finished) {
+  if ((stopped_by_user || timed_out) && !result.ok) {
     const std::uint64_t have = state.file ? state.file->size() : 0;
     state.fail(
         fmt::format("{} after {}{}; run the same command again to resume",

@@ -310,4 +310,17 @@ split_decision decide_split(const request_header& request, const response_header
   return verdict(split_verdict::split);
 }
 
+split_decision decide_first_answer(const request_header& request, const response_header& answer,
+                                   std::optional<std::uint64_t> head_end,
+                                   const split_inputs& inputs) {
+  auto decision = decide_split(request, answer, inputs.min_split_bytes, inputs.usable_paths);
+  if (decision.verdict == split_verdict::split && !inputs.feature_allows)
+    decision.verdict = split_verdict::not_a_feature;
+  if (decision.verdict == split_verdict::split && !head_end && inputs.host_cooling)
+    decision.verdict = split_verdict::host_cooldown;
+  // (A host put in cooldown meanwhile still gets the verifier's checks.)
+  if (head_end && decision.end > *head_end) decision.verdict = split_verdict::split;
+  return decision;
+}
+
 }  // namespace fleety::mphttp

@@ -10,6 +10,8 @@
 #include <string>
 #include <string_view>
 
+#include "mphttp/byte_range.hpp"
+
 namespace fleety::mphttp {
 
 using request_header = boost::beast::http::request_header<>;
@@ -63,12 +65,6 @@ std::optional<proxy_target> parse_intercepted_target(std::string_view target,
 /// Transfer-Encoding, Upgrade.
 void strip_hop_by_hop(boost::beast::http::fields& fields);
 
-/// "bytes 100-199/1000" (RFC 9110 §14.4).
-struct content_range {
-  std::uint64_t first = 0;
-  std::uint64_t last = 0;  ///< inclusive
-  std::uint64_t complete_length = 0;
-};
 std::optional<content_range> parse_content_range(std::string_view value);
 /// The complete length of a 416's "bytes */1000" (RFC 9110 §14.4: unsatisfied-range).
 std::optional<std::uint64_t> parse_unsatisfied_range(std::string_view value);
@@ -144,5 +140,22 @@ struct split_decision {
 /// requests with the whole object (RFC 9110 §14.3).
 split_decision decide_split(const request_header& request, const response_header& response,
                             std::uint64_t min_split_bytes, std::size_t usable_paths);
+
+/// What else decides a split, besides the answer.
+struct split_inputs {
+  std::uint64_t min_split_bytes = 0;
+  std::size_t usable_paths = 0;
+  bool feature_allows = true;  ///< the feature rules let this request split
+  bool host_cooling = false;   ///< the host served two versions lately
+};
+
+/// The verdict on the first path's answer, for the proxy and the download client alike.
+/// `answer` is what the origin answers to what is wanted: its own answer, or the one
+/// rebuilt from our head range's 206 (app_view_of_head_range), which then ends at
+/// `head_end`. decide_split's rules, vetoed by the feature rules and the host's cooldown
+/// — but what lies past a head range must be fetched anyway, so that is over every path.
+split_decision decide_first_answer(const request_header& request, const response_header& answer,
+                                   std::optional<std::uint64_t> head_end,
+                                   const split_inputs& inputs);
 
 }  // namespace fleety::mphttp

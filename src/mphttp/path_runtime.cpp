@@ -1,4 +1,5 @@
 #include "mphttp/proxy.hpp"
+#include "net/bound_socket.hpp"
 
 namespace fleety::mphttp {
 
@@ -14,6 +15,10 @@ path_runtime make_path_runtime(const boost::asio::any_io_executor& executor,
       path, std::make_unique<dns::path_resolver>(executor, options),
       path_estimator(path.prior_rate_bps ? path.prior_rate_bps : scheduler.default_rate_bps,
                      rtt.count() ? rtt : scheduler.default_rtt)};
+}
+
+bool path_runtime::is_up() const {
+  return monitor != nullptr ? monitor->up(index) : net::interface_exists(config.interface);
 }
 
 }  // namespace fleety::mphttp

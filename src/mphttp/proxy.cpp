@@ -6,24 +6,12 @@
 
 #include <algorithm>
 #include <array>
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/bind_cancellation_slot.hpp>
-#include <boost/asio/cancellation_signal.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
 #include <charconv>
 #include <chrono>
-#include <cmath>
-#include <deque>
-#include <map>
+#include <list>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -31,18 +19,22 @@
 
 #include "core/units.hpp"
 #include "dns/http_dns.hpp"
-#include "mphttp/claim_map.hpp"
+#include "mphttp/fetch_state.hpp"
 #include "mphttp/http_rules.hpp"
 #include "mphttp/multipath_fetch.hpp"
-#include "mphttp/reorder_buffer.hpp"
-#include "mphttp/scheduler.hpp"
+#include "mphttp/upstream.hpp"
 #include "net/bound_socket.hpp"
 #include "net/splice.hpp"
+#include "net/task_group.hpp"
+#include "select/select.hpp"
 
 namespace fleety::mphttp {
 namespace {
 
 using namespace detail;
+
+/// The most of a body relayed through user space at once.
+constexpr std::size_t relay_chunk_bytes = 64 * 1024;
 
 /// Writes a short error response the app can show (RFC 9110 §15.5/15.6).
 awaitable<void> async_write_error(beast::tcp_stream& app, http::status status, std::string text,
@@ -112,14 +104,14 @@ awaitable<error_code> async_relay_body(InputStream& input, beast::flat_buffer& i
     co_return ec;
   do {
     if (!parser.is_done()) {
-      if (!chunk) chunk = std::make_unique_for_overwrite<char[]>(chunk_bytes);
+      if (!chunk) chunk = std::make_unique_for_overwrite<char[]>(relay_chunk_bytes);
       parser.get().body().data = chunk.get();
-      parser.get().body().size = chunk_bytes;
+      parser.get().body().size = relay_chunk_bytes;
       input.expires_after(as_duration(limits.io_timeout));
       auto [ec, n] = co_await http::async_read(input, input_buffer, parser, nothrow);
       if (ec == http::error::need_buffer) ec = {};
       if (ec) co_return ec;
-      out.body().size = chunk_bytes - parser.get().body().size;
+      out.body().size = relay_chunk_bytes - parser.get().body().size;
       out.body().data = chunk.get();
       out.body().more = !parser.is_done();
       if (relayed_bytes != nullptr) *relayed_bytes += out.body().size;
@@ -135,9 +127,6 @@ awaitable<error_code> async_relay_body(InputStream& input, beast::flat_buffer& i
   } while (!parser.is_done() || !serializer.is_done());
   co_return error_code{};
 }
-
-// ---------------------------------------------------------------------------
-// Multipath fetch of one object
 
 /// Relays a response of known length as it is: the header, then the body bytes already
 /// read with it, then the rest straight from socket to socket (splice(2), no copy
@@ -191,7 +180,6 @@ void start_cooldown(proxy_context& proxy, const std::string& host, clock_type::t
   hosts[host] = until;
 }
 
-/// Everything a request handler needs from the session.
 /// The first path's connection left open by the app connection's previous request, for
 /// its next request to the same server on the same path (what the app's own keep-alive
 /// would have given it: no new handshake per request).
@@ -213,6 +201,7 @@ struct kept_upstream {
   upstream up;
 };
 
+/// Everything a request handler needs from the session.
 struct request_context {
   beast::tcp_stream& app;
   proxy_context& proxy;
@@ -221,6 +210,10 @@ struct request_context {
   std::uint64_t session_id;
   std::optional<kept_upstream>& kept;
   const std::string& app_name;  ///< the intercepted app's name; empty if unknown
+  /// The session's children (early connections, DNS prefetches, HTTP-DNS queries):
+  /// joined before the session ends.
+  net::task_group& tasks;
+  upstream_connector& connector;  ///< the session's; outlives its children
 
   void count(const path_runtime& path, std::uint64_t bytes) const {
     if (proxy.on_app_bytes && bytes > 0) proxy.on_app_bytes(app_name, path, bytes);
@@ -233,8 +226,7 @@ std::vector<path_runtime*> usable_paths(proxy_context& proxy) {
   const bool skip_cellular =
       proxy.cellular_capped &&
       std::any_of(proxy.paths.begin(), proxy.paths.end(), [](const path_runtime& p) {
-        return p.config.kind != core::path_kind::cellular &&
-               net::interface_exists(p.config.interface);
+        return p.config.kind != core::path_kind::cellular && p.is_up();
       });
   std::vector<path_runtime*> paths;
   for (auto& p : proxy.paths) {
@@ -244,103 +236,127 @@ std::vector<path_runtime*> usable_paths(proxy_context& proxy) {
   return paths;
 }
 
-/// Serves one request. Returns true if the app connection can carry another request.
-awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app_buffer,
-                                    http::request_parser<http::buffer_body>& app_parser) {
-  auto executor = co_await asio::this_coro::executor;
-  const auto& limits = ctx.proxy.config.proxy;
-  const auto started = clock_type::now();
-  const std::string url = fmt::format("http://{}{}", ctx.target.authority, ctx.target.origin_form);
-  auto paths = usable_paths(ctx.proxy);
+/// What may become of a request, decided before its answer is known.
+struct request_plan {
+  classify::feature_decision feature;
+  std::uint64_t min_split_bytes = 0;
+  /// The first path asks for the head of what the app wants only (http_rules); nullopt:
+  /// the app's request goes as it is.
+  std::optional<wanted_range> head_basis;
+  bool has_body = false;  ///< the app sends a body (it can't be sent twice)
+  bool head_request = false;
+};
 
-  // A GET for which we can ask the head range may become a multipath fetch (not with a
-  // request body, odd as it is on a GET: asking again couldn't resend it).
-  // The feature rules (paper §4.1) may keep the request on one path, or set its own
-  // size threshold.
+request_plan plan_request(const request_context& ctx, std::size_t usable,
+                          const http::request_parser<http::buffer_body>& app_parser) {
+  request_plan plan;
+  // The feature rules (paper §4.1) may keep the request on one path, or set its own size
+  // threshold.
   classify::request_view view{ctx.target.host, ctx.request.target(), {}};
   for (const auto& field : ctx.request)
     view.fields.emplace_back(field.name_string(), field.value());
-  const auto feature = classify::decide_feature(ctx.proxy.features, view);
-  const std::uint64_t min_split_bytes =
-      feature.min_size.value_or(ctx.proxy.config.scheduler.min_split_bytes);
-  std::optional<wanted_range> head_basis;
+  plan.feature = classify::decide_feature(ctx.proxy.features, view);
+  plan.min_split_bytes = plan.feature.min_size.value_or(ctx.proxy.config.scheduler.min_split_bytes);
+  plan.has_body = !app_parser.is_done();
+  plan.head_request = ctx.request.method() == http::verb::head;
   // A link-local server is on one link only: the same address on another path's link is
   // another host (whose bytes the overlap check would then have to throw away).
   const bool link_local_server = ctx.target.destination && ctx.target.destination->is_v6() &&
                                  ctx.target.destination->to_v6().is_link_local();
-  if (paths.size() >= 2 && app_parser.is_done() && feature.multipath && !link_local_server &&
+  // A GET for which we can ask the head range may become a multipath fetch (not with a
+  // request body, odd as it is on a GET: asking again couldn't resend it).
+  if (usable >= 2 && !plan.has_body && plan.feature.multipath && !link_local_server &&
       !host_is_cooling(ctx.proxy, ctx.target.host))
-    head_basis = head_range_basis(ctx.request);
-  // Meanwhile the other paths get ready, so their range requests start an RTT or two
-  // sooner. In aggregate mode they connect; in cost mode they only resolve the host (one
-  // small query each, cached for its TTL): a handshake on cellular for every GET that
-  // then stays on Wi-Fi is not data spent "only when needed".
-  std::vector<std::pair<path_runtime*, std::shared_ptr<early_connection>>> early;
-  const bool connect_early = ctx.proxy.config.scheduler.mode == core::scheduler_mode::aggregate;
-  if (ctx.request.method() == http::verb::get) {
-    for (std::size_t i = 1; i < paths.size(); ++i) {
-      if (head_basis && connect_early) {
-        auto& slot = early.emplace_back(paths[i], std::make_shared<early_connection>(executor));
-        asio::co_spawn(executor, async_connect_early(slot.second, *paths[i], ctx.target, limits),
-                       asio::detached);
-        continue;
-      }
-      asio::co_spawn(
-          executor,
-          [](dns::path_resolver& resolver, std::string host) -> awaitable<void> {
-            co_await resolver.async_resolve(host);
-          }(*paths[i]->resolver, ctx.target.host),
-          asio::detached);
-    }
-  }
-  auto abandon_early = [&early] {
-    for (auto& [path, connection] : early) {
-      connection->abandoned = true;
-      if (connection->up.is_open()) connection->up.reset();
-    }
-    early.clear();
-  };
-  auto early_for = [&early](const path_runtime* path) -> std::shared_ptr<early_connection> {
-    for (auto& [p, connection] : early)
-      if (p == path) return connection;
-    return nullptr;
-  };
-  // Whatever way this request ends, a connection nobody took is closed.
-  struct early_guard {
-    decltype(abandon_early)& abandon;
-    ~early_guard() { abandon(); }
-  } close_unused_early{abandon_early};
+    plan.head_basis = head_range_basis(ctx.request);
+  return plan;
+}
 
-  // 1. Open the first path that connects (preference order) and send the request there;
-  //    the previous request's connection to the same server if it is still open (not
-  //    for a request with a body: if that connection turns out dead, the body is gone).
-  const bool has_body = !app_parser.is_done();
-  upstream first(executor);
+/// The other paths' early connections (by path), while the first path waits for its
+/// answer.
+using early_connections = std::vector<std::pair<path_runtime*, std::shared_ptr<early_connection>>>;
+
+/// Meanwhile the other paths get ready, so their range requests start an RTT or two
+/// sooner. In aggregate mode they connect; in cost mode they only resolve the host (one
+/// small query each, cached for its TTL): a handshake on cellular for every GET that
+/// then stays on Wi-Fi is not data spent "only when needed".
+early_connections start_early(const request_context& ctx, const std::vector<path_runtime*>& paths,
+                              const request_plan& plan) {
+  early_connections early;
+  if (ctx.request.method() != http::verb::get) return early;
+  const bool connect_early = ctx.proxy.config.scheduler.mode == core::scheduler_mode::aggregate;
+  auto executor = ctx.app.get_executor();
+  for (std::size_t i = 1; i < paths.size(); ++i) {
+    if (plan.head_basis && connect_early) {
+      auto& slot = early.emplace_back(paths[i], std::make_shared<early_connection>(executor));
+      ctx.tasks.spawn(
+          async_connect_early(slot.second, *paths[i], ctx.target, ctx.connector,
+                              /*to_destination=*/false),
+          fmt::format("[{}] early connection on path {}", ctx.session_id, paths[i]->config.name));
+      continue;
+    }
+    ctx.tasks.spawn(
+        [](dns::path_resolver& resolver, std::string host) -> awaitable<void> {
+          co_await resolver.async_resolve(std::move(host));
+        }(*paths[i]->resolver, ctx.target.host),
+        fmt::format("[{}] resolve on path {}", ctx.session_id, paths[i]->config.name));
+  }
+  return early;
+}
+
+/// The first path's exchange: its connection, and its response header read.
+struct first_exchange {
+  explicit first_exchange(const asio::any_io_executor& executor) : up(executor) {}
+  upstream up;
+  std::unique_ptr<http::response_parser<http::buffer_body>> parser;
+  /// What the origin would have answered the app, rebuilt from the 206 to our head range,
+  /// which ends at head_end; nullopt: the response is the origin's own answer.
+  std::optional<response_header> app_view;
+  std::uint64_t head_end = 0;
+  bool on_preferred_path = true;  ///< the preferred path took it (to the app's destination)
+};
+
+/// 502, or 504 for a timeout, saying what failed.
+awaitable<void> async_write_upstream_error(const request_context& ctx, const error_code& ec,
+                                           std::string text) {
+  const bool timed_out =
+      ec == beast::error::timeout || ec == asio::error::timed_out || ec == dns::errc::timed_out;
+  co_await async_write_error(ctx.app,
+                             timed_out ? http::status::gateway_timeout : http::status::bad_gateway,
+                             std::move(text), ctx.request.version(), ctx.proxy.config.proxy);
+}
+
+/// 1. Opens the first path that connects (preference order) — or takes the previous
+///    request's connection to the same server, if still open (not for a request with a
+///    body: if that connection turns out dead, the body is gone) —, sends the request
+///    there (with the head range for Range, when the plan says so) and reads the final
+///    response header. False when the app was answered with an error instead (then the
+///    app connection closes).
+awaitable<bool> async_first_exchange(const request_context& ctx, std::vector<path_runtime*>& paths,
+                                     request_plan& plan, beast::flat_buffer& app_buffer,
+                                     http::request_parser<http::buffer_body>& app_parser,
+                                     first_exchange& first) {
+  const auto& limits = ctx.proxy.config.proxy;
+  const std::string url = fmt::format("http://{}{}", ctx.target.authority, ctx.target.origin_form);
   bool reused = false;
-  // Whether the preferred path took the request (it then goes to the app's own destination).
-  bool on_preferred_path = true;
-  if (ctx.kept && !has_body && ctx.kept->serves(paths[0], ctx.target) && ctx.kept->up.is_open()) {
-    first.adopt(ctx.kept->up);
+  if (ctx.kept && !plan.has_body && ctx.kept->serves(paths[0], ctx.target) &&
+      ctx.kept->up.is_open()) {
+    first.up.adopt(ctx.kept->up);
     reused = true;
   }
   ctx.kept.reset();
   if (!reused) {
-    const auto connected = co_await async_connect_first(first, paths, ctx.target, limits);
+    const auto connected = co_await async_connect_first(first.up, paths, ctx.target, ctx.connector);
     for (const auto& [path, failed] : connected.failures) {
       spdlog::warn("[{}] path {}: cannot reach {}:{}: {}", ctx.session_id, path->config.name,
                    ctx.target.host, ctx.target.port, failed.message());
     }
-    on_preferred_path = connected.index == 0;
+    first.on_preferred_path = connected.index == 0;
     if (!connected.connected) {
-      const error_code connect_ec = connected.failures.empty()
-                                        ? error_code(asio::error::network_unreachable)
-                                        : connected.failures.back().second;
-      const bool timed_out =
-          connect_ec == beast::error::timeout || connect_ec == dns::errc::timed_out;
-      co_await async_write_error(
-          ctx.app, timed_out ? http::status::gateway_timeout : http::status::bad_gateway,
-          fmt::format("cannot reach {}: {}", ctx.target.authority, connect_ec.message()),
-          ctx.request.version(), limits);
+      const error_code ec = connected.failures.empty()
+                                ? error_code(asio::error::network_unreachable)
+                                : connected.failures.back().second;
+      co_await async_write_upstream_error(
+          ctx, ec, fmt::format("cannot reach {}: {}", ctx.target.authority, ec.message()));
       co_return false;
     }
   }
@@ -350,12 +366,12 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   // path's response then ends where its first range does, instead of being reset there
   // with what it has in flight thrown away (up to its whole receive window).
   const std::uint64_t head_range_bytes =
-      std::max<std::uint64_t>(min_split_bytes, min_head_range_bytes);
+      std::max<std::uint64_t>(plan.min_split_bytes, min_head_range_bytes);
   http::request<http::buffer_body> request_out;
   request_out.base() = upstream_request(ctx.request, ctx.target).base();
-  if (head_basis)
-    request_out.set(http::field::range, head_range_field(*head_basis, head_range_bytes));
-  if (has_body && ctx.request.find(http::field::expect) != ctx.request.end()) {
+  if (plan.head_basis)
+    request_out.set(http::field::range, head_range_field(*plan.head_basis, head_range_bytes));
+  if (plan.has_body && ctx.request.find(http::field::expect) != ctx.request.end()) {
     // We answer the app's 100-continue ourselves (RFC 9110 §10.1.1) and relay the body.
     request_out.erase(http::field::expect);
     ctx.app.expires_after(as_duration(limits.io_timeout));
@@ -365,9 +381,8 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   if (app_parser.chunked()) request_out.chunked(true);
   ++first_path.requests;
   const auto request_sent = clock_type::now();
-  error_code ec = co_await async_relay_body(ctx.app, app_buffer, app_parser, first.stream,
-                                            request_out, limits, nullptr);
-  if (ec) {
+  if (auto ec = co_await async_relay_body(ctx.app, app_buffer, app_parser, first.up.stream,
+                                          request_out, limits, nullptr)) {
     spdlog::warn("[{}] sending {} on {} failed: {}", ctx.session_id, url, first_path.config.name,
                  ec.message());
     co_await async_write_error(ctx.app, http::status::bad_gateway,
@@ -376,160 +391,130 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     co_return false;
   }
 
-  // 2. The response header decides: one path, or a multipath fetch.
-  const bool head_request = ctx.request.method() == http::verb::head;
-  auto parser = make_response_parser(head_request);
-  auto read_final_header = [&]() -> awaitable<error_code> {
-    while (true) {
-      first.stream.expires_after(as_duration(limits.io_timeout));
-      auto [read_ec, n] =
-          co_await http::async_read_header(first.stream, first.buffer, *parser, nothrow);
-      // Interim 1xx responses (other than 101) are not forwarded: we already said 100.
-      if (!read_ec && parser->get().result_int() >= 100 && parser->get().result_int() < 200 &&
-          parser->get().result() != http::status::switching_protocols) {
-        parser = make_response_parser(head_request);
-        continue;
-      }
-      co_return read_ec;
-    }
-  };
-  ec = co_await read_final_header();
-  if (ec && reused && !parser->got_some()) {
+  first.parser = make_response_parser(plan.head_request);
+  auto ec = co_await async_read_final_header(first.up, first.parser, plan.head_request, limits);
+  if (ec && reused && !first.parser->got_some()) {
     // The server closed the kept connection while it was idle (RFC 9112 §9.3.1): the
     // request, which has no body, goes again on a new connection.
     spdlog::debug("[{}] kept connection to {} was closed ({}): new connection", ctx.session_id,
                   ctx.target.authority, ec.message());
-    first.reset();
-    ec = co_await async_connect_to_target(first, first_path, ctx.target, limits, true);
+    first.up.reset();
+    ec = co_await ctx.connector.async_connect(first.up, first_path, ctx.target, true);
     if (!ec)
-      ec = co_await async_relay_body(ctx.app, app_buffer, app_parser, first.stream, request_out,
+      ec = co_await async_relay_body(ctx.app, app_buffer, app_parser, first.up.stream, request_out,
                                      limits, nullptr);
-    parser = make_response_parser(head_request);
-    if (!ec) ec = co_await read_final_header();
+    first.parser = make_response_parser(plan.head_request);
+    if (!ec)
+      ec = co_await async_read_final_header(first.up, first.parser, plan.head_request, limits);
   }
-  // What the origin would have answered the app, rebuilt from the 206 to our head range;
-  // the head range ends at head_end.
-  std::optional<response_header> app_view;
-  std::uint64_t head_end = 0;
-  if (!ec && head_basis) {
-    const auto status = parser->get().result();
+  if (!ec && plan.head_basis) {
+    const auto& header = first.parser->get();
+    const auto status = header.result();
     if (status == http::status::partial_content) {
-      app_view = app_view_of_head_range(parser->get(), *head_basis);
-      if (app_view)
-        head_end = parse_content_range(parser->get()[http::field::content_range])->last + 1;
+      first.app_view = app_view_of_head_range(header, *plan.head_basis);
+      if (first.app_view)
+        first.head_end = parse_content_range(header[http::field::content_range])->last + 1;
     }
     // A 416 to the app's own range is the app's answer too; to ours, an empty object.
     // Any other 206 than the one part we asked for is a server we don't understand.
-    if (!app_view && (status == http::status::partial_content ||
-                      (status == http::status::range_not_satisfiable && !head_basis->app_range))) {
+    if (!first.app_view &&
+        (status == http::status::partial_content ||
+         (status == http::status::range_not_satisfiable && !plan.head_basis->app_range))) {
       spdlog::info("[{}] {} answered our head range with {} '{}': asking again without it",
-                   ctx.session_id, url, parser->get().result_int(),
-                   std::string(parser->get()[http::field::content_range]));
-      first.reset();
-      if (head_basis->app_range) {
+                   ctx.session_id, url, header.result_int(),
+                   std::string(header[http::field::content_range]));
+      first.up.reset();
+      if (plan.head_basis->app_range) {
         request_out.set(http::field::range, ctx.request[http::field::range]);
       } else {
         request_out.erase(http::field::range);
       }
-      head_basis.reset();
-      ec = co_await async_connect_to_target(first, first_path, ctx.target, limits,
-                                            on_preferred_path);
+      plan.head_basis.reset();
+      ec = co_await ctx.connector.async_connect(first.up, first_path, ctx.target,
+                                                first.on_preferred_path);
       if (!ec) {
         http::request<http::empty_body> again;
         again.base() = request_out.base();
-        first.stream.expires_after(as_duration(limits.io_timeout));
-        auto [write_ec, n] = co_await http::async_write(first.stream, again, nothrow);
+        first.up.stream.expires_after(as_duration(limits.io_timeout));
+        auto [write_ec, n] = co_await http::async_write(first.up.stream, again, nothrow);
         ec = write_ec;
       }
-      parser = make_response_parser(head_request);
-      if (!ec) ec = co_await read_final_header();
+      first.parser = make_response_parser(plan.head_request);
+      if (!ec)
+        ec = co_await async_read_final_header(first.up, first.parser, plan.head_request, limits);
     }
   }
   if (ec) {
     spdlog::warn("[{}] {} on {}: no response: {}", ctx.session_id, url, first_path.config.name,
                  ec.message());
-    co_await async_write_error(
-        ctx.app,
-        ec == beast::error::timeout ? http::status::gateway_timeout : http::status::bad_gateway,
-        "no response from " + ctx.target.authority + ": " + ec.message(), ctx.request.version(),
-        limits);
+    co_await async_write_upstream_error(
+        ctx, ec, "no response from " + ctx.target.authority + ": " + ec.message());
     co_return false;
   }
-  if (auto metrics = net::read_tcp_metrics(first.stream.socket()))
+  if (auto metrics = net::read_tcp_metrics(first.up.stream.socket()))
     first_path.estimator.on_rtt(metrics->smoothed_rtt);
   if (ctx.proxy.on_ttfb) {
     ctx.proxy.on_ttfb(
         first_path, ctx.target.host,
         std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - request_sent));
   }
-  // A copy: the parser goes to the first path's fetcher, which may end (and free it)
-  // before this session logs the download's status.
-  const response_header response = app_view ? *app_view : parser->get().base();
-  auto decision = decide_split(ctx.request, response, min_split_bytes, paths.size());
-  if (decision.verdict == split_verdict::split && !feature.multipath)
-    decision.verdict = split_verdict::not_a_feature;
-  if (decision.verdict == split_verdict::split && !app_view &&
-      host_is_cooling(ctx.proxy, ctx.target.host)) {
-    decision.verdict = split_verdict::host_cooldown;
-  }
-  if (app_view && decision.end > head_end) {
-    // The head range is all the first response brings: the rest must be fetched, over
-    // every path (a host put in cooldown meanwhile still gets the verifier's checks).
-    decision.verdict = split_verdict::split;
-  }
-  if (decision.verdict != split_verdict::split) {
-    // 3a. One path: relay the response as it comes.
-    abandon_early();
-    auto out = app_response_header(response, ctx.request);
-    std::uint64_t relayed = 0;
-    if (head_request) {
-      http::response<http::empty_body> head_out;
-      head_out.base() = out.base();
-      ctx.app.expires_after(as_duration(limits.io_timeout));
-      http::response_serializer<http::empty_body> serializer{head_out};
-      auto [head_ec, n] = co_await http::async_write_header(ctx.app, serializer, nothrow);
-      ec = head_ec;
-    } else if (auto length = parser->content_length(); length && !parser->chunked()) {
-      ec = co_await async_relay_sized_body(first, *length, ctx.app, out, limits, relayed);
-    } else {
-      ec = co_await async_relay_body(first.stream, first.buffer, *parser, ctx.app, out, limits,
-                                     &relayed);
-    }
-    first_path.bytes_received += relayed;
-    ctx.count(first_path, relayed);
-    const double seconds = std::chrono::duration<double>(clock_type::now() - started).count();
-    spdlog::info("[{}] {} {} → {} one path ({}): {} on {} in {:.2f} s", ctx.session_id,
-                 std::string(http::to_string(ctx.request.method())), url, response.result_int(),
-                 to_string(decision.verdict), core::format_size(relayed), first_path.config.name,
-                 seconds);
-    if (ec) {
-      spdlog::warn("[{}] relay of {} failed: {}", ctx.session_id, url, ec.message());
-      net::close_with_reset(ctx.app.socket());
-      co_return false;
-    }
-    // (The whole response was relayed: an error returned above. Bytes past it would be a
-    // broken server's, and poison the next response.)
-    if (parser->keep_alive() && first.buffer.size() == 0) {
-      ctx.kept.emplace(first_path, ctx.target, std::move(first));
-    } else {
-      first.reset();
-    }
-    co_return out.keep_alive();
-  }
+  co_return true;
+}
 
-  // 3b. Multipath: the app gets the first response's header now, the body from all paths.
-  const std::uint64_t length = decision.end - decision.begin;
-  const std::string validator = strong_validator(response);
-  object_fetch fetch(executor, ctx.proxy.config, paths, decision.total, decision.begin,
-                     decision.end);
-  for (std::size_t i = 1; i < paths.size(); ++i) {
-    // A path whose connection is up or on its way plans with one RTT to its first byte.
-    auto connection = early_for(paths[i]);
-    fetch.work()[i].connected = connection && (!connection->result || !*connection->result);
+/// 3a. One path: the response as it comes; its connection kept for the app's next
+///     request when it can carry one.
+awaitable<bool> async_relay_one_path(const request_context& ctx, path_runtime& first_path,
+                                     first_exchange& first, const response_header& response,
+                                     const request_plan& plan, split_verdict verdict,
+                                     clock_type::time_point started) {
+  const auto& limits = ctx.proxy.config.proxy;
+  const std::string url = fmt::format("http://{}{}", ctx.target.authority, ctx.target.origin_form);
+  auto& parser = *first.parser;
+  auto out = app_response_header(response, ctx.request);
+  std::uint64_t relayed = 0;
+  error_code ec;
+  if (plan.head_request) {
+    http::response<http::empty_body> head_out;
+    head_out.base() = out.base();
+    ctx.app.expires_after(as_duration(limits.io_timeout));
+    http::response_serializer<http::empty_body> serializer{head_out};
+    auto [head_ec, n] = co_await http::async_write_header(ctx.app, serializer, nothrow);
+    ec = head_ec;
+  } else if (auto length = parser.content_length(); length && !parser.chunked()) {
+    ec = co_await async_relay_sized_body(first.up, *length, ctx.app, out, limits, relayed);
+  } else {
+    ec = co_await async_relay_body(first.up.stream, first.up.buffer, parser, ctx.app, out, limits,
+                                   &relayed);
   }
-  const std::uint64_t first_range_end =
-      fetch.claim_first_range(app_view ? std::optional<std::uint64_t>(head_end) : std::nullopt);
+  first_path.bytes_received += relayed;
+  ctx.count(first_path, relayed);
+  const double seconds = std::chrono::duration<double>(clock_type::now() - started).count();
+  spdlog::info("[{}] {} {} → {} one path ({}): {} on {} in {:.2f} s", ctx.session_id,
+               std::string(http::to_string(ctx.request.method())), url, response.result_int(),
+               to_string(verdict), core::format_size(relayed), first_path.config.name, seconds);
+  if (ec) {
+    spdlog::warn("[{}] relay of {} failed: {}", ctx.session_id, url, ec.message());
+    net::close_with_reset(ctx.app.socket());
+    co_return false;
+  }
+  // (The whole response was relayed: an error returned above. Bytes past it would be a
+  // broken server's, and poison the next response.)
+  if (parser.keep_alive() && first.up.buffer.size() == 0) {
+    ctx.kept.emplace(first_path, ctx.target, std::move(first.up));
+  } else {
+    first.up.reset();
+  }
+  co_return out.keep_alive();
+}
 
+/// 3b. Multipath: the app gets the first response's header now, the body from all paths.
+awaitable<bool> async_fetch_multipath(const request_context& ctx, fetch_state& state,
+                                      std::vector<fetch_route> routes, first_exchange& first,
+                                      const response_header& response,
+                                      clock_type::time_point started) {
+  const auto& limits = ctx.proxy.config.proxy;
+  const std::string url = fmt::format("http://{}{}", ctx.target.authority, ctx.target.origin_form);
+  const std::uint64_t length = state.end() - state.begin();
   auto out = app_response_header(response, ctx.request);
   out.content_length(length);
   {
@@ -540,9 +525,6 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     auto [header_ec, n] = co_await http::async_write_header(ctx.app, serializer, nothrow);
     if (header_ec) co_return false;
   }
-
-  std::vector<std::shared_ptr<early_connection>> early_by_path(paths.size());
-  for (std::size_t i = 1; i < paths.size(); ++i) early_by_path[i] = early_for(paths[i]);
   auto to_app = [&ctx, &limits](const std::vector<asio::const_buffer>& pieces)
       -> awaitable<std::pair<error_code, std::size_t>> {
     ctx.app.expires_after(as_duration(limits.io_timeout));
@@ -550,9 +532,16 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     co_return std::pair{write_ec, n};
   };
   ++ctx.proxy.fetches_active;
-  // Shown by `fleety status` while it lasts (the fetch lives in this frame).
+  // Shown by `fleety status` while it lasts (the fetch lives in this session's frame).
+  std::vector<path_runtime*> fetch_paths;
+  std::vector<std::string> names;
+  for (const auto& r : routes) {
+    fetch_paths.push_back(r.path);
+    names.push_back(r.path->config.name);
+  }
   auto shown = ctx.proxy.downloads.insert(
-      ctx.proxy.downloads.end(), {ctx.session_id, ctx.app_name, url, &fetch, clock_type::now()});
+      ctx.proxy.downloads.end(),
+      {ctx.session_id, ctx.app_name, url, &state, std::move(names), clock_type::now()});
   struct unregister_download {
     std::list<proxy_context::active_download>& list;
     std::list<proxy_context::active_download>::iterator entry;
@@ -560,11 +549,15 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   } remove_when_done{ctx.proxy.downloads, shown};
   // A named variable, not a temporary in the co_await: GCC 12 destroys such temporaries
   // twice (GCC PR 100611).
-  fetch_start start{
-      ctx.request,     ctx.target,
-      validator,       initial_stream{std::move(first), std::move(parser), app_view.has_value()},
-      first_range_end, std::move(early_by_path)};
-  const bool delivered = co_await async_run_fetch(fetch, std::move(start), to_app);
+  fetch_start start{ctx.request,
+                    ctx.target,
+                    strong_validator(response),
+                    initial_stream{std::move(first.up), std::move(first.parser)},
+                    std::move(routes),
+                    ctx.connector,
+                    limits,
+                    url};
+  const bool delivered = co_await async_run_fetch(state, std::move(start), to_app);
   spdlog::debug("[{}] delivery ended", ctx.session_id);
   if (--ctx.proxy.fetches_active == 0) {
     // The reorder buffers' chunks are free now, but glibc keeps freed memory in its
@@ -575,14 +568,15 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
 
   const double seconds = std::chrono::duration<double>(clock_type::now() - started).count();
   std::string per_path;
-  for (std::size_t i = 0; i < paths.size(); ++i) {
-    const auto& w = fetch.work()[i];
-    ctx.count(*w.path, w.bytes);
+  for (std::size_t i = 0; i < state.path_count(); ++i) {
+    const auto& w = state.path(i);
+    const auto& path = *fetch_paths[i];
+    ctx.count(path, w.bytes);
     per_path += fmt::format("{}{}: {} bytes (planned {}, {} ranges, {} taken over)",
-                            per_path.empty() ? "" : ", ", w.path->config.name, w.bytes,
-                            fetch.planned_share(i), w.ranges, w.stolen);
+                            per_path.empty() ? "" : ", ", path.config.name, w.bytes, w.planned,
+                            w.ranges, w.stolen);
   }
-  if (fetch.mismatches() > 0) {
+  if (state.mismatches() > 0) {
     ++ctx.proxy.version_conflicts;
     const auto cooldown = ctx.proxy.config.scheduler.mismatch_cooldown;
     spdlog::warn(
@@ -596,15 +590,14 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     // DESIGN.md: a clean failure, never a truncated body.
     spdlog::warn(
         "[{}] GET {} multipath failed after {} of {} bytes ({}): resetting the app connection",
-        ctx.session_id, url, fetch.buffer().delivered() - decision.begin, length, per_path);
+        ctx.session_id, url, state.delivered() - state.begin(), length, per_path);
     net::close_with_reset(ctx.app.socket());
     co_return false;
   }
   const double multi_bps = static_cast<double>(length) * 8 / std::max(seconds, 1e-6);
   // What the first path alone carried meanwhile: the single-path throughput the download
   // would have had (the paths don't share a bottleneck).
-  const double single_bps =
-      static_cast<double>(fetch.work()[0].bytes) * 8 / std::max(seconds, 1e-6);
+  const double single_bps = static_cast<double>(state.path(0).bytes) * 8 / std::max(seconds, 1e-6);
   spdlog::info("[{}] GET {} → {} multipath: {} in {:.2f} s = {}; {}", ctx.session_id, url,
                response.result_int(), core::format_size(length), seconds,
                core::format_rate(multi_bps), per_path);
@@ -612,7 +605,63 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   co_return out.keep_alive();
 }
 
-/// CONNECT host:port: a byte tunnel on the preferred path (RFC 9110 §9.3.6).
+/// Serves one request: plan, first exchange, verdict, then one path or all of them.
+/// Returns true if the app connection can carry another request.
+awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app_buffer,
+                                    http::request_parser<http::buffer_body>& app_parser) {
+  auto executor = co_await asio::this_coro::executor;
+  const auto started = clock_type::now();
+  auto paths = usable_paths(ctx.proxy);
+  auto plan = plan_request(ctx, paths.size(), app_parser);
+  auto early = start_early(ctx, paths, plan);
+  // Whatever way this request ends, a connection nobody took is closed.
+  struct early_guard {
+    early_connections& early;
+    ~early_guard() {
+      for (auto& [path, connection] : early) connection->abandon();
+    }
+  } close_unused_early{early};
+
+  first_exchange first(executor);
+  if (!co_await async_first_exchange(ctx, paths, plan, app_buffer, app_parser, first))
+    co_return false;
+  // The routes in the order the fetch uses: the path that took the request first; it
+  // goes to the app's destination only if it is the preferred path (the app's DNS answer
+  // was its resolver's); every other path to its own server.
+  std::vector<fetch_route> routes;
+  for (std::size_t i = 0; i < paths.size(); ++i) {
+    fetch_route route{paths[i], i == 0 && first.on_preferred_path, nullptr};
+    if (i > 0) {
+      for (auto& [path, connection] : early)
+        if (path == paths[i]) route.early = connection;
+    }
+    routes.push_back(std::move(route));
+  }
+  fetch_state state(limits_of(ctx.proxy.config), fetch_paths_of(routes), started);
+
+  // A copy: the parser goes to the first path's fetcher, which may end (and free it)
+  // before this session logs the download's status.
+  const response_header response = first.app_view ? *first.app_view : first.parser->get().base();
+  const auto decision = decide_first_answer(
+      ctx.request, response,
+      first.app_view ? std::optional<std::uint64_t>(first.head_end) : std::nullopt,
+      {plan.min_split_bytes, paths.size(), plan.feature.multipath,
+       host_is_cooling(ctx.proxy, ctx.target.host)});
+  const bool split = decision.verdict == split_verdict::split;
+  state.on_first_response(
+      {split, decision.total, decision.begin, decision.end,
+       first.app_view ? std::optional<std::uint64_t>(first.head_end) : std::nullopt},
+      clock_type::now());
+  if (state.phase() != fetch_phase::fetching) {
+    abandon_unwanted_early(state, routes);
+    co_return co_await async_relay_one_path(ctx, *paths[0], first, response, plan, decision.verdict,
+                                            started);
+  }
+  co_return co_await async_fetch_multipath(ctx, state, std::move(routes), first, response, started);
+}
+
+/// CONNECT host:port: a byte tunnel on the preferred path (RFC 9110 §9.3.6), relayed
+/// like any flow the selector places (splice(2), no copy through user space).
 awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buffer,
                              proxy_context& proxy, const request_header& request,
                              std::uint64_t session_id) {
@@ -641,6 +690,7 @@ awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buf
       used = &path;
       break;
     }
+    if (ec == asio::error::operation_aborted) co_return;
   }
   if (used == nullptr) {
     co_await async_write_error(app, http::status::bad_gateway,
@@ -655,37 +705,16 @@ awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buf
   if (write_ec) co_return;
   // Bytes the app sent after its CONNECT header belong to the tunnel.
   if (app_buffer.size() > 0) {
+    up.stream.expires_after(as_duration(limits.io_timeout));
     auto [ec2, n2] = co_await asio::async_write(up.stream, app_buffer.data(), nothrow);
     if (ec2) co_return;
     app_buffer.consume(app_buffer.size());
   }
-  auto pump = [&limits](beast::tcp_stream& from, beast::tcp_stream& to,
-                        std::uint64_t& count) -> awaitable<void> {
-    std::vector<char> chunk(chunk_bytes);
-    for (;;) {
-      from.expires_after(as_duration(limits.io_timeout) * 8);
-      auto [read_ec, got] = co_await from.async_read_some(asio::buffer(chunk), nothrow);
-      if (read_ec) break;
-      to.expires_after(as_duration(limits.io_timeout));
-      auto [wr_ec, put] = co_await asio::async_write(to, asio::buffer(chunk.data(), got), nothrow);
-      if (wr_ec) break;
-      count += put;
-    }
-    error_code ignored;
-    to.socket().shutdown(tcp::socket::shutdown_send, ignored);
-  };
-  std::uint64_t up_bytes = 0;
-  std::uint64_t down_bytes = 0;
-  // Both directions run until each side is done; one coroutine per direction.
-  int left = 2;
-  asio::steady_timer done(executor);
-  auto finish = [&](std::exception_ptr) {
-    if (--left == 0) done.cancel();
-  };
-  asio::co_spawn(executor, pump(app, up.stream.tcp_layer(), up_bytes), finish);
-  asio::co_spawn(executor, pump(up.stream.tcp_layer(), app, down_bytes), finish);
-  while (left > 0) co_await async_wait_for_wake(done, std::chrono::seconds(1));
-  used->bytes_received += down_bytes;
+  app.expires_never();
+  up.stream.expires_never();
+  const auto totals = co_await select::async_relay(app.socket(), up.stream.socket(),
+                                                   as_duration(limits.io_timeout) * 8);
+  used->bytes_received += totals.server_to_app;
 }
 
 }  // namespace
@@ -694,17 +723,18 @@ std::vector<download_snapshot> active_downloads(const proxy_context& context) {
   std::vector<download_snapshot> out;
   const auto now = clock_type::now();
   for (const auto& d : context.downloads) {
-    const auto& fetch = *d.fetch;
+    const auto& state = *d.fetch;
     download_snapshot s;
     s.session = d.session;
     s.app = d.app;
     s.url = d.url;
-    s.size = fetch.end() - fetch.begin();
-    s.delivered = fetch.delivered() - fetch.begin();
+    s.size = state.end() - state.begin();
+    s.delivered = state.delivered() - state.begin();
     s.seconds = std::chrono::duration<double>(now - d.started).count();
-    for (const auto& w : fetch.work()) {
-      s.paths.push_back(
-          {w.path->config.name, w.bytes, w.failed ? 0.0 : w.live_rate(now) * 8, w.failed});
+    for (std::size_t i = 0; i < state.path_count(); ++i) {
+      const auto& w = state.path(i);
+      const bool failed = w.phase == path_phase::failed;
+      s.paths.push_back({d.paths[i], w.bytes, failed ? 0.0 : w.live_rate(now) * 8, failed});
     }
     out.push_back(std::move(s));
   }
@@ -740,16 +770,14 @@ struct http_dns_reply {
 /// Sends the query on `path` and reads the whole reply (at most `max_bytes` of body);
 /// a 2xx reply's addresses go into the DNS information database and the path's resolver
 /// cache, under the names it gives (else the name asked).
-awaitable<http_dns_reply> async_http_dns_on_path(path_runtime& path, proxy_context& proxy,
-                                                 http::request<http::empty_body> query,
-                                                 proxy_target target, bool to_destination,
-                                                 std::string asked_name,
-                                                 core::http_dns_config endpoint,
-                                                 std::uint64_t session_id) {
+awaitable<http_dns_reply> async_http_dns_on_path(
+    path_runtime& path, proxy_context& proxy, upstream_connector& connector,
+    http::request<http::empty_body> query, proxy_target target, bool to_destination,
+    std::string asked_name, core::http_dns_config endpoint, std::uint64_t session_id) {
   const auto& limits = proxy.config.proxy;
   upstream up(co_await asio::this_coro::executor);
   http_dns_reply out;
-  out.ec = co_await async_connect_to_target(up, path, target, limits, to_destination);
+  out.ec = co_await connector.async_connect(up, path, target, to_destination);
   if (!out.ec) {
     ++path.requests;
     up.stream.expires_after(as_duration(limits.io_timeout));
@@ -800,14 +828,14 @@ awaitable<std::optional<bool>> async_serve_http_dns(const request_context& ctx,
   const core::http_dns_config endpoint = *query.endpoint;
   std::vector<path_runtime*> up;
   for (auto& path : ctx.proxy.paths)
-    if (net::interface_exists(path.config.interface)) up.push_back(&path);
+    if (path.is_up()) up.push_back(&path);
   if (up.empty()) {
     co_await async_write_error(ctx.app, http::status::bad_gateway, "no path is up",
                                ctx.request.version(), limits);
     co_return false;
   }
-  // Shared with the per-path queries, which may outlive this call: a late reply is still
-  // recorded.
+  // Shared with the per-path queries, which may outlive this call (they are the
+  // session's children): a late reply is still recorded.
   struct gathering {
     gathering(const asio::any_io_executor& executor, std::size_t n) : wake(executor), replies(n) {}
     asio::steady_timer wake;
@@ -816,17 +844,16 @@ awaitable<std::optional<bool>> async_serve_http_dns(const request_context& ctx,
   auto state = std::make_shared<gathering>(executor, up.size());
   const auto query_out = upstream_request(ctx.request, ctx.target);
   for (std::size_t k = 0; k < up.size(); ++k) {
-    asio::co_spawn(
-        executor,
+    ctx.tasks.spawn(
         [](std::shared_ptr<gathering> shared, std::size_t index, awaitable<http_dns_reply> reply)
             -> awaitable<void> {
           shared->replies[index] = co_await std::move(reply);
           shared->wake.cancel();
         }(state, k,
-            async_http_dns_on_path(*up[k], ctx.proxy, query_out, ctx.target,
+            async_http_dns_on_path(*up[k], ctx.proxy, ctx.connector, query_out, ctx.target,
                                    /*to_destination=*/k == 0, query.asked_name, endpoint,
                                    ctx.session_id)),
-        asio::detached);
+        fmt::format("[{}] http-dns on path {}", ctx.session_id, up[k]->config.name));
   }
   // Each path's connect and read have their own timeouts; this bounds the app's wait.
   const auto deadline = started + as_duration(limits.connect_timeout + 2 * limits.io_timeout);
@@ -894,8 +921,13 @@ awaitable<std::optional<bool>> async_serve_http_dns(const request_context& ctx,
 /// requests; an explicit proxy's, absolute-form ones and CONNECT.
 awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::uint64_t session_id,
                                 std::optional<tcp::endpoint> intercepted, std::string app_name) {
+  // We own children (request tasks): our cancellation shows as operation_aborted results,
+  // and they are joined before we return.
+  co_await asio::this_coro::throw_if_cancelled(false);
   beast::tcp_stream app(std::move(socket));
   beast::flat_buffer app_buffer;
+  net::task_group tasks(app.get_executor());
+  path_connector connector(proxy.config.proxy);
   std::optional<kept_upstream> kept;
   // Our writes are whole messages or big body pieces: Nagle would only hold a response's
   // last small segment back until the app's delayed ACK (40 ms per small response).
@@ -910,7 +942,7 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
     app.expires_after(as_duration(limits.io_timeout));
     auto [ec, n] = co_await http::async_read_header(app, app_buffer, parser, nothrow);
     if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == beast::error::timeout ||
-        ec == asio::error::connection_reset) {
+        ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
       break;
     }
     if (ec) {
@@ -958,7 +990,8 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
       break;
     }
     learn_path_servers(*target, proxy);
-    const request_context ctx{app, proxy, request, *target, session_id, kept, app_name};
+    const request_context ctx{app,  proxy,    request, *target,  session_id,
+                              kept, app_name, tasks,   connector};
     if (!proxy.features.http_dns.empty() && request.method() == http::verb::get &&
         parser.is_done()) {
       classify::request_view view{target->host, request.target(), {}};
@@ -972,7 +1005,12 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
     }
     const bool keep_alive = co_await async_serve_request(ctx, app_buffer, parser);
     if (!keep_alive) break;
+    if ((co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none)
+      break;
   }
+  kept.reset();
+  tasks.cancel();
+  co_await tasks.async_join();
   error_code ignored;
   app.socket().shutdown(tcp::socket::shutdown_send, ignored);
   app.close();
@@ -982,36 +1020,47 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
 
 awaitable<void> run_accept_loop(tcp::acceptor acceptor, proxy_context& context, std::string what,
                                 std::function<awaitable<void>(tcp::socket, std::uint64_t)> serve) {
+  // We own the sessions: cancelled, we cancel them and wait for them to end.
+  co_await asio::this_coro::throw_if_cancelled(false);
   auto executor = co_await asio::this_coro::executor;
-  // Shared with the sessions' completion handlers, which may outlive this loop.
-  auto slot_freed = std::make_shared<asio::steady_timer>(executor);
-  for (;;) {
-    while (context.sessions_active >= context.config.proxy.max_connections) {
+  net::task_group sessions(executor);
+  asio::steady_timer slot_freed(executor);
+  auto cancelled = [&]() -> awaitable<bool> {
+    co_return (co_await asio::this_coro::cancellation_state).cancelled() !=
+        asio::cancellation_type::none;
+  };
+  while (!co_await cancelled()) {
+    if (context.sessions_active >= context.config.proxy.max_connections) {
       // At the limit, leave new connections in the kernel's backlog until one ends.
-      co_await async_wait_for_wake(*slot_freed, std::chrono::seconds(1));
+      co_await async_wait_for_wake(slot_freed, std::chrono::seconds(1));
+      continue;
     }
     auto [ec, socket] = co_await acceptor.async_accept(nothrow);
-    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) break;
     if (ec) {
       spdlog::warn("{}: accept failed: {}", what, ec.message());
       continue;
     }
     const std::uint64_t id = ++context.sessions_started;
     ++context.sessions_active;
-    asio::co_spawn(executor, serve(std::move(socket), id),
-                   [&context, slot_freed, id, what](std::exception_ptr error) {
-                     if (error) {
-                       try {
-                         std::rethrow_exception(error);
-                       } catch (const std::exception& e) {
-                         spdlog::error("[{}] {} connection ended by an error: {}", id, what,
-                                       e.what());
-                       }
-                     }
-                     --context.sessions_active;
-                     slot_freed->cancel();
-                   });
+    sessions.spawn(
+        [](awaitable<void> session, proxy_context& counted,
+           asio::steady_timer& freed) -> awaitable<void> {
+          // (Also when the session throws: the slot is free then too.)
+          struct release {
+            proxy_context& context;
+            asio::steady_timer& freed;
+            ~release() {
+              --context.sessions_active;
+              freed.cancel();
+            }
+          } when_done{counted, freed};
+          co_await std::move(session);
+        }(serve(std::move(socket), id), context, slot_freed),
+        fmt::format("[{}] {} connection", id, what));
   }
+  sessions.cancel();
+  co_await sessions.async_join();
 }
 
 awaitable<void> run_proxy_listener(tcp::acceptor acceptor, proxy_context& context) {

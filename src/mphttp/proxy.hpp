@@ -35,11 +35,13 @@ struct path_runtime {
   /// is watched while it is open. May be null.
   path::monitor* monitor = nullptr;
   std::size_t index = 0;  ///< the path's index in the monitor
+
+  /// Whether the path is up: the monitor's word when there is one (link, carrier and an
+  /// address, from rtnetlink), else whether its interface exists (fleety get).
+  bool is_up() const;
 };
 
-namespace detail {
-class object_fetch;
-}
+class fetch_state;
 
 /// A multipath download under way, as `fleety status` shows it.
 struct download_snapshot {
@@ -86,7 +88,8 @@ struct proxy_context {
     std::uint64_t session;
     std::string app;
     std::string url;
-    const detail::object_fetch* fetch;
+    const fetch_state* fetch;
+    std::vector<std::string> paths;  ///< the fetch's paths' names, in its order
     std::chrono::steady_clock::time_point started;
   };
   std::list<active_download> downloads{};
@@ -113,10 +116,11 @@ struct proxy_context {
 /// The multipath downloads under way now, with each path's part.
 std::vector<download_snapshot> active_downloads(const proxy_context& context);
 
-/// Accepts connections on `acceptor` until it is closed, each served by `serve(socket,
-/// session id)` in its own coroutine, at most config.proxy.max_connections at once (more
-/// wait in the kernel's backlog); counted in sessions_started/active. `what` names the
-/// listener in logs.
+/// Accepts connections on `acceptor` until it is closed or the loop is cancelled, each
+/// served by `serve(socket, session id)` in its own coroutine, at most
+/// config.proxy.max_connections at once (more wait in the kernel's backlog); counted in
+/// sessions_started/active. The loop owns its sessions: when it ends it cancels them and
+/// returns once they have all ended. `what` names the listener in logs.
 boost::asio::awaitable<void> run_accept_loop(
     boost::asio::ip::tcp::acceptor acceptor, proxy_context& context, std::string what,
     std::function<boost::asio::awaitable<void>(boost::asio::ip::tcp::socket, std::uint64_t)> serve);

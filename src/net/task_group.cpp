@@ -54,13 +54,13 @@ class task_group::membership {
   std::list<member>::iterator which_;
 };
 
-void task_group::spawn(asio::awaitable<void> task, std::string what) {
+task_group::member_id task_group::spawn(asio::awaitable<void> task, std::string what) {
   // On its way out: the task is not started (its frame, and what was moved into it, go
   // now: a connection accepted during shutdown is closed).
-  if (cancelled()) return;
+  if (cancelled()) return 0;
   auto it = members_.emplace(members_.end());
   it->what = std::move(what);
-  ++spawned_;
+  it->id = ++spawned_;
   membership place(*this, it);
   asio::co_spawn(executor_, std::move(task),
                  asio::bind_cancellation_slot(
@@ -79,6 +79,16 @@ void task_group::spawn(asio::awaitable<void> task, std::string what) {
                        }
                        place.end();
                      }));
+  return it->id;
+}
+
+void task_group::cancel(member_id which, asio::cancellation_type type) {
+  for (auto& m : members_) {
+    if (m.id == which) {
+      m.signal.emit(type);
+      return;
+    }
+  }
 }
 
 void task_group::on_member_done(std::list<member>::iterator which, bool ran) {

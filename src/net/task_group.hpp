@@ -34,12 +34,19 @@ class task_group {
   task_group(const task_group&) = delete;
   task_group& operator=(const task_group&) = delete;
 
+  /// Names one member, for cancel(member_id).
+  using member_id = std::uint64_t;
+
   /// Starts `task` as a member, on the group's executor. `what` names it in logs. A group
-  /// that was cancelled is on its way out: the task is dropped without being started.
-  void spawn(boost::asio::awaitable<void> task, std::string what);
+  /// that was cancelled is on its way out: the task is dropped without being started (the
+  /// id returned then names nobody).
+  member_id spawn(boost::asio::awaitable<void> task, std::string what);
 
   /// Emits `type` to every member's cancellation slot; tasks spawned later are dropped.
   void cancel(boost::asio::cancellation_type type = boost::asio::cancellation_type::terminal);
+  /// Emits `type` to one member's slot (nothing if it has ended); the group goes on.
+  void cancel(member_id which,
+              boost::asio::cancellation_type type = boost::asio::cancellation_type::terminal);
 
   /// Returns once the group has no members. Never throws on the caller's own
   /// cancellation: an owner that is being cancelled must still wait for its members.
@@ -60,6 +67,7 @@ class task_group {
   struct member {
     boost::asio::cancellation_signal signal;
     std::string what;
+    member_id id = 0;
   };
   class membership;
   void on_member_done(std::list<member>::iterator which, bool ran);

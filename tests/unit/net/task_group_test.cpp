@@ -81,6 +81,21 @@ asio::awaitable<void> note_run(bool& ran, std::shared_ptr<int> held) {
   co_return;
 }
 
+TEST(TaskGroup, CancelOneMemberTheOthersGoOn) {
+  asio::io_context io;
+  task_group group(io.get_executor());
+  int finished = 0;
+  int aborted = 0;
+  const auto first = group.spawn(sleeper(60s, finished, aborted), "first");
+  group.spawn(sleeper(20ms, finished, aborted), "second");
+  group.cancel(first);
+  io.run_for(2s);
+  EXPECT_EQ(aborted, 1);
+  EXPECT_EQ(finished, 1);
+  EXPECT_TRUE(group.empty());
+  group.cancel(first);  // ended: names nobody now
+}
+
 TEST(TaskGroup, TaskSpawnedAfterCancelIsNotStarted) {
   asio::io_context io;
   task_group group(io.get_executor());

@@ -1,0 +1,790 @@
+#include "mphttp/fetch_state.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <iterator>
+#include <utility>
+
+namespace fleety::mphttp {
+
+namespace {
+
+double seconds_of(fetch_clock::time_point t) {
+  return std::chrono::duration<double>(t.time_since_epoch()).count();
+}
+
+double seconds_between(fetch_clock::time_point from, fetch_clock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+
+double seconds_of(std::chrono::microseconds d) {
+  return static_cast<double>(d.count()) / 1e6;
+}
+
+/// An idle path looks for work again this often (besides being woken): the other paths'
+/// tails grow relative to what is left, and one may become worth taking over.
+constexpr auto idle_poll = std::chrono::milliseconds(50);
+/// Pipelining found nothing to claim: it asks again this much later, not on every read.
+constexpr auto claim_retry = std::chrono::milliseconds(20);
+/// The writer's waits when it has nothing to deliver, and when an overlap check holds it.
+constexpr auto writer_idle = std::chrono::milliseconds(500);
+constexpr auto writer_gate = std::chrono::milliseconds(100);
+
+}  // namespace
+
+std::string_view to_string(fetch_phase phase) {
+  switch (phase) {
+    case fetch_phase::awaiting_first_head:
+      return "awaiting first head";
+    case fetch_phase::relaying:
+      return "relaying";
+    case fetch_phase::fetching:
+      return "fetching";
+    case fetch_phase::complete:
+      return "complete";
+    case fetch_phase::failed:
+      return "failed";
+    case fetch_phase::stopped:
+      return "stopped";
+  }
+  return "?";
+}
+
+std::string_view to_string(path_phase phase) {
+  switch (phase) {
+    case path_phase::standby:
+      return "standby";
+    case path_phase::idle:
+      return "idle";
+    case path_phase::awaiting_early:
+      return "awaiting early connection";
+    case path_phase::connecting:
+      return "connecting";
+    case path_phase::requesting:
+      return "requesting";
+    case path_phase::awaiting_head:
+      return "awaiting head";
+    case path_phase::receiving:
+      return "receiving";
+    case path_phase::streaming:
+      return "streaming";
+    case path_phase::failed:
+      return "failed";
+    case path_phase::finished:
+      return "finished";
+  }
+  return "?";
+}
+
+// ---- path_work ----------------------------------------------------------------------
+
+double path_work::live_rate(fetch_clock::time_point now) const {
+  if (auto measured = meter.rate(seconds_of(now)); measured && *measured > 0) return *measured;
+  return estimator->rate_bytes_per_s();
+}
+
+double path_work::request_lead_s() const {
+  const double rtt = estimator->rtt_s();
+  if (connected) return rtt;
+  constexpr double initial_window_bytes = 10 * 1448;
+  const double bdp = estimator->rate_bytes_per_s() * rtt;
+  const double slow_start =
+      bdp > 2 * initial_window_bytes ? rtt * (std::log2(bdp / initial_window_bytes) - 1) : 0;
+  return 2 * rtt + slow_start;
+}
+
+double path_work::lead_s(fetch_clock::time_point now) const {
+  const double rate = live_rate(now);
+  const double backlog_s = rate > 0 ? static_cast<double>(backlog_bytes()) / rate : 0.0;
+  return connected ? std::max(request_lead_s(), backlog_s) : request_lead_s() + backlog_s;
+}
+
+double path_work::range_time_s(std::chrono::microseconds configured) const {
+  return std::max(seconds_of(configured), 3 * estimator->rtt_s());
+}
+
+// ---- the fetch ----------------------------------------------------------------------
+
+fetch_state::fetch_state(const fetch_limits& limits, std::vector<fetch_path> paths,
+                         fetch_clock::time_point now)
+    : limits_(limits), started_(now), last_delivery_(now) {
+  for (const auto& p : paths) {
+    path_work w;
+    w.estimator = p.estimator;
+    if (p.connecting_early) {
+      w.spare = spare_phase::connecting;
+      w.spare_is_early = true;
+      w.connected = true;
+    }
+    work_.push_back(std::move(w));
+  }
+}
+
+void fetch_state::on_first_response(const first_response& response, fetch_clock::time_point now) {
+  if (phase_ != fetch_phase::awaiting_first_head) return;
+  if (!response.split || work_.empty()) {
+    phase_ = fetch_phase::relaying;
+    for (std::size_t i = 0; i < work_.size(); ++i) {
+      auto& w = work_[i];
+      if (w.spare == spare_phase::connecting || w.spare == spare_phase::ready)
+        actions_.push_back({fetch_action::kind::abandon_spare, i});
+      w.spare = spare_phase::none;
+      w.phase = path_phase::finished;
+    }
+    return;
+  }
+  phase_ = fetch_phase::fetching;
+  total_ = response.total;
+  begin_ = response.begin;
+  end_ = response.end;
+  buffer_ = reorder_buffer(begin_);
+  claims_ = claim_map(total_);
+  // Outside the range: nobody's to fetch.
+  claims_.claim({0, begin_});
+  claims_.claim({end_, total_});
+  started_ = now;
+  last_delivery_ = now;
+  for (auto& w : work_) w.phase = path_phase::idle;
+
+  auto& first = work_[0];
+  first.connection_open = true;
+  first.connected = true;
+  const std::uint64_t first_end = claim_first_range(response.head_end, now);
+  if (response.head_end) {
+    // Our head range: its request went out with the first request, its header is read
+    // (the fetcher reports it again as this range's head, to be checked like any other).
+    begin_range(first, {begin_, first_end}, now);
+    first.phase = path_phase::awaiting_head;
+  } else if (first_end > begin_) {
+    // Paper §4.2: the first path keeps the response it already has for its share, then
+    // is reset; its share grows while the bytes after it are unclaimed.
+    begin_range(first, {begin_, first_end}, now);
+    first.requested_end = end_;
+    first.phase = path_phase::streaming;
+  } else {
+    // The plan gives path 0 nothing now: its first response isn't wanted.
+    first.close_pending = true;
+    first.connection_open = false;
+    first.connected = false;
+  }
+}
+
+void fetch_state::stop() {
+  if (phase_ == fetch_phase::fetching)
+    phase_ = buffer_.delivered() >= end_ ? fetch_phase::complete : fetch_phase::stopped;
+  for (std::size_t i = 0; i < work_.size(); ++i) {
+    actions_.push_back({fetch_action::kind::cancel_path, i});
+  }
+  actions_.push_back({fetch_action::kind::wake_writer, 0});
+}
+
+bool fetch_state::all_failed() const {
+  return std::all_of(work_.begin(), work_.end(),
+                     [](const path_work& w) { return w.phase == path_phase::failed; });
+}
+
+std::vector<fetch_action> fetch_state::take_actions() {
+  return std::exchange(actions_, {});
+}
+
+std::vector<fetch_note> fetch_state::take_notes() {
+  return std::exchange(notes_, {});
+}
+
+// ---- a path's fetcher ---------------------------------------------------------------
+
+void fetch_state::begin_range(path_work& w, byte_range range, fetch_clock::time_point now) {
+  w.current = range;
+  w.requested_end = range.end;
+  w.current_received = 0;
+  w.current_first_byte.reset();
+  w.last_progress = now;
+  w.prefix_left = overlap_for(range.begin);
+  w.prefix.clear();
+}
+
+path_command fetch_state::next_command(std::size_t index, fetch_clock::time_point now) {
+  using kind = path_command::kind;
+  auto& w = work_[index];
+  if (phase_ != fetch_phase::fetching || w.out()) {
+    if (w.phase != path_phase::failed) w.phase = path_phase::finished;
+    return {kind::finish};
+  }
+  if (w.close_pending) {
+    w.close_pending = false;
+    return {kind::close};
+  }
+  switch (w.phase) {
+    case path_phase::streaming:
+      if (w.spare == spare_phase::none) {
+        // While it streams, a spare connection on the same path gets ready for its next
+        // range, which goes out about an RTT before the share ends: no idle gap.
+        w.spare = spare_phase::connecting;
+        return {kind::open_spare};
+      }
+      [[fallthrough]];
+    case path_phase::receiving:
+      if (auto pipelined = maybe_pipeline(index, now)) return *pipelined;
+      return {kind::read_body};
+    case path_phase::awaiting_head:
+      return {kind::read_head};
+    case path_phase::requesting: {
+      const byte_range asked{w.current->begin, w.requested_end};
+      note({.what = fetch_note::kind::requested, .path = index, .range = asked});
+      return {kind::send, asked, overlap_for(asked.begin)};
+    }
+    case path_phase::connecting:
+      return {kind::connect};
+    case path_phase::awaiting_early:
+      if (w.spare == spare_phase::ready) {
+        if (w.spare_is_early) {
+          note({.what = fetch_note::kind::spare_taken,
+                .path = index,
+                .seconds = seconds_between(w.spare_wait_started, now)});
+        }
+        w.spare = spare_phase::none;
+        w.spare_is_early = false;
+        w.connection_open = true;
+        w.connected = true;
+        w.phase = path_phase::requesting;
+        return {kind::adopt_spare};
+      }
+      if (w.spare == spare_phase::connecting && now < w.spare_deadline)
+        return {kind::await_spare, {}, 0, false, w.spare_deadline};
+      // It failed, or didn't connect in time: a connection of its own.
+      w.spare = spare_phase::none;
+      w.connected = false;
+      w.phase = path_phase::connecting;
+      return {kind::connect};
+    case path_phase::idle:
+      break;
+    case path_phase::standby:
+    case path_phase::failed:
+    case path_phase::finished:
+      return {kind::finish};
+  }
+
+  // Idle: the range already requested behind the last one, or a new one.
+  if (w.pipelined) {
+    if (w.pipelined_on_spare) {
+      // Requested on the spare while the first response streamed: the spare is the
+      // path's connection now, and the response to come is on it.
+      w.pipelined_on_spare = false;
+      w.spare = spare_phase::none;
+      w.connection_open = true;
+      w.connected = true;
+      return {kind::adopt_spare};
+    }
+    begin_range(w, *w.pipelined, now);
+    w.pipelined.reset();
+    w.phase = path_phase::awaiting_head;
+    return {kind::read_head};
+  }
+  auto range = take_range(index, now);
+  if (!range) {
+    w.meter.stop();  // idle: the next bytes start a new measurement
+    return {kind::wait, {}, 0, false, now + idle_poll};
+  }
+  begin_range(w, *range, now);
+  if (w.connection_open) {
+    w.phase = path_phase::requesting;
+    return next_command(index, now);
+  }
+  if (w.spare == spare_phase::ready || w.spare == spare_phase::connecting) {
+    w.phase = path_phase::awaiting_early;
+    w.spare_wait_started = now;
+    w.spare_deadline = now + limits_.connect_timeout;
+    if (!w.spare_is_early && w.spare == spare_phase::ready) {
+      // Path 0's spare, ready: just take it.
+      w.spare = spare_phase::none;
+      w.connection_open = true;
+      w.connected = true;
+      w.phase = path_phase::requesting;
+      return {kind::adopt_spare};
+    }
+    return next_command(index, now);
+  }
+  w.spare = spare_phase::none;
+  w.connected = false;
+  w.phase = path_phase::connecting;
+  return {kind::connect};
+}
+
+std::optional<path_command> fetch_state::maybe_pipeline(std::size_t index,
+                                                        fetch_clock::time_point now) {
+  auto& w = work_[index];
+  if (w.pipelined || w.current_left() == 0) return std::nullopt;
+  const bool streaming = w.phase == path_phase::streaming;
+  // Behind this response on the same connection (unless it was cut short: it will be
+  // reset), or on the spare when this response won't be finished.
+  const bool can_pipeline = streaming ? w.spare == spare_phase::ready
+                                      : w.response_keep_alive && w.current->end == w.requested_end;
+  // The next request must arrive before this response ends: an RTT ahead at least, with
+  // margin for a rate that grows (slow start) faster than the meter shows; a range of
+  // ours goes out halfway through the current one (but no more than range_time of the
+  // path's rate ahead: a long range on a slow path — the head range — must not be
+  // pipelined seconds early, since a path with a pipelined request is not cut short, and
+  // other paths may need its tail).
+  const double rate = w.live_rate(now);
+  const double rtt_bytes = rate * w.estimator->rtt_s();
+  const double range_time_bytes = rate * w.range_time_s(limits_.scheduler.range_time);
+  const double lead_bytes =
+      (streaming ? 1.5 * rtt_bytes
+                 : std::max(2 * rtt_bytes, std::min(static_cast<double>(w.current->size()) / 2,
+                                                    range_time_bytes))) +
+      read_chunk_bytes;
+  if (static_cast<double>(w.current_left()) > lead_bytes || now < w.next_claim_attempt)
+    return std::nullopt;
+  if (streaming && extend_first_stream(index, now)) return std::nullopt;  // it goes on
+  if (!can_pipeline) return std::nullopt;
+  w.next_claim_attempt = now + claim_retry;
+  auto next = take_range(index, now);
+  if (!next) return std::nullopt;
+  w.pipelined = next;
+  w.pipelined_on_spare = streaming;
+  note({.what = fetch_note::kind::requested, .path = index, .range = *next});
+  return path_command{path_command::kind::send, *next, overlap_for(next->begin), streaming};
+}
+
+void fetch_state::on_spare(std::size_t index, bool connected, fetch_clock::time_point) {
+  auto& w = work_[index];
+  if (w.spare != spare_phase::connecting) return;
+  w.spare = connected ? spare_phase::ready : spare_phase::failed;
+  if (!connected && !w.connection_open && w.phase != path_phase::streaming) w.connected = false;
+}
+
+void fetch_state::on_connected(std::size_t index, fetch_clock::time_point) {
+  auto& w = work_[index];
+  if (w.phase != path_phase::connecting) return;
+  w.connection_open = true;
+  w.connected = true;
+  w.phase = path_phase::requesting;
+}
+
+void fetch_state::on_sent(std::size_t index, fetch_clock::time_point) {
+  auto& w = work_[index];
+  if (w.phase == path_phase::requesting) w.phase = path_phase::awaiting_head;
+}
+
+void fetch_state::on_head(std::size_t index, const response_head& head, fetch_clock::time_point) {
+  auto& w = work_[index];
+  if (w.phase != path_phase::awaiting_head || !w.current) return;
+  // The response must be exactly the range of the same object (RFC 9110 §14.4).
+  const std::uint64_t first = w.current->begin - overlap_for(w.current->begin);
+  const bool exact = head.status == 206 && head.range && head.range->first == first &&
+                     head.range->last + 1 == w.requested_end &&
+                     head.range->complete_length == total_;
+  if (!exact) {
+    // A server that ignores Range, or another version of the object (If-Range failed):
+    // we only split when the server takes ranges, so any other answer means the
+    // validator or the size differs on this path, i.e. another version.
+    note({.what = fetch_note::kind::refused_range,
+          .path = index,
+          .range = {w.current->begin, w.requested_end},
+          .status = head.status,
+          .detail = head.content_range_text});
+    ++mismatches_;
+    fail_path(index, /*cancel=*/false);
+    return;
+  }
+  w.response_keep_alive = head.keep_alive;
+  w.phase = path_phase::receiving;
+}
+
+void fetch_state::on_body(std::size_t index, std::span<const char> data, bool response_done,
+                          fetch_clock::time_point now) {
+  auto& w = work_[index];
+  if ((w.phase != path_phase::receiving && w.phase != path_phase::streaming) || !w.current) return;
+  if (!data.empty()) {
+    if (!w.current_first_byte) {
+      w.current_first_byte = now;
+      note({.what = fetch_note::kind::first_byte, .path = index, .range = *w.current});
+    }
+    w.last_progress = now;
+    // The first bytes of a streak came in over the request's RTT: the rate counts after them.
+    if (w.meter.active()) {
+      w.meter.add(seconds_of(now), data.size());
+    } else {
+      w.meter.start(seconds_of(now));
+    }
+    if (w.prefix_left > 0) {
+      // The overlap comes first: kept aside for the verifier, not delivered.
+      const auto take =
+          static_cast<std::size_t>(std::min<std::uint64_t>(w.prefix_left, data.size()));
+      w.prefix.insert(w.prefix.end(), data.begin(),
+                      data.begin() + static_cast<std::ptrdiff_t>(take));
+      w.prefix_left -= take;
+      data = data.subspan(take);
+      // No byte at or after current->begin reaches the app until the overlap matched
+      // the bytes the app got just before it.
+      if (w.prefix_left == 0)
+        checks_[w.current->begin] = overlap_check{index, std::exchange(w.prefix, {})};
+    }
+    // The range's end may have moved down (another path took the tail): drop the rest.
+    const std::uint64_t usable = std::min<std::uint64_t>(data.size(), w.current_left());
+    w.bytes += buffer_.add(w.current->begin + w.current_received, data.first(usable),
+                           static_cast<int>(index));
+    w.current_received += usable;
+    actions_.push_back({fetch_action::kind::wake_writer, index});
+  }
+  if (w.current_left() == 0) {
+    finish_range(index, response_done, now);
+  } else if (response_done) {
+    // The response ended before its range did.
+    note({.what = fetch_note::kind::stalled,
+          .path = index,
+          .range = *w.current,
+          .bytes = w.current_received,
+          .detail = "response ended early"});
+    fail_path(index, /*cancel=*/false);
+  }
+}
+
+void fetch_state::finish_range(std::size_t index, bool response_done, fetch_clock::time_point now) {
+  auto& w = work_[index];
+  ++w.ranges;
+  const auto measured = w.meter.rate(seconds_of(now));
+  if (measured) w.estimator->on_rate(*measured);
+  note({.what = fetch_note::kind::range_done,
+        .path = index,
+        .range = *w.current,
+        .rate_bps = w.live_rate(now) * 8});
+  w.current.reset();
+  if (w.phase == path_phase::streaming) {
+    // The first response is not wanted past its share: reset it (paper §4.2); the spare
+    // connection carries the path's next ranges.
+    w.close_pending = true;
+    w.connection_open = false;
+    w.connected = w.spare == spare_phase::ready || w.spare == spare_phase::connecting;
+    if (!w.pipelined) w.meter.stop();
+  } else if (!response_done || !w.response_keep_alive) {
+    // The rest of this response is unwanted, or the server closes: a request pipelined
+    // behind it is lost and its range goes back to be claimed again.
+    w.close_pending = true;
+    w.connection_open = false;
+    w.connected = false;
+    w.meter.stop();
+    if (w.pipelined) {
+      give_back(index, *w.pipelined);
+      w.pipelined.reset();
+    }
+  }
+  w.phase = path_phase::idle;
+}
+
+void fetch_state::on_failed(std::size_t index, fetch_clock::time_point) {
+  if (work_[index].out()) return;
+  fail_path(index, /*cancel=*/false);
+}
+
+void fetch_state::fail_path(std::size_t index, bool cancel) {
+  auto& w = work_[index];
+  w.phase = path_phase::failed;
+  w.connection_open = false;
+  if (index == 0) first_stream_alive_ = false;
+  if (w.current_left() > 0)
+    give_back(index, {w.current->begin + w.current_received, w.current->end});
+  if (w.pipelined) give_back(index, *w.pipelined);
+  w.current.reset();
+  w.pipelined.reset();
+  w.meter.stop();
+  if (cancel) actions_.push_back({fetch_action::kind::cancel_path, index});
+  notify();
+}
+
+void fetch_state::give_back(std::size_t index, byte_range range) {
+  claims_.release(range);
+  work_[index].planned -= std::min(work_[index].planned, range.size());
+  notify();
+}
+
+void fetch_state::notify() {
+  actions_.push_back({fetch_action::kind::wake_writer, 0});
+  wake_paths();
+}
+
+void fetch_state::wake_paths() {
+  for (std::size_t i = 0; i < work_.size(); ++i) {
+    if (!work_[i].out()) actions_.push_back({fetch_action::kind::wake_path, i});
+  }
+}
+
+// ---- claims -------------------------------------------------------------------------
+
+std::uint64_t fetch_state::claim_first_range(std::optional<std::uint64_t> bounded_end,
+                                             fetch_clock::time_point now) {
+  first_stream_alive_ = true;
+  if (bounded_end) {
+    const byte_range head{begin_, std::min(*bounded_end, end_)};
+    claims_.claim(head);
+    work_[0].planned += head.size();
+    return head.end;
+  }
+  auto range = claim(0, claim_side::front, 0, window_end(), now);
+  if (!range) return 0;
+  return range->end;
+}
+
+bool fetch_state::extend_first_stream(std::size_t index, fetch_clock::time_point now) {
+  auto& w = work_[index];
+  if (index != 0 || !first_stream_alive_ || !w.current || w.out()) return false;
+  const std::uint64_t end = w.current->end;
+  auto next = claims_.lowest_unclaimed(end, window_end());
+  std::optional<byte_range> range;
+  if (next && next->begin == end) range = claim(index, claim_side::front, end, window_end(), now);
+  if (!range || range->begin != end) {
+    // The stream met bytes another path claimed (or the plan wants nothing more from
+    // path 0 now): it ends there.
+    if (range) give_back(index, *range);
+    first_stream_alive_ = false;
+    return false;
+  }
+  w.current->end = range->end;
+  w.requested_end = range->end;
+  return true;
+}
+
+std::optional<byte_range> fetch_state::take_range(std::size_t index, fetch_clock::time_point now) {
+  auto& w = work_[index];
+  if (w.out() || phase_ != fetch_phase::fetching) return std::nullopt;
+  // While path 0 works from the front, the others fill the first window from its end.
+  const bool from_back = first_stream_alive_ && index != 0;
+  auto range = from_back
+                   ? claim(index, claim_side::back, buffer_.delivered(),
+                           std::min(end_, begin_ + limits_.scheduler.memory_per_session_bytes), now)
+                   : std::nullopt;
+  if (!range && !window_trickle())
+    range = claim(index, claim_side::front, buffer_.delivered(), window_end(), now);
+  if (!range) {
+    if (claims_.lowest_unclaimed(window_end(), end_)) window_blocked_ = true;
+    range = steal_tail(index, now);
+  }
+  return range;
+}
+
+std::uint64_t fetch_state::window_end() const {
+  return std::min(end_, buffer_.delivered() + limits_.scheduler.memory_per_session_bytes);
+}
+
+bool fetch_state::window_trickle() const {
+  // All that is left to claim in the window is a sliver at its end, which grows only as
+  // fast as a slow path delivers the bytes at the delivery point. Claiming it would keep
+  // a fast path busy with tiny requests at the slow path's pace — and never dry enough
+  // to take over the slow path's tail, which is what frees the window.
+  const auto run = claims_.lowest_unclaimed(buffer_.delivered(), window_end());
+  return run && run->end == window_end() && window_end() < end_ && run->size() < min_range_bytes;
+}
+
+split_policy fetch_state::policy(fetch_clock::time_point now) const {
+  // DESIGN.md's cost rule, applied to what is left: T_tol bounds the whole download, so
+  // what is left of it shrinks as the download goes on (past it, the rule is equal
+  // completion, as for a download that needs cellular from the start).
+  const auto& sched = limits_.scheduler;
+  const double elapsed_s = seconds_between(started_, now);
+  return {sched.mode == core::scheduler_mode::cost,
+          std::max(0.0, seconds_of(sched.tolerance) - elapsed_s)};
+}
+
+std::optional<byte_range> fetch_state::claim(std::size_t index, claim_side side, std::uint64_t from,
+                                             std::uint64_t limit, fetch_clock::time_point now) {
+  std::vector<path_estimate> estimates(work_.size());
+  for (std::size_t i = 0; i < work_.size(); ++i) {
+    const auto& w = work_[i];
+    estimates[i] = {w.phase == path_phase::failed ? 0.0 : w.live_rate(now), w.lead_s(now)};
+  }
+  claim_inputs in;
+  in.path = index;
+  in.paths = estimates;
+  in.policy = policy(now);
+  in.side = side;
+  in.from = from;
+  in.limit = limit;
+  in.range_time_s = work_[index].range_time_s(limits_.scheduler.range_time);
+  in.min_range_bytes = min_range_bytes;
+  auto range = choose_claim(claims_, in);
+  if (!range) return std::nullopt;
+  claims_.claim(*range);
+  work_[index].planned += range->size();
+  return range;
+}
+
+std::optional<byte_range> fetch_state::steal_tail(std::size_t index, fetch_clock::time_point now) {
+  // DESIGN.md: "when a path runs dry while another still has a long tail, the tail of
+  // the slow path's range is re-requested on the free path". The split point is where
+  // both would finish together; the slow path stops there. Worth a request even when
+  // small: the slow path may need seconds for it.
+  constexpr std::uint64_t min_steal_bytes = 16 * 1024;
+  auto& thief = work_[index];
+  std::size_t victim = work_.size();
+  double longest = 0;
+  for (std::size_t i = 0; i < work_.size(); ++i) {
+    const auto& w = work_[i];
+    // A path with a pipelined request can't be cut short without losing that request.
+    if (i == index || w.out() || !w.current || w.pipelined || w.current_left() < min_steal_bytes)
+      continue;
+    const double rate = std::max(w.live_rate(now), 1.0);
+    const double time_left = static_cast<double>(w.current_left()) / rate;
+    if (time_left > longest) {
+      longest = time_left;
+      victim = i;
+    }
+  }
+  if (victim == work_.size() || longest <= thief.request_lead_s()) return std::nullopt;
+  auto& slow = work_[victim];
+  // The same rule as for claims, on the slow path's rest: paths in cost order, so in cost
+  // mode a costlier thief gets nothing while the cheaper path finishes in time.
+  const path_estimate slow_estimate{slow.live_rate(now), 0.0};
+  const path_estimate thief_estimate{thief.live_rate(now), thief.request_lead_s()};
+  const bool thief_cheaper = index < victim;
+  const path_estimate both[] = {thief_cheaper ? thief_estimate : slow_estimate,
+                                thief_cheaper ? slow_estimate : thief_estimate};
+  const split_plan plan = plan_split(slow.current_left(), both, policy(now));
+  const std::uint64_t thief_share = plan.share_bytes[thief_cheaper ? 0 : 1];
+  // Cutting the slow path's response throws away what it has in flight (about its BDP):
+  // only worth it when the download ends clearly sooner.
+  const double saved_s = longest - plan.completion_s;
+  const double min_saving_s = std::max(0.05, 2 * slow.estimator->rtt_s());
+  if (thief_share < min_steal_bytes || saved_s < min_saving_s) return std::nullopt;
+  const std::uint64_t cut = slow.current->end - thief_share;
+  const byte_range taken{cut, slow.current->end};
+  note({.what = fetch_note::kind::took_tail,
+        .path = index,
+        .other = victim,
+        .range = taken,
+        .seconds = longest});
+  slow.current->end = cut;
+  if (victim == 0) first_stream_alive_ = false;
+  slow.planned -= std::min(slow.planned, taken.size());
+  thief.planned += taken.size();
+  ++thief.stolen;
+  return taken;
+}
+
+std::uint64_t fetch_state::overlap_for(std::uint64_t begin) const {
+  // Before the fetch's first byte the app has nothing to compare with.
+  if (begin <= begin_) return 0;
+  return std::min<std::uint64_t>(begin - begin_, limits_.scheduler.overlap_bytes);
+}
+
+void fetch_state::detect_stalls(fetch_clock::time_point now) {
+  // A path whose range brings no bytes for a while is taken as failed while another path
+  // can go on (DESIGN.md: "a path that stalls ... has its remaining ranges re-requested
+  // on the other paths"). The last path left is not judged here: it has the I/O timeout
+  // like any connection.
+  for (std::size_t i = 0; i < work_.size(); ++i) {
+    auto& w = work_[i];
+    if (w.out() || w.current_left() == 0) continue;
+    const double rtt = w.estimator->rtt_s();
+    // Before the first byte a range also waits for a connect and the server.
+    const double limit_s = w.current_first_byte ? std::max(1.0, 4 * rtt) : std::max(3.0, 8 * rtt);
+    const double silent_s = seconds_between(w.last_progress, now);
+    if (silent_s < limit_s) continue;
+    const bool another_alive = std::any_of(work_.begin(), work_.end(), [&](const path_work& o) {
+      return &o != &w && o.phase != path_phase::failed;
+    });
+    if (!another_alive) continue;
+    note({.what = fetch_note::kind::stalled,
+          .path = i,
+          .range = *w.current,
+          .bytes = w.backlog_bytes(),
+          .seconds = silent_s});
+    fail_path(i, /*cancel=*/true);
+  }
+}
+
+// ---- the writer ---------------------------------------------------------------------
+
+delivery_command fetch_state::next_delivery(fetch_clock::time_point now, std::uint64_t max_bytes) {
+  using kind = delivery_command::kind;
+  if (phase_ == fetch_phase::complete) return {kind::complete};
+  if (phase_ != fetch_phase::fetching) return {kind::fail};
+  if (buffer_.delivered() >= end_) {
+    phase_ = fetch_phase::complete;
+    return {kind::complete};
+  }
+  detect_stalls(now);
+  auto pieces = buffer_.front_pieces(max_bytes);
+  if (pieces.empty()) {
+    if (all_failed()) {
+      note({.what = fetch_note::kind::all_failed, .bytes = buffer_.delivered() - begin_});
+      phase_ = fetch_phase::failed;
+      return {kind::fail};
+    }
+    if (now - last_delivery_ > limits_.io_timeout) {
+      note(
+          {.what = fetch_note::kind::no_progress, .seconds = seconds_between(last_delivery_, now)});
+      phase_ = fetch_phase::failed;
+      return {kind::fail};
+    }
+    return {kind::wait, {}, now + writer_idle};
+  }
+  // Not past an overlap that hasn't been compared yet (paper §4.3).
+  std::size_t available = 0;
+  for (const auto& piece : pieces) available += piece.size();
+  std::size_t allowed = deliverable(available);
+  if (allowed == 0) return {kind::wait, {}, now + writer_gate};
+  delivery_command out{kind::deliver};
+  for (const auto& piece : pieces) {
+    if (allowed == 0) break;
+    const std::size_t n = std::min(allowed, piece.size());
+    out.pieces.push_back(piece.first(n));
+    allowed -= n;
+  }
+  return out;
+}
+
+void fetch_state::on_delivered(std::uint64_t bytes, fetch_clock::time_point now) {
+  // Keep the tail of what the app got: the "earlier" side of the next check.
+  const std::size_t keep = limits_.scheduler.overlap_bytes;
+  for (auto piece : buffer_.front_pieces(bytes)) {
+    if (piece.size() > keep) piece = piece.last(keep);
+    recent_.insert(recent_.end(), piece.begin(), piece.end());
+    if (recent_.size() > keep)
+      recent_.erase(recent_.begin(), recent_.end() - static_cast<std::ptrdiff_t>(keep));
+  }
+  buffer_.consume(bytes);
+  if (bytes > 0) last_delivery_ = now;
+  // The app took bytes: fetchers that found nothing to claim inside the window may now.
+  if (window_blocked_) {
+    window_blocked_ = false;
+    wake_paths();
+  }
+}
+
+std::size_t fetch_state::deliverable(std::size_t available) {
+  const std::uint64_t at = buffer_.delivered();
+  auto gate = checks_.lower_bound(at);
+  if (gate != checks_.end() && gate->first == at) {
+    if (!check_at_delivery_point(gate)) return 0;
+    gate = checks_.lower_bound(at);
+  }
+  if (gate == checks_.end()) return available;
+  return static_cast<std::size_t>(std::min<std::uint64_t>(available, gate->first - at));
+}
+
+bool fetch_state::check_at_delivery_point(std::map<std::uint64_t, overlap_check>::iterator gate) {
+  const std::uint64_t at = gate->first;
+  const overlap_check check = std::move(gate->second);
+  checks_.erase(gate);
+  const std::size_t n = std::min(check.later.size(), recent_.size());
+  if (std::equal(check.later.end() - static_cast<std::ptrdiff_t>(n), check.later.end(),
+                 recent_.end() - static_cast<std::ptrdiff_t>(n))) {
+    return true;
+  }
+  // Two versions of the object (a stale cache on one path): the later range is dropped,
+  // its path is done with this object and the rest comes from the others.
+  ++mismatches_;
+  auto& later = work_[check.source];
+  note({.what = fetch_note::kind::other_version, .path = check.source, .offset = at});
+  for (const auto& [b, e] : buffer_.evict(at, static_cast<int>(check.source))) {
+    later.bytes -= std::min(later.bytes, e - b);
+    give_back(check.source, {b, e});
+  }
+  for (auto it = checks_.begin(); it != checks_.end();) {
+    it = it->second.source == check.source ? checks_.erase(it) : std::next(it);
+  }
+  fail_path(check.source, /*cancel=*/true);
+  return false;
+}
+
+}  // namespace fleety::mphttp

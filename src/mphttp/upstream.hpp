@@ -1,0 +1,284 @@
+#pragma once
+// Connections to servers over one path, shared by the proxy (proxy.cpp), the multipath
+// fetch (multipath_fetch.cpp) and the download client (client.cpp): the byte stream
+// (plain TCP, or TLS behind an interface so that fleetyd links no OpenSSL), how a path
+// connects to where a request's target is served there, and the HTTP/1.1 exchanges on
+// such a connection. Internal to src/mphttp: the public interfaces are proxy.hpp and
+// client.hpp.
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "mphttp/byte_range.hpp"
+#include "mphttp/http_rules.hpp"
+#include "mphttp/proxy.hpp"
+
+namespace fleety::mphttp::detail {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using asio::awaitable;
+using tcp = asio::ip::tcp;
+using boost::system::error_code;
+using clock_type = std::chrono::steady_clock;
+inline constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
+
+inline constexpr std::uint32_t header_limit_bytes = 64 * 1024;
+/// The head range a GET asks for is min_split_size, at least this.
+inline constexpr std::uint64_t min_head_range_bytes = 256 * 1024;
+/// At most this many interim (1xx) responses before the final one: a server that sends
+/// more is broken or hostile.
+inline constexpr int max_interim_responses = 8;
+
+inline clock_type::duration as_duration(std::chrono::microseconds us) {
+  return us;
+}
+
+/// TLS over an upstream's TCP connection (the download client's https://). An interface,
+/// so that the engine and fleetyd don't link OpenSSL: client.cpp has the implementation;
+/// tests put an in-memory server behind it.
+class tls_session {
+ public:
+  using handler = asio::any_completion_handler<void(error_code, std::size_t)>;
+  virtual ~tls_session() = default;
+  virtual beast::tcp_stream& tcp() = 0;
+  virtual void read_some(asio::mutable_buffer buffer, handler done) = 0;
+  virtual void write_some(asio::const_buffer buffer, handler done) = 0;
+};
+
+/// The byte stream of an upstream connection: plain TCP, or TLS over it. An Asio
+/// AsyncStream either way, so Beast reads and writes both alike; timeouts and the socket
+/// are the TCP layer's.
+class upstream_stream {
+ public:
+  using executor_type = beast::tcp_stream::executor_type;
+
+  explicit upstream_stream(const asio::any_io_executor& executor) : plain_(executor) {}
+
+  beast::tcp_stream& tcp_layer() { return tls_ ? tls_->tcp() : plain_; }
+  tcp::socket& socket() { return tcp_layer().socket(); }
+  void expires_after(clock_type::duration timeout) { tcp_layer().expires_after(timeout); }
+  void expires_never() { tcp_layer().expires_never(); }
+  executor_type get_executor() { return plain_.get_executor(); }
+
+  /// The connected socket, for a TLS session to take over (then start_tls).
+  tcp::socket release_socket() { return std::move(plain_.socket()); }
+  void start_tls(std::unique_ptr<tls_session> session) { tls_ = std::move(session); }
+  /// Forgets the TLS layer of a connection closed already.
+  void drop_tls() { tls_.reset(); }
+  /// Takes over `other`'s connection (a tcp_stream can't be assigned: its socket is
+  /// moved, which leaves `other` closed).
+  void adopt(upstream_stream& other) {
+    plain_.socket() = std::move(other.plain_.socket());
+    tls_ = std::move(other.tls_);
+  }
+
+  template <class MutableBuffers, class Token>
+  auto async_read_some(const MutableBuffers& buffers, Token&& token) {
+    return asio::async_initiate<Token, void(error_code, std::size_t)>(
+        [this](auto handler, const MutableBuffers& b) {
+          if (!tls_) {
+            plain_.async_read_some(b, std::move(handler));
+            return;
+          }
+          // read_some may fill fewer bytes than offered: the first buffer is enough.
+          asio::mutable_buffer first;
+          for (auto it = asio::buffer_sequence_begin(b); it != asio::buffer_sequence_end(b); ++it) {
+            first = *it;
+            if (first.size() > 0) break;
+          }
+          tls_->read_some(first, std::move(handler));
+        },
+        token, buffers);
+  }
+  template <class ConstBuffers, class Token>
+  auto async_write_some(const ConstBuffers& buffers, Token&& token) {
+    return asio::async_initiate<Token, void(error_code, std::size_t)>(
+        [this](auto handler, const ConstBuffers& b) {
+          if (!tls_) {
+            plain_.async_write_some(b, std::move(handler));
+            return;
+          }
+          // write_some may take fewer bytes than offered: a header's many small pieces go
+          // as one TLS record, copied together (bounded), not one record each.
+          const std::size_t total = asio::buffer_size(b);
+          if (asio::buffer_sequence_begin(b) != asio::buffer_sequence_end(b) &&
+              asio::const_buffer(*asio::buffer_sequence_begin(b)).size() == total) {
+            tls_->write_some(*asio::buffer_sequence_begin(b), std::move(handler));
+            return;
+          }
+          write_scratch_.resize(std::min<std::size_t>(total, max_tls_gather_bytes));
+          const std::size_t n = asio::buffer_copy(asio::buffer(write_scratch_), b);
+          tls_->write_some(asio::buffer(write_scratch_.data(), n), std::move(handler));
+        },
+        token, buffers);
+  }
+
+ private:
+  static constexpr std::size_t max_tls_gather_bytes = 16 * 1024;  ///< one TLS record
+  beast::tcp_stream plain_;  ///< the connection while it is plain (closed under TLS)
+  std::unique_ptr<tls_session> tls_;
+  std::vector<char> write_scratch_;  ///< pieces gathered for one TLS write
+};
+
+/// An HTTP/1.1 connection to a server over one path. Owned by one coroutine frame.
+struct upstream {
+  upstream_stream stream;
+  beast::flat_buffer buffer;
+  /// The path monitor reads the connection's TCP_INFO while it is open (declared after
+  /// the stream: it goes first).
+  path::monitor::watch measured;
+
+  explicit upstream(const asio::any_io_executor& executor) : stream(executor) {}
+  bool is_open() { return stream.socket().is_open(); }
+  /// Closes with a reset (the rest of a response is not wanted) and forgets what it held.
+  void reset();
+  /// Takes over `other`'s connection and what it buffered.
+  void adopt(upstream& other) {
+    stream.adopt(other.stream);
+    buffer = std::move(other.buffer);
+    measured = std::move(other.measured);
+  }
+};
+
+/// Puts TLS on fresh connections: the handshake for `host` on `up`'s connection, after
+/// which up.stream carries TLS (client.cpp: SNI, the chain and the name verified).
+class tls_connector {
+ public:
+  virtual ~tls_connector() = default;
+  virtual awaitable<error_code> async_handshake(upstream& up, const std::string& host,
+                                                const core::proxy_config& limits) = 0;
+};
+
+/// How the connections of a request are opened: on a path, to where the request's target
+/// is served there. The one seam between a fetch and the network: path_connector is the
+/// real one; tests plug in in-memory servers.
+class upstream_connector {
+ public:
+  virtual ~upstream_connector() = default;
+  /// Connects `up` on `path` for `target`: to the app's own destination when
+  /// `to_destination` (the path whose resolver gave the app that address), else to the
+  /// path's own server for the host (paper §4.1: each path its own CDN node).
+  virtual awaitable<error_code> async_connect(upstream& up, path_runtime& path,
+                                              const proxy_target& target, bool to_destination) = 0;
+};
+
+/// The real connector: sockets bound to the path's interface, each path to its own
+/// server, with TLS when `tls` is set (fleety get's https://; the proxy relays TLS as
+/// bytes it cannot read, so its connector has none).
+class path_connector final : public upstream_connector {
+ public:
+  path_connector(const core::proxy_config& limits, tls_connector* tls = nullptr)
+      : limits_(limits), tls_(tls) {}
+  awaitable<error_code> async_connect(upstream& up, path_runtime& path, const proxy_target& target,
+                                      bool to_destination) override;
+  bool tls() const { return tls_ != nullptr; }
+
+ private:
+  const core::proxy_config& limits_;
+  tls_connector* tls_;
+};
+
+/// Connects a socket bound to the path's interface to `endpoint`; the path's estimator
+/// learns the handshake's RTT, and the monitor watches the connection.
+awaitable<error_code> async_connect_endpoint(upstream& up, path_runtime& path,
+                                             const tcp::endpoint& endpoint,
+                                             const core::proxy_config& limits);
+
+/// Resolves `host` through the path and connects a socket bound to the path's interface.
+awaitable<error_code> async_connect_on_path(upstream& up, path_runtime& path,
+                                            const std::string& host, std::uint16_t port,
+                                            const core::proxy_config& limits);
+
+/// Where a request's first connection went: every path tried before it and why it failed.
+struct first_connect {
+  bool connected = false;
+  std::size_t index = 0;  ///< where the path that connected was in preference order
+  std::vector<std::pair<const path_runtime*, error_code>> failures;  ///< in the order tried
+};
+
+/// Connects `up` on the first of `paths` (preference order) that reaches `target` and
+/// moves that path to the front; the others keep their order. The preferred path
+/// (paths[0] before the move) goes to the app's own destination.
+awaitable<first_connect> async_connect_first(upstream& up, std::vector<path_runtime*>& paths,
+                                             const proxy_target& target,
+                                             upstream_connector& connector);
+
+/// A response parser with our limits: headers up to 64 KiB, bodies of any length (we
+/// stream them), no body expected for a HEAD.
+std::unique_ptr<http::response_parser<http::buffer_body>> make_response_parser(bool head_request);
+
+/// Reads the final response header into `parser`, skipping interim 1xx responses (but
+/// 101, which is final for an Upgrade) — at most max_interim_responses of them.
+awaitable<error_code> async_read_final_header(
+    upstream& up, std::unique_ptr<http::response_parser<http::buffer_body>>& parser,
+    bool head_request, const core::proxy_config& limits);
+
+/// Reads what has arrived of a response's body (header already in `parser`) into `chunk`:
+/// read_some, not read, so that a slow path shows progress (and is not taken for stalled)
+/// long before it fills a whole chunk. Returns the bytes it got (0: only framing came).
+awaitable<std::pair<error_code, std::size_t>> async_read_body_some(
+    upstream& up, http::response_parser<http::buffer_body>& parser, std::span<char> chunk,
+    const core::proxy_config& limits);
+
+/// The request a path sends upstream: the app's end-to-end fields, origin-form target.
+http::request<http::empty_body> upstream_request(const request_header& app_request,
+                                                 const proxy_target& target);
+
+/// Sends a range request for `range`, starting `overlap` bytes early, with If-Range
+/// `validator` (if any), on `up`.
+awaitable<error_code> async_request_range(upstream& up, const request_header& app_request,
+                                          const proxy_target& target, const std::string& validator,
+                                          byte_range range, std::uint64_t overlap,
+                                          const core::proxy_config& limits);
+
+/// Waits until `timer` is cancelled (someone's wake) or `timeout` passes.
+awaitable<void> async_wait_for_wake(asio::steady_timer& timer, clock_type::duration timeout);
+
+/// A connection a path opens in the background: before the split is known (so that, if
+/// the object is split, the path's first range goes out at once instead of a handshake
+/// later: a whole RTT of the path, 120 ms on a slow cellular link), or path 0's spare
+/// while its first response streams. The connecting task owns `up` until `result` is
+/// set; then the path's fetcher may take it.
+struct early_connection {
+  explicit early_connection(const asio::any_io_executor& executor)
+      : up(executor), ready(executor) {}
+  upstream up;
+  std::optional<error_code> result;  ///< set when the connect has ended
+  bool abandoned = false;            ///< nobody will take it: close it when it connects
+  asio::steady_timer ready;          ///< cancelled when `result` is set
+  /// Nobody takes it: closed now if connected, else as soon as it connects.
+  void abandon() {
+    abandoned = true;
+    if (up.is_open()) up.reset();
+  }
+};
+
+/// Connects `early` on the path (its own server for the target). Spawn it in a task group
+/// that outlives the fetch that may take the connection.
+awaitable<void> async_connect_early(std::shared_ptr<early_connection> early, path_runtime& path,
+                                    proxy_target target, upstream_connector& connector,
+                                    bool to_destination);
+
+}  // namespace fleety::mphttp::detail
