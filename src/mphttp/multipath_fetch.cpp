@@ -133,6 +133,8 @@ awaitable<void> run_path_fetcher(fetch_io& io, std::size_t index) {
   // The path's connection; path 0's carries the first response, its header read.
   upstream up(executor);
   std::unique_ptr<http::response_parser<http::buffer_body>> parser;
+  // Path 0's first head range: its header, read by the session, is this range's head.
+  // (A whole first response streams instead: it has no read_head.)
   bool first_head = false;
   if (index == 0) {
     up.adopt(start.initial.up);
@@ -226,6 +228,7 @@ awaitable<void> run_path_fetcher(fetch_io& io, std::size_t index) {
         state.on_head(index, head_of(*parser), clock_type::now());
         break;
       case kind::read_body: {
+        first_head = false;
         const bool streaming = state.path(index).phase == path_phase::streaming;
         auto [ec, got] = co_await async_read_body_some(up, *parser, chunk, limits);
         if (ec) {
