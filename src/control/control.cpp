@@ -9,8 +9,6 @@
 #include <unistd.h>
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/read_until.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -21,6 +19,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+
+#include "net/task_group.hpp"
 
 namespace fleety::control {
 namespace asio = boost::asio;
@@ -56,12 +56,12 @@ std::string handle_request(std::string_view line, daemon_api& daemon) {
     const auto* name = object.if_contains("name");
     return name != nullptr && name->is_string() ? std::string(name->as_string()) : std::string();
   };
-  if (command == "status") return reply_ok(daemon.status());
-  if (command == "apps") return reply_ok({{"apps", daemon.apps()}});
+  if (command == "status") return reply_ok(status_json(daemon.status()));
+  if (command == "apps") return reply_ok({{"apps", apps_json(daemon.apps())}});
   if (command == "stats") {
     auto stats = daemon.stats();
     if (!stats) return reply_error(stats.error());
-    return reply_ok(std::move(stats).value());
+    return reply_ok(stats_json(*stats));
   }
   if (command == "app.enable" || command == "app.disable" || command == "app.starting") {
     const std::string name = name_of();
@@ -87,13 +87,15 @@ std::string handle_request(std::string_view line, daemon_api& daemon) {
 }
 
 asio::awaitable<void> run_control_server(local::acceptor acceptor, daemon_api& daemon) {
-  auto executor = co_await asio::this_coro::executor;
+  // The owner of its connections: it sees its own cancellation as results, and cancels
+  // and joins them before it returns.
+  co_await asio::this_coro::throw_if_cancelled(false);
+  net::task_group connections(co_await asio::this_coro::executor);
   for (;;) {
     auto [ec, socket] = co_await acceptor.async_accept(nothrow);
-    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) break;
     if (ec) continue;
-    asio::co_spawn(
-        executor,
+    connections.spawn(
         [](local::socket peer, daemon_api& api) -> asio::awaitable<void> {
           using namespace std::chrono_literals;
           asio::steady_timer idle(peer.get_executor());
@@ -114,8 +116,10 @@ asio::awaitable<void> run_control_server(local::acceptor acceptor, daemon_api& d
             if (write_ec) co_return;
           }
         }(std::move(socket), daemon),
-        asio::detached);
+        "control connection");
   }
+  connections.cancel();
+  co_await connections.async_join();
 }
 
 core::expected<local::acceptor> listen_control(asio::io_context& io, const std::string& path) {

@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 
+#include "control/status_model.hpp"
 #include "core/expected.hpp"
 
 namespace fleety::control {
@@ -19,14 +20,16 @@ namespace fleety::control {
 /// Where fleetyd listens unless the config says otherwise.
 inline constexpr std::string_view default_socket_path = "/run/fleety/control.sock";
 
-/// What the control socket can ask of the daemon (fleetyd implements it).
+/// What the control socket can ask of the daemon (fleetyd implements it). Called on the
+/// io_context's thread.
 class daemon_api {
  public:
   virtual ~daemon_api() = default;
-  /// {"paths": [...], "sessions": ..., ...}
-  virtual boost::json::object status() = 0;
-  /// [{"name", "enabled", "cgroup", "uid", "gid"}, ...]
-  virtual boost::json::array apps() = 0;
+  /// The daemon now: written as the `status` reply (status_json) and as the metrics
+  /// (prometheus_text).
+  virtual status_model status() = 0;
+  /// The configured apps and those `fleety run --app` started (apps_json).
+  virtual std::vector<app_status> apps() = 0;
   /// Enables or disables an app and reloads the interception rules; the error names
   /// an unknown app or what nftables said.
   virtual core::expected<bool> set_app_enabled(const std::string& name, bool enabled) = 0;
@@ -38,7 +41,7 @@ class daemon_api {
   virtual core::expected<std::size_t> reload_rules() = 0;
   /// Cellular bytes per app and in total this month, and the paper's §6.1 telemetry
   /// (throughput gain at single→multi transitions, RTT change at path switches).
-  virtual core::expected<boost::json::object> stats() {
+  virtual core::expected<stats_model> stats() {
     return core::make_error("this fleetyd keeps no statistics");
   }
 };
@@ -49,8 +52,9 @@ class daemon_api {
 /// {"cmd":"rules.reload"}, {"cmd":"stats"}. Replies: {"ok":true,...} or {"ok":false,"error":"..."}.
 std::string handle_request(std::string_view line, daemon_api& daemon);
 
-/// Serves the socket until the acceptor is closed: requests in order per connection,
-/// lines up to 64 KiB, each connection idle at most 30 s.
+/// Serves the socket until the acceptor is closed or the coroutine is cancelled: requests
+/// in order per connection, lines up to 64 KiB, each connection idle at most 30 s. Owns
+/// its connections: when it ends it cancels them and waits for them.
 boost::asio::awaitable<void> run_control_server(
     boost::asio::local::stream_protocol::acceptor acceptor, daemon_api& daemon);
 
@@ -58,10 +62,11 @@ boost::asio::awaitable<void> run_control_server(
 /// per path (up, RTT, jitter, loss, throughput, capacity, signal, bytes, requests, probes),
 /// flows by class and path, sessions, verifier mismatches, flow resets, DNS fallbacks and
 /// failures, cellular bytes, bytes per app. Unknown values have no sample. Pure.
-std::string prometheus_text(const boost::json::object& status);
+std::string prometheus_text(const status_model& status);
 
 /// Serves GET /metrics (prometheus_text of daemon.status()) over HTTP on `acceptor` until it
-/// is closed: at most 16 connections, each idle at most 10 s.
+/// is closed or the coroutine is cancelled: at most 16 connections, each idle at most 10 s,
+/// owned as run_control_server's.
 boost::asio::awaitable<void> run_metrics_server(boost::asio::ip::tcp::acceptor acceptor,
                                                 daemon_api& daemon);
 

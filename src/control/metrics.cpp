@@ -1,11 +1,9 @@
-// Prometheus text metrics (issue 7): the status the control socket gives, as
-// `fleety_...` series, served over HTTP on loopback.
+// Prometheus text metrics (issue 7): the status model the control socket's JSON is
+// written from, as `fleety_...` series, served over HTTP on loopback.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -16,6 +14,7 @@
 #include <string>
 
 #include "control/control.hpp"
+#include "net/task_group.hpp"
 
 namespace fleety::control {
 namespace {
@@ -23,7 +22,6 @@ namespace {
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
-namespace json = boost::json;
 constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 constexpr std::size_t max_connections = 16;
 
@@ -41,14 +39,10 @@ std::string label(std::string_view value) {
   return out;
 }
 
-/// A number of the status, or nullopt for null and non-numbers.
-std::optional<double> number(const json::value* v) {
-  if (v == nullptr) return std::nullopt;
-  if (v->is_double()) return v->as_double();
-  if (v->is_int64()) return static_cast<double>(v->as_int64());
-  if (v->is_uint64()) return static_cast<double>(v->as_uint64());
-  if (v->is_bool()) return v->as_bool() ? 1.0 : 0.0;
-  return std::nullopt;
+/// A duration in seconds as the status has it (ms, then rescaled: the same number).
+std::optional<double> seconds_of(const std::optional<std::chrono::microseconds>& v) {
+  if (!v) return std::nullopt;
+  return static_cast<double>(v->count()) / 1000 * 1e-3;
 }
 
 class writer {
@@ -70,102 +64,104 @@ class writer {
 
 }  // namespace
 
-std::string prometheus_text(const json::object& status) {
+std::string prometheus_text(const status_model& status) {
   writer w;
-  const json::array empty;
-  const auto& paths = status.contains("paths") ? status.at("paths").as_array() : empty;
+  // Each per-path series: its family, and how to read its value of a path (nullopt:
+  // unknown, no sample). The arithmetic is the JSON's, then rescaled, so that both
+  // say the same number.
+  using reading = std::optional<double> (*)(const path_status&);
   struct per_path {
     const char* name;
-    const char* key;
     const char* type;
     const char* help;
-    double scale;
+    reading value;
   };
   const per_path series[] = {
-      {"fleety_path_up", "up", "gauge", "1 if the path is up (interface present, carrier, address)",
-       1},
-      {"fleety_path_rtt_seconds", "rtt_ms", "gauge", "smoothed round-trip time", 1e-3},
-      {"fleety_path_jitter_seconds", "jitter_ms", "gauge", "mean deviation of the RTT", 1e-3},
-      {"fleety_path_loss_ratio", "loss", "gauge", "fraction of packets lost lately", 1},
-      {"fleety_path_throughput_bits_per_second", "throughput_mbps", "gauge",
-       "what the path received lately", 1e6},
-      {"fleety_path_capacity_bits_per_second", "capacity_mbps", "gauge",
-       "what the path can carry (the scheduler's estimate)", 1e6},
-      {"fleety_path_signal_dbm", "signal_dbm", "gauge", "Wi-Fi signal level", 1},
-      {"fleety_path_received_bytes_total", "bytes_received", "counter",
-       "response bytes the path carried", 1},
-      {"fleety_path_requests_total", "requests", "counter", "upstream requests sent on the path",
-       1},
-      {"fleety_path_probes_total", "probes", "counter", "idle probes sent on the path", 1},
+      {"fleety_path_up", "gauge", "1 if the path is up (interface present, carrier, address)",
+       [](const path_status& p) -> std::optional<double> { return p.up ? 1.0 : 0.0; }},
+      {"fleety_path_rtt_seconds", "gauge", "smoothed round-trip time",
+       [](const path_status& p) { return seconds_of(p.rtt); }},
+      {"fleety_path_jitter_seconds", "gauge", "mean deviation of the RTT",
+       [](const path_status& p) { return seconds_of(p.jitter); }},
+      {"fleety_path_loss_ratio", "gauge", "fraction of packets lost lately",
+       [](const path_status& p) { return p.loss; }},
+      {"fleety_path_throughput_bits_per_second", "gauge", "what the path received lately",
+       [](const path_status& p) -> std::optional<double> {
+         if (!p.throughput_bps) return std::nullopt;
+         return *p.throughput_bps / 1e6 * 1e6;
+       }},
+      {"fleety_path_capacity_bits_per_second", "gauge",
+       "what the path can carry (the scheduler's estimate)",
+       [](const path_status& p) -> std::optional<double> { return p.capacity_bps / 1e6 * 1e6; }},
+      {"fleety_path_signal_dbm", "gauge", "Wi-Fi signal level",
+       [](const path_status& p) { return p.signal_dbm; }},
+      {"fleety_path_received_bytes_total", "counter", "response bytes the path carried",
+       [](const path_status& p) -> std::optional<double> {
+         return static_cast<double>(p.bytes_received);
+       }},
+      {"fleety_path_requests_total", "counter", "upstream requests sent on the path",
+       [](const path_status& p) -> std::optional<double> {
+         return static_cast<double>(p.requests);
+       }},
+      {"fleety_path_probes_total", "counter", "idle probes sent on the path",
+       [](const path_status& p) -> std::optional<double> { return static_cast<double>(p.probes); }},
   };
   for (const auto& s : series) {
     w.family(s.name, s.type, s.help);
-    for (const auto& p : paths) {
-      const auto& path = p.as_object();
-      const std::string labels = fmt::format(
-          "path=\"{}\",interface=\"{}\",kind=\"{}\"", label(path.at("name").as_string()),
-          label(path.at("interface").as_string()), label(path.at("kind").as_string()));
-      const auto v = number(path.if_contains(s.key));
-      w.sample(s.name, labels, v ? std::optional<double>(*v * s.scale) : std::nullopt);
+    for (const auto& p : status.paths) {
+      w.sample(s.name,
+               fmt::format("path=\"{}\",interface=\"{}\",kind=\"{}\"", label(p.name),
+                           label(p.interface), label(p.kind)),
+               s.value(p));
     }
   }
-  if (const auto* flows = status.if_contains("flows"); flows != nullptr && flows->is_array()) {
-    std::map<std::pair<std::string, std::string>, double> by_class_path;
-    for (const auto& f : flows->as_array()) {
-      const auto& flow = f.as_object();
-      by_class_path[{std::string(flow.at("class").as_string()),
-                     std::string(flow.at("path").as_string())}] += 1;
-    }
-    w.family("fleety_flows_active", "gauge", "relayed flows under way, by class and path");
-    for (const auto& [key, count] : by_class_path)
-      w.sample("fleety_flows_active",
-               fmt::format("class=\"{}\",path=\"{}\"", label(key.first), label(key.second)), count);
-  }
+  std::map<std::pair<std::string, std::string>, double> by_class_path;
+  for (const auto& f : status.flows) by_class_path[{f.qos_class, f.path}] += 1;
+  w.family("fleety_flows_active", "gauge", "relayed flows under way, by class and path");
+  for (const auto& [key, count] : by_class_path)
+    w.sample("fleety_flows_active",
+             fmt::format("class=\"{}\",path=\"{}\"", label(key.first), label(key.second)), count);
   struct scalar {
     const char* name;
-    const char* key;
     const char* type;
     const char* help;
+    double value;
   };
+  const auto count = [](std::uint64_t v) { return static_cast<double>(v); };
+  const auto flag = [](bool v) { return v ? 1.0 : 0.0; };
   const scalar scalars[] = {
-      {"fleety_sessions_active", "sessions_active", "gauge", "app connections being served"},
-      {"fleety_sessions_total", "sessions_started", "counter", "app connections since start"},
-      {"fleety_multipath_downloads_active", "multipath_downloads_active", "gauge",
-       "downloads split over several paths now"},
-      {"fleety_verifier_mismatches_total", "version_conflicts", "counter",
-       "multipath downloads whose paths served two versions of the object"},
-      {"fleety_flow_resets_total", "flow_resets", "counter",
-       "relayed flows reset to move them off their path"},
-      {"fleety_intercepting", "intercepting", "gauge", "1 if apps are being taken over"},
-      {"fleety_cellular_month_bytes", "cellular_month_bytes", "gauge",
-       "bytes on cellular paths this month (UTC)"},
-      {"fleety_cellular_capped", "cellular_capped", "gauge",
-       "1 if this month's cellular budget is spent"},
+      {"fleety_sessions_active", "gauge", "app connections being served",
+       count(status.sessions_active)},
+      {"fleety_sessions_total", "counter", "app connections since start",
+       count(status.sessions_started)},
+      {"fleety_multipath_downloads_active", "gauge", "downloads split over several paths now",
+       count(status.multipath_downloads_active)},
+      {"fleety_verifier_mismatches_total", "counter",
+       "multipath downloads whose paths served two versions of the object",
+       count(status.version_conflicts)},
+      {"fleety_flow_resets_total", "counter", "relayed flows reset to move them off their path",
+       count(status.flow_resets)},
+      {"fleety_intercepting", "gauge", "1 if apps are being taken over", flag(status.intercepting)},
+      {"fleety_cellular_month_bytes", "gauge", "bytes on cellular paths this month (UTC)",
+       count(status.cellular_month_bytes)},
+      {"fleety_cellular_capped", "gauge", "1 if this month's cellular budget is spent",
+       flag(status.cellular_capped)},
   };
   for (const auto& s : scalars) {
-    if (!status.contains(s.key)) continue;
     w.family(s.name, s.type, s.help);
-    w.sample(s.name, "", number(status.if_contains(s.key)));
+    w.sample(s.name, "", s.value);
   }
-  if (const auto* dns = status.if_contains("dns"); dns != nullptr && dns->is_object()) {
-    const auto& d = dns->as_object();
-    w.family("fleety_dns_queries_total", "counter", "apps' DNS queries duplicated on the paths");
-    w.sample("fleety_dns_queries_total", "", number(d.if_contains("queries")));
-    w.family("fleety_dns_fallbacks_total", "counter",
-             "queries answered by another path than the preferred one");
-    w.sample("fleety_dns_fallbacks_total", "", number(d.if_contains("answered_by_fallback")));
-    w.family("fleety_dns_failures_total", "counter", "queries no path answered");
-    w.sample("fleety_dns_failures_total", "", number(d.if_contains("failed")));
-  }
-  if (const auto* apps = status.if_contains("app_bytes"); apps != nullptr && apps->is_array()) {
-    w.family("fleety_app_received_bytes_total", "counter", "bytes an app received, per path");
-    for (const auto& a : apps->as_array()) {
-      const auto& row = a.as_object();
-      w.sample("fleety_app_received_bytes_total",
-               fmt::format("app=\"{}\",path=\"{}\"", label(row.at("app").as_string()),
-                           label(row.at("path").as_string())),
-               number(row.if_contains("bytes")));
-    }
+  w.family("fleety_dns_queries_total", "counter", "apps' DNS queries duplicated on the paths");
+  w.sample("fleety_dns_queries_total", "", count(status.dns.queries));
+  w.family("fleety_dns_fallbacks_total", "counter",
+           "queries answered by another path than the preferred one");
+  w.sample("fleety_dns_fallbacks_total", "", count(status.dns.answered_by_fallback));
+  w.family("fleety_dns_failures_total", "counter", "queries no path answered");
+  w.sample("fleety_dns_failures_total", "", count(status.dns.failed));
+  w.family("fleety_app_received_bytes_total", "counter", "bytes an app received, per path");
+  for (const auto& a : status.app_bytes) {
+    w.sample("fleety_app_received_bytes_total",
+             fmt::format("app=\"{}\",path=\"{}\"", label(a.app), label(a.path)), count(a.bytes));
   }
   return w.take();
 }
@@ -211,17 +207,18 @@ asio::awaitable<void> serve_metrics(asio::ip::tcp::socket socket, daemon_api& da
 }  // namespace
 
 asio::awaitable<void> run_metrics_server(asio::ip::tcp::acceptor acceptor, daemon_api& daemon) {
-  auto executor = co_await asio::this_coro::executor;
-  auto active = std::make_shared<std::size_t>(0);
+  // The owner of its connections (see run_control_server).
+  co_await asio::this_coro::throw_if_cancelled(false);
+  net::task_group connections(co_await asio::this_coro::executor);
   for (;;) {
     auto [ec, socket] = co_await acceptor.async_accept(nothrow);
-    if (ec == asio::error::operation_aborted) co_return;
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) break;
     if (ec) continue;
-    if (*active >= max_connections) continue;  // closes it: a scraper retries
-    ++*active;
-    asio::co_spawn(executor, serve_metrics(std::move(socket), daemon),
-                   [active](std::exception_ptr) { --*active; });
+    if (connections.size() >= max_connections) continue;  // closes it: a scraper retries
+    connections.spawn(serve_metrics(std::move(socket), daemon), "metrics connection");
   }
+  connections.cancel();
+  co_await connections.async_join();
 }
 
 }  // namespace fleety::control

@@ -4,8 +4,6 @@
 
 #include <array>
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -15,7 +13,7 @@
 #include <memory>
 
 #include "dns/message.hpp"
-#include "net/bound_socket.hpp"
+#include "dns/reply_choice.hpp"
 
 namespace fleety::dns {
 namespace asio = boost::asio;
@@ -50,11 +48,11 @@ awaitable<std::optional<std::vector<std::uint8_t>>> duplicator::async_answer(
     ++stats_.malformed;
     co_return error_reply(query, rcode_formerr);
   }
-  std::vector<std::size_t> up;
+  std::vector<std::size_t> up;  // the paths asked, in preference order
   for (std::size_t k = 0; k < paths_.size(); ++k) {
-    if (net::interface_exists(paths_[k].interface)) up.push_back(k);
+    if (fleety::path::is_up(up_, k)) up.push_back(k);
   }
-  if (up.empty()) {
+  if (up.empty() || queries_.cancelled()) {
     ++stats_.failed;
     co_return error_reply(query, rcode_servfail);
   }
@@ -64,14 +62,13 @@ awaitable<std::optional<std::vector<std::uint8_t>>> duplicator::async_answer(
   struct gathering {
     explicit gathering(const asio::any_io_executor& ex, std::size_t n) : wake(ex), replies(n) {}
     asio::steady_timer wake;
+    /// Per path asked (as `up`): its reply once it came.
     std::vector<std::optional<boost::system::result<std::vector<std::uint8_t>>>> replies;
-    std::size_t done = 0;
   };
-  auto state = std::make_shared<gathering>(executor, paths_.size());
-  for (std::size_t k : up) {
-    asio::co_spawn(
-        executor,
-        [](duplicator& self, std::shared_ptr<gathering> shared, std::size_t index,
+  auto state = std::make_shared<gathering>(executor, up.size());
+  for (std::size_t n = 0; n < up.size(); ++n) {
+    queries_.spawn(
+        [](duplicator& self, std::shared_ptr<gathering> shared, std::size_t index, std::size_t slot,
            std::vector<std::uint8_t> message, std::string name) -> awaitable<void> {
           const auto& p = self.paths_[index];
           auto reply = co_await p.resolver->async_query(std::move(message));
@@ -85,88 +82,92 @@ awaitable<std::optional<std::vector<std::uint8_t>>> duplicator::async_answer(
                             found.addresses.front().to_string(), found.ttl.count());
             }
           }
-          shared->replies[index] = std::move(reply);
-          ++shared->done;
+          shared->replies[slot] = std::move(reply);
           shared->wake.cancel();
-        }(*this, state, k, query, q->name),
-        asio::detached);
+        }(*this, state, up[n], n, query, q->name),
+        "dns query on " + paths_[up[n]].name);
   }
 
-  const std::size_t preferred = up.front();
   const auto deadline = clock_type::now() + answer_deadline;
-  while (true) {
-    const auto& mine = state->replies[preferred];
-    if (mine && usable(*mine)) co_return mine->value();
-    if (mine || clock_type::now() >= deadline) {
-      // The preferred path failed (or is late beyond reason): the first good other one.
-      for (std::size_t k : up) {
-        if (k != preferred && state->replies[k] && usable(*state->replies[k])) {
-          ++stats_.answered_by_fallback;
-          spdlog::info("dns: {} answered by {}: {} failed", q->name, paths_[k].name,
-                       paths_[preferred].name);
-          co_return state->replies[k]->value();
-        }
+  std::vector<reply_status> statuses(up.size());
+  for (;;) {
+    for (std::size_t n = 0; n < up.size(); ++n) {
+      const auto& r = state->replies[n];
+      statuses[n] = !r           ? reply_status::pending
+                    : usable(*r) ? reply_status::succeeded
+                                 : reply_status::failed;
+    }
+    // (Every resolver has its own deadline; this one bounds the wait if one misbehaves.)
+    const auto choice = choose_reply(statuses, clock_type::now() >= deadline);
+    if (choice.decision == reply_choice::verdict::use) {
+      if (choice.path != 0) {
+        ++stats_.answered_by_fallback;
+        spdlog::info("dns: {} answered by {}: {} failed", q->name, paths_[up[choice.path]].name,
+                     paths_[up.front()].name);
       }
-      if (state->done == up.size() || clock_type::now() >= deadline) {
-        ++stats_.failed;
-        // Relay the preferred path's own error reply (SERVFAIL, REFUSED) if it has one.
-        if (mine && *mine) co_return mine->value();
-        co_return error_reply(query, rcode_servfail);
-      }
+      co_return state->replies[choice.path]->value();
+    }
+    if (choice.decision == reply_choice::verdict::fail) {
+      ++stats_.failed;
+      // Relay the preferred path's own error reply (SERVFAIL, REFUSED) if it has one.
+      const auto& mine = state->replies.front();
+      if (mine && *mine) co_return mine->value();
+      co_return error_reply(query, rcode_servfail);
     }
     state->wake.expires_at(deadline);
     co_await state->wake.async_wait(nothrow);
   }
 }
 
-awaitable<void> run_dns_udp(asio::ip::udp::socket socket_in, duplicator& dns,
+awaitable<void> duplicator::async_stop() {
+  queries_.cancel();
+  co_await queries_.async_join();
+}
+
+awaitable<void> run_dns_udp(asio::ip::udp::socket socket, duplicator& dns,
                             std::size_t max_in_flight) {
-  auto executor = co_await asio::this_coro::executor;
-  // Shared with the answering coroutines, which may still send after this loop ends.
-  auto socket = std::make_shared<asio::ip::udp::socket>(std::move(socket_in));
-  auto in_flight = std::make_shared<std::size_t>(0);
+  // The owner of the answering coroutines: it sees its own cancellation as results, and
+  // cancels and joins them before its frame (and the socket they send on) goes.
+  co_await asio::this_coro::throw_if_cancelled(false);
+  net::task_group answering(co_await asio::this_coro::executor);
   std::array<std::uint8_t, 65535> datagram{};
   for (;;) {
     asio::ip::udp::endpoint sender;
-    auto [ec, n] = co_await socket->async_receive_from(asio::buffer(datagram), sender, nothrow);
-    if (ec == asio::error::operation_aborted || !socket->is_open()) co_return;
+    auto [ec, n] = co_await socket.async_receive_from(asio::buffer(datagram), sender, nothrow);
+    if (ec == asio::error::operation_aborted || !socket.is_open()) break;
     if (ec) continue;
-    if (*in_flight >= max_in_flight) continue;  // the app's resolver retries
-    ++*in_flight;
-    asio::co_spawn(
-        executor,
-        [](std::shared_ptr<asio::ip::udp::socket> out, std::shared_ptr<std::size_t> count,
-           duplicator& d, asio::ip::udp::endpoint to, std::vector<std::uint8_t> query)
+    if (answering.size() >= max_in_flight) continue;  // the app's resolver retries
+    answering.spawn(
+        [](asio::ip::udp::socket& out, duplicator& d, asio::ip::udp::endpoint to,
+           std::vector<std::uint8_t> query)
             -> awaitable<void> {
           const auto q = parse_query(query);
           auto reply = co_await d.async_answer(query);
-          --*count;
-          if (!reply || !out->is_open()) co_return;
+          if (!reply || !out.is_open()) co_return;
           // RFC 1035 §4.2.1: 512 bytes without EDNS; with an OPT record (RFC 6891) the
           // app takes more: 1232, the size DNS flag day 2020 settled on.
           const std::size_t limit = q && q->has_additional ? 1232 : 512;
           if (reply->size() > limit) *reply = truncated_reply(*reply);
-          co_await out->async_send_to(asio::buffer(*reply), to, nothrow);
-        }(socket, in_flight, dns, sender,
+          co_await out.async_send_to(asio::buffer(*reply), to, nothrow);
+        }(socket, dns, sender,
             std::vector<std::uint8_t>(datagram.begin(), datagram.begin() + static_cast<long>(n))),
-        asio::detached);
+        "dns query (UDP)");
   }
+  answering.cancel();
+  co_await answering.async_join();
 }
 
 awaitable<void> run_dns_tcp(asio::ip::tcp::acceptor acceptor, duplicator& dns,
                             std::size_t max_connections) {
-  auto executor = co_await asio::this_coro::executor;
-  auto open = std::make_shared<std::size_t>(0);
+  co_await asio::this_coro::throw_if_cancelled(false);
+  net::task_group connections(co_await asio::this_coro::executor);
   for (;;) {
     auto [ec, socket] = co_await acceptor.async_accept(nothrow);
-    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) break;
     if (ec) continue;
-    if (*open >= max_connections) continue;  // closed by the socket's destructor
-    ++*open;
-    asio::co_spawn(
-        executor,
-        [](boost::beast::tcp_stream stream, std::shared_ptr<std::size_t> count,
-           duplicator& d) -> awaitable<void> {
+    if (connections.size() >= max_connections) continue;  // closed by the socket's destructor
+    connections.spawn(
+        [](boost::beast::tcp_stream stream, duplicator& d) -> awaitable<void> {
           for (;;) {
             std::array<std::uint8_t, 2> length{};
             stream.expires_after(tcp_idle_timeout);
@@ -187,10 +188,11 @@ awaitable<void> run_dns_tcp(asio::ip::tcp::acceptor acceptor, duplicator& dns,
             auto [write_ec, w] = co_await asio::async_write(stream, parts, nothrow);
             if (write_ec) break;
           }
-          --*count;
-        }(boost::beast::tcp_stream(std::move(socket)), open, dns),
-        asio::detached);
+        }(boost::beast::tcp_stream(std::move(socket)), dns),
+        "dns connection (TCP)");
   }
+  connections.cancel();
+  co_await connections.async_join();
 }
 
 }  // namespace fleety::dns

@@ -1,4 +1,6 @@
 // Which configured app a redirected connection belongs to (its class, its cellular bytes).
+#include <spdlog/spdlog.h>
+
 #include <filesystem>
 
 #include "intercept/intercept.hpp"
@@ -56,6 +58,16 @@ app_identity app_directory::identify(std::optional<std::uint64_t> cgroup_id, std
     if (a.uid && *a.uid == uid) return {a.name, class_of(a.name)};
   }
   return {"", default_class_};
+}
+
+app_identity app_directory::identify_connection(const boost::asio::ip::tcp::endpoint& app,
+                                                const boost::asio::ip::tcp::endpoint& destination) {
+  auto owner = net::find_tcp_socket_owner(app, destination);
+  if (!owner) {
+    spdlog::debug("which app is {}? {}", app.address().to_string(), owner.error());
+    return {"", default_class_};
+  }
+  return identify(owner->cgroup_id, owner->uid);
 }
 
 }  // namespace fleety::intercept

@@ -17,6 +17,7 @@
 
 #include "core/config.hpp"
 #include "core/expected.hpp"
+#include "path/liveness.hpp"
 
 namespace fleety::mphttp {
 struct proxy_context;
@@ -103,6 +104,12 @@ class app_directory {
   app_directory(std::vector<core::app_config> apps, std::string cgroup2_mount,
                 std::string default_class);
   app_identity identify(std::optional<std::uint64_t> cgroup_id, std::uint32_t uid);
+  /// The app behind a redirected connection from its local endpoint `app` (the accepted
+  /// socket's peer) and its original destination: the kernel names the socket's owner
+  /// (net::find_tcp_socket_owner, one sock_diag request), identify() the app. An owner
+  /// not found is no app, of the default class.
+  app_identity identify_connection(const boost::asio::ip::tcp::endpoint& app,
+                                   const boost::asio::ip::tcp::endpoint& destination);
 
  private:
   void refresh_cgroups(std::chrono::steady_clock::time_point now);
@@ -121,7 +128,10 @@ class app_directory {
 struct flow_placement {
   select::selector* selector = nullptr;
   select::flow_table* flows = nullptr;
+  /// Measures each relayed flow's socket toward its path.
   path::monitor* monitor = nullptr;
+  /// Which paths are up (the monitor's answer); empty: every path is tried.
+  path::liveness up;
   /// The app behind a connection: its local endpoint (the accepted socket's peer) and
   /// its original destination.
   std::function<app_identity(const boost::asio::ip::tcp::endpoint& app,

@@ -10,7 +10,6 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 #include <cerrno>
 #include <memory>
 
@@ -18,13 +17,13 @@
 #include "intercept/intercept.hpp"
 #include "mphttp/proxy.hpp"
 #include "net/bound_socket.hpp"
+#include "net/connect.hpp"
 #include "net/mptcp.hpp"
 #include "path/monitor.hpp"
 #include "select/select.hpp"
 
 namespace fleety::intercept {
 namespace asio = boost::asio;
-namespace beast = boost::beast;
 using asio::awaitable;
 using asio::ip::tcp;
 using clock_type = std::chrono::steady_clock;
@@ -119,12 +118,10 @@ awaitable<void> async_relay_flow(tcp::socket app, tcp::endpoint destination,
       order.push_back(*chosen);
   }
   for (std::size_t k = 0; k < context.paths.size(); ++k) {
-    const bool up = placement.monitor != nullptr
-                        ? placement.monitor->up(k)
-                        : net::interface_exists(context.paths[k].config.interface);
-    if (up && std::find(order.begin(), order.end(), k) == order.end()) order.push_back(k);
+    if (path::is_up(placement.up, k) && std::find(order.begin(), order.end(), k) == order.end())
+      order.push_back(k);
   }
-  beast::tcp_stream upstream(executor);
+  tcp::socket server(executor);
   std::optional<std::size_t> used;
   boost::system::error_code ec = asio::error::network_down;
   for (std::size_t k : order) {
@@ -133,18 +130,14 @@ awaitable<void> async_relay_flow(tcp::socket app, tcp::endpoint destination,
     // [mptcp] (issue 6, item 8): an MPTCP upstream whose initial subflow leaves on this
     // path; the kernel's path manager adds the other paths' subflows, and a server without
     // MPTCP gets plain TCP within the same handshake.
-    ec = context.config.mptcp.enabled
-             ? net::open_bound_mptcp(upstream.socket(), target.protocol(), path.config.interface)
-             : net::open_bound(upstream.socket(), target.protocol(), path.config.interface);
-    if (ec) continue;
-    upstream.expires_after(context.config.proxy.connect_timeout);
-    auto [connect_ec] = co_await upstream.async_connect(target, nothrow);
-    ec = connect_ec;
+    ec = co_await net::async_connect_on_path(
+        server, target, path.config.interface, context.config.proxy.connect_timeout,
+        context.config.mptcp.enabled ? net::transport::mptcp : net::transport::tcp);
     if (!ec) {
       used = k;
       if (context.config.mptcp.enabled) {
         spdlog::debug("[{}] {}: {} on {}", id, what,
-                      net::speaks_mptcp(upstream.socket().native_handle())
+                      net::speaks_mptcp(server.native_handle())
                           ? "MPTCP, initial subflow"
                           : "plain TCP (no MPTCP with the server)",
                       path.config.name);
@@ -152,7 +145,6 @@ awaitable<void> async_relay_flow(tcp::socket app, tcp::endpoint destination,
       break;
     }
     spdlog::info("[{}] {}: cannot connect on {}: {}", id, what, path.config.name, ec.message());
-    upstream.close();
   }
   if (!used) {
     // The app sees the connection fail as it would have without us.
@@ -161,8 +153,6 @@ awaitable<void> async_relay_flow(tcp::socket app, tcp::endpoint destination,
     co_return;
   }
   auto& path = context.paths[*used];
-  upstream.expires_never();
-  tcp::socket server = upstream.release_socket();
   const std::string app_name = who.app.empty() ? std::string("-") : who.app;
   spdlog::info("[{}] {} of app {} (class {}) on {}", id, what, app_name,
                who.qos.empty() ? "default" : who.qos, path.config.name);

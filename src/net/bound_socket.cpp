@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <boost/asio/io_context.hpp>
 #include <cstddef>
 
 #include "net/kernel_tcp_info.hpp"
@@ -70,6 +71,21 @@ std::optional<tcp_metrics> read_tcp_metrics(boost::asio::ip::tcp::socket& socket
 
 bool interface_exists(const std::string& interface) {
   return ::if_nametoindex(interface.c_str()) != 0;
+}
+
+std::string bind_permission_problem(const std::vector<std::string>& interfaces) {
+  for (const auto& interface : interfaces) {
+    if (!interface_exists(interface)) continue;
+    boost::asio::io_context io;
+    boost::asio::ip::tcp::socket probe(io);
+    if (open_bound(probe, boost::asio::ip::tcp::v4(), interface) !=
+        boost::system::errc::operation_not_permitted)
+      return {};
+    return "not allowed to bind sockets to " + interface +
+           " (SO_BINDTODEVICE needs CAP_NET_RAW on this kernel): run it as root, or give it "
+           "CAP_NET_RAW and CAP_NET_ADMIN (the systemd unit does)";
+  }
+  return {};
 }
 
 }  // namespace fleety::net

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace fleety::net {
 
@@ -42,5 +43,10 @@ std::optional<tcp_metrics> read_tcp_metrics(boost::asio::ip::tcp::socket& socket
 
 /// True when a network interface of that name exists in this network namespace.
 bool interface_exists(const std::string& interface);
+
+/// Why this process may not bind sockets to the first of `interfaces` that exists (no
+/// CAP_NET_RAW: every upstream socket would fail, one request at a time), with what to do;
+/// empty when it may (or none exists).
+std::string bind_permission_problem(const std::vector<std::string>& interfaces);
 
 }  // namespace fleety::net

@@ -1,5 +1,6 @@
 #include "path/history.hpp"
 
+#include <spdlog/spdlog.h>
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -614,6 +615,32 @@ core::expected<std::size_t> history::prune(wall_clock::time_point now) {
   if (!transaction.commit()) return impl_->error("pruning");
   impl_->last_prune = now;
   return deleted;
+}
+
+std::unique_ptr<history> open_configured_history(const core::monitor_config& config) {
+  if (config.history_file.empty()) return nullptr;
+  const std::filesystem::path file(config.history_file);
+  std::error_code ec;
+  if (file.has_parent_path()) std::filesystem::create_directories(file.parent_path(), ec);
+  history_options options;
+  options.retention = std::chrono::duration_cast<std::chrono::hours>(config.history_retention);
+  if (options.retention.count() == 0) options.retention = std::chrono::hours(1);
+  auto opened = history::open(config.history_file, options);
+  if (!opened) {
+    spdlog::warn("path history: {}; going on without it ([monitor] history)", opened.error());
+    return nullptr;
+  }
+  return std::make_unique<history>(std::move(opened).value());
+}
+
+std::chrono::microseconds known_rtt(const history* store, std::string_view path) {
+  if (store == nullptr) return std::chrono::microseconds{0};
+  const auto now = wall_clock::now();
+  auto known = store->summary(path, now - std::chrono::hours(1), now);
+  if (!known || !known->median_rtt) return std::chrono::microseconds{0};
+  spdlog::info("path {}: history of the last hour: {} samples, median RTT {} ms", path,
+               known->samples, known->median_rtt->count() / 1000);
+  return *known->median_rtt;
 }
 
 }  // namespace fleety::path

@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/config.hpp"
 #include "core/expected.hpp"
 #include "path/quality.hpp"
 
@@ -156,5 +157,15 @@ class history {
 
   std::unique_ptr<impl> impl_;  ///< owned; null only in a moved-from history
 };
+
+/// The daemon's history (issue 6), where [monitor] history says (its directory made;
+/// the retention from history_retention, at least an hour). "" : none. A file that cannot
+/// be opened costs the history only (a warning, said once), not the daemon: null then.
+std::unique_ptr<history> open_configured_history(const core::monitor_config& config);
+
+/// What `store` (may be null) knows of `path`'s RTT after a restart: the median of the
+/// last hour's samples (logged), else zero. Not its rate: a sample's throughput is what
+/// the path carried, not what it can carry.
+std::chrono::microseconds known_rtt(const history* store, std::string_view path);
 
 }  // namespace fleety::path

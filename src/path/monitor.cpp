@@ -2,21 +2,18 @@
 
 #include <spdlog/spdlog.h>
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <charconv>
 #include <fstream>
 #include <iterator>
 #include <map>
 
 #include "net/bound_socket.hpp"
+#include "net/connect.hpp"
 #include "net/kernel_tcp_info.hpp"
+#include "net/task_group.hpp"
 #include "path/history.hpp"
-#include "path/link_watcher.hpp"
 
 namespace fleety::path {
 namespace asio = boost::asio;
@@ -24,13 +21,14 @@ using asio::ip::tcp;
 
 namespace {
 
-constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 /// What one probe costs on the wire, both ways: SYN, SYN-ACK (or RST), RST, with IP and
 /// TCP headers and options (the figure the cellular probe budget is spent in).
 constexpr std::uint64_t probe_bytes = 200;
 /// Samples go to the history once a second, not every round: a day of two paths is then
 /// about 170 000 rows instead of 860 000.
 constexpr auto history_every = std::chrono::seconds(1);
+/// A probe that gets no answer within this is lost.
+constexpr auto probe_timeout = std::chrono::seconds(2);
 
 }  // namespace
 
@@ -43,6 +41,7 @@ struct monitor::state {
         store(store_in),
         on_round(std::move(handler)),
         timer(executor),
+        probes_in_flight(executor),
         per_path(paths.size()) {}
 
   struct socket_watch {
@@ -67,11 +66,16 @@ struct monitor::state {
   history* store;
   round_handler on_round;
   asio::steady_timer timer;
+  /// Owns the probes in flight; joined by async_stop.
+  net::task_group probes_in_flight;
   std::vector<path_state> per_path;
   std::map<std::uint64_t, socket_watch> sockets;
   std::uint64_t next_watch_id = 1;
   std::unique_ptr<link_watcher> links;
   bool links_ok = false;
+  /// The subscribers to link changes, by subscription id (link_subscription removes its own).
+  std::map<std::uint64_t, link_handler> link_listeners;
+  std::uint64_t next_listener_id = 1;
   bool running = false;
   clock_type::time_point last_history{};
   clock_type::time_point last_signal{};
@@ -141,27 +145,19 @@ struct monitor::state {
     p.probing = true;
     p.next_probe = now + probe_interval(i);
     ++p.probes;
-    asio::co_spawn(executor, probe(self, i, *paths[i].probe, paths[i].interface), asio::detached);
+    probes_in_flight.spawn(probe(self, i, *paths[i].probe, paths[i].interface),
+                           "probe on " + paths[i].name);
   }
 
+  /// One probe: a TCP connect on the path, bound to its interface. Holds the monitor
+  /// weakly (it may be stopped meanwhile; its task group waits for the probe).
   static asio::awaitable<void> probe(std::weak_ptr<state> weak, std::size_t i, tcp::endpoint target,
                                      std::string interface) {
-    using namespace asio::experimental::awaitable_operators;
-    auto executor = co_await asio::this_coro::executor;
-    tcp::socket socket(executor);
+    tcp::socket socket(co_await asio::this_coro::executor);
     const auto started = clock_type::now();
-    bool answered = false;
-    if (!net::open_bound(socket, target.protocol(), interface)) {
-      asio::steady_timer deadline(executor);
-      deadline.expires_after(std::chrono::seconds(2));
-      auto result =
-          co_await (socket.async_connect(target, nothrow) || deadline.async_wait(nothrow));
-      if (result.index() == 0) {
-        const auto [ec] = std::get<0>(result);
-        // A refusal (RST) came back over the path as fast as a SYN-ACK would have.
-        answered = !ec || ec == asio::error::connection_refused;
-      }
-    }
+    const auto ec = co_await net::async_connect_on_path(socket, target, interface, probe_timeout);
+    // A refusal (RST) came back over the path as fast as a SYN-ACK would have.
+    const bool answered = !ec || ec == asio::error::connection_refused;
     const auto rtt =
         std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - started);
     net::close_with_reset(socket);
@@ -239,6 +235,21 @@ struct monitor::state {
     }
     // Act at once: flows on a path that went down move now, not at the next round.
     if (running) round();
+    tell_link_listeners(before, after);
+  }
+
+  void tell_link_listeners(const link_state& before, const link_state& after) {
+    // A listener may drop its own subscription (or another's) while it is told: walk a
+    // copy of the ids and look each up again.
+    std::vector<std::uint64_t> ids;
+    for (const auto& [id, handler] : link_listeners) ids.push_back(id);
+    for (const auto id : ids) {
+      if (!running) return;
+      auto it = link_listeners.find(id);
+      if (it == link_listeners.end()) continue;
+      auto handler = it->second;  // (a copy: the call may erase the entry)
+      handler(before, after);
+    }
   }
 };
 
@@ -294,14 +305,57 @@ void monitor::start() {
 }
 
 void monitor::stop() {
-  if (!state_ || !state_->running) return;
+  if (!state_) return;
+  state_->probes_in_flight.cancel();
+  if (!state_->running) return;
   state_->running = false;
   state_->timer.cancel();
   if (state_->links) state_->links->stop();
 }
 
+asio::awaitable<void> monitor::async_stop() {
+  stop();
+  // (The state stays alive while we wait: this frame holds it.)
+  const auto keep = state_;
+  co_await keep->probes_in_flight.async_join();
+}
+
 bool monitor::up(std::size_t path) const {
   return state_->per_path.at(path).up;
+}
+
+liveness monitor::as_liveness() const {
+  return [weak = std::weak_ptr<state>(state_)](std::size_t path) {
+    const auto me = weak.lock();
+    return me && path < me->per_path.size() && me->per_path[path].up;
+  };
+}
+
+bool monitor::watching_links() const {
+  return state_->running && state_->links_ok;
+}
+
+monitor::link_subscription monitor::subscribe_links(link_handler on_change) {
+  const auto id = state_->next_listener_id++;
+  state_->link_listeners[id] = std::move(on_change);
+  return link_subscription(state_, id);
+}
+
+monitor::link_subscription::link_subscription(link_subscription&& other) noexcept
+    : monitor_(std::move(other.monitor_)), id_(std::exchange(other.id_, 0)) {}
+
+monitor::link_subscription& monitor::link_subscription::operator=(
+    link_subscription&& other) noexcept {
+  if (this != &other) {
+    if (auto s = monitor_.lock()) s->link_listeners.erase(id_);
+    monitor_ = std::move(other.monitor_);
+    id_ = std::exchange(other.id_, 0);
+  }
+  return *this;
+}
+
+monitor::link_subscription::~link_subscription() {
+  if (auto s = monitor_.lock()) s->link_listeners.erase(id_);
 }
 
 quality monitor::current(std::size_t path) const {

@@ -3,9 +3,11 @@
 // `interval` each path's RTT, jitter, loss and throughput from fleetyd's own sockets on it
 // (TCP_INFO), plus a light probe (a TCP connect) while a path carries nothing. It keeps
 // what it measured in the path history, and calls back after each round so that the
-// selector can act on it.
+// selector can act on it. Its link watcher is the daemon's only one: whoever else follows
+// the interfaces (the MPTCP endpoints) subscribes to its link changes.
 
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <chrono>
 #include <cstdint>
@@ -17,6 +19,8 @@
 
 #include "core/config.hpp"
 #include "core/expected.hpp"
+#include "path/link_watcher.hpp"
+#include "path/liveness.hpp"
 #include "path/quality.hpp"
 
 namespace fleety::path {
@@ -47,9 +51,21 @@ class monitor {
   /// Starts watching links (rtnetlink; if that fails, interfaces are polled each round
   /// and the error is logged) and the rounds.
   void start();
+  /// Stops the rounds and the link watcher, and cancels the probes in flight (they end
+  /// soon after; async_stop waits for them). Idempotent.
   void stop();
+  /// stop(), then waits until no probe is in flight. The owner awaits it before it
+  /// destroys the monitor (a monitor destroyed with probes in flight aborts: its task
+  /// group would outlive them).
+  boost::asio::awaitable<void> async_stop();
 
+  /// Whether path `path` is up: its interface exists, is up, has carrier and an address
+  /// that is not IPv6 link-local (path::usable), as of the last link event or round.
+  /// False before start(). The daemon's one notion of liveness (path/liveness.hpp).
   bool up(std::size_t path) const;
+  /// up(), as a path::liveness to hand to those who must not know the monitor. It holds
+  /// the monitor weakly: once the monitor is gone every path is down.
+  liveness as_liveness() const;
   quality current(std::size_t path) const;
   const std::vector<path_spec>& paths() const;
   std::uint64_t probes_sent(std::size_t path) const;
@@ -72,6 +88,34 @@ class monitor {
     std::uint64_t id_ = 0;
   };
   [[nodiscard]] watch watch_socket(std::size_t path, int fd);
+
+  /// Told of every change of a watched interface (existence, flags, addresses), after the
+  /// monitor itself acted on it; never after stop(). It may drop its subscription.
+  using link_handler = std::function<void(const link_state& before, const link_state& after)>;
+
+  /// A listener of the monitor's link changes, for as long as it lives. Move-only;
+  /// harmless after the monitor is gone.
+  class link_subscription {
+   public:
+    link_subscription() = default;
+    link_subscription(link_subscription&& other) noexcept;
+    link_subscription& operator=(link_subscription&& other) noexcept;
+    link_subscription(const link_subscription&) = delete;
+    link_subscription& operator=(const link_subscription&) = delete;
+    ~link_subscription();
+
+   private:
+    friend class monitor;
+    link_subscription(std::weak_ptr<state> s, std::uint64_t id) : monitor_(std::move(s)), id_(id) {}
+    std::weak_ptr<state> monitor_;
+    std::uint64_t id_ = 0;
+  };
+  /// Subscribes `on_change` to link changes (one link watcher, several listeners).
+  [[nodiscard]] link_subscription subscribe_links(link_handler on_change);
+  /// Whether link changes are being watched (rtnetlink): false before start() and when
+  /// the link watcher could not start (then interfaces are polled and listeners hear
+  /// nothing).
+  bool watching_links() const;
 
  private:
   /// Shared with the probes and handlers in flight and with the watches (weakly), so

@@ -137,6 +137,15 @@ class flow_table {
     return registration(flows_, id);
   }
   const std::map<std::uint64_t, flow>& flows() const { return *flows_; }
+  /// Resets flow `id` once (its reset function is used up). False when there is no such
+  /// flow or its reset is under way already. (Its relay ends, and removes it, later.)
+  bool reset(std::uint64_t id) {
+    auto it = flows_->find(id);
+    if (it == flows_->end() || !it->second.reset) return false;
+    const auto reset_both = std::exchange(it->second.reset, nullptr);
+    reset_both();
+    return true;
+  }
   /// Resets every flow for which `verdict(flow)` is true; returns how many. (A flow's
   /// reset ends its relay, which removes it later, not during this call.)
   template <class Verdict>

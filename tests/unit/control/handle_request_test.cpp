@@ -16,11 +16,15 @@ class fake_daemon : public daemon_api {
   std::map<std::string, bool> apps_enabled{{"browser", true}, {"player", false}};
   std::size_t reloads = 0;
 
-  json::object status() override { return {{"paths", json::array{}}, {"sessions_active", 3}}; }
-  json::array apps() override {
-    json::array out;
+  status_model status() override {
+    status_model s;
+    s.sessions_active = 3;
+    return s;
+  }
+  std::vector<app_status> apps() override {
+    std::vector<app_status> out;
     for (const auto& [name, enabled] : apps_enabled)
-      out.push_back(json::object{{"name", name}, {"enabled", enabled}});
+      out.push_back({name, enabled, "fleety/" + name, std::nullopt, 1000, "default"});
     return out;
   }
   core::expected<bool> set_app_enabled(const std::string& name, bool enabled) override {
@@ -44,8 +48,16 @@ TEST(HandleRequest, StatusAndApps) {
   auto status = reply(R"({"cmd":"status"})", daemon);
   EXPECT_EQ(status.at("ok"), true);
   EXPECT_EQ(status.at("sessions_active"), 3);
+  EXPECT_TRUE(status.at("paths").as_array().empty());
   auto apps = reply(R"({"cmd":"apps"})", daemon);
-  EXPECT_EQ(apps.at("apps").as_array().size(), 2U);
+  ASSERT_EQ(apps.at("apps").as_array().size(), 2U);
+  const auto& browser = apps.at("apps").as_array()[0].as_object();
+  EXPECT_EQ(browser.at("name"), "browser");
+  EXPECT_EQ(browser.at("enabled"), true);
+  EXPECT_EQ(browser.at("cgroup"), "fleety/browser");
+  EXPECT_TRUE(browser.at("uid").is_null());
+  EXPECT_EQ(browser.at("gid"), 1000);
+  EXPECT_EQ(browser.at("class"), "default");
 }
 
 TEST(HandleRequest, StatsOrWhyThereAreNone) {
@@ -54,7 +66,11 @@ TEST(HandleRequest, StatsOrWhyThereAreNone) {
   EXPECT_EQ(none.at("ok"), false);
   EXPECT_EQ(none.at("error"), "this fleetyd keeps no statistics");
   struct counting : fake_daemon {
-    core::expected<json::object> stats() override { return json::object{{"cellular_bytes", 7}}; }
+    core::expected<stats_model> stats() override {
+      stats_model s;
+      s.cellular_bytes = 7;
+      return s;
+    }
   } with_stats;
   auto stats = reply(R"({"cmd":"stats"})", with_stats);
   EXPECT_EQ(stats.at("ok"), true);

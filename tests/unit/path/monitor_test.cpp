@@ -1,9 +1,17 @@
 #include "path/monitor.hpp"
 
 #include <gtest/gtest.h>
+#include <net/if.h>
+#include <sched.h>
+#include <unistd.h>
 
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/write.hpp>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
 #include <thread>
 
 namespace fleety::path {
@@ -30,7 +38,10 @@ TEST(ProbeTarget, ConfiguredElseFirstDnsServerOnPort53) {
 template <class Done>
 bool run_until(asio::io_context& io, Done done, milliseconds limit) {
   const auto deadline = clock_type::now() + limit;
-  while (!done() && clock_type::now() < deadline) io.run_for(milliseconds(10));
+  while (!done() && clock_type::now() < deadline) {
+    io.restart();  // (it stops when it runs out of work)
+    io.run_for(milliseconds(10));
+  }
   return done();
 }
 
@@ -82,6 +93,141 @@ TEST(Monitor, ProbesAnIdlePathAndMeasuresAWatchedSocket) {
   const int after_stop = rounds;
   io.run_for(milliseconds(200));
   EXPECT_EQ(rounds, after_stop);
+  // A probe may still be finishing: its owner waits for it before the monitor goes.
+  bool stopped = false;
+  asio::co_spawn(io, m.async_stop(), [&](std::exception_ptr) { stopped = true; });
+  EXPECT_TRUE(run_until(
+      io, [&] { return stopped; }, milliseconds(3000)));
+}
+
+TEST(Monitor, LivenessIsTheMonitorsUpAndDownOnceItIsGone) {
+  asio::io_context io;
+  core::monitor_config config;
+  liveness up;
+  {
+    monitor m(io.get_executor(), config,
+              {{"loop", "lo", false, std::nullopt}, {"gone", "fleetynodev0", false, std::nullopt}},
+              nullptr, nullptr);
+    up = m.as_liveness();
+    EXPECT_FALSE(up(0));  // not started: nothing is up yet
+    m.start();
+    // lo has 127.0.0.1: usable; the other interface does not exist.
+    EXPECT_EQ(up(0), m.up(0));
+    EXPECT_TRUE(up(0));
+    EXPECT_FALSE(up(1));
+    EXPECT_FALSE(up(7));  // no such path
+    EXPECT_TRUE(m.watching_links() || ::geteuid() != 0);
+  }
+  EXPECT_FALSE(up(0));
+  EXPECT_FALSE(is_up(up, 0));
+  EXPECT_TRUE(is_up(liveness{}, 3));  // nobody measures: every path is tried
+}
+
+// --- with the kernel's links, in a private network namespace (root) ---
+
+/// Runs `body` on a thread of its own in a new, empty network namespace (see
+/// link_watcher_test.cpp); returns why not, or "".
+std::string in_private_netns(const std::function<void()>& body) {
+  std::string why;
+  std::thread thread([&] {
+    if (::unshare(CLONE_NEWNET) != 0) {
+      why = std::string("unshare(CLONE_NEWNET): ") + std::strerror(errno);
+      return;
+    }
+    struct if_nameindex* names = ::if_nameindex();
+    const bool only_lo = names != nullptr && names[0].if_name != nullptr &&
+                         std::strcmp(names[0].if_name, "lo") == 0 && names[1].if_name == nullptr;
+    if (names != nullptr) ::if_freenameindex(names);
+    if (!only_lo) {
+      why = "the new network namespace is not empty";
+      return;
+    }
+    body();
+  });
+  thread.join();
+  return why;
+}
+
+bool sh(const std::string& command) {
+  return std::system((command + " >/dev/null 2>&1").c_str()) == 0;
+}
+
+class MonitorNetnsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root (a private network namespace)";
+    if (!sh("ip -V")) GTEST_SKIP() << "needs ip (iproute2)";
+  }
+  void InPrivateNetns(const std::function<void()>& body) {
+    const std::string why = in_private_netns(body);
+    if (!why.empty()) GTEST_SKIP() << why;
+  }
+};
+
+TEST_F(MonitorNetnsTest, LinkListenersHearEachChangeAfterTheMonitorActedOnIt) {
+  InPrivateNetns([] {
+    asio::io_context io;
+    core::monitor_config config;
+    config.interval = milliseconds(50);
+    monitor m(io.get_executor(), config, {{"dummy", "d0", false, std::nullopt}}, nullptr, nullptr);
+    m.start();
+    ASSERT_TRUE(m.watching_links());
+    int first = 0;
+    int second = 0;
+    bool up_when_told = false;
+    auto one = m.subscribe_links([&](const link_state&, const link_state& after) {
+      ++first;
+      // The monitor's own state is already the new one.
+      if (usable(after)) up_when_told = m.up(0);
+    });
+    monitor::link_subscription two;
+    two = m.subscribe_links([&](const link_state&, const link_state&) {
+      ++second;
+      two = monitor::link_subscription{};  // a listener may drop itself while told
+    });
+    ASSERT_TRUE(
+        sh("ip link add d0 type veth peer name d1 && ip link set d0 addrgenmode none && "
+           "ip link set d1 addrgenmode none && ip link set d1 up && ip link set d0 up && "
+           "ip addr add 198.18.99.1/24 dev d0"));
+    ASSERT_TRUE(run_until(
+        io, [&] { return m.up(0); }, milliseconds(3000)));
+    EXPECT_TRUE(up_when_told);
+    EXPECT_GE(first, 2);  // appeared, up, address (some may come as one event)
+    EXPECT_EQ(second, 1);
+    // Unsubscribed: not told any more.
+    one = monitor::link_subscription{};
+    const int before = first;
+    ASSERT_TRUE(sh("ip link del d0"));
+    ASSERT_TRUE(run_until(
+        io, [&] { return !m.up(0); }, milliseconds(3000)));
+    EXPECT_EQ(first, before);
+    m.stop();
+  });
+}
+
+TEST_F(MonitorNetnsTest, AsyncStopEndsAProbeInFlightAtOnce) {
+  InPrivateNetns([] {
+    // A probe to a neighbour that never answers ARP: its connect would wait 2 s.
+    ASSERT_TRUE(
+        sh("ip link add d0 type veth peer name d1 && ip link set d0 addrgenmode none && "
+           "ip link set d1 addrgenmode none && ip link set d1 up && ip link set d0 up && "
+           "ip addr add 198.18.99.1/24 dev d0"));
+    asio::io_context io;
+    core::monitor_config config;
+    config.interval = milliseconds(20);
+    config.probe_interval = milliseconds(20);
+    const tcp::endpoint silent(asio::ip::make_address("198.18.99.2"), 80);
+    monitor m(io.get_executor(), config, {{"dummy", "d0", false, silent}}, nullptr, nullptr);
+    m.start();
+    ASSERT_TRUE(run_until(
+        io, [&] { return m.probes_sent(0) > 0; }, milliseconds(2000)));
+    const auto asked = clock_type::now();
+    bool stopped = false;
+    asio::co_spawn(io, m.async_stop(), [&](std::exception_ptr) { stopped = true; });
+    ASSERT_TRUE(run_until(
+        io, [&] { return stopped; }, milliseconds(3000)));
+    EXPECT_LT(clock_type::now() - asked, milliseconds(500));
+  });
 }
 
 }  // namespace

@@ -1,0 +1,119 @@
+#include "control/status_model.hpp"
+
+#include <boost/json/value.hpp>
+
+namespace fleety::control {
+namespace json = boost::json;
+
+namespace {
+
+/// Milliseconds as a JSON double, null when unknown.
+json::value ms(const std::optional<std::chrono::microseconds>& v) {
+  if (!v) return nullptr;
+  return static_cast<double>(v->count()) / 1000;
+}
+
+json::value number(const std::optional<double>& v, double scale = 1) {
+  return v ? json::value(*v / scale) : json::value(nullptr);
+}
+
+}  // namespace
+
+json::object status_json(const status_model& status) {
+  json::array paths;
+  for (const auto& p : status.paths) {
+    paths.push_back(json::object{{"name", p.name},
+                                 {"interface", p.interface},
+                                 {"kind", p.kind},
+                                 {"up", p.up},
+                                 {"rtt_ms", ms(p.rtt)},
+                                 {"jitter_ms", ms(p.jitter)},
+                                 {"throughput_mbps", number(p.throughput_bps, 1e6)},
+                                 {"loss", number(p.loss)},
+                                 {"signal_dbm", number(p.signal_dbm)},
+                                 {"capacity_mbps", p.capacity_bps / 1e6},
+                                 {"probes", p.probes},
+                                 {"bytes_received", p.bytes_received},
+                                 {"requests", p.requests}});
+  }
+  json::array flows;
+  for (const auto& f : status.flows) {
+    flows.push_back(json::object{{"id", f.id},
+                                 {"app", f.app},
+                                 {"class", f.qos_class},
+                                 {"path", f.path},
+                                 {"what", f.what},
+                                 {"seconds", f.seconds}});
+  }
+  json::array downloads;
+  for (const auto& d : status.downloads) {
+    json::array shares;
+    for (const auto& s : d.paths) {
+      shares.push_back(json::object{
+          {"path", s.path}, {"bytes", s.bytes}, {"rate_bps", s.rate_bps}, {"failed", s.failed}});
+    }
+    downloads.push_back(json::object{{"session", d.session},
+                                     {"app", d.app},
+                                     {"url", d.url},
+                                     {"size", d.size},
+                                     {"delivered", d.delivered},
+                                     {"seconds", d.seconds},
+                                     {"paths", std::move(shares)}});
+  }
+  json::array app_bytes;
+  for (const auto& a : status.app_bytes)
+    app_bytes.push_back(json::object{{"app", a.app}, {"path", a.path}, {"bytes", a.bytes}});
+  return {{"paths", std::move(paths)},
+          {"flows", std::move(flows)},
+          {"downloads", std::move(downloads)},
+          {"cellular_month_bytes", status.cellular_month_bytes},
+          {"flow_resets", status.flow_resets},
+          {"app_bytes", std::move(app_bytes)},
+          {"cellular_capped", status.cellular_capped},
+          {"sessions_active", status.sessions_active},
+          {"sessions_started", status.sessions_started},
+          {"multipath_downloads_active", status.multipath_downloads_active},
+          {"version_conflicts", status.version_conflicts},
+          {"intercepting", status.intercepting},
+          {"dns", json::object{{"queries", status.dns.queries},
+                               {"answered_by_fallback", status.dns.answered_by_fallback},
+                               {"failed", status.dns.failed}}}};
+}
+
+json::array apps_json(const std::vector<app_status>& apps) {
+  json::array out;
+  for (const auto& app : apps) {
+    json::object entry{{"name", app.name}, {"enabled", app.enabled}};
+    entry["cgroup"] = app.cgroup;
+    entry["uid"] = app.uid ? json::value(*app.uid) : json::value(nullptr);
+    entry["gid"] = app.gid ? json::value(*app.gid) : json::value(nullptr);
+    entry["class"] = app.qos_class;
+    out.push_back(std::move(entry));
+  }
+  return out;
+}
+
+json::object stats_json(const stats_model& stats) {
+  json::array per_path;
+  for (const auto& p : stats.paths)
+    per_path.push_back(json::object{{"path", p.path}, {"bytes", p.bytes}});
+  json::array per_app;
+  for (const auto& a : stats.apps)
+    per_app.push_back(json::object{{"path", a.path}, {"bytes", a.bytes}, {"app", a.app}});
+  return json::object{
+      {"month", stats.month},
+      {"cellular_bytes", stats.cellular_bytes},
+      {"cellular_capped", stats.cellular_capped},
+      {"paths", std::move(per_path)},
+      {"apps", std::move(per_app)},
+      {"telemetry", json::object{{"days", stats.days},
+                                 {"transitions", stats.transitions},
+                                 {"median_gain_mbps", number(stats.median_gain_bps, 1e6)},
+                                 {"mean_gain_mbps", number(stats.mean_gain_bps, 1e6)},
+                                 {"median_speedup", number(stats.median_speedup)},
+                                 {"mean_speedup", number(stats.mean_speedup)},
+                                 {"switches", stats.switches},
+                                 {"median_rtt_change_ms", ms(stats.median_rtt_change)}}}};
+}
+
+}  // namespace fleety::control
