@@ -17,6 +17,8 @@ scripts/build.sh build
 echo "== unit tests under AddressSanitizer + UndefinedBehaviorSanitizer"
 scripts/build.sh build-asan -DFLEETY_SANITIZE=ON -DFLEETY_E2E=OFF -DCMAKE_BUILD_TYPE=Debug
 ctest --test-dir build-asan -L unit --output-on-failure -j 2
+echo "== shutdown under AddressSanitizer + UndefinedBehaviorSanitizer (lab)"
+ctest --test-dir build-asan -R '^e2e.shutdown$' --output-on-failure
 
 echo "== fuzz targets (libFuzzer, clang, 30 s each)"
 scripts/fuzz.sh 30
