@@ -19,6 +19,7 @@
 
 #include "core/units.hpp"
 #include "dns/http_dns.hpp"
+#include "dns/reply_choice.hpp"
 #include "mphttp/fetch_state.hpp"
 #include "mphttp/http_rules.hpp"
 #include "mphttp/multipath_fetch.hpp"
@@ -857,35 +858,32 @@ awaitable<std::optional<bool>> async_serve_http_dns(const request_context& ctx,
   }
   // Each path's connect and read have their own timeouts; this bounds the app's wait.
   const auto deadline = started + as_duration(limits.connect_timeout + 2 * limits.io_timeout);
-  const http_dns_reply* chosen = nullptr;
-  std::size_t chosen_index = 0;
-  while (chosen == nullptr && clock_type::now() < deadline) {
-    const auto& preferred = state->replies[0];
-    if (preferred && !preferred->ec) {
-      chosen = &*preferred;
-      break;
+  // The same rule as the DNS duplicator's (dns::choose_reply): the preferred path's reply,
+  // else, once it failed, the first other one that came; at the deadline, what came.
+  std::vector<dns::reply_status> statuses(up.size());
+  dns::reply_choice choice;
+  for (;;) {
+    const bool late = clock_type::now() >= deadline;
+    for (std::size_t k = 0; k < up.size(); ++k) {
+      const auto& reply = state->replies[k];
+      statuses[k] = !reply       ? dns::reply_status::pending
+                    : reply->ec ? dns::reply_status::failed
+                                : dns::reply_status::succeeded;
     }
-    if (preferred) {
-      for (std::size_t k = 1; k < up.size() && chosen == nullptr; ++k) {
-        if (state->replies[k] && !state->replies[k]->ec) {
-          chosen = &*state->replies[k];
-          chosen_index = k;
-        }
-      }
-      const bool all_failed = std::all_of(state->replies.begin(), state->replies.end(),
-                                          [](const auto& r) { return r && r->ec; });
-      if (chosen != nullptr || all_failed) break;
-    }
-    co_await async_wait_for_wake(state->wake, deadline - clock_type::now());
-  }
-  if (chosen == nullptr) {
     const auto& preferred = state->replies[0];
-    const error_code ec = preferred ? preferred->ec : error_code(beast::error::timeout);
-    if (ec == http::error::body_limit) {
+    if (preferred && preferred->ec == http::error::body_limit) {
+      // Too long to be an HTTP-DNS answer: the request is served as any other.
       spdlog::info("[{}] http-dns {} {}: reply over {} bytes: relayed as it is, not read",
                    ctx.session_id, endpoint.name, url, endpoint.max_reply_bytes);
       co_return std::nullopt;
     }
+    choice = dns::choose_reply(statuses, late);
+    if (choice.decision != dns::reply_choice::verdict::wait) break;
+    co_await async_wait_for_wake(state->wake, deadline - clock_type::now());
+  }
+  if (choice.decision == dns::reply_choice::verdict::fail) {
+    const auto& preferred = state->replies[0];
+    const error_code ec = preferred ? preferred->ec : error_code(beast::error::timeout);
     spdlog::warn("[{}] http-dns {} {}: no path answered ({})", ctx.session_id, endpoint.name, url,
                  ec.message());
     co_await async_write_error(
@@ -895,10 +893,12 @@ awaitable<std::optional<bool>> async_serve_http_dns(const request_context& ctx,
         limits);
     co_return false;
   }
+  const std::size_t chosen_index = choice.path;
+  const http_dns_reply* chosen = &*state->replies[chosen_index];
   if (chosen_index != 0) {
     spdlog::info("[{}] http-dns {}: answered by {}: {} failed ({})", ctx.session_id, url,
                  up[chosen_index]->config.name, up[0]->config.name,
-                 state->replies[0]->ec.message());
+                 state->replies[0] ? state->replies[0]->ec.message() : "no reply in time");
   }
   // The reply as the origin sent it, with our connection's framing.
   http::response<http::string_body> reply = chosen->response;
