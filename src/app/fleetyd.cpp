@@ -190,6 +190,7 @@ int run(const core::config& config, const std::string& config_path) {
 
   // Everything opened: the servers start, each owned by the daemon's task group.
   net::task_group tasks(io.get_executor());
+  context.background = &tasks;
   tasks.spawn(mphttp::run_proxy_listener(std::move(*proxy_acceptor), context), "proxy listener");
   if (intercepting) intercepting->serve(tasks, duplicator, context, placement);
   tasks.spawn(control::run_control_server(std::move(control_acceptor).value(), control_api),

@@ -771,11 +771,14 @@ struct http_dns_reply {
 /// Sends the query on `path` and reads the whole reply (at most `max_bytes` of body);
 /// a 2xx reply's addresses go into the DNS information database and the path's resolver
 /// cache, under the names it gives (else the name asked).
-awaitable<http_dns_reply> async_http_dns_on_path(
-    path_runtime& path, proxy_context& proxy, upstream_connector& connector,
-    http::request<http::empty_body> query, proxy_target target, bool to_destination,
-    std::string asked_name, core::http_dns_config endpoint, std::uint64_t session_id) {
+awaitable<http_dns_reply> async_http_dns_on_path(path_runtime& path, proxy_context& proxy,
+                                                 http::request<http::empty_body> query,
+                                                 proxy_target target, bool to_destination,
+                                                 std::string asked_name,
+                                                 core::http_dns_config endpoint,
+                                                 std::uint64_t session_id) {
   const auto& limits = proxy.config.proxy;
+  path_connector connector(limits);  // (our own: we may outlive the session)
   upstream up(co_await asio::this_coro::executor);
   http_dns_reply out;
   out.ec = co_await connector.async_connect(up, path, target, to_destination);
@@ -835,8 +838,8 @@ awaitable<std::optional<bool>> async_serve_http_dns(const request_context& ctx,
                                ctx.request.version(), limits);
     co_return false;
   }
-  // Shared with the per-path queries, which may outlive this call (they are the
-  // session's children): a late reply is still recorded.
+  // Shared with the per-path queries, which may outlive this call and the session (they
+  // are the daemon's background tasks): a late reply is still recorded.
   struct gathering {
     gathering(const asio::any_io_executor& executor, std::size_t n) : wake(executor), replies(n) {}
     asio::steady_timer wake;
@@ -844,14 +847,15 @@ awaitable<std::optional<bool>> async_serve_http_dns(const request_context& ctx,
   };
   auto state = std::make_shared<gathering>(executor, up.size());
   const auto query_out = upstream_request(ctx.request, ctx.target);
+  auto& owner = ctx.proxy.background != nullptr ? *ctx.proxy.background : ctx.tasks;
   for (std::size_t k = 0; k < up.size(); ++k) {
-    ctx.tasks.spawn(
+    owner.spawn(
         [](std::shared_ptr<gathering> shared, std::size_t index, awaitable<http_dns_reply> reply)
             -> awaitable<void> {
           shared->replies[index] = co_await std::move(reply);
           shared->wake.cancel();
         }(state, k,
-            async_http_dns_on_path(*up[k], ctx.proxy, ctx.connector, query_out, ctx.target,
+            async_http_dns_on_path(*up[k], ctx.proxy, query_out, ctx.target,
                                    /*to_destination=*/k == 0, query.asked_name, endpoint,
                                    ctx.session_id)),
         fmt::format("[{}] http-dns on path {}", ctx.session_id, up[k]->config.name));
@@ -866,7 +870,7 @@ awaitable<std::optional<bool>> async_serve_http_dns(const request_context& ctx,
     const bool late = clock_type::now() >= deadline;
     for (std::size_t k = 0; k < up.size(); ++k) {
       const auto& reply = state->replies[k];
-      statuses[k] = !reply       ? dns::reply_status::pending
+      statuses[k] = !reply      ? dns::reply_status::pending
                     : reply->ec ? dns::reply_status::failed
                                 : dns::reply_status::succeeded;
     }

@@ -22,6 +22,10 @@
 #include "mphttp/path_estimator.hpp"
 #include "path/monitor.hpp"
 
+namespace fleety::net {
+class task_group;
+}
+
 namespace fleety::mphttp {
 
 /// A path as the proxy uses it. Owned by the daemon; outlives every session.
@@ -95,6 +99,10 @@ struct proxy_context {
   std::list<active_download> downloads{};
   /// Which requests may split (config [[feature]]); replaced on reload.
   classify::feature_rules features{};
+  /// Tasks that may outlive the session that started them (the HTTP-DNS queries of the
+  /// other paths, whose late replies are still recorded): the daemon's task group, joined
+  /// before this context goes. Null: each session owns them (and cancels them as it ends).
+  net::task_group* background = nullptr;
   /// What each path's resolver answered (the DNS duplicator fills it); may be null.
   dns::info_db* dns_info = nullptr;
   /// Over the cellular budget ([budget]): downloads don't split onto cellular paths, and
