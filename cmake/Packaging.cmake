@@ -10,7 +10,7 @@ set(_pkg ${PROJECT_SOURCE_DIR}/packaging)
 install(FILES ${_pkg}/fleetyd.service DESTINATION /lib/systemd/system)
 install(FILES ${_pkg}/fleety.toml DESTINATION /etc/fleety)
 install(FILES README.md docs/install.md docs/configuration.md docs/paths.md
-              docs/interception.md docs/get.md docs/ARCHITECTURE.md
+              docs/interception.md docs/get.md docs/architecture.md
         DESTINATION share/doc/fleety)
 install(FILES ${_pkg}/debian/copyright DESTINATION share/doc/fleety)
 
