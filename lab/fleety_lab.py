@@ -22,6 +22,7 @@ Only the Python standard library is used. Everything needs root.
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import hashlib
 import ipaddress
@@ -282,6 +283,116 @@ def ensure_object(name: str, object_dir: Path = OBJECT_DIR, log=None) -> Path:
 
 
 # --------------------------------------------------------------------------
+# The CDN zoo's files (issue 16): copies of objects as other nodes hold them
+
+REPLICA_DIR = OBJECT_DIR / "replicas"  # the same bytes, another mtime: other ETag, Last-Modified
+VARIANT_DIR = OBJECT_DIR / "variants"  # another version: same size, other bytes from 1 MB on
+VARIANT_FROM = 1_000_000
+STREAMS_PORT = 8081  # lab/streams.py on every CDN address
+APP_PROXY_PORT = 8082  # and a forward proxy there: an app's own HTTP proxy
+
+
+def _copy_with_mtime(src: Path, dst: Path, mtime: float, transform=None) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(dst.parent, 0o755)
+    if dst.is_file() and dst.stat().st_size == src.stat().st_size and \
+            abs(dst.stat().st_mtime - mtime) < 1:
+        return dst
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            offset = 0
+            while chunk := fin.read(OBJECT_CHUNK):
+                fout.write(transform(offset, chunk) if transform else chunk)
+                offset += len(chunk)
+        os.chmod(tmp, 0o644)
+        os.utime(tmp, (mtime, mtime))
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dst
+
+
+def ensure_replica(name: str) -> Path:
+    """The cell node's copy of object `name`: its bytes, with an mtime two hours older,
+    so nginx gives it another ETag ("mtime-size") and Last-Modified — as two nodes of one
+    CDN that synced the object at other times. Served at /replica/NAME by the cell node
+    (the Wi-Fi node serves the original there)."""
+    src = ensure_object(name)
+    return _copy_with_mtime(src, REPLICA_DIR / name, src.stat().st_mtime - 7200)
+
+
+def ensure_variant(name: str) -> Path:
+    """Another version of object `name`: the same size, other bytes from VARIANT_FROM on,
+    the same mtime (a cache that lies about what it holds). Served at /digest-other/NAME by
+    the cell node, with its own Repr-Digest."""
+    src = ensure_object(name)
+
+    def flip(offset: int, chunk: bytes) -> bytes:
+        if offset + len(chunk) <= VARIANT_FROM:
+            return chunk
+        keep = max(0, VARIANT_FROM - offset)
+        return chunk[:keep] + bytes(b ^ 0x5A for b in chunk[keep:])
+
+    return _copy_with_mtime(src, VARIANT_DIR / name, src.stat().st_mtime, flip)
+
+
+def file_digest_b64(path: Path) -> str:
+    """sha-256 of a file, base64 (RFC 9530 Repr-Digest's value), cached beside it."""
+    cache = path.with_name(f".{path.name}.sha256")
+    stamp = f"{path.stat().st_size} {path.stat().st_mtime_ns}"
+    if cache.is_file():
+        cached_stamp, _, value = cache.read_text().partition("\n")
+        if cached_stamp == stamp:
+            return value.strip()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(OBJECT_CHUNK):
+            h.update(chunk)
+    value = base64.b64encode(h.digest()).decode()
+    cache.write_text(f"{stamp}\n{value}\n")
+    return value
+
+
+def zoo_locations(name: str, object_dir: Path, digest_objects: Iterable[str] = ()) -> str:
+    """The CDN zoo (issue 16): what real CDN nodes do differently with one object, each
+    under a URL prefix; the Wi-Fi node behaves plainly, the cell node as written:
+      /replica/NAME     its copy has another mtime: other ETag and Last-Modified (ensure_replica)
+      /weak/NAME        both nodes: a weak ETag only (as compressing CDNs send)
+      /refuse/NAME      range requests get 403 (a signed URL bound to the client's address)
+      /ratelimit/NAME   range requests get 429 with Retry-After: 120 (a per-address limit)
+      /unavailable/NAME range requests get 503
+      /digest/NAME      both nodes send Repr-Digest (sha-256) of NAME
+      /digest-other/NAME another version (ensure_variant), with its own Repr-Digest
+    """
+    cell = name == "cell"
+    refuse = lambda status, extra="": (  # noqa: E731
+        f"if ($http_range) {{ {extra}return {status}; }} " if cell else "")
+    out = [
+        "        # The CDN zoo (issue 16, fleety_lab.zoo_locations)\n",
+        f"        location /replica/ {{ alias {REPLICA_DIR if cell else object_dir}/; }}\n",
+        f"        location /weak/ {{ alias {object_dir}/; etag off; "
+        f"add_header ETag 'W/\"{name}-weak\"'; }}\n",
+        f"        location /refuse/ {{ alias {object_dir}/; {refuse(403)}}}\n",
+        f"        location /ratelimit/ {{ alias {object_dir}/; "
+        f"{refuse(429, 'add_header Retry-After 120 always; ')}}}\n",
+        f"        location /unavailable/ {{ alias {object_dir}/; {refuse(503)}}}\n",
+    ]
+    for obj in digest_objects:
+        original = object_dir / obj
+        if not original.is_file():
+            continue
+        out.append(f"        location = /digest/{obj} {{ alias {original}; "
+                   f"add_header Repr-Digest 'sha-256=:{file_digest_b64(original)}:'; }}\n")
+        other = VARIANT_DIR / obj if cell else original
+        if other.is_file():
+            out.append(f"        location = /digest-other/{obj} {{ alias {other}; "
+                       f"add_header Repr-Digest 'sha-256=:{file_digest_b64(other)}:'; }}\n")
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------
 # nginx configuration: one function, easy to extend with more locations
 
 @dataclasses.dataclass(frozen=True)
@@ -318,7 +429,7 @@ def per_cdn(value: str | dict[str, str] | None, what: str) -> dict[str, str]:
 def nginx_config(name: str, listen_addr: str, state_dir: Path, object_dir: Path,
                  extra_roots: Iterable[ExtraRoot] = (), extra_http: str = "",
                  extra_server: str = "", aliases: Iterable[str] = (),
-                 tls: "TlsFiles | None" = None) -> str:
+                 tls: "TlsFiles | None" = None, digest_objects: Iterable[str] = ()) -> str:
     """nginx.conf for the CDN node `name` (wifi|cell). Objects are served from
     object_dir at /; each ExtraRoot adds a `location PREFIX { alias DIR/; }`.
     extra_http / extra_server are appended verbatim to the http / server
@@ -355,7 +466,7 @@ http {{
     log_format fleety '$remote_addr $server_addr:$server_port [$time_iso8601] '
                       '"$request" range="$http_range" $status $body_bytes_sent '
                       'sent=$bytes_sent rt=$request_time conn=$connection '
-                      'tls=$ssl_protocol';
+                      'tls=$ssl_protocol if_range="$http_if_range"';
     access_log {base}.access.log fleety;
     client_body_temp_path {base}/body;
     proxy_temp_path {base}/proxy;
@@ -374,7 +485,7 @@ http {{
 {alias_listens}{tls_conf}        server_name {CDN_NAME} _;
         root {object_dir};
         location / {{ }}
-{''.join(locations)}{extra_server}
+{''.join(locations)}{zoo_locations(name, object_dir, digest_objects)}{extra_server}
     }}
 }}
 """
@@ -918,6 +1029,8 @@ class Lab:
             self.down()
         for o in wanted:
             ensure_object(o, log=self._log if self.verbose else None)
+        # The zoo's other version of 10MB and the digests it is served with.
+        ensure_variant("10MB")
 
         t0 = time.monotonic()
         try:
@@ -1088,7 +1201,8 @@ class Lab:
             conf.write_text(nginx_config(pname, p.cdn, self.state_dir, OBJECT_DIR, roots,
                                          nginx_extra["http"][pname],
                                          nginx_extra["server"][pname],
-                                         (aliases or {}).get(pname, ()), tls=self.tls))
+                                         (aliases or {}).get(pname, ()), tls=self.tls,
+                                         digest_objects=("10MB",)))
             self._in("inet", "nginx", "-t", "-q", "-c", str(conf), "-p", str(base))
             proc = self._spawn(role, "inet", ["nginx", "-c", str(conf), "-p", str(base)])
             self._wait_ready(role, proc,
@@ -1096,6 +1210,20 @@ class Lab:
                                  self._proc_net_has(pid, "tcp", _hex_addr(a, port), "0A")
                                  for port in (80, TLS_PORT)),
                              f"listening on {p.cdn}:80 and :{TLS_PORT}")
+
+        # The streaming server (SSE, chunked, until-close, long polls, WebSocket) on every
+        # CDN address: apps' traffic that is not a file (lab/streams.py).
+        streams_at = [a for pname, p in PATHS.items()
+                      for a in (p.cdn, *(aliases or {}).get(pname, ()))]
+        proc = self._spawn("streams", "inet", [sys.executable, str(Path(__file__).with_name("streams.py")),
+                                               *[x for a in streams_at for x in ("--listen", a)],
+                                               "--port", str(STREAMS_PORT),
+                                               "--proxy-port", str(APP_PROXY_PORT),
+                                               "--resolve", f"{CDN_NAME}={PATHS['wifi'].cdn}"])
+        self._wait_ready("streams", proc,
+                         lambda pid: all(self._proc_net_has(pid, "tcp", _hex_addr(a, STREAMS_PORT), "0A")
+                                         for a in streams_at),
+                         f"listening on :{STREAMS_PORT}")
 
     def _veths(self) -> list[tuple[str, str]]:
         out = []
@@ -1312,6 +1440,8 @@ class Lab:
             "up": (self.state_dir / "config.json").exists(),
             "ipv6": bool(self._read_json("config.json", {}).get("ipv6")),
             "tls": self.tls_info(),
+            "streams_port": STREAMS_PORT,
+            "app_proxy_port": APP_PROXY_PORT,
         }
 
     def tls_info(self) -> dict[str, Any]:
