@@ -45,6 +45,15 @@ control::status_model daemon_control::status() {
   s.sessions_started = context_.sessions_started;
   s.multipath_downloads_active = context_.fetches_active;
   s.version_conflicts = context_.version_conflicts;
+  const auto now = std::chrono::steady_clock::now();
+  for (const auto& r : context_.refusals.active(now)) {
+    s.refused_paths.push_back({r.host, r.path, std::string(mphttp::to_string(r.why)), r.status,
+                               std::chrono::duration<double>(r.until - now).count()});
+  }
+  for (const auto& [why, n] : context_.refusals.totals())
+    s.refusals_total.emplace_back(std::string(mphttp::to_string(why)), n);
+  const auto warm = mphttp::warm_connections_of(context_);
+  s.warm = {warm.idle, warm.reused, warm.parked, warm.over_limit};
   s.intercepting = intercepting_ != nullptr;
   const auto& dns = duplicator_.stats();
   s.dns = {dns.queries, dns.answered_by_fallback, dns.failed};

@@ -207,11 +207,29 @@ void print_status(const boost::json::object& s) {
     }
     std::cout << "\n";
   }
+  if (const auto* refused = s.if_contains("refused_paths");
+      refused != nullptr && !refused->as_array().empty()) {
+    // Not version conflicts: a node that refuses one path (a token bound to an address, a
+    // per-address limit) keeps that path off the host for a while.
+    for (const auto& r : refused->as_array()) {
+      const auto& row = r.as_object();
+      std::cout << fmt::format(
+          "refused: {} for {} ({} {}), {:.0f} s left\n", std::string(row.at("path").as_string()),
+          std::string(row.at("host").as_string()), number_of(row.at("status")),
+          std::string(row.at("reason").as_string()), number_of(row.at("seconds_left")));
+    }
+  }
   std::cout << fmt::format(
       "sessions: {} active, {} since start; multipath downloads: {}; "
       "interception: {}\n",
       number_of(s.at("sessions_active")), number_of(s.at("sessions_started")),
       number_of(s.at("multipath_downloads_active")), s.at("intercepting").as_bool() ? "on" : "off");
+  if (const auto* warm = s.if_contains("warm_connections")) {
+    const auto& w = warm->as_object();
+    std::cout << fmt::format(
+        "warm connections: {} idle, {} requests reused one, {} not opened (host limit)\n",
+        number_of(w.at("idle")), number_of(w.at("reused")), number_of(w.at("over_limit")));
+  }
   if (const auto* used = s.if_contains("cellular_month_bytes")) {
     std::cout << fmt::format("cellular this month: {}{}\n",
                              core::format_size(static_cast<std::uint64_t>(number_of(*used))),

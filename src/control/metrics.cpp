@@ -151,6 +151,27 @@ std::string prometheus_text(const status_model& status) {
     w.family(s.name, s.type, s.help);
     w.sample(s.name, "", s.value);
   }
+  w.family("fleety_path_refusals_total", "counter",
+           "range requests a node refused (not version conflicts), by reason");
+  for (const auto& [reason, n] : status.refusals_total)
+    w.sample("fleety_path_refusals_total", fmt::format("reason=\"{}\"", label(reason)), count(n));
+  w.family("fleety_refused_paths", "gauge",
+           "paths kept off a host now because its node refused them");
+  {
+    std::map<std::string, std::uint64_t> by_path;
+    for (const auto& r : status.refused_paths) ++by_path[r.path];
+    for (const auto& [path, n] : by_path)
+      w.sample("fleety_refused_paths", fmt::format("path=\"{}\"", label(path)), count(n));
+  }
+  w.family("fleety_warm_connections", "gauge",
+           "idle keep-alive connections kept for the next request to the same node");
+  w.sample("fleety_warm_connections", "", count(status.warm.idle));
+  w.family("fleety_warm_connection_reuses_total", "counter",
+           "requests that went on a warm connection instead of a new one");
+  w.sample("fleety_warm_connection_reuses_total", "", count(status.warm.reused));
+  w.family("fleety_connection_limit_hits_total", "counter",
+           "connections not opened because a host's limit on a path was reached");
+  w.sample("fleety_connection_limit_hits_total", "", count(status.warm.over_limit));
   w.family("fleety_dns_queries_total", "counter", "apps' DNS queries duplicated on the paths");
   w.sample("fleety_dns_queries_total", "", count(status.dns.queries));
   w.family("fleety_dns_fallbacks_total", "counter",

@@ -63,6 +63,16 @@ json::object status_json(const status_model& status) {
   json::array app_bytes;
   for (const auto& a : status.app_bytes)
     app_bytes.push_back(json::object{{"app", a.app}, {"path", a.path}, {"bytes", a.bytes}});
+  json::array refused;
+  for (const auto& r : status.refused_paths) {
+    refused.push_back(json::object{{"host", r.host},
+                                   {"path", r.path},
+                                   {"reason", r.reason},
+                                   {"status", r.status},
+                                   {"seconds_left", r.seconds_left}});
+  }
+  json::object refusals;
+  for (const auto& [reason, count] : status.refusals_total) refusals[reason] = count;
   return {{"paths", std::move(paths)},
           {"flows", std::move(flows)},
           {"downloads", std::move(downloads)},
@@ -74,10 +84,16 @@ json::object status_json(const status_model& status) {
           {"sessions_started", status.sessions_started},
           {"multipath_downloads_active", status.multipath_downloads_active},
           {"version_conflicts", status.version_conflicts},
+          {"refused_paths", std::move(refused)},
+          {"refusals", std::move(refusals)},
           {"intercepting", status.intercepting},
           {"dns", json::object{{"queries", status.dns.queries},
                                {"answered_by_fallback", status.dns.answered_by_fallback},
-                               {"failed", status.dns.failed}}}};
+                               {"failed", status.dns.failed}}},
+          {"warm_connections", json::object{{"idle", status.warm.idle},
+                                            {"reused", status.warm.reused},
+                                            {"parked", status.warm.parked},
+                                            {"over_limit", status.warm.over_limit}}}};
 }
 
 json::array apps_json(const std::vector<app_status>& apps) {

@@ -72,6 +72,16 @@ struct app_bytes_row {
   std::uint64_t bytes = 0;
 };
 
+/// A path a host's node refused lately (issue 16): no ranges go there for that host
+/// until the time is up. Not a version conflict.
+struct refusal_status {
+  std::string host;
+  std::string path;
+  std::string reason;   ///< "forbidden", "rate limited", "ignores ranges", ...
+  unsigned status = 0;  ///< the node's HTTP status
+  double seconds_left = 0;
+};
+
 /// The whole status (the control socket's `status`, the metrics).
 struct status_model {
   std::vector<path_status> paths;  ///< in preference order
@@ -84,9 +94,19 @@ struct status_model {
   std::uint64_t sessions_active = 0;
   std::uint64_t sessions_started = 0;
   std::uint64_t multipath_downloads_active = 0;
-  std::uint64_t version_conflicts = 0;  ///< downloads whose paths served two versions
-  bool intercepting = false;            ///< apps are being taken over
+  std::uint64_t version_conflicts = 0;        ///< downloads whose paths served two versions
+  std::vector<refusal_status> refused_paths;  ///< in force now
+  /// Refusals since start, by reason ("forbidden", "rate limited", ...).
+  std::vector<std::pair<std::string, std::uint64_t>> refusals_total;
+  bool intercepting = false;  ///< apps are being taken over
   dns_status dns;
+  /// The pool of warm keep-alive connections to the hosts' nodes.
+  struct warm_status {
+    std::uint64_t idle = 0;
+    std::uint64_t reused = 0;      ///< requests that went on a warm connection
+    std::uint64_t parked = 0;      ///< connections kept warm after a response
+    std::uint64_t over_limit = 0;  ///< connections not opened: a host's limit on a path
+  } warm;
 };
 
 /// The status as the control socket's JSON object: the keys, their order and their JSON

@@ -104,10 +104,16 @@ std::optional<std::string> read_listen(const context& ctx, const toml::table& ta
   return std::nullopt;
 }
 
+std::optional<std::string> read_integer(const context& ctx, const toml::table& table,
+                                        std::string_view key, std::string_view section,
+                                        std::int64_t min, std::int64_t max, std::int64_t& out);
+
 std::optional<std::string> read_proxy(const context& ctx, const toml::table& table,
                                       proxy_config& proxy) {
-  if (auto e = check_keys(ctx, table, "[proxy]",
-                          {"listen", "connect_timeout", "io_timeout", "max_connections"})) {
+  if (auto e = check_keys(
+          ctx, table, "[proxy]",
+          {"listen", "connect_timeout", "io_timeout", "stream_idle_timeout", "max_connections",
+           "connections_per_host", "idle_connections", "idle_connection_timeout"})) {
     return e;
   }
   if (auto e = read_listen(ctx, table, "proxy", "127.0.0.1:3128", proxy.listen_address,
@@ -129,13 +135,24 @@ std::optional<std::string> read_proxy(const context& ctx, const toml::table& tab
           ctx, table, "io_timeout", "proxy", parse_duration, store_duration(proxy.io_timeout))) {
     return e;
   }
-  if (const toml::node* node = table.get("max_connections")) {
-    const auto* value = node->as_integer();
-    if (value == nullptr || value->get() < 1 || value->get() > 100000) {
-      return fmt::format("{}proxy.max_connections must be a whole number from 1 to 100000",
-                         ctx.where(*node));
-    }
-    proxy.max_connections = static_cast<std::uint32_t>(value->get());
+  if (auto e = read_unit<std::chrono::microseconds>(ctx, table, "stream_idle_timeout", "proxy",
+                                                    parse_duration,
+                                                    store_duration(proxy.stream_idle_timeout))) {
+    return e;
+  }
+  std::int64_t count = proxy.max_connections;
+  if (auto e = read_integer(ctx, table, "max_connections", "proxy", 1, 100000, count)) return e;
+  proxy.max_connections = static_cast<std::uint32_t>(count);
+  count = static_cast<std::int64_t>(proxy.connections_per_host);
+  if (auto e = read_integer(ctx, table, "connections_per_host", "proxy", 1, 64, count)) return e;
+  proxy.connections_per_host = static_cast<std::size_t>(count);
+  count = static_cast<std::int64_t>(proxy.idle_connections);
+  if (auto e = read_integer(ctx, table, "idle_connections", "proxy", 0, 1024, count)) return e;
+  proxy.idle_connections = static_cast<std::size_t>(count);
+  if (auto e = read_unit<std::chrono::microseconds>(
+          ctx, table, "idle_connection_timeout", "proxy", parse_duration,
+          store_duration(proxy.idle_connection_timeout))) {
+    return e;
   }
   return std::nullopt;
 }

@@ -66,8 +66,20 @@ struct proxy_config {
   std::chrono::microseconds connect_timeout{5'000'000};
   /// A read or write that makes no progress for this long fails the transfer.
   std::chrono::microseconds io_timeout{15'000'000};
+  /// What is not a download — a response of unknown length (SSE, chunked, until-close),
+  /// a long poll's wait for its answer, an Upgrade's tunnel — may stay quiet this long
+  /// while the server keeps the connection (issue 16: no idle cut-off a direct
+  /// connection wouldn't have).
+  std::chrono::microseconds stream_idle_timeout{600'000'000};
   /// Most app connections served at once; more wait in the kernel's backlog.
   std::uint32_t max_connections = 256;
+  /// Connections fleety opens itself to one host on one path at most (a browser's six);
+  /// the app's own connections to its destination are the app's.
+  std::size_t connections_per_host = 6;
+  /// Warm keep-alive connections kept idle for the next request, in all.
+  std::size_t idle_connections = 32;
+  /// An idle warm connection closes after this long unused.
+  std::chrono::microseconds idle_connection_timeout{30'000'000};
 };
 
 /// Transparent interception (`[intercept]`): the redirected apps' TCP and DNS come to

@@ -363,7 +363,8 @@ awaitable<checked> async_first_request(first_exchange& out, std::vector<path_run
         fmt::format("sending the request on {}: {}", paths[0]->config.name, ec.message()));
   }
   out.parser = make_response_parser(/*head_request=*/false);
-  if (auto ec = co_await async_read_final_header(out.up, out.parser, false, limits)) {
+  if (auto ec = co_await async_read_final_header(out.up, out.parser, false,
+                                                 as_duration(limits.io_timeout))) {
     co_return core::make_error(fmt::format("no answer from {} on {}: {}", target.authority,
                                            paths[0]->config.name, ec.message()));
   }
@@ -571,7 +572,8 @@ awaitable<void> async_download(download_state& state, tls_connector& tls_connect
     fetch_state fetch(limits_of(config), fetch_paths_of(routes), clock_type::now());
     fetch.on_first_response(
         {true, decision.total, decision.begin, decision.end,
-         plan.kind == answer_kind::ranged ? std::optional(plan.head_end) : std::nullopt},
+         plan.kind == answer_kind::ranged ? std::optional(plan.head_end) : std::nullopt,
+         object_validator, representation_digests(first.parser->get().base())},
         clock_type::now());
     state.fetch = &fetch;
     state.fetch_paths.assign(paths.begin(), paths.end());
@@ -579,7 +581,6 @@ awaitable<void> async_download(download_state& state, tls_connector& tls_connect
     // twice (GCC PR 100611).
     fetch_start start_from{request,
                            *target,
-                           object_validator,
                            initial_stream{std::move(first.up), std::move(first.parser)},
                            std::move(routes),
                            target->tls ? secure : plain,

@@ -146,9 +146,11 @@ void fetch_state::on_first_response(const first_response& response, fetch_clock:
   last_delivery_ = now;
   for (auto& w : work_) w.phase = path_phase::idle;
 
+  digests_ = response.digests;
   auto& first = work_[0];
   first.connection_open = true;
   first.connected = true;
+  first.validator = response.validator;
   const std::uint64_t first_end = claim_first_range(response.head_end, now);
   if (response.head_end) {
     // Our head range: its request went out with the first request, its header is read
@@ -231,7 +233,8 @@ path_command fetch_state::next_command(std::size_t index, fetch_clock::time_poin
     case path_phase::requesting: {
       const byte_range asked{w.current->begin, w.requested_end};
       note({.what = fetch_note::kind::requested, .path = index, .range = asked});
-      return {kind::send, asked, overlap_for(asked.begin)};
+      w.if_range_sent = !w.validator.empty();
+      return {kind::send, asked, overlap_for(asked.begin), false, {}, w.validator};
     }
     case path_phase::connecting:
       return {kind::connect};
@@ -277,6 +280,7 @@ path_command fetch_state::next_command(std::size_t index, fetch_clock::time_poin
     }
     begin_range(w, *w.pipelined, now);
     w.pipelined.reset();
+    w.if_range_sent = w.pipelined_if_range_sent;
     w.phase = path_phase::awaiting_head;
     return {kind::read_head};
   }
@@ -342,8 +346,10 @@ std::optional<path_command> fetch_state::maybe_pipeline(std::size_t index,
   if (!next) return std::nullopt;
   w.pipelined = next;
   w.pipelined_on_spare = streaming;
+  w.pipelined_if_range_sent = !w.validator.empty();
   note({.what = fetch_note::kind::requested, .path = index, .range = *next});
-  return path_command{path_command::kind::send, *next, overlap_for(next->begin), streaming};
+  return path_command{
+      path_command::kind::send, *next, overlap_for(next->begin), streaming, {}, w.validator};
 }
 
 void fetch_state::on_spare(std::size_t index, bool connected, fetch_clock::time_point) {
@@ -369,26 +375,96 @@ void fetch_state::on_sent(std::size_t index, fetch_clock::time_point) {
 void fetch_state::on_head(std::size_t index, const response_head& head, fetch_clock::time_point) {
   auto& w = work_[index];
   if (w.phase != path_phase::awaiting_head || !w.current) return;
-  // The response must be exactly the range of the same object (RFC 9110 §14.4).
-  const std::uint64_t first = w.current->begin - overlap_for(w.current->begin);
-  const bool exact = head.status == 206 && head.range && head.range->first == first &&
-                     head.range->last + 1 == w.requested_end &&
-                     head.range->complete_length == total_;
-  if (!exact) {
-    // A server that ignores Range, or another version of the object (If-Range failed):
-    // we only split when the server takes ranges, so any other answer means the
-    // validator or the size differs on this path, i.e. another version.
-    note({.what = fetch_note::kind::refused_range,
+  const byte_range asked{w.current->begin, w.requested_end};
+  // A node that refuses the path (DESIGN.md): not another version. The path is out of
+  // this fetch, its range goes back to the others; the session keeps it off the host.
+  auto refuse = [&](refusal why, std::string detail) {
+    w.refused = why;
+    w.refused_status = head.status;
+    w.retry_after = head.retry_after;
+    note({.what = fetch_note::kind::refused,
           .path = index,
-          .range = {w.current->begin, w.requested_end},
+          .range = asked,
+          .seconds = head.retry_after ? static_cast<double>(head.retry_after->count()) : -1.0,
           .status = head.status,
-          .detail = head.content_range_text});
-    ++mismatches_;
+          .detail = std::move(detail)});
     fail_path(index, /*cancel=*/false);
+  };
+  // Bytes that differ: two versions. The path is dropped; the app gets the first one.
+  auto other_version = [&](std::string why) {
+    ++mismatches_;
+    note({.what = fetch_note::kind::other_version,
+          .path = index,
+          .range = asked,
+          .status = head.status,
+          .detail = std::move(why)});
+    fail_path(index, /*cancel=*/false);
+  };
+  const std::uint64_t first = w.current->begin - overlap_for(w.current->begin);
+  if (head.status == 206 && head.range && head.range->first == first &&
+      head.range->last + 1 == w.requested_end) {
+    // The part we asked for (RFC 9110 §14.4). Identity across nodes is by content: the
+    // size, the digests of the whole representation, and the overlap (checked as it is
+    // delivered). Another node's validator says nothing either way.
+    if (head.range->complete_length != total_) {
+      other_version("size " + std::to_string(head.range->complete_length) + ", not " +
+                    std::to_string(total_));
+      return;
+    }
+    if (auto algorithm = digest_conflict(head.digests)) {
+      other_version("its " + *algorithm + " digest differs");
+      return;
+    }
+    if (w.validator.empty()) w.validator = head.validator;
+    w.response_keep_alive = head.keep_alive;
+    w.phase = path_phase::receiving;
     return;
   }
-  w.response_keep_alive = head.keep_alive;
-  w.phase = path_phase::receiving;
+  if (head.status == 206) {
+    refuse(refusal::other, "another part: " + head.content_range_text);
+    return;
+  }
+  if (head.status == 200) {
+    if (w.if_range_sent && !w.validator_dropped) {
+      // If-Range failed (RFC 9110 §13.1.5): this node's copy changed since the path's
+      // last range. Asked again without it, the content decides; the whole object
+      // response is not read.
+      note({.what = fetch_note::kind::validator_changed, .path = index, .range = asked});
+      w.validator.clear();
+      w.validator_dropped = true;
+      give_back(index, *w.current);
+      w.current.reset();
+      if (w.pipelined) {
+        give_back(index, *w.pipelined);
+        w.pipelined.reset();
+      }
+      w.close_pending = true;
+      w.connection_open = false;
+      w.connected = false;
+      w.phase = path_phase::idle;
+      return;
+    }
+    // The node ignores Range: the whole object is no use to this path. Closed.
+    refuse(refusal::ignores_ranges, "200 to a range request");
+    return;
+  }
+  const auto why = refusal_of(head.status);
+  refuse(why == refusal::none ? refusal::other : why, head.content_range_text);
+}
+
+std::optional<std::string> fetch_state::digest_conflict(
+    const std::vector<representation_digest>& digests) {
+  for (const auto& d : digests) {
+    for (const auto& known : digests_) {
+      if (known.algorithm == d.algorithm && known.value != d.value) return d.algorithm;
+    }
+  }
+  for (const auto& d : digests) {
+    const bool known = std::any_of(digests_.begin(), digests_.end(),
+                                   [&](const auto& k) { return k.algorithm == d.algorithm; });
+    if (!known) digests_.push_back(d);
+  }
+  return std::nullopt;
 }
 
 void fetch_state::on_body(std::size_t index, std::span<const char> data, bool response_done,

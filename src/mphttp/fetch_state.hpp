@@ -23,6 +23,7 @@
 #include "mphttp/claim_map.hpp"
 #include "mphttp/path_estimator.hpp"
 #include "mphttp/reorder_buffer.hpp"
+#include "mphttp/response_facts.hpp"
 #include "mphttp/scheduler.hpp"
 
 namespace fleety::mphttp {
@@ -104,6 +105,9 @@ struct path_command {
   std::uint64_t overlap = 0;
   bool on_spare = false;
   fetch_clock::time_point until{};
+  /// send: If-Range, this path's own node's strong validator; empty: none (the path's
+  /// first request: the content decides, not another node's validator).
+  std::string if_range{};
 };
 
 /// Something for the I/O to do for another party than the caller.
@@ -122,16 +126,20 @@ struct fetch_action {
 /// Something worth a log line (the I/O chooses the level); also what tests assert on.
 struct fetch_note {
   enum class kind {
-    requested,      ///< path asks for `range`
-    first_byte,     ///< the first byte of `range` arrived
-    range_done,     ///< `range` is complete; the path ran at `rate_bps`
-    took_tail,      ///< path took `range` from path `other`, which had `seconds` left of it
-    spare_taken,    ///< path took its early connection, after waiting `seconds` for it
-    stalled,        ///< path brought nothing for `seconds`: its `bytes` left go to the others
-    refused_range,  ///< path's answer to `range` was `status` with Content-Range `detail`
-    other_version,  ///< path's bytes before `offset` differ from what the app has
-    no_progress,    ///< nothing reached the app for `seconds`: the fetch gives up
-    all_failed,     ///< every path failed: the fetch gives up
+    requested,          ///< path asks for `range`
+    first_byte,         ///< the first byte of `range` arrived
+    range_done,         ///< `range` is complete; the path ran at `rate_bps`
+    took_tail,          ///< path took `range` from path `other`, which had `seconds` left of it
+    spare_taken,        ///< path took its early connection, after waiting `seconds` for it
+    stalled,            ///< path brought nothing for `seconds`: its `bytes` left go to the others
+    refused,            ///< path's node refused `range`: `status`, `detail` its refusal (and
+                        ///< Content-Range); `seconds` its Retry-After, < 0 when it gave none
+    validator_changed,  ///< path's If-Range failed (its node's copy changed): asked again
+                        ///< without, the content decides
+    other_version,      ///< path's bytes differ from what the app has: before `offset` (the
+                        ///< overlap), or by `detail` (the size, a digest)
+    no_progress,        ///< nothing reached the app for `seconds`: the fetch gives up
+    all_failed,         ///< every path failed: the fetch gives up
   };
   kind what = kind::requested;
   std::size_t path = 0;
@@ -156,6 +164,10 @@ struct first_response {
   /// connection that goes on with path 0's next ranges. nullopt: the response carries the
   /// object from `begin` to its end (it streams, and is reset where path 0's share ends).
   std::optional<std::uint64_t> head_end;
+  /// Path 0's own node's strong validator (If-Range on its later ranges); may be empty.
+  std::string validator{};
+  /// Digests of the whole representation the first response carried.
+  std::vector<representation_digest> digests{};
 };
 
 /// A range response's header, as far as the fetch cares.
@@ -164,6 +176,9 @@ struct response_head {
   std::optional<content_range> range;  ///< Content-Range, parsed
   std::string content_range_text{};    ///< as sent (for the note)
   bool keep_alive = true;              ///< the connection carries another response after it
+  std::string validator{};  ///< its strong validator (ETag or Last-Modified); may be empty
+  std::vector<representation_digest> digests{};  ///< of the whole representation
+  std::optional<std::chrono::seconds> retry_after{};
 };
 
 /// What the writer does next.
@@ -203,6 +218,16 @@ struct path_work {
   std::uint64_t prefix_left = 0;
   std::vector<char> prefix;
   bool response_keep_alive = true;  ///< of the response being read
+  /// This path's own node's strong validator, from its first 206 (path 0: the first
+  /// response's): If-Range on its later requests. Each node its own: CDN nodes hold the
+  /// same bytes under other ETags and Last-Modified (DESIGN.md "Consistency").
+  std::string validator;
+  bool if_range_sent = false;            ///< the current range's request carried If-Range
+  bool pipelined_if_range_sent = false;  ///< the pipelined one's
+  bool validator_dropped = false;        ///< If-Range failed once: the validator was let go
+  refusal refused = refusal::none;       ///< why its node refused it, if it did
+  unsigned refused_status = 0;
+  std::optional<std::chrono::seconds> retry_after;  ///< the refusal's Retry-After
   /// A range whose request is already sent behind `current` (HTTP/1.1 pipelining on the
   /// same connection, or on the spare), so the path doesn't idle for an RTT.
   std::optional<byte_range> pipelined;
@@ -336,6 +361,7 @@ class fetch_state {
                                   std::uint64_t limit, fetch_clock::time_point now);
   std::optional<byte_range> steal_tail(std::size_t index, fetch_clock::time_point now);
   std::uint64_t overlap_for(std::uint64_t begin) const;
+  std::optional<std::string> digest_conflict(const std::vector<representation_digest>& digests);
   std::size_t deliverable(std::size_t available);
   bool check_at_delivery_point(std::map<std::uint64_t, overlap_check>::iterator gate);
   void note(fetch_note n) { notes_.push_back(std::move(n)); }
@@ -359,6 +385,8 @@ class fetch_state {
   fetch_clock::time_point last_delivery_;
   std::map<std::uint64_t, overlap_check> checks_;  ///< by offset: not compared yet
   std::vector<char> recent_;                       ///< the last overlap_bytes delivered to the app
+  /// Digests of the whole representation the nodes sent so far, one per algorithm.
+  std::vector<representation_digest> digests_;
   std::uint64_t mismatches_ = 0;
   std::vector<fetch_action> actions_;
   std::vector<fetch_note> notes_;

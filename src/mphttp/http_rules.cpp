@@ -6,6 +6,7 @@
 #include <boost/url/parse.hpp>
 #include <boost/url/url.hpp>
 #include <charconv>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -127,6 +128,22 @@ std::optional<proxy_target> parse_intercepted_target(std::string_view target,
   return result;
 }
 
+bool wants_upgrade(const request_header& request) {
+  if (request.find(http::field::upgrade) == request.end()) return false;
+  for (auto it = request.find(http::field::connection);
+       it != request.end() && it->name() == http::field::connection; ++it) {
+    for (auto token : http::token_list(it->value()))
+      if (iequals(token, "upgrade")) return true;
+  }
+  return false;
+}
+
+bool is_for_an_app_proxy(const request_header& request) {
+  if (request.method() == http::verb::connect) return true;
+  const auto target = request.target();
+  return !target.empty() && target.front() != '/' && target != "*";
+}
+
 void strip_hop_by_hop(http::fields& fields) {
   // Fields named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
   std::vector<std::string> named;
@@ -172,6 +189,73 @@ bool accepts_byte_ranges(const response_header& response) {
     if (iequals(unit, "bytes")) return true;
   }
   return false;
+}
+
+namespace {
+
+std::string_view trim(std::string_view text) {
+  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);
+  return text;
+}
+
+std::string lowercase(std::string_view text) {
+  std::string out(text);
+  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+/// "a=1, b=2" → (a, 1), (b, 2); `unwrap` strips a byte sequence's colons (RFC 8941
+/// §3.3.5: ":base64:").
+void parse_pairs(std::string_view list, std::string_view prefix, bool unwrap,
+                 std::vector<representation_digest>& out) {
+  while (!list.empty()) {
+    const auto comma = list.find(',');
+    const auto item = trim(list.substr(0, comma));
+    list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+    const auto equals = item.find('=');
+    if (equals == std::string_view::npos || equals == 0) continue;
+    auto value = trim(item.substr(equals + 1));
+    if (unwrap) {
+      if (value.size() < 2 || value.front() != ':' || value.back() != ':') continue;
+      value = value.substr(1, value.size() - 2);
+    }
+    if (value.empty()) continue;
+    out.push_back(
+        {std::string(prefix) + lowercase(trim(item.substr(0, equals))), std::string(value)});
+  }
+}
+
+}  // namespace
+
+std::vector<representation_digest> representation_digests(const response_header& response) {
+  std::vector<representation_digest> out;
+  for (const auto& field : response) {
+    const std::string name = lowercase(field.name_string());
+    if (name == "repr-digest") {
+      parse_pairs(field.value(), "", /*unwrap=*/true, out);
+    } else if (name == "x-goog-hash") {
+      parse_pairs(field.value(), "goog-", /*unwrap=*/false, out);
+    } else if (name.starts_with("x-amz-checksum-") && name != "x-amz-checksum-type" &&
+               name != "x-amz-checksum-mode" && !trim(field.value()).empty()) {
+      out.push_back({"amz-" + name.substr(15), std::string(trim(field.value()))});
+    }
+  }
+  return out;
+}
+
+std::optional<std::chrono::seconds> parse_retry_after(std::string_view value,
+                                                      std::chrono::system_clock::time_point now) {
+  value = trim(value);
+  if (auto seconds = parse_u64(value)) return std::chrono::seconds(*seconds);
+  // IMF-fixdate (RFC 9110 §5.6.7), the form senders must use: "Sun, 06 Nov 1994 08:49:37 GMT".
+  std::tm tm{};
+  const std::string text(value);
+  const char* end = ::strptime(text.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  if (end == nullptr || *end != '\0') return std::nullopt;
+  const auto at = std::chrono::system_clock::from_time_t(::timegm(&tm));
+  if (at <= now) return std::chrono::seconds(0);
+  return std::chrono::duration_cast<std::chrono::seconds>(at - now);
 }
 
 std::string strong_validator(const response_header& response) {

@@ -5,12 +5,15 @@
 #include <boost/asio/ip/address.hpp>
 #include <boost/beast/http/fields.hpp>
 #include <boost/beast/http/message.hpp>
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "mphttp/byte_range.hpp"
+#include "mphttp/response_facts.hpp"
 
 namespace fleety::mphttp {
 
@@ -60,6 +63,15 @@ std::optional<proxy_target> parse_intercepted_target(std::string_view target,
                                                      const boost::asio::ip::address& destination,
                                                      std::uint16_t port);
 
+/// Whether the app asks to switch protocols (RFC 9110 §7.8): an Upgrade field, named in
+/// Connection (WebSocket's handshake, RFC 6455 §4.1).
+bool wants_upgrade(const request_header& request);
+
+/// Whether an intercepted connection's request is meant for a proxy the app itself uses:
+/// CONNECT, or a target in absolute form (RFC 9112 §3.2.2). The connection is then relayed
+/// as bytes to where the app sent it: that proxy, not us, is its server.
+bool is_for_an_app_proxy(const request_header& request);
+
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1): Connection and the fields it names,
 /// Keep-Alive, Proxy-Connection, Proxy-Authorization, Proxy-Authenticate, TE, Trailer,
 /// Transfer-Encoding, Upgrade.
@@ -68,6 +80,14 @@ void strip_hop_by_hop(boost::beast::http::fields& fields);
 std::optional<content_range> parse_content_range(std::string_view value);
 /// The complete length of a 416's "bytes */1000" (RFC 9110 §14.4: unsatisfied-range).
 std::optional<std::uint64_t> parse_unsatisfied_range(std::string_view value);
+
+/// The digests of the whole representation in a response (response_facts.hpp).
+std::vector<representation_digest> representation_digests(const response_header& response);
+
+/// Retry-After (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date taken against `now`;
+/// nullopt when it doesn't parse. A date in the past is 0 s.
+std::optional<std::chrono::seconds> parse_retry_after(std::string_view value,
+                                                      std::chrono::system_clock::time_point now);
 
 /// Whether the response says Accept-Ranges: bytes (RFC 9110 §14.3; any case, in a list).
 bool accepts_byte_ranges(const response_header& response);

@@ -87,15 +87,31 @@ struct fetch_io {
                        name(n.path), n.seconds, n.bytes);
         }
         break;
-      case kind::refused_range:
-        spdlog::warn("path {}: {} answered range {}-{} with {} '{}': not using this path for it",
-                     name(n.path), start.url, n.range.begin, n.range.end - 1, n.status, n.detail);
+      case kind::refused:
+        spdlog::warn(
+            "path {}: {} answered range {}-{} with {} ({}{}): not using this path for it{}",
+            name(n.path), start.url, n.range.begin, n.range.end - 1, n.status,
+            to_string(state.path(n.path).refused), n.detail.empty() ? "" : ", " + n.detail,
+            n.seconds >= 0 ? fmt::format(" (Retry-After {:.0f} s)", n.seconds) : "");
+        break;
+      case kind::validator_changed:
+        spdlog::info(
+            "path {}: its node's copy of {} changed (If-Range failed): asking again "
+            "without its old validator",
+            name(n.path), start.url);
         break;
       case kind::other_version:
-        spdlog::warn(
-            "path {}: its bytes before offset {} differ from what the app already has: another "
-            "version of the object; dropping its ranges, the rest comes over the other paths",
-            name(n.path), n.offset);
+        if (n.detail.empty()) {
+          spdlog::warn(
+              "path {}: its bytes before offset {} differ from what the app already has: another "
+              "version of the object; dropping its ranges, the rest comes over the other paths",
+              name(n.path), n.offset);
+        } else {
+          spdlog::warn(
+              "path {}: {}: another version of the object; dropping its ranges, the rest comes "
+              "over the other paths",
+              name(n.path), n.detail);
+        }
         break;
       case kind::no_progress:
         spdlog::warn("no progress for {:.0f} ms: giving up", n.seconds * 1e3);
@@ -115,11 +131,39 @@ response_head head_of(const http::response_parser<http::buffer_body>& parser) {
   head.content_range_text = std::string(header[http::field::content_range]);
   head.range = parse_content_range(head.content_range_text);
   head.keep_alive = parser.keep_alive();
+  head.validator = strong_validator(header);
+  head.digests = representation_digests(header);
+  if (auto retry = header.find(http::field::retry_after); retry != header.end())
+    head.retry_after = parse_retry_after(retry->value(), std::chrono::system_clock::now());
   return head;
+}
+
+/// The request `sent` again on a new connection of the route's path, when `on` was a warm
+/// one the server closed while it was idle (RFC 9112 §9.3.1: it may do so at any time).
+awaitable<error_code> async_request_again_on_new_connection(upstream& on, const fetch_route& route,
+                                                            fetch_start& start,
+                                                            const path_command& sent) {
+  auto& path = *route.path;
+  spdlog::debug("path {}: its warm connection for {} was closed: a new one", path.config.name,
+                start.url);
+  on.reset();
+  if (auto ec =
+          co_await start.connector.async_connect(on, path, start.target, route.to_destination))
+    co_return ec;
+  on.reused = false;
+  co_return co_await async_request_range(on, start.request, start.target, sent.if_range, sent.range,
+                                         sent.overlap, start.limits);
 }
 
 /// One path's fetcher: carries out the state's commands on the path's connection (and
 /// its spare), reporting each outcome, until the state says finish.
+// GCC 12 takes Asio's coroutine frame allocation (aligned_alloc) and its sized operator
+// delete for a mismatched pair once the frame grows past some size (-Wmismatched-new-delete,
+// a false positive: Asio frees that memory with the matching aligned free).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
 awaitable<void> run_path_fetcher(fetch_io& io, std::size_t index) {
   // Stopping cancels what we await; the state then says finish. (Our own cancellation
   // must not throw at the next await instead.)
@@ -157,6 +201,10 @@ awaitable<void> run_path_fetcher(fetch_io& io, std::size_t index) {
     state.on_failed(index, clock_type::now());
   };
 
+  // The last range request sent: a warm connection the server closed while it was idle
+  // takes it again on a new one, once.
+  std::optional<path_command> last_sent;
+
   for (;;) {
     if (!spare_reported && spare->result) {
       spare_reported = true;
@@ -167,7 +215,9 @@ awaitable<void> run_path_fetcher(fetch_io& io, std::size_t index) {
     using kind = path_command::kind;
     switch (command.what) {
       case kind::finish:
-        up.reset();
+        // A connection whose last response was read to its end stays warm for the host's
+        // next request on this path.
+        start.connector.finish_with(up, parser.get(), path, start.target, route.to_destination);
         if (spare) spare->abandon();
         co_return;
       case kind::wait:
@@ -206,8 +256,12 @@ awaitable<void> run_path_fetcher(fetch_io& io, std::size_t index) {
       case kind::send: {
         auto& on = command.on_spare ? spare->up : up;
         ++path.requests;
-        if (auto ec = co_await async_request_range(on, start.request, start.target, start.validator,
-                                                   command.range, command.overlap, limits)) {
+        last_sent = command;
+        auto ec = co_await async_request_range(on, start.request, start.target, command.if_range,
+                                               command.range, command.overlap, limits);
+        if (ec && on.reused)
+          ec = co_await async_request_again_on_new_connection(on, route, start, command);
+        if (ec) {
           fail("request", ec);
         } else {
           state.on_sent(index, clock_type::now());
@@ -220,11 +274,21 @@ awaitable<void> run_path_fetcher(fetch_io& io, std::size_t index) {
           parser = make_response_parser(/*head_request=*/false);
           up.stream.expires_after(as_duration(limits.io_timeout));
           auto [ec, n] = co_await http::async_read_header(up.stream, up.buffer, *parser, nothrow);
+          if (ec && up.reused && !parser->got_some() && last_sent) {
+            parser = make_response_parser(/*head_request=*/false);
+            ec = co_await async_request_again_on_new_connection(up, route, start, *last_sent);
+            if (!ec) {
+              up.stream.expires_after(as_duration(limits.io_timeout));
+              std::tie(ec, n) =
+                  co_await http::async_read_header(up.stream, up.buffer, *parser, nothrow);
+            }
+          }
           if (ec) {
             fail("response", ec);
             break;
           }
         }
+        up.reused = false;  // it answered: alive
         state.on_head(index, head_of(*parser), clock_type::now());
         break;
       case kind::read_body: {
@@ -241,13 +305,17 @@ awaitable<void> run_path_fetcher(fetch_io& io, std::size_t index) {
         break;
       }
       case kind::close:
-        up.reset();
+        start.connector.finish_with(up, parser.get(), path, start.target, route.to_destination);
         parser.reset();
         break;
     }
     io.drain();
   }
 }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 /// The sink's side: writes bytes in order as they become contiguous. False if the object
 /// could not be completed (the proxy resets the app).

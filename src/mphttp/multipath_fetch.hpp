@@ -39,12 +39,11 @@ struct initial_stream {
 };
 
 /// What one multipath fetch starts from: the request every range repeats, where it goes,
-/// the validator for If-Range, path 0's response under way, and every path's route (in
-/// the order of the state's paths).
+/// path 0's response under way, and every path's route (in the order of the state's
+/// paths). (Each path's If-Range is its own node's validator: the state's.)
 struct fetch_start {
   const request_header& request;
   const proxy_target& target;
-  std::string validator;
   initial_stream initial;
   std::vector<fetch_route> routes;
   upstream_connector& connector;

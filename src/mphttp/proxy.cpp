@@ -20,6 +20,7 @@
 #include "core/units.hpp"
 #include "dns/http_dns.hpp"
 #include "dns/reply_choice.hpp"
+#include "mphttp/connection_pool.hpp"
 #include "mphttp/fetch_state.hpp"
 #include "mphttp/http_rules.hpp"
 #include "mphttp/multipath_fetch.hpp"
@@ -89,14 +90,18 @@ http::response<http::buffer_body> app_response_header(const response_header& ups
 }
 
 /// Streams a message body from `input` (header already parsed into `parser`) to `output`
-/// whose header is `out` (Beast's relay pattern). Bounded: one chunk in flight.
+/// whose header is `out` (Beast's relay pattern). Bounded: one chunk in flight. Bytes go
+/// on as they arrive (read_some: an event stream's tick is not held back for a full
+/// chunk); each read may wait `read_timeout` (a stream's quiet stretch), each write the
+/// I/O timeout.
 template <bool is_request, class InputStream, class OutputStream>
 awaitable<error_code> async_relay_body(InputStream& input, beast::flat_buffer& input_buffer,
                                        http::parser<is_request, http::buffer_body>& parser,
                                        OutputStream& output,
                                        http::message<is_request, http::buffer_body>& out,
                                        const core::proxy_config& limits,
-                                       std::uint64_t* relayed_bytes) {
+                                       std::uint64_t* relayed_bytes,
+                                       clock_type::duration read_timeout) {
   // Allocated (not zeroed) only for a message that has a body to read.
   std::unique_ptr<char[]> chunk;
   http::serializer<is_request, http::buffer_body> serializer{out};
@@ -108,14 +113,17 @@ awaitable<error_code> async_relay_body(InputStream& input, beast::flat_buffer& i
       if (!chunk) chunk = std::make_unique_for_overwrite<char[]>(relay_chunk_bytes);
       parser.get().body().data = chunk.get();
       parser.get().body().size = relay_chunk_bytes;
-      input.expires_after(as_duration(limits.io_timeout));
-      auto [ec, n] = co_await http::async_read(input, input_buffer, parser, nothrow);
+      input.expires_after(read_timeout);
+      auto [ec, n] = co_await http::async_read_some(input, input_buffer, parser, nothrow);
       if (ec == http::error::need_buffer) ec = {};
       if (ec) co_return ec;
       out.body().size = relay_chunk_bytes - parser.get().body().size;
       out.body().data = chunk.get();
       out.body().more = !parser.is_done();
       if (relayed_bytes != nullptr) *relayed_bytes += out.body().size;
+      // Only framing came (a chunk's header): nothing to write. (An empty piece with more
+      // to come would go out as a chunk of size 0: the end of the body.)
+      if (out.body().size == 0 && out.body().more) continue;
     } else {
       out.body().data = nullptr;
       out.body().size = 0;
@@ -181,26 +189,27 @@ void start_cooldown(proxy_context& proxy, const std::string& host, clock_type::t
   hosts[host] = until;
 }
 
-/// The first path's connection left open by the app connection's previous request, for
-/// its next request to the same server on the same path (what the app's own keep-alive
-/// would have given it: no new handshake per request).
-struct kept_upstream {
-  kept_upstream(path_runtime& path_in, const proxy_target& target, upstream&& up_in)
-      : path(&path_in),
-        host(target.host),
-        port(target.port),
-        destination(target.destination),
-        up(std::move(up_in)) {}
-  bool serves(const path_runtime* p, const proxy_target& target) const {
-    return p == path && target.host == host && target.port == port &&
-           target.destination == destination;
+/// Whether `host` served a download within the last hour — an object of at least
+/// predicted_download_bytes, split or not: a prediction that its next GET is one too
+/// (a player's next segment, an app's next package).
+bool downloaded_lately(const proxy_context& proxy, const std::string& host,
+                       clock_type::time_point now) {
+  const auto it = proxy.recent_downloads.find(host);
+  return it != proxy.recent_downloads.end() && now - it->second < std::chrono::hours(1);
+}
+
+void note_download(proxy_context& proxy, const std::string& host, clock_type::time_point now) {
+  auto& hosts = proxy.recent_downloads;
+  if (hosts.size() >= proxy_context::max_cooling_hosts && !hosts.contains(host)) {
+    std::erase_if(hosts, [now](const auto& e) { return now - e.second >= std::chrono::hours(1); });
+    if (hosts.size() >= proxy_context::max_cooling_hosts) {
+      hosts.erase(std::min_element(hosts.begin(), hosts.end(), [](const auto& a, const auto& b) {
+        return a.second < b.second;
+      }));
+    }
   }
-  path_runtime* path;
-  std::string host;
-  std::uint16_t port;
-  std::optional<asio::ip::address> destination;
-  upstream up;
-};
+  hosts[host] = now;
+}
 
 /// Everything a request handler needs from the session.
 struct request_context {
@@ -209,12 +218,15 @@ struct request_context {
   const request_header& request;
   const proxy_target& target;
   std::uint64_t session_id;
-  std::optional<kept_upstream>& kept;
   const std::string& app_name;  ///< the intercepted app's name; empty if unknown
   /// The session's children (early connections, DNS prefetches, HTTP-DNS queries):
   /// joined before the session ends.
   net::task_group& tasks;
-  upstream_connector& connector;  ///< the session's; outlives its children
+  /// The session's, through the daemon's pool of warm connections; outlives its children.
+  upstream_connector& connector;
+  /// New connections only (counted in the pool): for a request with a body, which could
+  /// not go again if a warm connection turned out closed.
+  upstream_connector& new_connector;
 
   void count(const path_runtime& path, std::uint64_t bytes) const {
     if (proxy.on_app_bytes && bytes > 0) proxy.on_app_bytes(app_name, path, bytes);
@@ -246,6 +258,10 @@ struct request_plan {
   std::optional<wanted_range> head_basis;
   bool has_body = false;  ///< the app sends a body (it can't be sent twice)
   bool head_request = false;
+  bool upgrade = false;  ///< the app asks to switch protocols (WebSocket): relayed, never split
+  /// Predicted to be a download (a feature rule for it, or this host's downloads lately):
+  /// only then do other paths get ready before its answer is known (issue 16).
+  bool predicted_download = false;
 };
 
 request_plan plan_request(const request_context& ctx, std::size_t usable,
@@ -260,15 +276,19 @@ request_plan plan_request(const request_context& ctx, std::size_t usable,
   plan.min_split_bytes = plan.feature.min_size.value_or(ctx.proxy.config.scheduler.min_split_bytes);
   plan.has_body = !app_parser.is_done();
   plan.head_request = ctx.request.method() == http::verb::head;
+  plan.upgrade = wants_upgrade(ctx.request);
   // A link-local server is on one link only: the same address on another path's link is
   // another host (whose bytes the overlap check would then have to throw away).
   const bool link_local_server = ctx.target.destination && ctx.target.destination->is_v6() &&
                                  ctx.target.destination->to_v6().is_link_local();
   // A GET for which we can ask the head range may become a multipath fetch (not with a
   // request body, odd as it is on a GET: asking again couldn't resend it).
-  if (usable >= 2 && !plan.has_body && plan.feature.multipath && !link_local_server &&
-      !host_is_cooling(ctx.proxy, ctx.target.host))
+  if (usable >= 2 && !plan.has_body && !plan.upgrade && plan.feature.multipath &&
+      !link_local_server && !host_is_cooling(ctx.proxy, ctx.target.host))
     plan.head_basis = head_range_basis(ctx.request);
+  plan.predicted_download =
+      plan.head_basis && ((!plan.feature.rule.empty() && plan.feature.multipath) ||
+                          downloaded_lately(ctx.proxy, ctx.target.host, clock_type::now()));
   return plan;
 }
 
@@ -283,10 +303,14 @@ using early_connections = std::vector<std::pair<path_runtime*, std::shared_ptr<e
 early_connections start_early(const request_context& ctx, const std::vector<path_runtime*>& paths,
                               const request_plan& plan) {
   early_connections early;
-  if (ctx.request.method() != http::verb::get) return early;
+  // Nothing on the other paths (no connection, no DNS query on cellular) for what is not
+  // predicted to be a download: most requests are not, and the first answer says.
+  if (ctx.request.method() != http::verb::get || !plan.predicted_download) return early;
   const bool connect_early = ctx.proxy.config.scheduler.mode == core::scheduler_mode::aggregate;
   auto executor = ctx.app.get_executor();
   for (std::size_t i = 1; i < paths.size(); ++i) {
+    if (ctx.proxy.refusals.refused(ctx.target.host, paths[i]->config.name, clock_type::now()))
+      continue;  // its node refused it lately: no range goes there
     if (plan.head_basis && connect_early) {
       auto& slot = early.emplace_back(paths[i], std::make_shared<early_connection>(executor));
       ctx.tasks.spawn(
@@ -326,27 +350,21 @@ awaitable<void> async_write_upstream_error(const request_context& ctx, const err
                              std::move(text), ctx.request.version(), ctx.proxy.config.proxy);
 }
 
-/// 1. Opens the first path that connects (preference order) — or takes the previous
-///    request's connection to the same server, if still open (not for a request with a
-///    body: if that connection turns out dead, the body is gone) —, sends the request
-///    there (with the head range for Range, when the plan says so) and reads the final
-///    response header. False when the app was answered with an error instead (then the
-///    app connection closes).
+/// 1. Opens the first path that connects (preference order) — a warm connection to the
+///    same server from the pool when there is one (not for a request with a body: if that
+///    connection turns out closed, the body is gone) —, sends the request there (with the
+///    head range for Range, when the plan says so) and reads the final response header.
+///    False when the app was answered with an error instead (then the app connection
+///    closes).
 awaitable<bool> async_first_exchange(const request_context& ctx, std::vector<path_runtime*>& paths,
                                      request_plan& plan, beast::flat_buffer& app_buffer,
                                      http::request_parser<http::buffer_body>& app_parser,
                                      first_exchange& first) {
   const auto& limits = ctx.proxy.config.proxy;
   const std::string url = fmt::format("http://{}{}", ctx.target.authority, ctx.target.origin_form);
-  bool reused = false;
-  if (ctx.kept && !plan.has_body && ctx.kept->serves(paths[0], ctx.target) &&
-      ctx.kept->up.is_open()) {
-    first.up.adopt(ctx.kept->up);
-    reused = true;
-  }
-  ctx.kept.reset();
-  if (!reused) {
-    const auto connected = co_await async_connect_first(first.up, paths, ctx.target, ctx.connector);
+  {
+    const auto connected = co_await async_connect_first(
+        first.up, paths, ctx.target, plan.has_body ? ctx.new_connector : ctx.connector);
     for (const auto& [path, failed] : connected.failures) {
       spdlog::warn("[{}] path {}: cannot reach {}:{}: {}", ctx.session_id, path->config.name,
                    ctx.target.host, ctx.target.port, failed.message());
@@ -362,17 +380,30 @@ awaitable<bool> async_first_exchange(const request_context& ctx, std::vector<pat
     }
   }
   path_runtime& first_path = *paths[0];
+  const bool reused = first.up.reused;
 
   // A GET asks for the head of what the app wants only: if that turns out big, the first
   // path's response then ends where its first range does, instead of being reset there
   // with what it has in flight thrown away (up to its whole receive window).
+  // Predicted to be a download (issue 17): the head range is small, so that the other
+  // paths' ranges (their connections ready or warm) go out one round trip after the
+  // first; else min_split_size, so that what is small comes whole in one response.
   const std::uint64_t head_range_bytes =
-      std::max<std::uint64_t>(plan.min_split_bytes, min_head_range_bytes);
+      plan.predicted_download && !plan.feature.min_size
+          ? min_head_range_bytes
+          : std::max<std::uint64_t>(plan.min_split_bytes, min_head_range_bytes);
   http::request<http::buffer_body> request_out;
   request_out.base() = upstream_request(ctx.request, ctx.target).base();
   if (plan.head_basis)
     request_out.set(http::field::range, head_range_field(*plan.head_basis, head_range_bytes));
-  if (plan.has_body && ctx.request.find(http::field::expect) != ctx.request.end()) {
+  if (plan.upgrade) {
+    // Hop-by-hop, but the point of this hop: the server must see the app's Upgrade.
+    request_out.set(http::field::upgrade, ctx.request[http::field::upgrade]);
+    request_out.set(http::field::connection, "Upgrade");
+  }
+  const bool answered_continue =
+      plan.has_body && ctx.request.find(http::field::expect) != ctx.request.end();
+  if (answered_continue) {
     // We answer the app's 100-continue ourselves (RFC 9110 §10.1.1) and relay the body.
     request_out.erase(http::field::expect);
     ctx.app.expires_after(as_duration(limits.io_timeout));
@@ -382,8 +413,9 @@ awaitable<bool> async_first_exchange(const request_context& ctx, std::vector<pat
   if (app_parser.chunked()) request_out.chunked(true);
   ++first_path.requests;
   const auto request_sent = clock_type::now();
-  if (auto ec = co_await async_relay_body(ctx.app, app_buffer, app_parser, first.up.stream,
-                                          request_out, limits, nullptr)) {
+  if (auto ec =
+          co_await async_relay_body(ctx.app, app_buffer, app_parser, first.up.stream, request_out,
+                                    limits, nullptr, as_duration(limits.io_timeout))) {
     spdlog::warn("[{}] sending {} on {} failed: {}", ctx.session_id, url, first_path.config.name,
                  ec.message());
     co_await async_write_error(ctx.app, http::status::bad_gateway,
@@ -392,21 +424,42 @@ awaitable<bool> async_first_exchange(const request_context& ctx, std::vector<pat
     co_return false;
   }
 
+  // Interim responses go on to the app (RFC 9110 §15.2: 103 Early Hints, ...), but a 100
+  // we answered already and anything to an HTTP/1.0 app.
+  const interim_handler forward_interim =
+      [&ctx, &limits, answered_continue](const response_header& interim) -> awaitable<void> {
+    if (ctx.request.version() < 11 ||
+        (answered_continue && interim.result() == http::status::continue_))
+      co_return;
+    http::response<http::empty_body> out;
+    out.base() = interim;
+    strip_hop_by_hop(out.base());
+    out.version(11);
+    http::response_serializer<http::empty_body> serializer{out};
+    ctx.app.expires_after(as_duration(limits.io_timeout));
+    co_await http::async_write_header(ctx.app, serializer, nothrow);
+  };
+  // The answer may take long (a long poll): as long as the server keeps the connection,
+  // up to stream_idle_timeout, as a direct connection would wait.
+  const auto header_timeout = as_duration(limits.stream_idle_timeout);
   first.parser = make_response_parser(plan.head_request);
-  auto ec = co_await async_read_final_header(first.up, first.parser, plan.head_request, limits);
+  auto ec = co_await async_read_final_header(first.up, first.parser, plan.head_request,
+                                             header_timeout, forward_interim);
   if (ec && reused && !first.parser->got_some()) {
-    // The server closed the kept connection while it was idle (RFC 9112 §9.3.1): the
+    // The server closed the warm connection while it was idle (RFC 9112 §9.3.1): the
     // request, which has no body, goes again on a new connection.
-    spdlog::debug("[{}] kept connection to {} was closed ({}): new connection", ctx.session_id,
+    spdlog::debug("[{}] warm connection to {} was closed ({}): new connection", ctx.session_id,
                   ctx.target.authority, ec.message());
     first.up.reset();
-    ec = co_await ctx.connector.async_connect(first.up, first_path, ctx.target, true);
+    ec = co_await ctx.new_connector.async_connect(first.up, first_path, ctx.target,
+                                                  first.on_preferred_path);
     if (!ec)
       ec = co_await async_relay_body(ctx.app, app_buffer, app_parser, first.up.stream, request_out,
-                                     limits, nullptr);
+                                     limits, nullptr, as_duration(limits.io_timeout));
     first.parser = make_response_parser(plan.head_request);
     if (!ec)
-      ec = co_await async_read_final_header(first.up, first.parser, plan.head_request, limits);
+      ec = co_await async_read_final_header(first.up, first.parser, plan.head_request,
+                                            header_timeout, forward_interim);
   }
   if (!ec && plan.head_basis) {
     const auto& header = first.parser->get();
@@ -442,7 +495,8 @@ awaitable<bool> async_first_exchange(const request_context& ctx, std::vector<pat
       }
       first.parser = make_response_parser(plan.head_request);
       if (!ec)
-        ec = co_await async_read_final_header(first.up, first.parser, plan.head_request, limits);
+        ec = co_await async_read_final_header(first.up, first.parser, plan.head_request,
+                                              header_timeout, forward_interim);
     }
   }
   if (ec) {
@@ -484,12 +538,16 @@ awaitable<bool> async_relay_one_path(const request_context& ctx, path_runtime& f
   } else if (auto length = parser.content_length(); length && !parser.chunked()) {
     ec = co_await async_relay_sized_body(first.up, *length, ctx.app, out, limits, relayed);
   } else {
+    // Unknown length (chunked, until close): a stream, maybe of events; quiet stretches
+    // are the server's to choose, up to stream_idle_timeout.
     ec = co_await async_relay_body(first.up.stream, first.up.buffer, parser, ctx.app, out, limits,
-                                   &relayed);
+                                   &relayed, as_duration(limits.stream_idle_timeout));
   }
   first_path.bytes_received += relayed;
   ctx.count(first_path, relayed);
   const double seconds = std::chrono::duration<double>(clock_type::now() - started).count();
+  if (!ec && verdict == split_verdict::too_small && relayed >= predicted_download_bytes)
+    note_download(ctx.proxy, ctx.target.host, clock_type::now());
   spdlog::info("[{}] {} {} → {} one path ({}): {} on {} in {:.2f} s", ctx.session_id,
                std::string(http::to_string(ctx.request.method())), url, response.result_int(),
                to_string(verdict), core::format_size(relayed), first_path.config.name, seconds);
@@ -500,8 +558,11 @@ awaitable<bool> async_relay_one_path(const request_context& ctx, path_runtime& f
   }
   // (The whole response was relayed: an error returned above. Bytes past it would be a
   // broken server's, and poison the next response.)
+  // Warm for the next request to the same server on this path, this app's or another's.
+  // (The whole response was relayed — an error returned above —, by the parser or by
+  // splice(2) past it: the parser need not have seen its end.)
   if (parser.keep_alive() && first.up.buffer.size() == 0) {
-    ctx.kept.emplace(first_path, ctx.target, std::move(first.up));
+    ctx.connector.release(first.up, first_path, ctx.target, first.on_preferred_path);
   } else {
     first.up.reset();
   }
@@ -552,7 +613,6 @@ awaitable<bool> async_fetch_multipath(const request_context& ctx, fetch_state& s
   // twice (GCC PR 100611).
   fetch_start start{ctx.request,
                     ctx.target,
-                    strong_validator(response),
                     initial_stream{std::move(first.up), std::move(first.parser)},
                     std::move(routes),
                     ctx.connector,
@@ -573,6 +633,16 @@ awaitable<bool> async_fetch_multipath(const request_context& ctx, fetch_state& s
     const auto& w = state.path(i);
     const auto& path = *fetch_paths[i];
     ctx.count(path, w.bytes);
+    if (w.refused != refusal::none) {
+      // Not a version conflict: the path is kept off this host for a while.
+      const auto now = clock_type::now();
+      const auto until = ctx.proxy.refusals.record(ctx.target.host, path.config.name, w.refused,
+                                                   w.refused_status, w.retry_after, now);
+      spdlog::warn("[{}] {}: path {} refused ({} {}): no ranges on it for this host for {} s",
+                   ctx.session_id, ctx.target.host, path.config.name, w.refused_status,
+                   to_string(w.refused),
+                   std::chrono::duration_cast<std::chrono::seconds>(until - now).count());
+    }
     per_path += fmt::format("{}{}: {} bytes (planned {}, {} ranges, {} taken over)",
                             per_path.empty() ? "" : ", ", path.config.name, w.bytes, w.planned,
                             w.ranges, w.stolen);
@@ -603,7 +673,55 @@ awaitable<bool> async_fetch_multipath(const request_context& ctx, fetch_state& s
                response.result_int(), core::format_size(length), seconds,
                core::format_rate(multi_bps), per_path);
   if (ctx.proxy.on_transition) ctx.proxy.on_transition(ctx.target.host, single_bps, multi_bps);
+  note_download(ctx.proxy, ctx.target.host, clock_type::now());
   co_return out.keep_alive();
+}
+
+/// Writes `bytes` to `to` within the I/O timeout.
+template <class Stream>
+awaitable<error_code> async_write_all(Stream& to, asio::const_buffer bytes,
+                                      const core::proxy_config& limits) {
+  if (bytes.size() == 0) co_return error_code{};
+  to.expires_after(as_duration(limits.io_timeout));
+  auto [ec, n] = co_await asio::async_write(to, bytes, nothrow);
+  co_return ec;
+}
+
+/// 101 Switching Protocols (RFC 9110 §15.2.2): the server's answer goes to the app, then
+/// the connection is a byte tunnel both ways (WebSocket), relayed like a flow the selector
+/// places until either side ends or it is quiet for stream_idle_timeout. Never split. The
+/// app connection ends with it.
+awaitable<bool> async_upgrade_tunnel(const request_context& ctx, path_runtime& path,
+                                     first_exchange& first, beast::flat_buffer& app_buffer,
+                                     clock_type::time_point started) {
+  const auto& limits = ctx.proxy.config.proxy;
+  const std::string url = fmt::format("http://{}{}", ctx.target.authority, ctx.target.origin_form);
+  // The answer as it came: Upgrade and Connection are what it says.
+  std::ostringstream text;
+  text << first.parser->get().base();
+  const std::string header = std::move(text).str();
+  if (co_await async_write_all(ctx.app, asio::buffer(header), limits) ||
+      co_await async_write_all(ctx.app, first.up.buffer.data(), limits) ||
+      co_await async_write_all(first.up.stream, app_buffer.data(), limits)) {
+    net::close_with_reset(ctx.app.socket());
+    co_return false;
+  }
+  first.up.buffer.consume(first.up.buffer.size());
+  app_buffer.consume(app_buffer.size());
+  ctx.app.expires_never();
+  first.up.stream.expires_never();
+  const auto totals = co_await select::async_relay(ctx.app.socket(), first.up.stream.socket(),
+                                                   as_duration(limits.stream_idle_timeout));
+  path.bytes_received += totals.server_to_app;
+  ctx.count(path, totals.server_to_app);
+  spdlog::info("[{}] {} {} → 101 (Upgrade: {}) relayed on {}: {} up, {} down in {:.1f} s{}",
+               ctx.session_id, std::string(http::to_string(ctx.request.method())), url,
+               std::string(first.parser->get()[http::field::upgrade]), path.config.name,
+               totals.app_to_server, totals.server_to_app,
+               std::chrono::duration<double>(clock_type::now() - started).count(),
+               totals.idle_timeout ? " (idle timeout)" : "");
+  first.up.reset();
+  co_return false;
 }
 
 /// Serves one request: plan, first exchange, verdict, then one path or all of them.
@@ -626,11 +744,18 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   first_exchange first(executor);
   if (!co_await async_first_exchange(ctx, paths, plan, app_buffer, app_parser, first))
     co_return false;
+  if (first.parser->get().result() == http::status::switching_protocols)
+    co_return co_await async_upgrade_tunnel(ctx, *paths[0], first, app_buffer, started);
   // The routes in the order the fetch uses: the path that took the request first; it
   // goes to the app's destination only if it is the preferred path (the app's DNS answer
   // was its resolver's); every other path to its own server.
+  // (A path whose node refused it lately gets no range: the first path's is the app's own
+  // answer.)
   std::vector<fetch_route> routes;
   for (std::size_t i = 0; i < paths.size(); ++i) {
+    if (i > 0 &&
+        ctx.proxy.refusals.refused(ctx.target.host, paths[i]->config.name, clock_type::now()))
+      continue;
     fetch_route route{paths[i], i == 0 && first.on_preferred_path, nullptr};
     if (i > 0) {
       for (auto& [path, connection] : early)
@@ -646,12 +771,13 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   const auto decision = decide_first_answer(
       ctx.request, response,
       first.app_view ? std::optional<std::uint64_t>(first.head_end) : std::nullopt,
-      {plan.min_split_bytes, paths.size(), plan.feature.multipath,
+      {plan.min_split_bytes, routes.size(), plan.feature.multipath,
        host_is_cooling(ctx.proxy, ctx.target.host)});
   const bool split = decision.verdict == split_verdict::split;
   state.on_first_response(
       {split, decision.total, decision.begin, decision.end,
-       first.app_view ? std::optional<std::uint64_t>(first.head_end) : std::nullopt},
+       first.app_view ? std::optional<std::uint64_t>(first.head_end) : std::nullopt,
+       strong_validator(response), representation_digests(first.parser->get().base())},
       clock_type::now());
   if (state.phase() != fetch_phase::fetching) {
     abandon_unwanted_early(state, routes);
@@ -659,6 +785,61 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
                                             started);
   }
   co_return co_await async_fetch_multipath(ctx, state, std::move(routes), first, response, started);
+}
+
+/// An intercepted app that talks to its own HTTP proxy (CONNECT, absolute-form requests:
+/// is_for_an_app_proxy): the connection goes on to that proxy as bytes — its first
+/// request as the app sent it, then everything both ways — on the first path that
+/// reaches it. Nothing is split: the app's proxy, not the origin, is its server.
+awaitable<void> async_relay_to_app_proxy(beast::tcp_stream& app, beast::flat_buffer& app_buffer,
+                                         proxy_context& proxy, const request_header& request,
+                                         tcp::endpoint destination, std::uint64_t session_id,
+                                         const std::string& app_name) {
+  auto executor = co_await asio::this_coro::executor;
+  const auto& limits = proxy.config.proxy;
+  const auto started = clock_type::now();
+  const std::string what = fmt::format(
+      "{} {} for the app's own proxy {}:{}", std::string(http::to_string(request.method())),
+      std::string(request.target()), destination.address().to_string(), destination.port());
+  upstream up(executor);
+  path_runtime* used = nullptr;
+  error_code ec = asio::error::network_unreachable;
+  for (auto* path : usable_paths(proxy)) {
+    ec = co_await async_connect_endpoint(up, *path, destination, limits);
+    if (!ec) {
+      used = path;
+      break;
+    }
+    if (ec == asio::error::operation_aborted) break;
+  }
+  if (used == nullptr) {
+    // The app sees its proxy unreachable, as it would have without us.
+    spdlog::warn("[{}] {}: no path reaches it ({}): resetting the app", session_id, what,
+                 ec.message());
+    net::close_with_reset(app.socket());
+    co_return;
+  }
+  http::request<http::empty_body> head;
+  head.base() = request;
+  std::ostringstream text;
+  text << head.base();
+  const std::string header = std::move(text).str();
+  if (co_await async_write_all(up.stream, asio::buffer(header), limits) ||
+      co_await async_write_all(up.stream, app_buffer.data(), limits)) {
+    net::close_with_reset(app.socket());
+    co_return;
+  }
+  app_buffer.consume(app_buffer.size());
+  app.expires_never();
+  up.stream.expires_never();
+  const auto totals = co_await select::async_relay(app.socket(), up.stream.socket(),
+                                                   as_duration(limits.stream_idle_timeout));
+  used->bytes_received += totals.server_to_app;
+  if (proxy.on_app_bytes && totals.server_to_app > 0)
+    proxy.on_app_bytes(app_name, *used, totals.server_to_app);
+  spdlog::info("[{}] {}: relayed on {}: {} up, {} down in {:.1f} s", session_id, what,
+               used->config.name, totals.app_to_server, totals.server_to_app,
+               std::chrono::duration<double>(clock_type::now() - started).count());
 }
 
 /// CONNECT host:port: a byte tunnel on the preferred path (RFC 9110 §9.3.6), relayed
@@ -719,6 +900,12 @@ awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buf
 }
 
 }  // namespace
+
+warm_connections warm_connections_of(const proxy_context& context) {
+  if (!context.pool) return {};
+  const auto c = context.pool->counts();
+  return {c.idle, c.reused, c.parked, c.refused_over_limit};
+}
 
 std::vector<download_snapshot> active_downloads(const proxy_context& context) {
   std::vector<download_snapshot> out;
@@ -931,8 +1118,10 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
   beast::tcp_stream app(std::move(socket));
   beast::flat_buffer app_buffer;
   net::task_group tasks(app.get_executor());
-  path_connector connector(proxy.config.proxy);
-  std::optional<kept_upstream> kept;
+  if (!proxy.pool) proxy.pool = std::make_shared<connection_pool>(pool_limits_of(proxy.config));
+  path_connector direct(proxy.config.proxy);
+  pooled_connector connector(direct, *proxy.pool);
+  pooled_connector new_connector(direct, *proxy.pool, /*take_idle=*/false);
   // Our writes are whole messages or big body pieces: Nagle would only hold a response's
   // last small segment back until the app's delayed ACK (40 ms per small response).
   error_code nodelay_ec;
@@ -973,6 +1162,11 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
       co_await async_tunnel(app, app_buffer, proxy, request, session_id);
       break;
     }
+    if (intercepted && is_for_an_app_proxy(request)) {
+      co_await async_relay_to_app_proxy(app, app_buffer, proxy, request, *intercepted, session_id,
+                                        app_name);
+      break;
+    }
     auto target = intercepted
                       ? parse_intercepted_target(request.target(), request[http::field::host],
                                                  intercepted->address(), intercepted->port())
@@ -994,8 +1188,9 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
       break;
     }
     learn_path_servers(*target, proxy);
-    const request_context ctx{app,  proxy,    request, *target,  session_id,
-                              kept, app_name, tasks,   connector};
+    proxy.pool->expire(clock_type::now());
+    const request_context ctx{app,      proxy, request,   *target,      session_id,
+                              app_name, tasks, connector, new_connector};
     if (!proxy.features.http_dns.empty() && request.method() == http::verb::get &&
         parser.is_done()) {
       classify::request_view view{target->host, request.target(), {}};
@@ -1012,7 +1207,6 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
     if ((co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none)
       break;
   }
-  kept.reset();
   tasks.cancel();
   co_await tasks.async_join();
   error_code ignored;

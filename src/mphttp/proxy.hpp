@@ -20,6 +20,7 @@
 #include "dns/info_db.hpp"
 #include "dns/path_resolver.hpp"
 #include "mphttp/path_estimator.hpp"
+#include "mphttp/path_refusals.hpp"
 #include "path/monitor.hpp"
 
 namespace fleety::net {
@@ -74,6 +75,10 @@ path_runtime make_path_runtime(const boost::asio::any_io_executor& executor,
                                std::chrono::microseconds known_rtt = {});
 
 /// What every session shares; referenced by sessions, outlives them.
+namespace detail {
+class connection_pool;
+}
+
 struct proxy_context {
   const core::config& config;
   std::vector<path_runtime>& paths;  ///< preference order (cheapest first)
@@ -85,7 +90,15 @@ struct proxy_context {
   std::map<std::string, std::chrono::steady_clock::time_point> single_path_until{};
   static constexpr std::size_t max_cooling_hosts = 4096;
   std::uint64_t version_conflicts = 0;  ///< multipath downloads that saw two versions
-  std::uint64_t fetches_active = 0;     ///< multipath downloads under way
+  /// Hosts by their last multipath download (bounded like the cooling hosts): their next
+  /// large GET is predicted to be one too, so other paths get ready before its answer.
+  std::map<std::string, std::chrono::steady_clock::time_point> recent_downloads{};
+  /// Paths a host's node refused (403, 429, 5xx, no ranges): not split onto for a while.
+  path_refusals refusals{};
+  /// Each path's warm keep-alive connections to each host's node, and the per-host
+  /// connection counts (connection_pool.hpp); made by the first session if null.
+  std::shared_ptr<detail::connection_pool> pool{};
+  std::uint64_t fetches_active = 0;  ///< multipath downloads under way
   /// The multipath downloads under way: each registered by the session serving it, for
   /// as long as its fetch lives (in that session's frame).
   struct active_download {
@@ -120,6 +133,16 @@ struct proxy_context {
   std::function<void(const std::string& app, const path_runtime& path, std::uint64_t bytes)>
       on_app_bytes{};
 };
+
+/// The warm connections (the pool of idle keep-alive connections), as `fleety status`
+/// shows them.
+struct warm_connections {
+  std::size_t idle = 0;          ///< kept idle now
+  std::uint64_t reused = 0;      ///< requests that went on a warm connection
+  std::uint64_t parked = 0;      ///< connections kept warm after a response
+  std::uint64_t over_limit = 0;  ///< connections not opened: the host's limit on the path
+};
+warm_connections warm_connections_of(const proxy_context& context);
 
 /// The multipath downloads under way now, with each path's part.
 std::vector<download_snapshot> active_downloads(const proxy_context& context);

@@ -15,6 +15,8 @@ namespace fleety::mphttp::detail {
 
 void upstream::reset() {
   measured = path::monitor::watch{};
+  slot.release();
+  reused = false;
   net::close_with_reset(stream.socket());
   stream.drop_tls();
   buffer.clear();
@@ -117,16 +119,16 @@ std::unique_ptr<http::response_parser<http::buffer_body>> make_response_parser(b
 
 awaitable<error_code> async_read_final_header(
     upstream& up, std::unique_ptr<http::response_parser<http::buffer_body>>& parser,
-    bool head_request, const core::proxy_config& limits) {
+    bool head_request, clock_type::duration timeout, const interim_handler& on_interim) {
   for (int interim = 0;; ++interim) {
-    up.stream.expires_after(as_duration(limits.io_timeout));
+    up.stream.expires_after(timeout);
     auto [ec, n] = co_await http::async_read_header(up.stream, up.buffer, *parser, nothrow);
     if (ec) co_return ec;
     const unsigned status = parser->get().result_int();
-    // Interim responses (RFC 9110 §15.2) are not forwarded: we answered the app's
-    // 100-continue ourselves. 101 is the final answer to an Upgrade.
+    // 101 is the final answer to an Upgrade; other 1xx are interim (RFC 9110 §15.2).
     if (status >= 200 || status == 101) co_return error_code{};
     if (interim + 1 >= max_interim_responses) co_return http::error::bad_status;
+    if (on_interim) co_await on_interim(parser->get().base());
     parser = make_response_parser(head_request);
   }
 }
@@ -161,6 +163,9 @@ awaitable<error_code> async_request_range(upstream& up, const request_header& ap
                                           const core::proxy_config& limits) {
   auto request = upstream_request(app_request, target);
   request.set(http::field::range, fmt::format("bytes={}-{}", range.begin - overlap, range.end - 1));
+  // Ours, never the app's: its If-Range was for its own Range, answered by the first
+  // response already; a range of ours carries this path's node's validator or none.
+  request.erase(http::field::if_range);
   if (!validator.empty()) request.set(http::field::if_range, validator);
   up.stream.expires_after(as_duration(limits.io_timeout));
   auto [ec, n] = co_await http::async_write(up.stream, request, nothrow);
@@ -175,8 +180,11 @@ awaitable<void> async_wait_for_wake(asio::steady_timer& timer, clock_type::durat
 awaitable<void> async_connect_early(std::shared_ptr<early_connection> early, path_runtime& path,
                                     proxy_target target, upstream_connector& connector,
                                     bool to_destination) {
+  early->release_unused = [&connector, &path, target, to_destination](upstream& up) {
+    connector.release(up, path, target, to_destination);
+  };
   auto ec = co_await connector.async_connect(early->up, path, target, to_destination);
-  if (!ec && early->abandoned) early->up.reset();
+  if (!ec && early->abandoned) early->abandon();
   early->result = early->abandoned ? error_code(asio::error::operation_aborted) : ec;
   early->ready.cancel();
 }

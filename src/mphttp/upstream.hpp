@@ -22,6 +22,7 @@
 #include <boost/beast/http/parser.hpp>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -47,6 +48,9 @@ inline constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 inline constexpr std::uint32_t header_limit_bytes = 64 * 1024;
 /// The head range a GET asks for is min_split_size, at least this.
 inline constexpr std::uint64_t min_head_range_bytes = 256 * 1024;
+/// A host that served an object this big (splittable, split or not) lately is predicted
+/// to serve more: its next GETs get the other paths ready and a small head range.
+inline constexpr std::uint64_t predicted_download_bytes = 512 * 1024;
 /// At most this many interim (1xx) responses before the final one: a server that sends
 /// more is broken or hostile.
 inline constexpr int max_interim_responses = 8;
@@ -85,6 +89,7 @@ class upstream_stream {
   /// The connected socket, for a TLS session to take over (then start_tls).
   tcp::socket release_socket() { return std::move(plain_.socket()); }
   void start_tls(std::unique_ptr<tls_session> session) { tls_ = std::move(session); }
+  bool has_tls() const { return tls_ != nullptr; }
   /// Forgets the TLS layer of a connection closed already.
   void drop_tls() { tls_.reset(); }
   /// Takes over `other`'s connection (a tcp_stream can't be assigned: its socket is
@@ -142,13 +147,47 @@ class upstream_stream {
   std::vector<char> write_scratch_;  ///< pieces gathered for one TLS write
 };
 
-/// An HTTP/1.1 connection to a server over one path. Owned by one coroutine frame.
+/// One connection counted against its host's limit on its path (connection_pool): the
+/// count goes down when the connection closes. Move-only.
+class connection_slot {
+ public:
+  connection_slot() = default;
+  explicit connection_slot(std::shared_ptr<std::size_t> count) : count_(std::move(count)) {
+    ++*count_;
+  }
+  connection_slot(connection_slot&& other) noexcept : count_(std::move(other.count_)) {}
+  connection_slot& operator=(connection_slot&& other) noexcept {
+    if (this != &other) {
+      release();
+      count_ = std::move(other.count_);
+    }
+    return *this;
+  }
+  connection_slot(const connection_slot&) = delete;
+  connection_slot& operator=(const connection_slot&) = delete;
+  ~connection_slot() { release(); }
+  void release() {
+    if (count_) --*count_;
+    count_.reset();
+  }
+
+ private:
+  std::shared_ptr<std::size_t> count_;  ///< shared with the pool's count for the host
+};
+
+/// An HTTP/1.1 connection to a server over one path. Owned by one coroutine frame (or,
+/// while idle, by the connection pool).
 struct upstream {
   upstream_stream stream;
   beast::flat_buffer buffer;
   /// The path monitor reads the connection's TCP_INFO while it is open (declared after
   /// the stream: it goes first).
   path::monitor::watch measured;
+  /// Counted against its host's connection limit on its path while open.
+  connection_slot slot;
+  /// Taken idle from the pool: the server may have closed it meanwhile (RFC 9112 §9.3.1),
+  /// so a request without a body that gets no answer on it goes again on a new one.
+  bool reused = false;
 
   explicit upstream(const asio::any_io_executor& executor) : stream(executor) {}
   bool is_open() { return stream.socket().is_open(); }
@@ -159,6 +198,15 @@ struct upstream {
     stream.adopt(other.stream);
     buffer = std::move(other.buffer);
     measured = std::move(other.measured);
+    slot = std::move(other.slot);
+    reused = std::exchange(other.reused, false);
+  }
+  /// Whether another request may follow on this connection now: open, the last response
+  /// read to its end (`parser` done; none: no request yet) with keep-alive, nothing
+  /// buffered past it.
+  bool reusable_after(const http::response_parser<http::buffer_body>* parser) {
+    return is_open() && buffer.size() == 0 &&
+           (parser == nullptr || (parser->is_done() && parser->keep_alive()));
   }
 };
 
@@ -182,6 +230,24 @@ class upstream_connector {
   /// path's own server for the host (paper §4.1: each path its own CDN node).
   virtual awaitable<error_code> async_connect(upstream& up, path_runtime& path,
                                               const proxy_target& target, bool to_destination) = 0;
+  /// `up` is done with (idle, reusable_after its last response): for the next request to
+  /// the same place on the path (a pool keeps it), or closed.
+  virtual void release(upstream& up, path_runtime& path, const proxy_target& target,
+                       bool to_destination) {
+    (void)path;
+    (void)target;
+    (void)to_destination;
+    up.reset();
+  }
+  /// `up`, at the end of its use: released if reusable_after `parser`, else reset.
+  void finish_with(upstream& up, const http::response_parser<http::buffer_body>* parser,
+                   path_runtime& path, const proxy_target& target, bool to_destination) {
+    if (up.reusable_after(parser)) {
+      release(up, path, target, to_destination);
+    } else {
+      up.reset();
+    }
+  }
 };
 
 /// The real connector: sockets bound to the path's interface, each path to its own
@@ -229,11 +295,15 @@ awaitable<first_connect> async_connect_first(upstream& up, std::vector<path_runt
 /// stream them), no body expected for a HEAD.
 std::unique_ptr<http::response_parser<http::buffer_body>> make_response_parser(bool head_request);
 
-/// Reads the final response header into `parser`, skipping interim 1xx responses (but
-/// 101, which is final for an Upgrade) — at most max_interim_responses of them.
+/// Called with each interim response (1xx but 101) before the final one.
+using interim_handler = std::function<awaitable<void>(const response_header&)>;
+
+/// Reads the final response header into `parser`, past interim 1xx responses (101 is
+/// final: an Upgrade's answer) — at most max_interim_responses of them, each given to
+/// `on_interim` (may be empty) — each header within `timeout`.
 awaitable<error_code> async_read_final_header(
     upstream& up, std::unique_ptr<http::response_parser<http::buffer_body>>& parser,
-    bool head_request, const core::proxy_config& limits);
+    bool head_request, clock_type::duration timeout, const interim_handler& on_interim = {});
 
 /// Reads what has arrived of a response's body (header already in `parser`) into `chunk`:
 /// read_some, not read, so that a slow path shows progress (and is not taken for stalled)
@@ -266,12 +336,20 @@ struct early_connection {
       : up(executor), ready(executor) {}
   upstream up;
   std::optional<error_code> result;  ///< set when the connect has ended
-  bool abandoned = false;            ///< nobody will take it: close it when it connects
+  bool abandoned = false;            ///< nobody will take it: released when it connects
   asio::steady_timer ready;          ///< cancelled when `result` is set
-  /// Nobody takes it: closed now if connected, else as soon as it connects.
+  /// Where an unused connection goes (the connector's release: a pool keeps it warm for
+  /// the host's next request on the path); set by async_connect_early.
+  std::function<void(upstream&)> release_unused;
+  /// Nobody takes it: released now if connected, else as soon as it connects.
   void abandon() {
     abandoned = true;
-    if (up.is_open()) up.reset();
+    if (!up.is_open()) return;
+    if (release_unused && up.reusable_after(nullptr)) {
+      release_unused(up);
+    } else {
+      up.reset();
+    }
   }
 };
 

@@ -284,7 +284,9 @@ class InterceptInLab(LabTestCase):
         self.assertEqual(cp.returncode, 0, cp.stderr)
         self.assertEqual(cp.stdout.split(), ["200"] * 3)
         lines = [line for line in self.new_access_lines(sizes)["wifi"].splitlines() if "/1MB" in line]
-        self.assertEqual(len(lines), 3, lines)
+        # One first request per app request (a host that serves downloads gets a small head
+        # range first, the rest behind it: more lines, the same connection).
+        self.assertEqual(len([line for line in lines if 'range="bytes=0-' in line]), 3, lines)
         self.assertEqual(len({re.search(r"conn=(\d+)", line)[1] for line in lines}), 1, lines)
 
     def test_a_kept_connection_the_server_closed_is_replaced(self):
@@ -316,7 +318,9 @@ class InterceptInLab(LabTestCase):
         finally:
             server.kill()
             server.wait(10)
-        self.assertIn("kept connection to once.test was closed", self.fleetyd.log())
+        # Seen closed when taken from the pool (the FIN came while it was idle), or when the
+        # request on it got no answer (the FIN came late): a new connection either way.
+        self.assertRegex(self.fleetyd.log(), r"warm connection to once.test (on wifi )?was closed")
 
     def test_an_app_that_quits_mid_download_costs_nothing_else(self):
         """The app closes while fleetyd splices a body to it: that relay ends, fleetyd

@@ -36,13 +36,16 @@ struct origin_script {
   std::optional<std::uint64_t> breaks_after_bytes{};
   /// The connection goes silent (no byte, no error) once it sent this many bytes.
   std::optional<std::uint64_t> silent_after_bytes{};
+  /// The node's ETag; a range request whose If-Range differs gets the whole object.
+  std::string etag = "\"v1\"";
 };
 
 /// What a path's server saw.
 struct origin_log {
   int connections = 0;
   int requests = 0;
-  std::vector<std::string> ranges;  ///< each request's Range field
+  std::vector<std::string> ranges;    ///< each request's Range field
+  std::vector<std::string> if_range;  ///< and its If-Range
 };
 
 /// One connection to the origin: requests in, responses out.
@@ -126,11 +129,15 @@ class fake_connection final : public detail::tls_session {
   void respond(const http::request<http::empty_body>& request) {
     ++log_.requests;
     const std::string range(request[http::field::range]);
+    const std::string if_range(request[http::field::if_range]);
     log_.ranges.push_back(range);
+    log_.if_range.push_back(if_range);
     std::uint64_t first = 0;
     std::uint64_t last = object_.size() - 1;
     bool partial = false;
-    if (!range.empty() && !script_.answers_200_to_ranges) {
+    // RFC 9110 §13.1.5: a validator that doesn't match means the whole object.
+    const bool if_range_holds = if_range.empty() || if_range == script_.etag;
+    if (!range.empty() && !script_.answers_200_to_ranges && if_range_holds) {
       // "bytes=a-b" or "bytes=a-"
       const auto dash = range.find('-');
       first = std::stoull(range.substr(6, dash - 6));
@@ -141,6 +148,7 @@ class fake_connection final : public detail::tls_session {
     http::response<http::empty_body> head{
         partial ? http::status::partial_content : http::status::ok, 11};
     head.set(http::field::accept_ranges, "bytes");
+    head.set(http::field::etag, script_.etag);
     if (partial)
       head.set(http::field::content_range, "bytes " + std::to_string(first) + "-" +
                                                std::to_string(last) + "/" +

@@ -40,6 +40,7 @@ status_model two_path_model() {
   s.cellular_month_bytes = 123;
   s.dns = {/*queries=*/5, /*answered_by_fallback=*/1, /*failed=*/0};
   s.app_bytes = {{"game", "wifi", 77}};
+  s.warm = {/*idle=*/3, /*reused=*/11, /*parked=*/12, /*over_limit=*/2};
   return s;
 }
 
@@ -78,10 +79,27 @@ TEST(PrometheusText, PathsFlowsAndCountersWithUnknownValuesLeftOut) {
   EXPECT_TRUE(has("fleety_intercepting 1"));
   EXPECT_TRUE(has("fleety_cellular_month_bytes 123"));
   EXPECT_TRUE(has("fleety_cellular_capped 0"));
+  EXPECT_TRUE(has("fleety_warm_connections 3"));
+  EXPECT_TRUE(has("fleety_warm_connection_reuses_total 11"));
+  EXPECT_TRUE(has("fleety_connection_limit_hits_total 2"));
   EXPECT_TRUE(has("fleety_dns_queries_total 5"));
   EXPECT_TRUE(has("fleety_dns_fallbacks_total 1"));
   EXPECT_TRUE(has("fleety_dns_failures_total 0"));
   EXPECT_TRUE(has(R"(fleety_app_received_bytes_total{app="game",path="wifi"} 77)"));
+}
+
+TEST(PrometheusText, RefusalsByReasonAndPathsKeptOffAHost) {
+  auto model = two_path_model();
+  model.refusals_total = {{"forbidden", 3}, {"rate limited", 1}};
+  model.refused_paths = {{"a.test", "cell", "forbidden", 403, 20},
+                         {"b.test", "cell", "rate limited", 429, 100}};
+  const std::string text = prometheus_text(model);
+  auto has = [&](std::string_view line) { return text.find(line) != std::string::npos; };
+  EXPECT_TRUE(has(R"(fleety_path_refusals_total{reason="forbidden"} 3)"));
+  EXPECT_TRUE(has(R"(fleety_path_refusals_total{reason="rate limited"} 1)"));
+  EXPECT_TRUE(has(R"(fleety_refused_paths{path="cell"} 2)"));
+  // Not version conflicts.
+  EXPECT_TRUE(has("fleety_verifier_mismatches_total 1"));  // the model's own, not these
 }
 
 TEST(PrometheusText, EveryFamilyOnceInTheOrderOfBefore) {
@@ -105,6 +123,11 @@ TEST(PrometheusText, EveryFamilyOnceInTheOrderOfBefore) {
                             "fleety_intercepting",
                             "fleety_cellular_month_bytes",
                             "fleety_cellular_capped",
+                            "fleety_path_refusals_total",
+                            "fleety_refused_paths",
+                            "fleety_warm_connections",
+                            "fleety_warm_connection_reuses_total",
+                            "fleety_connection_limit_hits_total",
                             "fleety_dns_queries_total",
                             "fleety_dns_fallbacks_total",
                             "fleety_dns_failures_total",

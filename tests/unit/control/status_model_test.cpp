@@ -70,8 +70,11 @@ TEST(StatusJson, FlowsDownloadsCountersAndDns) {
   s.sessions_started = 9;
   s.multipath_downloads_active = 1;
   s.version_conflicts = 3;
+  s.refused_paths.push_back({"cdn.test", "cell", "forbidden", 403, 25.0});
+  s.refusals_total.emplace_back("forbidden", 2);
   s.intercepting = true;
   s.dns = {5, 1, 0};
+  s.warm = {2, 7, 9, 1};
   const auto j = status_json(s);
   const char* keys[] = {"paths",
                         "flows",
@@ -84,11 +87,22 @@ TEST(StatusJson, FlowsDownloadsCountersAndDns) {
                         "sessions_started",
                         "multipath_downloads_active",
                         "version_conflicts",
+                        "refused_paths",
+                        "refusals",
                         "intercepting",
-                        "dns"};
+                        "dns",
+                        "warm_connections"};
   ASSERT_EQ(j.size(), std::size(keys));
   std::size_t k = 0;
   for (const auto& entry : j) EXPECT_EQ(entry.key(), keys[k++]);
+  // A refusal is not a version conflict: the path, the host, the reason, the time left.
+  const auto& refused = j.at("refused_paths").as_array().at(0).as_object();
+  EXPECT_EQ(refused.at("host"), "cdn.test");
+  EXPECT_EQ(refused.at("path"), "cell");
+  EXPECT_EQ(refused.at("reason"), "forbidden");
+  EXPECT_EQ(refused.at("status").as_uint64(), 403U);
+  EXPECT_DOUBLE_EQ(refused.at("seconds_left").as_double(), 25.0);
+  EXPECT_EQ(j.at("refusals").as_object().at("forbidden").as_uint64(), 2U);
   const auto& flow = j.at("flows").as_array().at(0).as_object();
   EXPECT_EQ(flow.at("id").as_uint64(), 12U);
   EXPECT_EQ(flow.at("class"), "gaming");
@@ -115,6 +129,8 @@ TEST(StatusJson, FlowsDownloadsCountersAndDns) {
   EXPECT_EQ(j.at("version_conflicts").as_uint64(), 3U);
   EXPECT_EQ(j.at("intercepting"), true);
   EXPECT_EQ(json::serialize(j.at("dns")), R"({"queries":5,"answered_by_fallback":1,"failed":0})");
+  EXPECT_EQ(json::serialize(j.at("warm_connections")),
+            R"({"idle":2,"reused":7,"parked":9,"over_limit":1})");
 }
 
 TEST(AppsJson, CgroupClassAndUnsetIdsAsNull) {

@@ -43,6 +43,9 @@ listen = "[::1]:8080"
 connect_timeout = "2s"
 io_timeout = "10s"
 max_connections = 64
+connections_per_host = 4
+idle_connections = 0
+idle_connection_timeout = "5s"
 [scheduler]
 mode = "aggregate"
 tolerance = "500ms"
@@ -70,6 +73,9 @@ rtt = "50ms"
   EXPECT_EQ(config->proxy.listen_port, 8080);
   EXPECT_EQ(config->proxy.connect_timeout, std::chrono::seconds(2));
   EXPECT_EQ(config->proxy.max_connections, 64U);
+  EXPECT_EQ(config->proxy.connections_per_host, 4U);
+  EXPECT_EQ(config->proxy.idle_connections, 0U);
+  EXPECT_EQ(config->proxy.idle_connection_timeout, std::chrono::seconds(5));
   EXPECT_EQ(config->scheduler.mode, scheduler_mode::aggregate);
   EXPECT_EQ(config->scheduler.tolerance, std::chrono::milliseconds(500));
   EXPECT_EQ(config->scheduler.range_time, std::chrono::milliseconds(200));
@@ -197,6 +203,14 @@ TEST(Config, BadAppsAreRefusedWithTheLine) {
   config = parse_config("[intercept]\nport = 70000\n" + path, "f.toml");
   ASSERT_FALSE(config);
   EXPECT_EQ(config.error(), "f.toml:2: intercept.port must be a whole number from 1 to 65535");
+  config = parse_config("[proxy]\nconnections_per_host = 0\n" + path, "f.toml");
+  ASSERT_FALSE(config);
+  EXPECT_EQ(config.error(),
+            "f.toml:2: proxy.connections_per_host must be a whole number from 1 to 64");
+  config = parse_config("[proxy]\nidle_connections = 2000\n" + path, "f.toml");
+  ASSERT_FALSE(config);
+  EXPECT_EQ(config.error(),
+            "f.toml:2: proxy.idle_connections must be a whole number from 0 to 1024");
 }
 
 TEST(Config, ControlSocket) {

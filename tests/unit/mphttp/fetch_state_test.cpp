@@ -48,6 +48,15 @@ struct path_script {
   double slow_rate = 0;
   bool early_connection = false;  ///< a connection was opened early for it
   bool early_connection_fails = false;
+  /// The node's strong validator (its ETag); a range request with another If-Range gets
+  /// the whole object (RFC 9110 §13.1.5).
+  std::string validator = "\"node-a\"";
+  /// The node's copy changes (another validator, the same bytes) once it sent this much.
+  std::optional<std::uint64_t> revalidates_after_bytes{};
+  unsigned refuses_with = 0;  ///< a status other than 206 for every range request
+  std::optional<int> retry_after_s{};
+  std::optional<std::uint64_t> object_size{};  ///< its copy's size (else the fetch's)
+  std::string repr_digest{};                   ///< the Repr-Digest it sends (sha-256), if any
 };
 
 /// A response on a simulated connection.
@@ -55,6 +64,7 @@ struct sim_response {
   std::uint64_t first = 0;  ///< object offsets, inclusive
   std::uint64_t last = 0;
   unsigned status = 206;
+  std::string validator{};
   fetch_clock::time_point ready{};  ///< its header can arrive from then (request + RTT)
   std::uint64_t sent = 0;           ///< body bytes the server sent so far
   std::uint64_t read = 0;           ///< body bytes the fetcher read
@@ -101,6 +111,8 @@ struct outcome {
   std::vector<bool> failed;
   std::vector<int> closes;
   std::vector<int> requests;
+  std::vector<refusal> refusals;
+  std::vector<std::optional<std::chrono::seconds>> retry_after;
   std::uint64_t mismatches = 0;
   std::uint64_t max_buffered = 0;  ///< most bytes the fetch held at once
   std::vector<fetch_note> notes;
@@ -118,7 +130,7 @@ class fetch_sim {
     for (auto& s : scripts) {
       auto p = std::make_unique<sim_path>();
       p->script = s;
-      p->object = object_bytes(size, s.version);
+      p->object = object_bytes(s.object_size.value_or(size), s.version);
       paths_.push_back(std::move(p));
     }
   }
@@ -145,6 +157,8 @@ class fetch_sim {
     return out;
   }
   std::vector<fetch_action> abandoned_;
+  int with_if_range_ = 0;     ///< range requests that carried If-Range
+  int without_if_range_ = 0;  ///< and those that did not
 
  private:
   void make_state() {
@@ -188,6 +202,9 @@ class fetch_sim {
     fr.begin = 0;
     fr.end = size_;
     fr.head_end = head_end;
+    fr.validator = first.script.validator;
+    if (!first.script.repr_digest.empty())
+      fr.digests.push_back({"sha-256", first.script.repr_digest});
     state_->on_first_response(fr, now_);
     for (auto& p : paths_) p->spawned = true;
 
@@ -217,6 +234,8 @@ class fetch_sim {
       out.failed.push_back(w.phase == path_phase::failed);
       out.closes.push_back(paths_[i]->closes);
       out.requests.push_back(paths_[i]->requests);
+      out.refusals.push_back(w.refused);
+      out.retry_after.push_back(w.retry_after);
       EXPECT_TRUE(paths_[i]->done) << "path " << i << " never finished";
     }
     const auto notes = state_->take_notes();
@@ -366,7 +385,13 @@ class fetch_sim {
         r.head_read = true;
         response_head head;
         head.status = r.status;
-        if (r.status == 206) head.range = content_range{r.first, r.last, size_};
+        if (r.status == 206)
+          head.range = content_range{r.first, r.last, static_cast<std::uint64_t>(p.object.size())};
+        head.validator = r.validator;
+        if (!p.script.repr_digest.empty())
+          head.digests.push_back({"sha-256", p.script.repr_digest});
+        if (p.script.retry_after_s)
+          head.retry_after = std::chrono::seconds(*p.script.retry_after_s);
         state_->on_head(i, head, now_);
         break;
       }
@@ -422,10 +447,19 @@ class fetch_sim {
           return true;
         }
         ++p.requests;
+        ++(c.if_range.empty() ? without_if_range_ : with_if_range_);
         sim_response r;
-        if (p.script.answers_200_to_ranges) {
+        const bool changed =
+            p.script.revalidates_after_bytes && p.carried >= *p.script.revalidates_after_bytes;
+        r.validator = changed ? p.script.validator + "-2" : p.script.validator;
+        if (p.script.refuses_with != 0) {
+          r.status = p.script.refuses_with;
           r.first = 0;
-          r.last = size_ - 1;
+          r.last = 0;  // (a small error body)
+        } else if (p.script.answers_200_to_ranges ||
+                   (!c.if_range.empty() && c.if_range != r.validator)) {
+          r.first = 0;
+          r.last = p.object.size() - 1;
           r.status = 200;
         } else {
           r.first = c.range.begin - c.overlap;
@@ -544,17 +578,105 @@ TEST(FetchState, BothPathsDieTheFetchFails) {
 }
 
 TEST(FetchState, NodeAnswers200ToARange) {
-  // The cellular node ignores Range: its 200 is refused (counted as another version,
-  // as the verifier cannot tell), and Wi-Fi fetches everything.
+  // The cellular node ignores Range (issue 16): its 200 is closed and the path is out for
+  // this host — a refusal, not another version — and Wi-Fi fetches everything.
   fetch_sim sim({{}, {.answers_200_to_ranges = true, .early_connection = true}}, 10 * MB);
   const auto out = sim.run_head_range(2 * MB);
   ASSERT_EQ(out.phase, fetch_phase::complete);
   EXPECT_TRUE(out.app == object_bytes(10 * MB, 1));
   EXPECT_TRUE(out.failed[1]);
+  EXPECT_EQ(out.refusals[1], refusal::ignores_ranges);
   EXPECT_EQ(out.path_bytes[1], 0u);
-  EXPECT_TRUE(out.has_note(fetch_note::kind::refused_range, 1));
-  EXPECT_EQ(out.mismatches, 1u);
+  EXPECT_TRUE(out.has_note(fetch_note::kind::refused, 1));
+  EXPECT_EQ(out.mismatches, 0u);
   EXPECT_EQ(out.requests[1], 1);
+}
+
+TEST(FetchState, ReplicasWithOtherValidatorsAggregate) {
+  // Issue 16: each path reaches its own node; they hold the same bytes under other ETags.
+  // No path sends another node's validator, so nothing is refused: both paths carry
+  // their share, and no version conflict is seen.
+  fetch_sim sim(
+      {{.validator = "\"mtime-a\""}, {.early_connection = true, .validator = "\"mtime-b\""}},
+      100 * MB);
+  const auto out = sim.run_head_range(2 * MB);
+  ASSERT_EQ(out.phase, fetch_phase::complete);
+  EXPECT_TRUE(out.app == object_bytes(100 * MB, 1));
+  EXPECT_EQ(out.mismatches, 0u);
+  EXPECT_GE(share(out, 1), 0.45);
+  EXPECT_LE(out.seconds, 20.6);
+  // Each path's later requests carry its own node's validator.
+  EXPECT_GT(sim.with_if_range_, 10);
+  EXPECT_EQ(sim.without_if_range_, 1);  // the cellular path's first one
+}
+
+TEST(FetchState, NodeThatRefusesOnePathIsNotAnotherVersion) {
+  // A token bound to the client's address: the cellular node answers 403. The path is out
+  // for the host; Wi-Fi carries everything, within Wi-Fi's own time (4.0 s) plus little.
+  for (unsigned status : {401u, 403u, 404u, 410u, 416u, 503u}) {
+    fetch_sim sim({{}, {.early_connection = true, .refuses_with = status}}, 10 * MB);
+    const auto out = sim.run_head_range(2 * MB);
+    ASSERT_EQ(out.phase, fetch_phase::complete) << status;
+    EXPECT_TRUE(out.app == object_bytes(10 * MB, 1)) << status;
+    EXPECT_EQ(out.refusals[1], refusal_of(status)) << status;
+    EXPECT_EQ(out.mismatches, 0u) << status;
+    EXPECT_LE(out.seconds, 4.0 * 1.15) << status;
+  }
+}
+
+TEST(FetchState, RateLimitedPathKeepsItsRetryAfter) {
+  fetch_sim sim({{}, {.early_connection = true, .refuses_with = 429, .retry_after_s = 30}},
+                10 * MB);
+  const auto out = sim.run_head_range(2 * MB);
+  ASSERT_EQ(out.phase, fetch_phase::complete);
+  EXPECT_EQ(out.refusals[1], refusal::rate_limited);
+  EXPECT_EQ(out.retry_after[1], std::optional(std::chrono::seconds(30)));
+}
+
+TEST(FetchState, NodeWhoseCopyIsRevalidatedIsAskedAgainWithoutItsOldValidator) {
+  // The cellular node's copy gets another validator mid-download (a re-sync, same bytes):
+  // its If-Range fails once (a 200), the path lets the validator go and asks again; the
+  // content (size, overlap) says it is the same object, and the path goes on.
+  fetch_sim sim({{}, {.early_connection = true, .revalidates_after_bytes = 2'000'000}}, 20 * MB);
+  const auto out = sim.run_head_range(2 * MB);
+  ASSERT_EQ(out.phase, fetch_phase::complete);
+  EXPECT_TRUE(out.app == object_bytes(20 * MB, 1));
+  EXPECT_TRUE(out.has_note(fetch_note::kind::validator_changed, 1));
+  EXPECT_FALSE(out.failed[1]);
+  EXPECT_EQ(out.mismatches, 0u);
+  EXPECT_GE(share(out, 1), 0.40);
+}
+
+TEST(FetchState, NodeWithAnotherSizeIsAnotherVersion) {
+  fetch_sim sim({{}, {.early_connection = true, .object_size = 11 * MB}}, 10 * MB);
+  const auto out = sim.run_head_range(2 * MB);
+  ASSERT_EQ(out.phase, fetch_phase::complete);
+  EXPECT_TRUE(out.app == object_bytes(10 * MB, 1));
+  EXPECT_TRUE(out.has_note(fetch_note::kind::other_version, 1));
+  EXPECT_EQ(out.mismatches, 1u);
+  EXPECT_EQ(out.path_bytes[1], 0u);
+}
+
+TEST(FetchState, NodeWithAnotherDigestIsAnotherVersion) {
+  // Same size, other bytes, and the nodes say so in Repr-Digest (RFC 9530): caught at the
+  // head, before any byte of the range is received.
+  fetch_sim sim(
+      {{.repr_digest = "AAAA"}, {.version = 2, .early_connection = true, .repr_digest = "BBBB"}},
+      10 * MB);
+  const auto out = sim.run_head_range(2 * MB);
+  ASSERT_EQ(out.phase, fetch_phase::complete);
+  EXPECT_TRUE(out.app == object_bytes(10 * MB, 1));
+  EXPECT_EQ(out.mismatches, 1u);
+  EXPECT_EQ(out.path_bytes[1], 0u);  // not a byte of its ranges reached the app
+}
+
+TEST(FetchState, EqualDigestsOnBothNodesSplit) {
+  fetch_sim sim({{.repr_digest = "SAME"}, {.early_connection = true, .repr_digest = "SAME"}},
+                10 * MB);
+  const auto out = sim.run_head_range(2 * MB);
+  ASSERT_EQ(out.phase, fetch_phase::complete);
+  EXPECT_EQ(out.mismatches, 0u);
+  EXPECT_GE(share(out, 1), 0.40);
 }
 
 TEST(FetchState, TricklingPathLosesItsTail) {

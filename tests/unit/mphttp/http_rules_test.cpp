@@ -311,5 +311,86 @@ TEST(AppViewOfHeadRange, RefusesWhatIsNotTheHeadRange) {
   EXPECT_FALSE(app_view_of_head_range(partial, wanted_range{0, 999'999, true}).has_value());
 }
 
+TEST(WantsUpgrade, UpgradeNamedInConnection) {
+  request_header r;
+  r.method(http::verb::get);
+  r.target("/ws");
+  EXPECT_FALSE(wants_upgrade(r));
+  r.set(http::field::upgrade, "websocket");
+  EXPECT_FALSE(wants_upgrade(r));  // not named in Connection: a hop-by-hop leftover
+  r.set(http::field::connection, "keep-alive, Upgrade");
+  EXPECT_TRUE(wants_upgrade(r));
+  r.set(http::field::connection, "upgrade");
+  EXPECT_TRUE(wants_upgrade(r));
+  r.erase(http::field::upgrade);
+  EXPECT_FALSE(wants_upgrade(r));
+}
+
+TEST(IsForAnAppProxy, ConnectAndAbsoluteForm) {
+  request_header r;
+  r.method(http::verb::get);
+  r.target("/index.html");
+  EXPECT_FALSE(is_for_an_app_proxy(r));
+  r.target("http://example.com/index.html");
+  EXPECT_TRUE(is_for_an_app_proxy(r));
+  r.method(http::verb::options);
+  r.target("*");
+  EXPECT_FALSE(is_for_an_app_proxy(r));
+  r.method(http::verb::connect);
+  r.target("example.com:443");
+  EXPECT_TRUE(is_for_an_app_proxy(r));
+}
+
+TEST(RepresentationDigests, EachNodesWholeObjectDigestsNotThePartsOwn) {
+  response_header r;
+  r.result(http::status::partial_content);
+  r.set("Repr-Digest", "sha-256=:RK/0qy18MlBSVnWgjwz6lZEWjP/lF5HF9bvEF8FabDg=:, SHA-512=:YWJj:");
+  r.insert("x-goog-hash", "crc32c=n03x6A==, md5=Ojk9c3dhfxgoKVVHYwFbHQ==");
+  r.set("x-amz-checksum-crc32c", "AAAAAA==");
+  r.set("x-amz-checksum-type", "FULL_OBJECT");    // not a digest
+  r.set("Content-Digest", "sha-256=:cGFydA==:");  // of the part: not compared
+  r.set("Content-MD5", "cGFydA==");               // likewise
+  const auto d = representation_digests(r);
+  const std::vector<representation_digest> expected{
+      {"sha-256", "RK/0qy18MlBSVnWgjwz6lZEWjP/lF5HF9bvEF8FabDg="},
+      {"sha-512", "YWJj"},
+      {"goog-crc32c", "n03x6A=="},
+      {"goog-md5", "Ojk9c3dhfxgoKVVHYwFbHQ=="},
+      {"amz-crc32c", "AAAAAA=="}};
+  EXPECT_EQ(d, expected);
+}
+
+TEST(RepresentationDigests, MalformedItemsAreSkipped) {
+  response_header r;
+  r.set("Repr-Digest", "sha-256=notwrapped, =:abc:, sha-512=::, md5=:ok:");
+  const auto d = representation_digests(r);
+  ASSERT_EQ(d.size(), 1u);
+  EXPECT_EQ(d[0], (representation_digest{"md5", "ok"}));
+}
+
+TEST(RetryAfter, SecondsOrAnHttpDate) {
+  const auto now = std::chrono::system_clock::from_time_t(784111777);  // 1994-11-06 08:49:37
+  EXPECT_EQ(parse_retry_after("120", now), std::chrono::seconds(120));
+  EXPECT_EQ(parse_retry_after(" 0 ", now), std::chrono::seconds(0));
+  EXPECT_EQ(parse_retry_after("Sun, 06 Nov 1994 08:51:37 GMT", now), std::chrono::seconds(120));
+  EXPECT_EQ(parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), std::chrono::seconds(0));
+  EXPECT_FALSE(parse_retry_after("soon", now).has_value());
+  EXPECT_FALSE(parse_retry_after("-5", now).has_value());
+  EXPECT_FALSE(parse_retry_after("Sun, 06 Nov 1994 08:51:37 GMT trailing", now).has_value());
+}
+
+TEST(RefusalOf, StatusToReason) {
+  EXPECT_EQ(refusal_of(206), refusal::none);
+  EXPECT_EQ(refusal_of(302), refusal::redirected);
+  EXPECT_EQ(refusal_of(401), refusal::unauthorized);
+  EXPECT_EQ(refusal_of(403), refusal::forbidden);
+  EXPECT_EQ(refusal_of(404), refusal::not_found);
+  EXPECT_EQ(refusal_of(410), refusal::not_found);
+  EXPECT_EQ(refusal_of(416), refusal::unsatisfiable);
+  EXPECT_EQ(refusal_of(429), refusal::rate_limited);
+  EXPECT_EQ(refusal_of(503), refusal::unavailable);
+  EXPECT_EQ(refusal_of(418), refusal::other);
+}
+
 }  // namespace
 }  // namespace fleety::mphttp

@@ -87,8 +87,8 @@ fetch_run run_fetch(fake_origin& origin, std::size_t size, bool whole_first = fa
     if (!whole_first) first.set(http::field::range, "bytes=0-" + std::to_string(head_end - 1));
     co_await http::async_write(initial.up.stream, first, detail::nothrow);
     initial.parser = detail::make_response_parser(false);
-    auto ec =
-        co_await detail::async_read_final_header(initial.up, initial.parser, false, config.proxy);
+    auto ec = co_await detail::async_read_final_header(initial.up, initial.parser, false,
+                                                       std::chrono::seconds(5));
     EXPECT_FALSE(ec) << ec.message();
     fetch_state state(detail::limits_of(config), detail::fetch_paths_of(routes),
                       std::chrono::steady_clock::now());
@@ -105,8 +105,8 @@ fetch_run run_fetch(fake_origin& origin, std::size_t size, bool whole_first = fa
       }
       co_return std::pair{boost::system::error_code{}, n};
     };
-    detail::fetch_start start{request,           target, "\"v1\"",     std::move(initial),
-                              std::move(routes), origin, config.proxy, "http://cdn.test/object"};
+    detail::fetch_start start{request, target,       std::move(initial),      std::move(routes),
+                              origin,  config.proxy, "http://cdn.test/object"};
     run.delivered = co_await detail::async_run_fetch(state, std::move(start), sink);
     for (std::size_t i = 0; i < state.path_count(); ++i) {
       run.phases.push_back(state.path(i).phase);
@@ -163,8 +163,26 @@ TEST(MultipathFetch, NodeAnswering200ToRangesIsDropped) {
   EXPECT_TRUE(run.sink == object);
   EXPECT_EQ(run.phases[1], path_phase::failed);
   EXPECT_EQ(run.bytes[1], 0u);
-  EXPECT_EQ(run.mismatches, 1u);
+  EXPECT_EQ(run.mismatches, 0u);  // a refusal, not another version (issue 16)
   EXPECT_EQ(cell.log.requests, 1);
+}
+
+TEST(MultipathFetch, EachPathSendsItsOwnNodesValidator) {
+  // Two nodes, the same bytes under other ETags (issue 16): the cellular path's first
+  // request has no If-Range, its later ones its own node's ETag; none is refused.
+  fake_origin origin;
+  const auto object = object_bytes(3'000'000, 16);
+  origin.add(object, {.etag = "\"wifi-node\""});
+  auto& cell = origin.add(object, {.etag = "\"cell-node\""});
+  const auto run = run_fetch(origin, object.size());
+  ASSERT_EQ(run.delivered, true);
+  EXPECT_TRUE(run.sink == object);
+  EXPECT_EQ(run.mismatches, 0u);
+  EXPECT_EQ(run.phases[1], path_phase::finished);
+  ASSERT_GT(cell.log.if_range.size(), 1u);
+  EXPECT_EQ(cell.log.if_range[0], "");
+  for (std::size_t i = 1; i < cell.log.if_range.size(); ++i)
+    EXPECT_EQ(cell.log.if_range[i], "\"cell-node\"") << i;
 }
 
 TEST(MultipathFetch, ConnectionThatBreaksGivesItsRangeBack) {
