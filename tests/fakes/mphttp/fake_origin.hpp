@@ -190,6 +190,10 @@ class fake_origin final : public detail::upstream_connector {
     std::vector<char> object;
     origin_script script;
     origin_log log;
+    /// The next connections "connected" are warm ones (upstream::reused) that the server
+    /// closed while they were idle: a request goes out, the answer is a reset.
+    int closed_warm_connections = 0;
+    origin_script closed_script{.breaks_after_bytes = 0};
   };
 
   /// One server per path index (path_runtime::index).
@@ -207,8 +211,12 @@ class fake_origin final : public detail::upstream_connector {
     up.reset();
     asio::ip::tcp::socket socket(up.stream.get_executor());
     socket.open(asio::ip::tcp::v4());  // open, never connected: is_open() says so
-    up.stream.start_tls(std::make_unique<fake_connection>(std::move(socket), server.object,
-                                                          server.script, server.log));
+    const bool closed_warm = server.closed_warm_connections > 0;
+    if (closed_warm) --server.closed_warm_connections;
+    up.stream.start_tls(std::make_unique<fake_connection>(
+        std::move(socket), server.object, closed_warm ? server.closed_script : server.script,
+        server.log));
+    up.reused = closed_warm;
     co_return error_code{};
   }
 };

@@ -141,6 +141,22 @@ TEST(MultipathFetch, TwoPathsKeepAliveAndPipelined) {
   EXPECT_GT(cell.log.requests, 1);
 }
 
+TEST(MultipathFetch, WarmConnectionClosedWhileIdleIsReplacedOnce) {
+  // The cellular path's connection comes warm from the pool, but its node closed it
+  // meanwhile: the range request goes again on a new connection; the path stays in.
+  fake_origin origin;
+  const auto object = object_bytes(3'000'000, 17);
+  origin.add(object);
+  auto& cell = origin.add(object);
+  cell.closed_warm_connections = 1;
+  const auto run = run_fetch(origin, object.size());
+  ASSERT_EQ(run.delivered, true);
+  EXPECT_TRUE(run.sink == object);
+  EXPECT_EQ(run.phases[1], path_phase::finished);
+  EXPECT_GT(run.bytes[1], 0u);
+  EXPECT_EQ(cell.log.connections, 2);
+}
+
 TEST(MultipathFetch, ServerThatClosesAfterEachResponse) {
   fake_origin origin;
   const auto object = object_bytes(2'000'000, 8);
