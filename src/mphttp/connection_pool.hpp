@@ -81,6 +81,8 @@ class connection_pool {
   void clear();
 
   pool_counts counts() const;
+  /// Whether an idle connection is kept for `key` (not checked for being alive).
+  bool has_idle(const pool_key& key) const { return idle_.contains(key); }
   const pool_limits& limits() const { return limits_; }
   void set_limits(const pool_limits& limits) { limits_ = limits; }
   /// Open connections counted for `host` on `path`.

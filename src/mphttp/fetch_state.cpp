@@ -84,13 +84,7 @@ double path_work::live_rate(fetch_clock::time_point now) const {
 }
 
 double path_work::request_lead_s() const {
-  const double rtt = estimator->rtt_s();
-  if (connected) return rtt;
-  constexpr double initial_window_bytes = 10 * 1448;
-  const double bdp = estimator->rate_bytes_per_s() * rtt;
-  const double slow_start =
-      bdp > 2 * initial_window_bytes ? rtt * (std::log2(bdp / initial_window_bytes) - 1) : 0;
-  return 2 * rtt + slow_start;
+  return mphttp::request_lead_s(estimator->rate_bytes_per_s(), estimator->rtt_s(), connected);
 }
 
 double path_work::lead_s(fetch_clock::time_point now) const {
@@ -115,6 +109,13 @@ fetch_state::fetch_state(const fetch_limits& limits, std::vector<fetch_path> pat
       w.spare = spare_phase::connecting;
       w.spare_is_early = true;
       w.connected = true;
+    }
+    if (p.speculative) {
+      // Its request is out on its early connection, which is connected.
+      w.spare = spare_phase::ready;
+      w.spare_is_early = true;
+      w.connected = true;
+      w.speculative = p.speculative;
     }
     work_.push_back(std::move(w));
   }
@@ -168,6 +169,38 @@ void fetch_state::on_first_response(const first_response& response, fetch_clock:
     first.close_pending = true;
     first.connection_open = false;
     first.connected = false;
+  }
+  take_speculative_ranges(now);
+}
+
+void fetch_state::take_speculative_ranges(fetch_clock::time_point now) {
+  for (std::size_t i = 1; i < work_.size(); ++i) {
+    auto& w = work_[i];
+    if (!w.speculative) continue;
+    const byte_range asked = *std::exchange(w.speculative, std::nullopt);
+    // The server's answer ends at the object's end at the latest.
+    const byte_range usable{asked.begin, std::min(asked.end, total_)};
+    const auto free = claims_.lowest_unclaimed(usable.begin, usable.end);
+    // Wanted as it will come: from where it was asked (its overlap before it), all of it
+    // the app's and nobody else's yet, within the memory window.
+    const bool wanted = begin_ == 0 && usable.end > usable.begin && usable.end <= end_ &&
+                        usable.end <= window_end() && free && free->begin == usable.begin &&
+                        free->end == usable.end;
+    if (!wanted) {
+      // Past the end (a 416 is on its way) or not ours: dropped with its connection.
+      actions_.push_back({fetch_action::kind::abandon_spare, i});
+      w.spare = spare_phase::none;
+      w.connected = false;
+      continue;
+    }
+    claims_.claim(usable);
+    w.planned += usable.size();
+    // Taken like a range pipelined on the spare: adopt it, then read its head.
+    w.pipelined = usable;
+    w.pipelined_on_spare = true;
+    w.pipelined_if_range_sent = false;
+    w.last_progress = now;
+    notes_.push_back({fetch_note::kind::requested, i, 0, usable});
   }
 }
 

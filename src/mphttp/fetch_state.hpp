@@ -44,6 +44,12 @@ struct fetch_path {
   /// A connection opened early (while the first response header is awaited) is on its
   /// way: its first range can go out without a handshake.
   bool connecting_early = false;
+  /// Issue 17, split without waiting: the range this path asked for on its early
+  /// connection (connected then) before the first answer came — `[begin − overlap, end)`
+  /// went out, no If-Range. Its answer is this path's first range if it lies within what
+  /// the app wants and past path 0's head; else (a 416 past the end) it is dropped with
+  /// the connection.
+  std::optional<byte_range> speculative{};
 };
 
 /// The whole fetch.
@@ -228,6 +234,8 @@ struct path_work {
   refusal refused = refusal::none;       ///< why its node refused it, if it did
   unsigned refused_status = 0;
   std::optional<std::chrono::seconds> retry_after;  ///< the refusal's Retry-After
+  /// Asked before the first answer (fetch_path::speculative), until that answer is known.
+  std::optional<byte_range> speculative;
   /// A range whose request is already sent behind `current` (HTTP/1.1 pipelining on the
   /// same connection, or on the spare), so the path doesn't idle for an RTT.
   std::optional<byte_range> pipelined;
@@ -350,6 +358,8 @@ class fetch_state {
   void notify();
   void wake_paths();
   void detect_stalls(fetch_clock::time_point now);
+  /// The ranges other paths asked for before the first answer: theirs if still wanted.
+  void take_speculative_ranges(fetch_clock::time_point now);
   std::uint64_t claim_first_range(std::optional<std::uint64_t> bounded_end,
                                   fetch_clock::time_point now);
   bool extend_first_stream(std::size_t index, fetch_clock::time_point now);

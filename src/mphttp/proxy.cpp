@@ -192,23 +192,28 @@ void start_cooldown(proxy_context& proxy, const std::string& host, clock_type::t
 /// Whether `host` served a download within the last hour — an object of at least
 /// predicted_download_bytes, split or not: a prediction that its next GET is one too
 /// (a player's next segment, an app's next package).
-bool downloaded_lately(const proxy_context& proxy, const std::string& host,
-                       clock_type::time_point now) {
+/// (Its size then, if so.)
+std::optional<std::uint64_t> downloaded_lately(const proxy_context& proxy, const std::string& host,
+                                               clock_type::time_point now) {
   const auto it = proxy.recent_downloads.find(host);
-  return it != proxy.recent_downloads.end() && now - it->second < std::chrono::hours(1);
+  if (it == proxy.recent_downloads.end() || now - it->second.when >= std::chrono::hours(1))
+    return std::nullopt;
+  return it->second.size;
 }
 
-void note_download(proxy_context& proxy, const std::string& host, clock_type::time_point now) {
+void note_download(proxy_context& proxy, const std::string& host, std::uint64_t size,
+                   clock_type::time_point now) {
   auto& hosts = proxy.recent_downloads;
   if (hosts.size() >= proxy_context::max_cooling_hosts && !hosts.contains(host)) {
-    std::erase_if(hosts, [now](const auto& e) { return now - e.second >= std::chrono::hours(1); });
+    std::erase_if(hosts,
+                  [now](const auto& e) { return now - e.second.when >= std::chrono::hours(1); });
     if (hosts.size() >= proxy_context::max_cooling_hosts) {
       hosts.erase(std::min_element(hosts.begin(), hosts.end(), [](const auto& a, const auto& b) {
-        return a.second < b.second;
+        return a.second.when < b.second.when;
       }));
     }
   }
-  hosts[host] = now;
+  hosts[host] = {now, size};
 }
 
 /// Everything a request handler needs from the session.
@@ -262,6 +267,11 @@ struct request_plan {
   /// Predicted to be a download (a feature rule for it, or this host's downloads lately):
   /// only then do other paths get ready before its answer is known (issue 16).
   bool predicted_download = false;
+  /// The size this host's last download had: what this one likely has (issue 17).
+  std::optional<std::uint64_t> expected_bytes;
+  /// The first path's head range, when the other paths asked for the rest of the
+  /// expected size already (split without waiting); else the default head.
+  std::optional<std::uint64_t> head_bytes;
 };
 
 request_plan plan_request(const request_context& ctx, std::size_t usable,
@@ -286,9 +296,11 @@ request_plan plan_request(const request_context& ctx, std::size_t usable,
   if (usable >= 2 && !plan.has_body && !plan.upgrade && plan.feature.multipath &&
       !link_local_server && !host_is_cooling(ctx.proxy, ctx.target.host))
     plan.head_basis = head_range_basis(ctx.request);
-  plan.predicted_download =
-      plan.head_basis && ((!plan.feature.rule.empty() && plan.feature.multipath) ||
-                          downloaded_lately(ctx.proxy, ctx.target.host, clock_type::now()));
+  if (plan.head_basis) {
+    plan.expected_bytes = downloaded_lately(ctx.proxy, ctx.target.host, clock_type::now());
+    plan.predicted_download =
+        (!plan.feature.rule.empty() && plan.feature.multipath) || plan.expected_bytes.has_value();
+  }
   return plan;
 }
 
@@ -301,18 +313,62 @@ using early_connections = std::vector<std::pair<path_runtime*, std::shared_ptr<e
 /// small query each, cached for its TTL): a handshake on cellular for every GET that
 /// then stays on Wi-Fi is not data spent "only when needed".
 early_connections start_early(const request_context& ctx, const std::vector<path_runtime*>& paths,
-                              const request_plan& plan) {
+                              request_plan& plan) {
   early_connections early;
   // Nothing on the other paths (no connection, no DNS query on cellular) for what is not
   // predicted to be a download: most requests are not, and the first answer says.
   if (ctx.request.method() != http::verb::get || !plan.predicted_download) return early;
   const bool connect_early = ctx.proxy.config.scheduler.mode == core::scheduler_mode::aggregate;
   auto executor = ctx.app.get_executor();
+  // Split without waiting (issue 17): a download of about the size of the host's last
+  // one is planned now; each other path asks for its part as soon as it is connected,
+  // and the first path asks only for its own (the head). A wrong guess costs one range
+  // request (a 416 past the end), or leaves a rest the fetch plans as usual.
+  std::vector<path_runtime*> asking{paths.front()};
+  for (std::size_t i = 1; i < paths.size(); ++i) {
+    if (!ctx.proxy.refusals.refused(ctx.target.host, paths[i]->config.name, clock_type::now()))
+      asking.push_back(paths[i]);
+  }
+  std::vector<byte_range> ahead;
+  if (connect_early && plan.expected_bytes && *plan.expected_bytes <= max_asked_ahead_bytes &&
+      *plan.expected_bytes <= ctx.proxy.config.scheduler.memory_per_session_bytes &&
+      !plan.head_basis->app_range && asking.size() > 1) {
+    std::vector<path_estimate> estimates;
+    for (std::size_t i = 0; i < asking.size(); ++i) {
+      const auto& e = asking[i]->estimator;
+      // A warm connection answers in a round trip at the rate it had; a new one pays the
+      // handshake and slow start.
+      const bool warm = ctx.proxy.pool && ctx.proxy.pool->has_idle(pool_key_of(
+                                              *asking[i], ctx.target, /*to_destination=*/i == 0));
+      estimates.push_back(
+          {e.rate_bytes_per_s(), request_lead_s(e.rate_bytes_per_s(), e.rtt_s(), warm)});
+    }
+    ahead =
+        plan_ahead(*plan.expected_bytes, estimates, min_asked_range_bytes, min_asked_range_bytes);
+    if (ahead.size() > 1 && std::any_of(ahead.begin() + 1, ahead.end(),
+                                        [](const byte_range& r) { return r.size() > 0; })) {
+      plan.head_bytes = ahead[0].size();
+    } else {
+      ahead.clear();
+    }
+  }
   for (std::size_t i = 1; i < paths.size(); ++i) {
     if (ctx.proxy.refusals.refused(ctx.target.host, paths[i]->config.name, clock_type::now()))
       continue;  // its node refused it lately: no range goes there
     if (plan.head_basis && connect_early) {
       auto& slot = early.emplace_back(paths[i], std::make_shared<early_connection>(executor));
+      const auto at = std::find(asking.begin(), asking.end(), paths[i]) - asking.begin();
+      if (!ahead.empty() && ahead[at].size() > 0) {
+        const auto& range = ahead[at];
+        const auto overlap =
+            std::min<std::uint64_t>(range.begin, ctx.proxy.config.scheduler.overlap_bytes);
+        slot.second->ask = range_request(ctx.request, ctx.target, "", range, overlap);
+        slot.second->ask_range = range;
+        slot.second->ask_overlap = overlap;
+        spdlog::debug("[{}] path {} asks for [{}, {}) of the {} the host's last download had",
+                      ctx.session_id, paths[i]->config.name, range.begin, range.end,
+                      core::format_size(*plan.expected_bytes));
+      }
       ctx.tasks.spawn(
           async_connect_early(slot.second, *paths[i], ctx.target, ctx.connector,
                               /*to_destination=*/false),
@@ -389,7 +445,8 @@ awaitable<bool> async_first_exchange(const request_context& ctx, std::vector<pat
   // paths' ranges (their connections ready or warm) go out one round trip after the
   // first; else min_split_size, so that what is small comes whole in one response.
   const std::uint64_t head_range_bytes =
-      plan.predicted_download && !plan.feature.min_size
+      plan.head_bytes ? *plan.head_bytes
+      : plan.predicted_download && !plan.feature.min_size
           ? min_head_range_bytes
           : std::max<std::uint64_t>(plan.min_split_bytes, min_head_range_bytes);
   http::request<http::buffer_body> request_out;
@@ -547,7 +604,7 @@ awaitable<bool> async_relay_one_path(const request_context& ctx, path_runtime& f
   ctx.count(first_path, relayed);
   const double seconds = std::chrono::duration<double>(clock_type::now() - started).count();
   if (!ec && verdict == split_verdict::too_small && relayed >= predicted_download_bytes)
-    note_download(ctx.proxy, ctx.target.host, clock_type::now());
+    note_download(ctx.proxy, ctx.target.host, relayed, clock_type::now());
   spdlog::info("[{}] {} {} → {} one path ({}): {} on {} in {:.2f} s", ctx.session_id,
                std::string(http::to_string(ctx.request.method())), url, response.result_int(),
                to_string(verdict), core::format_size(relayed), first_path.config.name, seconds);
@@ -673,7 +730,7 @@ awaitable<bool> async_fetch_multipath(const request_context& ctx, fetch_state& s
                response.result_int(), core::format_size(length), seconds,
                core::format_rate(multi_bps), per_path);
   if (ctx.proxy.on_transition) ctx.proxy.on_transition(ctx.target.host, single_bps, multi_bps);
-  note_download(ctx.proxy, ctx.target.host, clock_type::now());
+  note_download(ctx.proxy, ctx.target.host, length, clock_type::now());
   co_return out.keep_alive();
 }
 

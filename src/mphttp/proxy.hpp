@@ -90,9 +90,14 @@ struct proxy_context {
   std::map<std::string, std::chrono::steady_clock::time_point> single_path_until{};
   static constexpr std::size_t max_cooling_hosts = 4096;
   std::uint64_t version_conflicts = 0;  ///< multipath downloads that saw two versions
-  /// Hosts by their last multipath download (bounded like the cooling hosts): their next
-  /// large GET is predicted to be one too, so other paths get ready before its answer.
-  std::map<std::string, std::chrono::steady_clock::time_point> recent_downloads{};
+  /// Hosts by their last download (bounded like the cooling hosts): their next large GET
+  /// is predicted to be one too, of about the same size, so other paths get ready — and
+  /// may ask for their part — before its answer.
+  struct recent_download {
+    std::chrono::steady_clock::time_point when;
+    std::uint64_t size = 0;
+  };
+  std::map<std::string, recent_download> recent_downloads{};
   /// Paths a host's node refused (403, 429, 5xx, no ranges): not split onto for a while.
   path_refusals refusals{};
   /// Each path's warm keep-alive connections to each host's node, and the per-host

@@ -135,4 +135,45 @@ split_plan plan_split(std::uint64_t total_bytes, std::span<const path_estimate> 
   return everyone;
 }
 
+double request_lead_s(double rate_bytes_per_s, double rtt_s, bool connected) {
+  if (connected) return rtt_s;
+  constexpr double initial_window_bytes = 10 * 1448;
+  const double bdp = rate_bytes_per_s * rtt_s;
+  const double slow_start =
+      bdp > 2 * initial_window_bytes ? rtt_s * (std::log2(bdp / initial_window_bytes) - 1) : 0;
+  return 2 * rtt_s + slow_start;
+}
+
+std::vector<byte_range> plan_ahead(std::uint64_t expected_bytes,
+                                   std::span<const path_estimate> paths,
+                                   std::uint64_t min_first_bytes, std::uint64_t min_part_bytes) {
+  std::vector<byte_range> out(paths.size());
+  if (paths.empty() || expected_bytes == 0) return out;
+  const auto plan = split_equal_completion(expected_bytes, paths);
+  std::vector<std::uint64_t> share = plan.share_bytes;
+  // Path 0's part at least min_first_bytes: taken from the others, from the back.
+  if (share[0] < min_first_bytes) {
+    std::uint64_t missing = std::min(min_first_bytes, expected_bytes) - share[0];
+    for (std::size_t i = share.size(); i-- > 1 && missing > 0;) {
+      const std::uint64_t moved = std::min(missing, share[i]);
+      share[i] -= moved;
+      share[0] += moved;
+      missing -= moved;
+    }
+  }
+  // A part too small for its request goes to the path before it (which then runs on).
+  for (std::size_t i = share.size(); i-- > 1;) {
+    if (share[i] > 0 && share[i] < min_part_bytes) {
+      share[i - 1] += share[i];
+      share[i] = 0;
+    }
+  }
+  std::uint64_t at = 0;
+  for (std::size_t i = 0; i < share.size(); ++i) {
+    out[i] = {at, at + share[i]};
+    at += share[i];
+  }
+  return out;
+}
+
 }  // namespace fleety::mphttp

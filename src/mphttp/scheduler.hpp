@@ -7,6 +7,8 @@
 #include <span>
 #include <vector>
 
+#include "mphttp/byte_range.hpp"
+
 namespace fleety::mphttp {
 
 /// What the scheduler knows of one path when it plans.
@@ -17,6 +19,12 @@ struct path_estimate {
   /// time the path still needs for the work it already has (its backlog).
   double lead_s = 0;
 };
+
+/// Seconds until a new request on a path brings data at full rate: one RTT on a
+/// connected path (a warm connection); on a new connection one more for the handshake
+/// plus what slow start costs (cwnd doubling from the initial 10 segments up to the
+/// path's BDP loses about RTT·(log2(BDP / initial window) − 1) against a full-rate start).
+double request_lead_s(double rate_bytes_per_s, double rtt_s, bool connected);
 
 /// The planning policy.
 struct split_policy {
@@ -51,5 +59,14 @@ split_plan split_equal_completion(std::uint64_t total_bytes, std::span<const pat
 /// path takes the rest. Aggregate: equal completion over all paths.
 split_plan plan_split(std::uint64_t total_bytes, std::span<const path_estimate> paths,
                       const split_policy& policy);
+
+/// Issue 17, split without waiting: the parts of an object expected to be about
+/// `expected_bytes` long that each path asks for at once, before the first answer says
+/// the size — consecutive ranges from 0 by equal completion (path 0's first; a path the
+/// plan leaves out gets an empty range). Path 0's part is at least `min_first_bytes`;
+/// a part below `min_part_bytes` is not worth a request and goes to the path before it.
+std::vector<byte_range> plan_ahead(std::uint64_t expected_bytes,
+                                   std::span<const path_estimate> paths,
+                                   std::uint64_t min_first_bytes, std::uint64_t min_part_bytes);
 
 }  // namespace fleety::mphttp

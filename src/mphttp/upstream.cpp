@@ -157,16 +157,24 @@ http::request<http::empty_body> upstream_request(const request_header& app_reque
   return request;
 }
 
-awaitable<error_code> async_request_range(upstream& up, const request_header& app_request,
-                                          const proxy_target& target, const std::string& validator,
-                                          byte_range range, std::uint64_t overlap,
-                                          const core::proxy_config& limits) {
+http::request<http::empty_body> range_request(const request_header& app_request,
+                                              const proxy_target& target,
+                                              const std::string& validator, byte_range range,
+                                              std::uint64_t overlap) {
   auto request = upstream_request(app_request, target);
   request.set(http::field::range, fmt::format("bytes={}-{}", range.begin - overlap, range.end - 1));
   // Ours, never the app's: its If-Range was for its own Range, answered by the first
   // response already; a range of ours carries this path's node's validator or none.
   request.erase(http::field::if_range);
   if (!validator.empty()) request.set(http::field::if_range, validator);
+  return request;
+}
+
+awaitable<error_code> async_request_range(upstream& up, const request_header& app_request,
+                                          const proxy_target& target, const std::string& validator,
+                                          byte_range range, std::uint64_t overlap,
+                                          const core::proxy_config& limits) {
+  auto request = range_request(app_request, target, validator, range, overlap);
   up.stream.expires_after(as_duration(limits.io_timeout));
   auto [ec, n] = co_await http::async_write(up.stream, request, nothrow);
   co_return ec;
@@ -177,6 +185,12 @@ awaitable<void> async_wait_for_wake(asio::steady_timer& timer, clock_type::durat
   co_await timer.async_wait(nothrow);
 }
 
+namespace {
+/// A request of a few hundred bytes on a connection just opened: its write completes at
+/// once, or the connection is no good.
+constexpr auto ask_write_timeout = std::chrono::seconds(5);
+}  // namespace
+
 awaitable<void> async_connect_early(std::shared_ptr<early_connection> early, path_runtime& path,
                                     proxy_target target, upstream_connector& connector,
                                     bool to_destination) {
@@ -184,6 +198,18 @@ awaitable<void> async_connect_early(std::shared_ptr<early_connection> early, pat
     connector.release(up, path, target, to_destination);
   };
   auto ec = co_await connector.async_connect(early->up, path, target, to_destination);
+  if (!ec && !early->abandoned && early->ask && early->may_ask) {
+    // Its part of a predicted download, asked before the first answer (issue 17).
+    // (An answer may be pending from the moment the write starts.)
+    early->asked = true;
+    ++path.requests;
+    early->up.stream.expires_after(ask_write_timeout);
+    auto [write_ec, n] = co_await http::async_write(early->up.stream, *early->ask, nothrow);
+    if (write_ec) {
+      early->up.reset();
+      ec = write_ec;
+    }
+  }
   if (!ec && early->abandoned) early->abandon();
   early->result = early->abandoned ? error_code(asio::error::operation_aborted) : ec;
   early->ready.cancel();

@@ -51,6 +51,13 @@ inline constexpr std::uint64_t min_head_range_bytes = 256 * 1024;
 /// A host that served an object this big (splittable, split or not) lately is predicted
 /// to serve more: its next GETs get the other paths ready and a small head range.
 inline constexpr std::uint64_t predicted_download_bytes = 512 * 1024;
+/// The least a path asks for before the first answer (split without waiting): less is
+/// not worth its request.
+inline constexpr std::uint64_t min_asked_range_bytes = 64 * 1024;
+/// Only downloads expected to be at most this big are split before the first answer: for
+/// bigger ones a round trip matters little, and a guess that is wrong (another object
+/// behind the same host) must not cost a big range on the wrong path.
+inline constexpr std::uint64_t max_asked_ahead_bytes = 8 * 1000 * 1000;
 /// At most this many interim (1xx) responses before the final one: a server that sends
 /// more is broken or hostile.
 inline constexpr int max_interim_responses = 8;
@@ -316,6 +323,13 @@ awaitable<std::pair<error_code, std::size_t>> async_read_body_some(
 http::request<http::empty_body> upstream_request(const request_header& app_request,
                                                  const proxy_target& target);
 
+/// The range request for `range`, starting `overlap` bytes early, with If-Range
+/// `validator` (if any; never the app's own If-Range).
+http::request<http::empty_body> range_request(const request_header& app_request,
+                                              const proxy_target& target,
+                                              const std::string& validator, byte_range range,
+                                              std::uint64_t overlap);
+
 /// Sends a range request for `range`, starting `overlap` bytes early, with If-Range
 /// `validator` (if any), on `up`.
 awaitable<error_code> async_request_range(upstream& up, const request_header& app_request,
@@ -341,11 +355,20 @@ struct early_connection {
   /// Where an unused connection goes (the connector's release: a pool keeps it warm for
   /// the host's next request on the path); set by async_connect_early.
   std::function<void(upstream&)> release_unused;
-  /// Nobody takes it: released now if connected, else as soon as it connects.
+  /// Issue 17, split without waiting: a range request to send as soon as it connects —
+  /// this path's guessed part of a predicted download — while `may_ask` (cleared once the
+  /// first answer is in: then the fetch plans). `asked`: it went out, its answer pending.
+  std::optional<http::request<http::empty_body>> ask;
+  byte_range ask_range{};
+  std::uint64_t ask_overlap = 0;
+  bool may_ask = true;
+  bool asked = false;
+  /// Nobody takes it: released now if connected (closed if an answer is pending), else
+  /// as soon as it connects.
   void abandon() {
     abandoned = true;
     if (!up.is_open()) return;
-    if (release_unused && up.reusable_after(nullptr)) {
+    if (release_unused && !asked && up.reusable_after(nullptr)) {
       release_unused(up);
     } else {
       up.reset();

@@ -838,6 +838,57 @@ TEST(FetchStateTransitions, HeadRangeStartsAwaitingItsHead) {
   EXPECT_EQ(send.overlap, 64u);  // compared with what the app has before it
 }
 
+TEST(FetchStateTransitions, RangeAskedBeforeTheAnswerIsThatPathsFirstRange) {
+  // Issue 17: the cellular path asked for [1.2 MB, 2 MB) of the host's usual 2 MB object
+  // while Wi-Fi asked for the head [0, 1.2 MB). The object is 3 MB: the asked range is
+  // cellular's, read on its early connection; the rest is scheduled as usual.
+  path_estimator wifi(20'000'000, 50ms), cell(20'000'000, 50ms);
+  const auto t0 = fetch_clock::time_point{} + 10s;
+  fetch_path asked{&cell, false, byte_range{1'200'000, 2 * MB}};
+  fetch_state s(default_limits(), {{&wifi, false}, asked}, t0);
+  EXPECT_EQ(s.path(1).spare, spare_phase::ready);
+  s.on_first_response({true, 3 * MB, 0, 3 * MB, 1'200'000}, t0 + 50ms);
+  EXPECT_EQ(s.path(1).planned, 2 * MB - 1'200'000);
+  EXPECT_EQ(s.next_command(1, t0 + 50ms).what, path_command::kind::adopt_spare);
+  EXPECT_EQ(s.next_command(1, t0 + 50ms).what, path_command::kind::read_head);
+  ASSERT_TRUE(s.path(1).current.has_value());
+  EXPECT_EQ(*s.path(1).current, (byte_range{1'200'000, 2 * MB}));
+  // Its answer starts the overlap before (compared with what Wi-Fi brings).
+  response_head head{206, content_range{1'200'000 - 64, 2 * MB - 1, 3 * MB}};
+  s.on_head(1, head, t0 + 100ms);
+  EXPECT_EQ(s.path(1).phase, path_phase::receiving);
+}
+
+TEST(FetchStateTransitions, RangeAskedBeforeTheAnswerShortenedByTheObjectsEnd) {
+  // The object is 1.5 MB: the server answers the asked range up to its end.
+  path_estimator wifi(20'000'000, 50ms), cell(20'000'000, 50ms);
+  const auto t0 = fetch_clock::time_point{} + 10s;
+  fetch_state s(default_limits(), {{&wifi, false}, {&cell, false, byte_range{1'200'000, 2 * MB}}},
+                t0);
+  s.on_first_response({true, 1'500'000, 0, 1'500'000, 1'200'000}, t0 + 50ms);
+  EXPECT_EQ(s.next_command(1, t0 + 50ms).what, path_command::kind::adopt_spare);
+  EXPECT_EQ(s.next_command(1, t0 + 50ms).what, path_command::kind::read_head);
+  EXPECT_EQ(*s.path(1).current, (byte_range{1'200'000, 1'500'000}));
+  s.on_head(1, {206, content_range{1'200'000 - 64, 1'500'000 - 1, 1'500'000}}, t0 + 100ms);
+  EXPECT_EQ(s.path(1).phase, path_phase::receiving);
+}
+
+TEST(FetchStateTransitions, RangeAskedPastTheEndIsDroppedWithItsConnection) {
+  // The object is 1.15 MB, its end before the asked range: that gets a 416; its
+  // connection is dropped (never reused with that answer pending), nothing else is lost.
+  path_estimator wifi(20'000'000, 50ms), cell(20'000'000, 50ms);
+  const auto t0 = fetch_clock::time_point{} + 10s;
+  fetch_state s(default_limits(), {{&wifi, false}, {&cell, false, byte_range{1'200'000, 2 * MB}}},
+                t0);
+  s.on_first_response({true, 1'150'000, 0, 1'150'000, 1'000'000}, t0 + 50ms);
+  const auto actions = s.take_actions();
+  EXPECT_TRUE(std::any_of(actions.begin(), actions.end(), [](const fetch_action& a) {
+    return a.what == fetch_action::kind::abandon_spare && a.path == 1;
+  }));
+  EXPECT_EQ(s.path(1).spare, spare_phase::none);
+  EXPECT_EQ(s.path(1).planned, 0u);
+}
+
 TEST(FetchStateTransitions, RangeAnsweredWithTheWrongPartFailsThePath) {
   path_estimator wifi(20'000'000, 50ms), cell(20'000'000, 50ms);
   const auto t0 = fetch_clock::time_point{} + 10s;

@@ -136,3 +136,45 @@ TEST(PlanSplit, SlowWifiStillUsedFirstInCost) {
 
 }  // namespace
 }  // namespace fleety::mphttp
+
+namespace fleety::mphttp {
+namespace {
+
+TEST(PlanAhead, ExpectedObjectSplitByEqualCompletionInConsecutiveRanges) {
+  // 2 MB expected, both 2.5 MB/s; Wi-Fi's first byte in one RTT (50 ms), cellular's in
+  // two (it connects): T = (2e6 + 2.5e6·0.05 + 2.5e6·0.1) / 5e6 = 0.475 s.
+  const std::vector<path_estimate> paths{{2.5e6, 0.05}, {2.5e6, 0.10}};
+  const auto ranges = plan_ahead(2'000'000, paths, 64 * 1024, 64 * 1024);
+  ASSERT_EQ(ranges.size(), 2u);
+  EXPECT_EQ(ranges[0].begin, 0u);
+  EXPECT_NEAR(static_cast<double>(ranges[0].size()), 2.5e6 * (0.475 - 0.05), 2);
+  EXPECT_EQ(ranges[1].begin, ranges[0].end);
+  EXPECT_EQ(ranges[1].end, 2'000'000u);
+}
+
+TEST(PlanAhead, FirstPathGetsAtLeastItsMinimum) {
+  // A fast second path would take nearly everything: the head keeps 256 KiB.
+  const std::vector<path_estimate> paths{{0.1e6, 0.05}, {10e6, 0.02}};
+  const auto ranges = plan_ahead(1'000'000, paths, 256 * 1024, 64 * 1024);
+  EXPECT_EQ(ranges[0].size(), 256u * 1024);
+  EXPECT_EQ(ranges[1], (byte_range{256 * 1024, 1'000'000}));
+}
+
+TEST(PlanAhead, PartTooSmallForItsRequestStaysWithTheFirstPath) {
+  // 300 kB on fast Wi-Fi: cellular's equal-completion part (T = 48 ms: 20 kB) is not
+  // worth a request of its own.
+  const std::vector<path_estimate> paths{{10e6, 0.02}, {2.5e6, 0.04}};
+  const auto ranges = plan_ahead(300'000, paths, 64 * 1024, 64 * 1024);
+  EXPECT_EQ(ranges[0], (byte_range{0, 300'000}));
+  EXPECT_EQ(ranges[1].size(), 0u);
+}
+
+TEST(PlanAhead, SlowPathThatWouldFinishLaterGetsNothing) {
+  const std::vector<path_estimate> paths{{10e6, 0.02}, {0.01e6, 2.0}};
+  const auto ranges = plan_ahead(2'000'000, paths, 64 * 1024, 64 * 1024);
+  EXPECT_EQ(ranges[0].size(), 2'000'000u);
+  EXPECT_EQ(ranges[1].size(), 0u);
+}
+
+}  // namespace
+}  // namespace fleety::mphttp
