@@ -552,7 +552,16 @@ void fetch_state::on_body(std::size_t index, std::span<const char> data, bool re
 void fetch_state::finish_range(std::size_t index, bool response_done, fetch_clock::time_point now) {
   auto& w = work_[index];
   ++w.ranges;
-  const auto measured = w.meter.rate(seconds_of(now));
+  auto measured = w.meter.rate(seconds_of(now));
+  if (!measured && w.current_first_byte) {
+    // A range too short for the meter's window (a segment's part: 300 kB in 0.13 s)
+    // still says what the path did, from its first byte to its last: without it a path
+    // that only ever gets short ranges keeps an old estimate, and with it a small share.
+    const double span_s = seconds_between(*w.current_first_byte, now);
+    if (span_s >= std::max(min_range_span_s, w.estimator->rtt_s()) &&
+        w.current_received >= min_range_sample_bytes)
+      measured = static_cast<double>(w.current_received) / span_s;
+  }
   if (measured) w.estimator->on_rate(*measured);
   note({.what = fetch_note::kind::range_done,
         .path = index,
@@ -749,10 +758,15 @@ std::optional<byte_range> fetch_state::steal_tail(std::size_t index, fetch_clock
                                 thief_cheaper ? slow_estimate : thief_estimate};
   const split_plan plan = plan_split(slow.current_left(), both, policy(now));
   const std::uint64_t thief_share = plan.share_bytes[thief_cheaper ? 0 : 1];
-  // Cutting the slow path's response throws away what it has in flight (about its BDP):
-  // only worth it when the download ends clearly sooner.
+  // Cutting the slow path's response throws away what it has in flight (about its BDP)
+  // and its warm connection: the path's next range — of this object, or of the next one
+  // an app fetches (issue 17: segments one after another) — pays a handshake and slow
+  // start again. Only worth it when the download ends sooner by more than that.
   const double saved_s = longest - plan.completion_s;
-  const double min_saving_s = std::max(0.05, 2 * slow.estimator->rtt_s());
+  const double rtt = slow.estimator->rtt_s();
+  const double cold_start_s =
+      mphttp::request_lead_s(slow.estimator->rate_bytes_per_s(), rtt, false) - rtt;
+  const double min_saving_s = std::max({0.05, 2 * rtt, cold_start_s});
   if (thief_share < min_steal_bytes || saved_s < min_saving_s) return std::nullopt;
   const std::uint64_t cut = slow.current->end - thief_share;
   const byte_range taken{cut, slow.current->end};

@@ -377,6 +377,9 @@ class fetch_state {
   void note(fetch_note n) { notes_.push_back(std::move(n)); }
 
   static constexpr std::uint64_t min_range_bytes = 64 * 1024;
+  /// A whole range is a rate sample when it lasted this long and brought this much.
+  static constexpr double min_range_span_s = 0.05;
+  static constexpr std::uint64_t min_range_sample_bytes = 64 * 1024;
 
   fetch_limits limits_;
   fetch_phase phase_ = fetch_phase::awaiting_first_head;

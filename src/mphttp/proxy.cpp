@@ -393,7 +393,8 @@ struct first_exchange {
   /// which ends at head_end; nullopt: the response is the origin's own answer.
   std::optional<response_header> app_view;
   std::uint64_t head_end = 0;
-  bool on_preferred_path = true;  ///< the preferred path took it (to the app's destination)
+  bool on_preferred_path = true;       ///< the preferred path took it (to the app's destination)
+  clock_type::time_point header_at{};  ///< when its final header was read
 };
 
 /// 502, or 504 for a timeout, saying what failed.
@@ -565,6 +566,7 @@ awaitable<bool> async_first_exchange(const request_context& ctx, std::vector<pat
   }
   if (auto metrics = net::read_tcp_metrics(first.up.stream.socket()))
     first_path.estimator.on_rtt(metrics->smoothed_rtt);
+  first.header_at = clock_type::now();
   if (ctx.proxy.on_ttfb) {
     ctx.proxy.on_ttfb(
         first_path, ctx.target.host,
@@ -603,6 +605,15 @@ awaitable<bool> async_relay_one_path(const request_context& ctx, path_runtime& f
   first_path.bytes_received += relayed;
   ctx.count(first_path, relayed);
   const double seconds = std::chrono::duration<double>(clock_type::now() - started).count();
+  if (!ec && verdict == split_verdict::too_small && relayed >= min_rate_sample_bytes) {
+    // What the path did, for the next split's plan (a host's first object comes on one
+    // path; its next ones may be split by what this one showed). Only an object that
+    // could have been split: a stream's rate is its server's or its app's, not the path's.
+    const double body_s =
+        std::chrono::duration<double>(clock_type::now() - first.header_at).count();
+    if (body_s >= std::max(0.05, first_path.estimator.rtt_s()))
+      first_path.estimator.on_rate(static_cast<double>(relayed) / body_s);
+  }
   if (!ec && verdict == split_verdict::too_small && relayed >= predicted_download_bytes)
     note_download(ctx.proxy, ctx.target.host, relayed, clock_type::now());
   spdlog::info("[{}] {} {} → {} one path ({}): {} on {} in {:.2f} s", ctx.session_id,

@@ -51,6 +51,8 @@ inline constexpr std::uint64_t min_head_range_bytes = 256 * 1024;
 /// A host that served an object this big (splittable, split or not) lately is predicted
 /// to serve more: its next GETs get the other paths ready and a small head range.
 inline constexpr std::uint64_t predicted_download_bytes = 512 * 1024;
+/// A response relayed on one path this big is a sample of the path's rate.
+inline constexpr std::uint64_t min_rate_sample_bytes = 256 * 1024;
 /// The least a path asks for before the first answer (split without waiting): less is
 /// not worth its request.
 inline constexpr std::uint64_t min_asked_range_bytes = 64 * 1024;

@@ -57,6 +57,8 @@ struct path_script {
   std::optional<int> retry_after_s{};
   std::optional<std::uint64_t> object_size{};  ///< its copy's size (else the fetch's)
   std::string repr_digest{};                   ///< the Repr-Digest it sends (sha-256), if any
+  /// What the path's estimator believes before the fetch (else its real rate).
+  std::optional<double> prior_rate_bytes_per_s{};
 };
 
 /// A response on a simulated connection.
@@ -156,6 +158,7 @@ class fetch_sim {
     }
     return out;
   }
+  const path_estimator& estimator(std::size_t path) const { return paths_[path]->estimator; }
   std::vector<fetch_action> abandoned_;
   int with_if_range_ = 0;     ///< range requests that carried If-Range
   int without_if_range_ = 0;  ///< and those that did not
@@ -164,9 +167,10 @@ class fetch_sim {
   void make_state() {
     std::vector<fetch_path> fp;
     for (auto& p : paths_) {
-      p->estimator =
-          path_estimator(static_cast<std::uint64_t>(p->script.rate_bytes_per_s * 8),
-                         std::chrono::duration_cast<std::chrono::microseconds>(p->script.rtt));
+      p->estimator = path_estimator(
+          static_cast<std::uint64_t>(
+              p->script.prior_rate_bytes_per_s.value_or(p->script.rate_bytes_per_s) * 8),
+          std::chrono::duration_cast<std::chrono::microseconds>(p->script.rtt));
       fp.push_back({&p->estimator, p->script.early_connection});
       if (p->script.early_connection) {
         p->spare_connecting = true;
@@ -741,6 +745,17 @@ TEST(FetchState, EarlyConnectionThatFailsIsReplaced) {
   EXPECT_TRUE(out.app == object_bytes(10 * MB, 1));
   EXPECT_FALSE(out.failed[1]);
   EXPECT_GE(share(out, 1), 0.35);
+}
+
+TEST(FetchState, ShortRangesStillTeachThePathsRate) {
+  // A segment's parts are shorter than the rate meter's window: the whole range is the
+  // sample then, so a path believed slow (5 Mbit/s) that ran at 20 learns it.
+  fetch_sim sim({{}, {.prior_rate_bytes_per_s = 5 * mbit}}, 1'200 * 1000);
+  const auto out = sim.run_head_range(600 * 1000);
+  ASSERT_EQ(out.phase, fetch_phase::complete);
+  EXPECT_GT(out.path_bytes[1], 0u);
+  EXPECT_GT(sim.estimator(1).rate_bytes_per_s(), 2 * 5 * mbit);
+  EXPECT_GE(sim.estimator(1).samples(), 1u);
 }
 
 TEST(FetchState, EarlyConnectionIsTaken) {
