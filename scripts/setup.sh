@@ -43,5 +43,13 @@ for svc in nginx dnsmasq; do
     systemctl stop "$svc" || true
   fi
 done
-pkill -x nginx 2>/dev/null || true
+# Only the distribution's, in this (the root) network namespace: a lab's nginx runs in its own
+# namespace, and another lab — a test or benchmark running beside this set-up — must
+# keep its servers.
+root_net=$(readlink /proc/$$/ns/net)  # ours: the set-up runs in the root namespace
+for pid in $(pgrep -x nginx || true); do
+  if [[ $(readlink "/proc/$pid/ns/net" 2>/dev/null) == "$root_net" ]]; then
+    kill "$pid" 2>/dev/null || true
+  fi
+done
 exit 0
