@@ -365,6 +365,17 @@ early_connections start_early(const request_context& ctx, const std::vector<path
         slot.second->ask = range_request(ctx.request, ctx.target, "", range, overlap);
         slot.second->ask_range = range;
         slot.second->ask_overlap = overlap;
+        // Not taken (a smaller object): its answer is read, the connection stays warm.
+        // (The session's group: it outlives every early connection of the session.)
+        slot.second->release_after_answer =
+            [weak = std::weak_ptr(slot.second), &tasks = ctx.tasks, session = ctx.session_id,
+             timeout = as_duration(ctx.proxy.config.proxy.io_timeout),
+             name = paths[i]->config.name]() {
+              if (auto unused = weak.lock()) {
+                tasks.spawn(async_release_after_answer(unused, max_unused_answer_bytes, timeout),
+                            fmt::format("[{}] unused answer on path {}", session, name));
+              }
+            };
         spdlog::debug("[{}] path {} asks for [{}, {}) of the {} the host's last download had",
                       ctx.session_id, paths[i]->config.name, range.begin, range.end,
                       core::format_size(*plan.expected_bytes));

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <boost/asio/this_coro.hpp>
 #include <boost/beast/http.hpp>
 
@@ -190,6 +191,36 @@ namespace {
 /// once, or the connection is no good.
 constexpr auto ask_write_timeout = std::chrono::seconds(5);
 }  // namespace
+
+awaitable<void> async_release_after_answer(std::shared_ptr<early_connection> early,
+                                           std::uint64_t max_body, clock_type::duration timeout) {
+  auto& up = early->up;
+  auto parser = make_response_parser(/*head_request=*/false);
+  up.stream.expires_after(timeout);
+  auto [ec, n] = co_await http::async_read_header(up.stream, up.buffer, *parser, nothrow);
+  const auto length = parser->content_length();
+  if (ec || !length || *length > max_body) {
+    up.reset();
+    co_return;
+  }
+  std::array<char, 16 * 1024> sink{};
+  while (!parser->is_done()) {
+    parser->get().body().data = sink.data();
+    parser->get().body().size = sink.size();
+    up.stream.expires_after(timeout);
+    auto [read_ec, got] = co_await http::async_read_some(up.stream, up.buffer, *parser, nothrow);
+    if (read_ec && read_ec != http::error::need_buffer) {
+      up.reset();
+      co_return;
+    }
+  }
+  early->asked = false;
+  if (early->release_unused && up.reusable_after(parser.get())) {
+    early->release_unused(up);
+  } else {
+    up.reset();
+  }
+}
 
 awaitable<void> async_connect_early(std::shared_ptr<early_connection> early, path_runtime& path,
                                     proxy_target target, upstream_connector& connector,

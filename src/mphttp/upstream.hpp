@@ -60,6 +60,9 @@ inline constexpr std::uint64_t min_asked_range_bytes = 64 * 1024;
 /// bigger ones a round trip matters little, and a guess that is wrong (another object
 /// behind the same host) must not cost a big range on the wrong path.
 inline constexpr std::uint64_t max_asked_ahead_bytes = 8 * 1000 * 1000;
+/// An asked range nobody took is read to its end (to keep its connection warm) when its
+/// answer is at most this long; a longer one is cut.
+inline constexpr std::uint64_t max_unused_answer_bytes = 256 * 1024;
 /// At most this many interim (1xx) responses before the final one: a server that sends
 /// more is broken or hostile.
 inline constexpr int max_interim_responses = 8;
@@ -365,18 +368,39 @@ struct early_connection {
   std::uint64_t ask_overlap = 0;
   bool may_ask = true;
   bool asked = false;
-  /// Nobody takes it: released now if connected (closed if an answer is pending), else
-  /// as soon as it connects.
+  /// Nobody takes its asked range (the object was smaller, or not split): the answer
+  /// pending on it — a 416, or a short 206 — is read and the connection released (it
+  /// stays warm for the host's next segment), by a task this starts; unset: closed.
+  std::function<void()> release_after_answer;
+  bool reading_answer = false;  ///< that task has the connection now
+  /// Nobody takes it: released now if connected (if an answer is pending, once that is
+  /// read), else as soon as it connects.
   void abandon() {
     abandoned = true;
-    if (!up.is_open()) return;
-    if (release_unused && !asked && up.reusable_after(nullptr)) {
+    if (!up.is_open() || reading_answer) return;
+    if (asked) {
+      // (Only once the request is out: a write under way can't be read behind.)
+      if (release_after_answer && result && !*result) {
+        reading_answer = true;
+        std::exchange(release_after_answer, nullptr)();
+      } else {
+        up.reset();
+      }
+      return;
+    }
+    if (release_unused && up.reusable_after(nullptr)) {
       release_unused(up);
     } else {
       up.reset();
     }
   }
 };
+
+/// Reads the answer pending on `early`'s connection (its asked range nobody took): at
+/// most `max_body` bytes of body, each read within `timeout`; then the connection is
+/// released for reuse if the answer ended with keep-alive, else closed.
+awaitable<void> async_release_after_answer(std::shared_ptr<early_connection> early,
+                                           std::uint64_t max_body, clock_type::duration timeout);
 
 /// Connects `early` on the path (its own server for the target). Spawn it in a task group
 /// that outlives the fetch that may take the connection.

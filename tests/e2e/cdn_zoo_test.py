@@ -97,9 +97,12 @@ class ZooBase(LabTestCase):
     def proxy_args(self) -> list[str]:
         return [] if self.net_only else ["--proxy", "127.0.0.1:3128"]
 
-    # ---- streams: the same checks through the proxy and through fleety run -------------
+class StreamChecks:
+    """The same stream checks through the proxy and through fleety run (a mixin: only the
+    concrete classes, with their lab, run them)."""
 
-    def check_sse_ticks_arrive_as_they_are_sent(self):
+
+    def test_sse_ticks_arrive_as_they_are_sent(self):
         got, rx = self.client("sse", f"http://{HOST}:{STREAMS_PORT}/sse?ticks=6&gap_ms=2000",
                               *self.proxy_args())
         print(f"SSE: {got}")
@@ -109,7 +112,7 @@ class ZooBase(LabTestCase):
         # Not a download: nothing on the cellular path (no early connection, no range).
         self.assertLess(rx["rmnet0"], 5_000, rx)
 
-    def check_long_poll_gets_its_answer(self):
+    def test_long_poll_gets_its_answer(self):
         got, _ = self.client("get", f"http://{HOST}:{STREAMS_PORT}/poll?after_ms=20000",
                              *self.proxy_args())
         print(f"long poll: {got}")
@@ -117,14 +120,14 @@ class ZooBase(LabTestCase):
         self.assertEqual(got["bytes"], 5, got)
         self.assertGreaterEqual(got["seconds"], 19.5)
 
-    def check_websocket_echoes(self):
+    def test_websocket_echoes(self):
         got, _ = self.client("ws", f"http://{HOST}:{STREAMS_PORT}/ws", *self.proxy_args())
         print(f"WebSocket: {got}")
         self.assertEqual(got["status"], 101, got)
         self.assertEqual(got["echoed"], 5, got)
 
 
-class CdnZooThroughTheProxy(ZooBase):
+class CdnZooThroughTheProxy(StreamChecks, ZooBase):
     prefix = PREFIX
 
     def download(self, path: str, daemon: Fleetyd | None = None) -> tuple:
@@ -216,15 +219,6 @@ class CdnZooThroughTheProxy(ZooBase):
                              "the app got a splice or the other version")
             self.assertIn("sha-256 digest differs", log[-20_000:])
 
-    def test_sse_ticks_arrive_as_they_are_sent(self):
-        self.check_sse_ticks_arrive_as_they_are_sent()
-
-    def test_long_poll_gets_its_answer(self):
-        self.check_long_poll_gets_its_answer()
-
-    def test_websocket_echoes(self):
-        self.check_websocket_echoes()
-
     def test_body_with_long_gaps_is_not_cut(self):
         # Two pieces 16 s apart: more than the I/O timeout (15 s) a download has.
         got, _ = self.client("get", f"http://{HOST}:{STREAMS_PORT}/chunked?chunks=2&gap_ms=16000&size=1000",
@@ -236,19 +230,10 @@ class CdnZooThroughTheProxy(ZooBase):
         self.assertEqual(got["bytes"], 5000, got)
 
 
-class CdnZooUnderFleetyRun(ZooBase):
+class CdnZooUnderFleetyRun(StreamChecks, ZooBase):
     prefix = "flu"
     net_only = True
     config = INTERCEPT_CONFIG
-
-    def test_sse_ticks_arrive_as_they_are_sent(self):
-        self.check_sse_ticks_arrive_as_they_are_sent()
-
-    def test_long_poll_gets_its_answer(self):
-        self.check_long_poll_gets_its_answer()
-
-    def test_websocket_echoes(self):
-        self.check_websocket_echoes()
 
     def test_an_apps_own_proxy_gets_its_connect_and_absolute_form_requests(self):
         proxy = f"http://{WIFI_CDN}:{APP_PROXY_PORT}"

@@ -305,5 +305,46 @@ class ProxyInLab(LabTestCase):
         self.assertRegex(cp.stdout, r"warm connections: \d+ idle, [1-9]\d* requests reused one")
 
 
+class SegmentsInLab(LabTestCase):
+    """A player's segments one after another (issue 17), at the rates of bench/segments:
+    both paths 20 Mbit/s, RTT 50 ms."""
+
+    prefix = "flw"  # (each lab test its own prefix: e2e.get has flg)
+
+    @classmethod
+    def set_up_lab(cls):
+        cls.lab.up(wifi="20mbit/25ms", cell="20mbit/25ms")
+
+    def test_segments_are_split_from_their_first_round_trip(self):
+        """Issue 17: a player's next segment (the host's last download had 2 MB) is split
+        before its answer is known: cellular asks for its part at once, on its warm
+        connection. A smaller object in between (100 kB) costs cellular one 416 for its
+        guessed part, and that connection stays warm for the next segment. Every body
+        exact."""
+        config = minimal_config() + '\n[scheduler]\nmode = "aggregate"\n'
+        ensure_object("2MB")
+        ensure_object("100KB")
+        cell_log = Path(self.lab.info()["state_dir"]) / "nginx-cell.access.log"
+        start = cell_log.stat().st_size if cell_log.exists() else 0
+        with Fleetyd(self.lab, config_text=config, log_level="debug") as daemon:
+            for i, obj in enumerate(["2MB", "2MB", "100KB", "2MB"]):
+                t = curl(self.lab, f"{CDN_URL}/{obj}?seg={i}", proxy=daemon.proxy_url, timeout=60)
+                self.assertEqual(t.exit_code, 0, t.stderr)
+                self.assertEqual(t.sha256, object_sha256(obj), f"segment {i}")
+            log = daemon.log()
+        self.assertRegex(log, r"path cell asks for \[\d+, 2000000\) of the 1.9 MiB")
+        lines = cell_log.read_text()[start:].splitlines()
+        small = [line for line in lines if "/100KB?seg=2" in line]
+        self.assertEqual(len(small), 1, lines)
+        self.assertIn(" 416 ", small[0])
+        after = [line for line in lines if "/2MB?seg=3" in line]
+        self.assertTrue(after, lines)
+        conn = lambda line: re.search(r"conn=(\d+)", line)[1]  # noqa: E731
+        self.assertEqual(conn(after[0]), conn(small[0]),
+                         "the connection that got the 416 was not kept for the next segment")
+        # The next segment's cellular part was asked before its answer, not after.
+        self.assertRegex(log, r"\[4\] path cell asks for")
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
