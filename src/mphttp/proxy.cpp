@@ -352,12 +352,11 @@ early_connections start_early(const request_context& ctx, const std::vector<path
       ahead.clear();
     }
   }
-  for (std::size_t i = 1; i < paths.size(); ++i) {
-    if (ctx.proxy.refusals.refused(ctx.target.host, paths[i]->config.name, clock_type::now()))
-      continue;  // its node refused it lately: no range goes there
+  // (asking: the paths whose node did not refuse them lately; no range goes to the others.)
+  for (std::size_t at = 1; at < asking.size(); ++at) {
+    path_runtime& path = *asking[at];
     if (plan.head_basis && connect_early) {
-      auto& slot = early.emplace_back(paths[i], std::make_shared<early_connection>(executor));
-      const auto at = std::find(asking.begin(), asking.end(), paths[i]) - asking.begin();
+      auto& slot = early.emplace_back(&path, std::make_shared<early_connection>(executor));
       if (!ahead.empty() && ahead[at].size() > 0) {
         const auto& range = ahead[at];
         const auto overlap =
@@ -369,28 +368,27 @@ early_connections start_early(const request_context& ctx, const std::vector<path
         // (The session's group: it outlives every early connection of the session.)
         slot.second->release_after_answer =
             [weak = std::weak_ptr(slot.second), &tasks = ctx.tasks, session = ctx.session_id,
-             timeout = as_duration(ctx.proxy.config.proxy.io_timeout),
-             name = paths[i]->config.name]() {
+             timeout = as_duration(ctx.proxy.config.proxy.io_timeout), name = path.config.name]() {
               if (auto unused = weak.lock()) {
                 tasks.spawn(async_release_after_answer(unused, max_unused_answer_bytes, timeout),
                             fmt::format("[{}] unused answer on path {}", session, name));
               }
             };
         spdlog::debug("[{}] path {} asks for [{}, {}) of the {} the host's last download had",
-                      ctx.session_id, paths[i]->config.name, range.begin, range.end,
+                      ctx.session_id, path.config.name, range.begin, range.end,
                       core::format_size(*plan.expected_bytes));
       }
       ctx.tasks.spawn(
-          async_connect_early(slot.second, *paths[i], ctx.target, ctx.connector,
+          async_connect_early(slot.second, path, ctx.target, ctx.connector,
                               /*to_destination=*/false),
-          fmt::format("[{}] early connection on path {}", ctx.session_id, paths[i]->config.name));
+          fmt::format("[{}] early connection on path {}", ctx.session_id, path.config.name));
       continue;
     }
     ctx.tasks.spawn(
         [](dns::path_resolver& resolver, std::string host) -> awaitable<void> {
           co_await resolver.async_resolve(std::move(host));
-        }(*paths[i]->resolver, ctx.target.host),
-        fmt::format("[{}] resolve on path {}", ctx.session_id, paths[i]->config.name));
+        }(*path.resolver, ctx.target.host),
+        fmt::format("[{}] resolve on path {}", ctx.session_id, path.config.name));
   }
   return early;
 }
