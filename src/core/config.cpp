@@ -333,10 +333,17 @@ std::optional<std::string> read_scheduler(const context& ctx, const toml::table&
           ctx, table, "memory_per_session", "scheduler", parse_size_bytes,
           size_into(s.memory_per_session_bytes, 1ULL << 20, 4ULL << 30, "memory_per_session")))
     return e;
-  if (auto e =
-          read_unit<std::uint64_t>(ctx, table, "min_split_size", "scheduler", parse_size_bytes,
-                                   size_into(s.min_split_bytes, 0, 1ULL << 40, "min_split_size")))
-    return e;
+  if (const auto* auto_split = table.get_as<std::string>("min_split_size");
+      auto_split != nullptr && auto_split->get() == "auto") {
+    s.min_split_bytes.reset();
+  } else if (table.contains("min_split_size")) {
+    std::uint64_t fixed = 0;
+    if (auto e =
+            read_unit<std::uint64_t>(ctx, table, "min_split_size", "scheduler", parse_size_bytes,
+                                     size_into(fixed, 0, 1ULL << 40, "min_split_size")))
+      return e;
+    s.min_split_bytes = fixed;
+  }
   if (auto e = read_unit<std::uint64_t>(ctx, table, "overlap", "scheduler", parse_size_bytes,
                                         size_into(s.overlap_bytes, 0, 1ULL << 20, "overlap")))
     return e;

@@ -52,8 +52,9 @@ struct scheduler_config {
   std::chrono::microseconds mismatch_cooldown{600'000'000};
   /// M: the most a session buffers: no range is requested past delivered + M.
   std::uint64_t memory_per_session_bytes = 32ULL << 20;
-  /// Objects smaller than this are fetched on one path, unsplit.
-  std::uint64_t min_split_bytes = 2'000'000;
+  /// Objects smaller than this are fetched on one path, unsplit. nullopt ("auto", the
+  /// default): the size from which a split pays, from the paths' rates and RTTs (issue 17).
+  std::optional<std::uint64_t> min_split_bytes;
   /// Bytes the earlier range overlaps the next, compared to catch two versions of an object.
   std::uint64_t overlap_bytes = 64;
   std::uint64_t default_rate_bps = 10'000'000;

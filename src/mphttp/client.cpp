@@ -448,8 +448,10 @@ awaitable<void> async_download(download_state& state, tls_connector& tls_connect
   first_exchange first(executor);
   first_answer answer;
   answer_plan plan;
-  const std::uint64_t head_bytes =
-      std::max<std::uint64_t>(config.scheduler.min_split_bytes, min_head_range_bytes);
+  // Split when it pays (issue 17): the other paths connect once the size is known.
+  const std::uint64_t min_split_bytes =
+      split_threshold_bytes(paths, config.scheduler, /*others_connected=*/false);
+  const std::uint64_t head_bytes = std::max<std::uint64_t>(min_split_bytes, min_head_range_bytes);
   int redirects = 0;
   bool restarted = false;
   while (true) {
@@ -555,11 +557,11 @@ awaitable<void> async_download(download_state& state, tls_connector& tls_connect
   if (plan.kind == answer_kind::ranged) {
     if (auto whole = app_view_of_head_range(first.parser->get().base(),
                                             wanted_range{plan.begin, std::nullopt, plan.begin > 0}))
-      decision = decide_first_answer(request, *whole, plan.head_end,
-                                     {config.scheduler.min_split_bytes, paths.size()});
+      decision =
+          decide_first_answer(request, *whole, plan.head_end, {min_split_bytes, paths.size()});
   } else if (plan.kind == answer_kind::whole) {
     decision = decide_first_answer(request, first.parser->get().base(), std::nullopt,
-                                   {config.scheduler.min_split_bytes, paths.size()});
+                                   {min_split_bytes, paths.size()});
   }
   error_code ec;
   bool delivered = true;

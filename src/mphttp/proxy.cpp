@@ -274,8 +274,9 @@ struct request_plan {
   std::optional<std::uint64_t> head_bytes;
 };
 
-request_plan plan_request(const request_context& ctx, std::size_t usable,
+request_plan plan_request(const request_context& ctx, const std::vector<path_runtime*>& paths,
                           const http::request_parser<http::buffer_body>& app_parser) {
+  const std::size_t usable = paths.size();
   request_plan plan;
   // The feature rules (paper §4.1) may keep the request on one path, or set its own size
   // threshold.
@@ -283,7 +284,6 @@ request_plan plan_request(const request_context& ctx, std::size_t usable,
   for (const auto& field : ctx.request)
     view.fields.emplace_back(field.name_string(), field.value());
   plan.feature = classify::decide_feature(ctx.proxy.features, view);
-  plan.min_split_bytes = plan.feature.min_size.value_or(ctx.proxy.config.scheduler.min_split_bytes);
   plan.has_body = !app_parser.is_done();
   plan.head_request = ctx.request.method() == http::verb::head;
   plan.upgrade = wants_upgrade(ctx.request);
@@ -301,6 +301,19 @@ request_plan plan_request(const request_context& ctx, std::size_t usable,
     plan.predicted_download =
         (!plan.feature.rule.empty() && plan.feature.multipath) || plan.expected_bytes.has_value();
   }
+  // Split when it pays (issue 17). In aggregate mode a predicted download has the other
+  // paths connecting meanwhile (start_early), and a warm connection is open already:
+  // their leads are a request's; else a new connection's.
+  const auto& scheduler = ctx.proxy.config.scheduler;
+  bool others_connected = false;
+  if (scheduler.mode == core::scheduler_mode::aggregate) {
+    others_connected = plan.predicted_download;
+    for (std::size_t i = 1; i < paths.size() && !others_connected && ctx.proxy.pool; ++i)
+      others_connected =
+          ctx.proxy.pool->has_idle(pool_key_of(*paths[i], ctx.target, /*to_destination=*/false));
+  }
+  plan.min_split_bytes =
+      plan.feature.min_size.value_or(split_threshold_bytes(paths, scheduler, others_connected));
   return plan;
 }
 
@@ -315,20 +328,36 @@ using early_connections = std::vector<std::pair<path_runtime*, std::shared_ptr<e
 early_connections start_early(const request_context& ctx, const std::vector<path_runtime*>& paths,
                               request_plan& plan) {
   early_connections early;
-  // Nothing on the other paths (no connection, no DNS query on cellular) for what is not
-  // predicted to be a download: most requests are not, and the first answer says.
-  if (ctx.request.method() != http::verb::get || !plan.predicted_download) return early;
+  if (ctx.request.method() != http::verb::get || !plan.head_basis) return early;
   const bool connect_early = ctx.proxy.config.scheduler.mode == core::scheduler_mode::aggregate;
-  auto executor = ctx.app.get_executor();
-  // Split without waiting (issue 17): a download of about the size of the host's last
-  // one is planned now; each other path asks for its part as soon as it is connected,
-  // and the first path asks only for its own (the head). A wrong guess costs one range
-  // request (a 416 past the end), or leaves a rest the fetch plans as usual.
+  auto resolve_on = [&ctx](path_runtime& path) {
+    ctx.tasks.spawn(
+        [](dns::path_resolver& resolver, std::string host) -> awaitable<void> {
+          co_await resolver.async_resolve(std::move(host));
+        }(*path.resolver, ctx.target.host),
+        fmt::format("[{}] resolve on path {}", ctx.session_id, path.config.name));
+  };
+  // (asking: the paths whose node did not refuse them lately; nothing goes to the others.)
   std::vector<path_runtime*> asking{paths.front()};
   for (std::size_t i = 1; i < paths.size(); ++i) {
     if (!ctx.proxy.refusals.refused(ctx.target.host, paths[i]->config.name, clock_type::now()))
       asking.push_back(paths[i]);
   }
+  if (!plan.predicted_download) {
+    // No connection on the other paths for what is not predicted to be a download (most
+    // requests are not, and the first answer says; issue 16). In aggregate mode they
+    // resolve the host meanwhile (one small query, cached for its TTL), so that a split
+    // costs them a handshake only; in cost mode, nothing at all on cellular.
+    if (connect_early) {
+      for (std::size_t at = 1; at < asking.size(); ++at) resolve_on(*asking[at]);
+    }
+    return early;
+  }
+  auto executor = ctx.app.get_executor();
+  // Split without waiting (issue 17): a download of about the size of the host's last
+  // one is planned now; each other path asks for its part as soon as it is connected,
+  // and the first path asks only for its own (the head). A wrong guess costs one range
+  // request (a 416 past the end), or leaves a rest the fetch plans as usual.
   std::vector<byte_range> ahead;
   if (connect_early && plan.expected_bytes && *plan.expected_bytes <= max_asked_ahead_bytes &&
       *plan.expected_bytes <= ctx.proxy.config.scheduler.memory_per_session_bytes &&
@@ -352,10 +381,9 @@ early_connections start_early(const request_context& ctx, const std::vector<path
       ahead.clear();
     }
   }
-  // (asking: the paths whose node did not refuse them lately; no range goes to the others.)
   for (std::size_t at = 1; at < asking.size(); ++at) {
     path_runtime& path = *asking[at];
-    if (plan.head_basis && connect_early) {
+    if (connect_early) {
       auto& slot = early.emplace_back(&path, std::make_shared<early_connection>(executor));
       if (!ahead.empty() && ahead[at].size() > 0) {
         const auto& range = ahead[at];
@@ -384,11 +412,7 @@ early_connections start_early(const request_context& ctx, const std::vector<path
           fmt::format("[{}] early connection on path {}", ctx.session_id, path.config.name));
       continue;
     }
-    ctx.tasks.spawn(
-        [](dns::path_resolver& resolver, std::string host) -> awaitable<void> {
-          co_await resolver.async_resolve(std::move(host));
-        }(*path.resolver, ctx.target.host),
-        fmt::format("[{}] resolve on path {}", ctx.session_id, path.config.name));
+    resolve_on(path);
   }
   return early;
 }
@@ -808,7 +832,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
   auto executor = co_await asio::this_coro::executor;
   const auto started = clock_type::now();
   auto paths = usable_paths(ctx.proxy);
-  auto plan = plan_request(ctx, paths.size(), app_parser);
+  auto plan = plan_request(ctx, paths, app_parser);
   auto early = start_early(ctx, paths, plan);
   // Whatever way this request ends, a connection nobody took is closed.
   struct early_guard {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 namespace fleety::mphttp {
@@ -142,6 +143,22 @@ double request_lead_s(double rate_bytes_per_s, double rtt_s, bool connected) {
   const double slow_start =
       bdp > 2 * initial_window_bytes ? rtt_s * (std::log2(bdp / initial_window_bytes) - 1) : 0;
   return 2 * rtt_s + slow_start;
+}
+
+std::uint64_t split_pays_bytes(std::span<const path_estimate> paths, double margin_s) {
+  constexpr auto never = std::numeric_limits<std::uint64_t>::max();
+  if (paths.empty()) return never;
+  const double r0 = paths[0].rate_bytes_per_s;
+  if (r0 <= 0) return 0;
+  double best = std::numeric_limits<double>::infinity();
+  for (std::size_t i = 1; i < paths.size(); ++i) {
+    const double ri = paths[i].rate_bytes_per_s;
+    if (ri <= 0) continue;
+    const double lead = std::max(0.0, paths[i].lead_s);
+    best = std::min(best, (std::max(0.0, margin_s) * (r0 + ri) + ri * lead) * r0 / ri);
+  }
+  if (!std::isfinite(best) || best >= static_cast<double>(never)) return never;
+  return static_cast<std::uint64_t>(std::ceil(best));
 }
 
 std::vector<byte_range> plan_ahead(std::uint64_t expected_bytes,

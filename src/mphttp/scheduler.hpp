@@ -60,6 +60,16 @@ split_plan split_equal_completion(std::uint64_t total_bytes, std::span<const pat
 split_plan plan_split(std::uint64_t total_bytes, std::span<const path_estimate> paths,
                       const split_policy& policy);
 
+/// Issue 17, split when it pays: the smallest object that ends sooner, by at least
+/// `margin_s`, when its rest is fetched over the other paths too than on the first path
+/// alone. Counted from the moment the size is known (the first path's first byte): the
+/// first path goes on at its rate (`paths[0].lead_s` is ignored), each other path starts
+/// after its lead (a round trip; a handshake and slow start on a new connection). Splitting
+/// over path i beats path 0 alone by D·r_i/(r_0·(r_0+r_i)) − r_i·L_i/(r_0+r_i), so the
+/// threshold is min over i of (margin·(r_0+r_i) + r_i·L_i)·r_0/r_i. 0 when path 0 has no
+/// rate (anything may split); UINT64_MAX when no other path has one.
+std::uint64_t split_pays_bytes(std::span<const path_estimate> paths, double margin_s);
+
 /// Issue 17, split without waiting: the parts of an object expected to be about
 /// `expected_bytes` long that each path asks for at once, before the first answer says
 /// the size — consecutive ranges from 0 by equal completion (path 0's first; a path the

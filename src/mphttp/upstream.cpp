@@ -7,8 +7,10 @@
 #include <array>
 #include <boost/asio/this_coro.hpp>
 #include <boost/beast/http.hpp>
+#include <vector>
 
 #include "dns/path_resolver.hpp"
+#include "mphttp/scheduler.hpp"
 #include "net/bound_socket.hpp"
 #include "net/connect.hpp"
 
@@ -244,6 +246,33 @@ awaitable<void> async_connect_early(std::shared_ptr<early_connection> early, pat
   if (!ec && early->abandoned) early->abandon();
   early->result = early->abandoned ? error_code(asio::error::operation_aborted) : ec;
   early->ready.cancel();
+}
+
+std::uint64_t split_threshold_bytes(std::span<path_runtime* const> paths,
+                                    const core::scheduler_config& scheduler,
+                                    bool others_connected) {
+  if (scheduler.min_split_bytes) return *scheduler.min_split_bytes;
+  constexpr std::uint64_t most = 8ULL * 1000 * 1000;
+  if (paths.size() < 2) return most;
+  std::vector<path_estimate> estimates;
+  for (std::size_t i = 0; i < paths.size(); ++i) {
+    const auto& e = paths[i]->estimator;
+    double lead = 0;
+    if (i > 0) {
+      // A connection open already skips the handshake's round trip, not slow start (an
+      // idle connection restarts it too: tcp_slow_start_after_idle).
+      lead = request_lead_s(e.rate_bytes_per_s(), e.rtt_s(), /*connected=*/false);
+      if (others_connected) lead -= e.rtt_s();
+    }
+    estimates.push_back({e.rate_bytes_per_s(), lead});
+  }
+  std::uint64_t threshold = split_pays_bytes(estimates, paths[0]->estimator.rtt_s());
+  if (scheduler.mode == core::scheduler_mode::cost) {
+    const double tolerance_s = std::chrono::duration<double>(scheduler.tolerance).count();
+    threshold = std::max(threshold,
+                         static_cast<std::uint64_t>(estimates[0].rate_bytes_per_s * tolerance_s));
+  }
+  return std::clamp<std::uint64_t>(threshold, min_head_range_bytes, most);
 }
 
 }  // namespace fleety::mphttp::detail

@@ -48,6 +48,16 @@ inline constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 inline constexpr std::uint32_t header_limit_bytes = 64 * 1024;
 /// The head range a GET asks for is min_split_size, at least this.
 inline constexpr std::uint64_t min_head_range_bytes = 256 * 1024;
+/// Issue 17, split when it pays: objects smaller than this come on one path. The config's
+/// min_split_size when it sets one; "auto" (the default): split_pays_bytes over the paths'
+/// estimates (paths[0] first), a split having to save at least the first path's round trip.
+/// `others_connected`: the other paths have a connection open already (early or warm),
+/// so each pays its request's round trip and slow start; else a handshake too. In cost
+/// mode at least what the first path alone fetches within the tolerance (cellular only
+/// when it shortens the fetch beyond it). Within [min_head_range_bytes, 8 MB].
+std::uint64_t split_threshold_bytes(std::span<path_runtime* const> paths,
+                                    const core::scheduler_config& scheduler, bool others_connected);
+
 /// A host that served an object this big (splittable, split or not) lately is predicted
 /// to serve more: its next GETs get the other paths ready and a small head range.
 inline constexpr std::uint64_t predicted_download_bytes = 512 * 1024;

@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO / "lab"))
 PREFIX = "flh"
 SPEC = "40mbit/10ms"
 CDN = "http://cdn.fleety.test"
-MIN_SPLIT = 2_000_000  # fleetyd's default min_split_size
+MIN_SPLIT = 2_000_000  # the min_split_size these tests set (the default "auto" varies)
 # Response fields that legitimately differ between a direct fetch and one through a
 # proxy: per-hop framing and connection management, the time, and the proxy's Via.
 PER_HOP = {"date", "via", "connection", "keep-alive", "transfer-encoding", "content-length",
@@ -151,7 +151,7 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--exchange"]:
 # The tests
 
 from fleety_lab import OBJECT_DIR, PATHS  # noqa: E402
-from harness import Fleetyd, LabTestCase, object_sha256  # noqa: E402
+from harness import Fleetyd, LabTestCase, minimal_config, object_sha256  # noqa: E402
 
 
 def file_sha256(path: Path, start: int = 0, end_inclusive: int | None = None) -> str:
@@ -281,7 +281,8 @@ class HttpThroughFleetyd(LabTestCase):
         }}
 """
         cls.lab.up(wifi=SPEC, cell=SPEC, extra_server={c: server(c) for c in ("wifi", "cell")})
-        cls.fleetyd = Fleetyd(cls.lab)
+        cls.fleetyd = Fleetyd(cls.lab, config_text=minimal_config()
+                              + '\n[scheduler]\nmin_split_size = "2MB"\n')
         cls.fleetyd.start()
         head = cls.curl(f"{CDN}/100MB", proxy=False, extra=["-I"])
         cls.etag = {"100MB": head.get("ETag")}

@@ -36,7 +36,7 @@ from harness import (LAB_PATHS_TOML, Fleetyd, LabTestCase, Lines, file_sha256,  
 PREFIX = "fl6"
 TOOLS = str(Path(__file__).resolve().parent / "lab_tools.py")
 HTTP_PORT, ECHO_PORT = 8080, 7007
-FILE_BYTES = 1_000_000  # below min_split_size: one path, the app's own destination
+FILE_BYTES = 1_000_000  # below the min_split_size set here: one path, the app's own destination
 WIFI_CDN = "198.18.10.1"
 CONFIG = f"""
 [proxy]
@@ -46,6 +46,9 @@ listen = "127.0.0.1:3128"
 enabled = true
 port = 3129
 dns_port = 3053
+
+[scheduler]
+min_split_size = "2MB"
 
 {LAB_PATHS_TOML}"""
 

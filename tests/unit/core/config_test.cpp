@@ -17,6 +17,25 @@ TEST(Config, MinimalFileFromTheReadmeWorksAsItIs) {
   EXPECT_EQ(config->paths[1].cost, 10);
   EXPECT_EQ(config->scheduler.mode, scheduler_mode::cost);
   EXPECT_EQ(config->scheduler.tolerance, std::chrono::seconds(1));
+  // Split when it pays (issue 17): no fixed threshold unless the config sets one.
+  EXPECT_FALSE(config->scheduler.min_split_bytes.has_value());
+}
+
+TEST(Config, MinSplitSizeIsAutoOrASize) {
+  const std::string paths = "[[path]]\nname = \"wifi\"\ninterface = \"wlan0\"\nkind = \"wifi\"\n";
+  auto automatic = parse_config(paths + "[scheduler]\nmin_split_size = \"auto\"\n", "a.toml");
+  ASSERT_TRUE(automatic) << automatic.error();
+  EXPECT_FALSE(automatic->scheduler.min_split_bytes.has_value());
+  auto fixed = parse_config(paths + "[scheduler]\nmin_split_size = \"512KiB\"\n", "f.toml");
+  ASSERT_TRUE(fixed) << fixed.error();
+  EXPECT_EQ(fixed->scheduler.min_split_bytes.value_or(0), 512U * 1024);
+  auto zero = parse_config(paths + "[scheduler]\nmin_split_size = \"0\"\n", "z.toml");
+  ASSERT_TRUE(zero) << zero.error();
+  EXPECT_EQ(zero->scheduler.min_split_bytes.value_or(1), 0U);
+  auto bad = parse_config(paths + "[scheduler]\nmin_split_size = \"big\"\n", "b.toml");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().find("b.toml:6"), std::string::npos) << bad.error();
+  EXPECT_NE(bad.error().find("min_split_size"), std::string::npos) << bad.error();
 }
 
 TEST(Config, CellularListedFirstStillComesAfterWifi) {
@@ -81,7 +100,7 @@ rtt = "50ms"
   EXPECT_EQ(config->scheduler.range_time, std::chrono::milliseconds(200));
   EXPECT_EQ(config->scheduler.mismatch_cooldown, std::chrono::minutes(1));
   EXPECT_EQ(config->scheduler.memory_per_session_bytes, 64U << 20);
-  EXPECT_EQ(config->scheduler.min_split_bytes, 1'000'000U);
+  EXPECT_EQ(config->scheduler.min_split_bytes.value_or(0), 1'000'000U);
   EXPECT_EQ(config->scheduler.overlap_bytes, 128U);
   EXPECT_EQ(config->scheduler.default_rate_bps, 5'000'000U);
   EXPECT_EQ(config->log_level, "debug");

@@ -261,5 +261,36 @@ TEST(MultipathFetch, CancelledCallerStopsAndJoinsEveryFetcher) {
   EXPECT_FALSE(*run.delivered);
 }
 
+// Split when it pays (issue 17): the threshold from the paths' estimates.
+TEST(SplitThreshold, FollowsTheRatesTheLeadsAndTheMode) {
+  std::vector<path_runtime> owned;
+  owned.push_back(make_path("wifi", 0));
+  owned.push_back(make_path("cell", 1));
+  std::vector<path_runtime*> paths{&owned[0], &owned[1]};
+  core::scheduler_config scheduler;
+  scheduler.mode = core::scheduler_mode::aggregate;
+  // 20/20 Mbit/s, RTT 50 ms. Cellular connected already: a round trip and slow start
+  // (log2(125 000 / 14 480) − 1 = 2.11 RTT) ≈ 0.156 s; the split must save Wi-Fi's RTT:
+  // (0.05·5e6 + 2.5e6·0.156)·1 ≈ 639 kB. A new connection adds a round trip: 764 kB.
+  EXPECT_NEAR(static_cast<double>(detail::split_threshold_bytes(paths, scheduler, true)), 638'900,
+              1'000);
+  EXPECT_NEAR(static_cast<double>(detail::split_threshold_bytes(paths, scheduler, false)), 763'900,
+              1'000);
+  // A faster Wi-Fi needs a bigger object before cellular helps.
+  owned[0].estimator.on_rate(50e6 / 8);
+  const auto fast_wifi = detail::split_threshold_bytes(paths, scheduler, true);
+  EXPECT_GT(fast_wifi, 1'800'000U);
+  EXPECT_LT(fast_wifi, 2'400'000U);
+  // Cost mode: nothing Wi-Fi alone fetches within the tolerance (1 s) is split.
+  scheduler.mode = core::scheduler_mode::cost;
+  EXPECT_EQ(detail::split_threshold_bytes(paths, scheduler, true), 6'250'000U);
+  // A size in the config is the threshold; one path never splits.
+  scheduler.min_split_bytes = 123;
+  EXPECT_EQ(detail::split_threshold_bytes(paths, scheduler, true), 123U);
+  scheduler.min_split_bytes.reset();
+  paths.pop_back();
+  EXPECT_EQ(detail::split_threshold_bytes(paths, scheduler, true), 8'000'000U);
+}
+
 }  // namespace
 }  // namespace fleety::mphttp

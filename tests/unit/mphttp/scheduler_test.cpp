@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <numeric>
+#include <vector>
 
 namespace fleety::mphttp {
 namespace {
@@ -174,6 +176,43 @@ TEST(PlanAhead, SlowPathThatWouldFinishLaterGetsNothing) {
   const auto ranges = plan_ahead(2'000'000, paths, 64 * 1024, 64 * 1024);
   EXPECT_EQ(ranges[0].size(), 2'000'000u);
   EXPECT_EQ(ranges[1].size(), 0u);
+}
+
+}  // namespace
+}  // namespace fleety::mphttp
+
+namespace fleety::mphttp {
+namespace {
+
+TEST(SplitPays, TwoEqualPathsPayFromTheSecondPathsLeadPlusTheMargin) {
+  // 20/20 Mbit/s (2.5 MB/s), cellular's first byte 0.155 s after the size is known, a
+  // margin of 50 ms: (0.05·5e6 + 2.5e6·0.155)·2.5e6/2.5e6 = 637 500 bytes. Check the rule
+  // itself: alone 637.5 kB take 0.255 s; split, T = (637 500 + 2.5e6·0.155)/5e6 = 0.205 s.
+  const std::vector<path_estimate> paths{{2.5e6, 0.0}, {2.5e6, 0.155}};
+  const auto d = split_pays_bytes(paths, 0.05);
+  EXPECT_NEAR(static_cast<double>(d), 637'500, 1);
+  const double alone = static_cast<double>(d) / 2.5e6;
+  const double split = (static_cast<double>(d) + 2.5e6 * 0.155) / 5e6;
+  EXPECT_NEAR(alone - split, 0.05, 1e-6);
+}
+
+TEST(SplitPays, FastFirstPathNeedsABiggerObject) {
+  // Wi-Fi 50, cellular 20 Mbit/s: (0.05·8.75e6 + 2.5e6·0.155)·6.25e6/2.5e6 ≈ 2.06 MB.
+  const std::vector<path_estimate> paths{{6.25e6, 0.0}, {2.5e6, 0.155}};
+  EXPECT_NEAR(static_cast<double>(split_pays_bytes(paths, 0.05)), 2'062'500, 1);
+}
+
+TEST(SplitPays, TheBestOtherPathDecides) {
+  const std::vector<path_estimate> paths{{2.5e6, 0.0}, {0.1e6, 0.5}, {2.5e6, 0.155}};
+  EXPECT_NEAR(static_cast<double>(split_pays_bytes(paths, 0.05)), 637'500, 1);
+}
+
+TEST(SplitPays, NoOtherRateNeverSplitsNoFirstRateAlwaysDoes) {
+  const std::vector<path_estimate> alone{{2.5e6, 0.0}, {0.0, 0.1}};
+  EXPECT_EQ(split_pays_bytes(alone, 0.05), std::numeric_limits<std::uint64_t>::max());
+  const std::vector<path_estimate> dead_first{{0.0, 0.0}, {2.5e6, 0.1}};
+  EXPECT_EQ(split_pays_bytes(dead_first, 0.05), 0u);
+  EXPECT_EQ(split_pays_bytes({}, 0.05), std::numeric_limits<std::uint64_t>::max());
 }
 
 }  // namespace
