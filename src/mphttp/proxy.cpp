@@ -254,6 +254,13 @@ std::vector<path_runtime*> usable_paths(proxy_context& proxy) {
   return paths;
 }
 
+/// Whether `path` has a warm keep-alive connection to the request's server in the pool
+/// (to the app's destination, or to the path's own node for the host).
+bool has_warm_connection(const request_context& ctx, const path_runtime& path,
+                         bool to_destination) {
+  return ctx.proxy.pool && ctx.proxy.pool->has_idle(pool_key_of(path, ctx.target, to_destination));
+}
+
 /// What may become of a request, decided before its answer is known.
 struct request_plan {
   classify::feature_decision feature;
@@ -308,9 +315,8 @@ request_plan plan_request(const request_context& ctx, const std::vector<path_run
   bool others_connected = false;
   if (scheduler.mode == core::scheduler_mode::aggregate) {
     others_connected = plan.predicted_download;
-    for (std::size_t i = 1; i < paths.size() && !others_connected && ctx.proxy.pool; ++i)
-      others_connected =
-          ctx.proxy.pool->has_idle(pool_key_of(*paths[i], ctx.target, /*to_destination=*/false));
+    for (std::size_t i = 1; i < paths.size() && !others_connected; ++i)
+      others_connected = has_warm_connection(ctx, *paths[i], /*to_destination=*/false);
   }
   plan.min_split_bytes =
       plan.feature.min_size.value_or(split_threshold_bytes(paths, scheduler, others_connected));
@@ -367,8 +373,7 @@ early_connections start_early(const request_context& ctx, const std::vector<path
       const auto& e = asking[i]->estimator;
       // A warm connection answers in a round trip at the rate it had; a new one pays the
       // handshake and slow start.
-      const bool warm = ctx.proxy.pool && ctx.proxy.pool->has_idle(pool_key_of(
-                                              *asking[i], ctx.target, /*to_destination=*/i == 0));
+      const bool warm = has_warm_connection(ctx, *asking[i], /*to_destination=*/i == 0);
       estimates.push_back(
           {e.rate_bytes_per_s(), request_lead_s(e.rate_bytes_per_s(), e.rtt_s(), warm)});
     }

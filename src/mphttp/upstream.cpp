@@ -252,8 +252,7 @@ std::uint64_t split_threshold_bytes(std::span<path_runtime* const> paths,
                                     const core::scheduler_config& scheduler,
                                     bool others_connected) {
   if (scheduler.min_split_bytes) return *scheduler.min_split_bytes;
-  constexpr std::uint64_t most = 8ULL * 1000 * 1000;
-  if (paths.size() < 2) return most;
+  if (paths.size() < 2) return max_auto_split_bytes;
   std::vector<path_estimate> estimates;
   for (std::size_t i = 0; i < paths.size(); ++i) {
     const auto& e = paths[i]->estimator;
@@ -272,7 +271,7 @@ std::uint64_t split_threshold_bytes(std::span<path_runtime* const> paths,
     threshold = std::max(threshold,
                          static_cast<std::uint64_t>(estimates[0].rate_bytes_per_s * tolerance_s));
   }
-  return std::clamp<std::uint64_t>(threshold, min_head_range_bytes, most);
+  return std::clamp<std::uint64_t>(threshold, min_head_range_bytes, max_auto_split_bytes);
 }
 
 }  // namespace fleety::mphttp::detail

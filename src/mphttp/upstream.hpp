@@ -48,13 +48,18 @@ inline constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 inline constexpr std::uint32_t header_limit_bytes = 64 * 1024;
 /// The head range a GET asks for is min_split_size, at least this.
 inline constexpr std::uint64_t min_head_range_bytes = 256 * 1024;
+/// The most "auto" makes min_split_size: an object this big is split whatever the
+/// estimates say (they may be stale; the fetch's plan still gives a path nothing when it
+/// would not help).
+inline constexpr std::uint64_t max_auto_split_bytes = 8 * 1000 * 1000;
 /// Issue 17, split when it pays: objects smaller than this come on one path. The config's
 /// min_split_size when it sets one; "auto" (the default): split_pays_bytes over the paths'
 /// estimates (paths[0] first), a split having to save at least the first path's round trip.
 /// `others_connected`: the other paths have a connection open already (early or warm),
 /// so each pays its request's round trip and slow start; else a handshake too. In cost
 /// mode at least what the first path alone fetches within the tolerance (cellular only
-/// when it shortens the fetch beyond it). Within [min_head_range_bytes, 8 MB].
+/// when it shortens the fetch beyond it). Within [min_head_range_bytes,
+/// max_auto_split_bytes].
 std::uint64_t split_threshold_bytes(std::span<path_runtime* const> paths,
                                     const core::scheduler_config& scheduler, bool others_connected);
 
