@@ -96,8 +96,11 @@ std::optional<byte_range> choose_claim(const claim_map& claims, const claim_inpu
   if (!run) run = claims.lowest_unclaimed(in.from, in.limit);
   if (!run) return std::nullopt;
 
-  const auto by_time = static_cast<std::uint64_t>(self.rate_bytes_per_s * in.range_time_s);
-  std::uint64_t size = std::min(share, std::max(by_time, in.min_range_bytes));
+  const double by_time = self.rate_bytes_per_s * in.range_time_s;
+  const double by_share = std::min(static_cast<double>(share) * in.share_fraction,
+                                   self.rate_bytes_per_s * in.max_range_time_s);
+  const auto wanted = static_cast<std::uint64_t>(std::max(by_time, by_share));
+  std::uint64_t size = std::min(share, std::max(wanted, in.min_range_bytes));
   if (run->size() < size + in.min_range_bytes) size = run->size();  // no sliver left behind
   size = std::min(size, run->size());
   if (from_back) return byte_range{run->end - size, run->end};

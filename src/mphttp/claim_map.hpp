@@ -57,6 +57,13 @@ struct claim_inputs {
   std::uint64_t limit = 0;    ///< nothing at or past this (memory window; back: where it starts)
   double range_time_s = 0.3;  ///< a range should take about this long on the path
   std::uint64_t min_range_bytes = 64 * 1024;
+  /// Far from the end a range may take this fraction of the path's share of what is left
+  /// (guided self-scheduling), up to `max_range_time_s` of its rate: each range boundary
+  /// costs the path a few packets of rate (the server's response ends, the next starts),
+  /// so a long download gets few long ranges early and short ones only near its end, where
+  /// they balance the paths. 0: ranges of `range_time_s` only.
+  double share_fraction = 0;
+  double max_range_time_s = 0;
 };
 
 /// The next range path `in.path` should fetch, or nothing (the plan gives it no more bytes
@@ -64,8 +71,9 @@ struct claim_inputs {
 /// still unclaimed, with each path's backlog as its lead: the path's share of that caps the
 /// range, so near the end the ranges shrink to the equal-completion split (cost mode: the
 /// cellular share of case 3, nothing in case 1). Otherwise a range is about
-/// `range_time_s` of the path's rate, at least `min_range_bytes`; a sliver smaller than
-/// that left next to it is taken along.
+/// `range_time_s` of the path's rate, or `share_fraction` of its share when that is more
+/// (at most `max_range_time_s` of its rate), at least `min_range_bytes`; a sliver smaller
+/// than that left next to it is taken along.
 std::optional<byte_range> choose_claim(const claim_map& claims, const claim_inputs& in);
 
 }  // namespace fleety::mphttp

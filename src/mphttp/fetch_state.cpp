@@ -719,6 +719,8 @@ std::optional<byte_range> fetch_state::claim(std::size_t index, claim_side side,
   in.limit = limit;
   in.range_time_s = work_[index].range_time_s(limits_.scheduler.range_time);
   in.min_range_bytes = min_range_bytes;
+  in.share_fraction = range_share_fraction;
+  in.max_range_time_s = max_range_times * in.range_time_s;
   auto range = choose_claim(claims_, in);
   if (!range) return std::nullopt;
   claims_.claim(*range);

@@ -377,6 +377,10 @@ class fetch_state {
   void note(fetch_note n) { notes_.push_back(std::move(n)); }
 
   static constexpr std::uint64_t min_range_bytes = 64 * 1024;
+  /// Far from the end, a range takes up to half of the path's share of what is left, but
+  /// no more than this many range_times of its rate (claim_inputs::share_fraction).
+  static constexpr double range_share_fraction = 0.5;
+  static constexpr double max_range_times = 8;
   /// A whole range is a rate sample when it lasted this long and brought this much.
   static constexpr double min_range_span_s = 0.05;
   static constexpr std::uint64_t min_range_sample_bytes = 64 * 1024;

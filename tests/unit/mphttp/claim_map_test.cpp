@@ -147,6 +147,32 @@ TEST(ChooseClaim, SliverNextToTheRangeIsTakenAlong) {
   EXPECT_EQ(*range, (byte_range{1'100'000, 3 * MB}));
 }
 
+TEST(ChooseClaim, FarFromTheEndARangeTakesAFractionOfTheShare) {
+  // 10 MB, nothing claimed, both idle: T = (1e7 + 6.25e6·0.05 + 2.5e6·0.05) / 8.75e6
+  // = 1.19286 s; Wi-Fi's share 6.25e6·(T − 0.05) = 7 142 857 bytes. Half of it (3 571 428)
+  // is more than 0.3 s (1 875 000) and less than 8·0.3 s of its rate (15 MB).
+  claim_map claims(10 * MB);
+  TwoPaths two;
+  auto in = two.inputs(0, claim_side::front, 0, 32 * MB);
+  in.share_fraction = 0.5;
+  in.max_range_time_s = 2.4;
+  auto range = choose_claim(claims, in);
+  ASSERT_TRUE(range);
+  EXPECT_NEAR(static_cast<double>(range->size()), 3'571'428, 2);
+  // The cap: no more than max_range_time_s of the path's rate (0.4 s: 2.5 MB).
+  in.max_range_time_s = 0.4;
+  range = choose_claim(claims, in);
+  ASSERT_TRUE(range);
+  EXPECT_EQ(range->size(), 2'500'000U);
+  // 3 MB left: T = 0.39286 s, Wi-Fi's share 2 142 857; half of it is less than range_time's
+  // worth, which rules again.
+  claims.claim({0, 7 * MB});
+  in.max_range_time_s = 2.4;
+  range = choose_claim(claims, in);
+  ASSERT_TRUE(range);
+  EXPECT_EQ(range->size(), 1'875'000U);
+}
+
 TEST(ChooseClaim, FailedPathGetsNothing) {
   claim_map claims(10 * MB);
   TwoPaths two;
