@@ -20,7 +20,7 @@ packages=(
   libgtest-dev libgmock-dev
   # lab: namespaces, shaping, servers, peers
   iproute2 ethtool iptables nftables iputils-ping procps psmisc
-  nginx-light dnsmasq-base curl wget aria2 mptcpize gnuplot-nox python3 openssl wrk
+  nginx-light dnsmasq-base curl wget aria2 mptcpize ffmpeg gnuplot-nox python3 openssl wrk
   # packaging test: the unit under systemd as PID 1
   systemd-container debootstrap
 )
