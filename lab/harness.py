@@ -283,10 +283,14 @@ def port_free(port: int) -> bool:
 class LabTestCase(unittest.TestCase):
     """A test class that owns one lab for all its tests: `prefix` names it,
     `set_up_lab()` builds what the class needs in it, `tear_down_lab()` releases that.
+    A class-wide fleetyd set up in `cls.fleetyd` is stopped first, and the last
+    `log_tail_lines` of its log printed (what a failed test's reader wants).
     The lab is torn down after the last test, and at once if set-up fails."""
 
     prefix = "fle"
     lab: Lab
+    fleetyd: "Fleetyd | None" = None
+    log_tail_lines = 15
 
     @classmethod
     def set_up_lab(cls) -> None:
@@ -309,6 +313,10 @@ class LabTestCase(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         try:
+            if cls.fleetyd is not None:
+                cls.fleetyd.stop()
+                tail = cls.fleetyd.log().splitlines()[-cls.log_tail_lines:]
+                print("--- fleetyd log (tail) ---\n" + "\n".join(tail))
             cls.tear_down_lab()
         finally:
             cls.lab.__exit__(None, None, None)

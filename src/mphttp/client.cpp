@@ -571,6 +571,7 @@ awaitable<void> async_download(download_state& state, tls_connector& tls_connect
     result.multipath = true;
     std::vector<fetch_route> routes;
     for (std::size_t i = 0; i < paths.size(); ++i) routes.push_back({paths[i], i == 0, nullptr});
+    close_early_asks(routes);
     fetch_state fetch(limits_of(config), fetch_paths_of(routes), clock_type::now());
     fetch.on_first_response(
         {true, decision.total, decision.begin, decision.end,

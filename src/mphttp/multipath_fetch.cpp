@@ -243,7 +243,7 @@ awaitable<void> run_path_fetcher(fetch_io& io, std::size_t index) {
       case kind::adopt_spare:
         if (spare->asked) {
           // Its range went out before the first answer: the response to read is that one.
-          last_sent = path_command{kind::send, spare->ask_range, spare->ask_overlap};
+          last_sent = path_command{kind::send, spare->ask->range, spare->ask->overlap};
         }
         up.adopt(spare->up);
         spare.reset();
@@ -357,18 +357,23 @@ awaitable<bool> async_deliver_in_order(fetch_io& io, const byte_sink& sink) {
 
 }  // namespace
 
+void close_early_asks(const std::vector<fetch_route>& routes) {
+  for (const auto& r : routes) {
+    if (!r.early) continue;
+    r.early->may_ask = false;
+    if (r.early->asked && !r.early->result) r.early->abandon();
+  }
+}
+
 std::vector<fetch_path> fetch_paths_of(const std::vector<fetch_route>& routes) {
   std::vector<fetch_path> out;
   for (const auto& r : routes) {
-    auto& early = r.early;
+    const auto& early = r.early;
     fetch_path p{&r.path->estimator, false, std::nullopt};
     if (early) {
-      // The first answer is in: from now on the fetch plans, no early connection asks.
-      early->may_ask = false;
-      if (early->asked && !early->result) early->abandon();  // its request still going out
       const bool connected = early->result && !*early->result;
       if (early->asked && connected) {
-        p.speculative = early->ask_range;
+        p.speculative = early->ask->range;
       } else {
         p.connecting_early = !early->asked && (!early->result || connected);
       }

@@ -56,10 +56,14 @@ inline fetch_limits limits_of(const core::config& config) {
   return {config.scheduler, config.proxy.connect_timeout, config.proxy.io_timeout};
 }
 
-/// The fetch_state's view of the routes: each path's estimator, whether its early
-/// connection is on its way, and the range it asked for on it before the first answer.
-/// From this call on no early connection asks for anything (one whose request is still
-/// being written is dropped).
+/// The first answer is in: from now on the fetch plans, and no early connection asks for
+/// anything (one whose request is still being written is dropped: its answer could not
+/// be told from the next one's).
+void close_early_asks(const std::vector<fetch_route>& routes);
+
+/// The fetch_state's view of the routes (after close_early_asks): each path's estimator,
+/// whether its early connection is on its way, and the range it asked for on it before the
+/// first answer.
 std::vector<fetch_path> fetch_paths_of(const std::vector<fetch_route>& routes);
 
 /// Carries out the fetch actions that concern the session: abandons the early

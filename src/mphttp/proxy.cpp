@@ -394,9 +394,8 @@ early_connections start_early(const request_context& ctx, const std::vector<path
         const auto& range = ahead[at];
         const auto overlap =
             std::min<std::uint64_t>(range.begin, ctx.proxy.config.scheduler.overlap_bytes);
-        slot.second->ask = range_request(ctx.request, ctx.target, "", range, overlap);
-        slot.second->ask_range = range;
-        slot.second->ask_overlap = overlap;
+        slot.second->ask = early_connection::range_ask{
+            range_request(ctx.request, ctx.target, "", range, overlap), range, overlap};
         // Not taken (a smaller object): its answer is read, the connection stays warm.
         // (The session's group: it outlives every early connection of the session.)
         slot.second->release_after_answer =
@@ -869,6 +868,7 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
     }
     routes.push_back(std::move(route));
   }
+  close_early_asks(routes);
   fetch_state state(limits_of(ctx.proxy.config), fetch_paths_of(routes), started);
 
   // A copy: the parser goes to the first path's fetcher, which may end (and free it)

@@ -237,7 +237,7 @@ awaitable<void> async_connect_early(std::shared_ptr<early_connection> early, pat
     early->asked = true;
     ++path.requests;
     early->up.stream.expires_after(ask_write_timeout);
-    auto [write_ec, n] = co_await http::async_write(early->up.stream, *early->ask, nothrow);
+    auto [write_ec, n] = co_await http::async_write(early->up.stream, early->ask->request, nothrow);
     if (write_ec) {
       early->up.reset();
       ec = write_ec;

@@ -378,9 +378,12 @@ struct early_connection {
   /// Issue 17, split without waiting: a range request to send as soon as it connects —
   /// this path's guessed part of a predicted download — while `may_ask` (cleared once the
   /// first answer is in: then the fetch plans). `asked`: it went out, its answer pending.
-  std::optional<http::request<http::empty_body>> ask;
-  byte_range ask_range{};
-  std::uint64_t ask_overlap = 0;
+  struct range_ask {
+    http::request<http::empty_body> request;
+    byte_range range{};
+    std::uint64_t overlap = 0;  ///< bytes before `range` asked too, to compare
+  };
+  std::optional<range_ask> ask;
   bool may_ask = true;
   bool asked = false;
   /// Nobody takes its asked range (the object was smaller, or not split): the answer

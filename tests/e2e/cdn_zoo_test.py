@@ -63,11 +63,6 @@ class ZooBase(LabTestCase):
         cls.fleetyd.start()
         os.environ["FLEETY_CONTROL"] = str(cls.fleetyd.control_socket)
 
-    @classmethod
-    def tear_down_lab(cls):
-        if getattr(cls, "fleetyd", None):
-            cls.fleetyd.stop()
-            print("--- fleetyd log (tail) ---\n" + "\n".join(cls.fleetyd.log().splitlines()[-12:]))
 
     def access_log(self, cdn: str) -> str:
         path = Path(self.lab.info()["state_dir"]) / f"nginx-{cdn}.access.log"
@@ -129,6 +124,7 @@ class StreamChecks:
 
 class CdnZooThroughTheProxy(StreamChecks, ZooBase):
     prefix = PREFIX
+    log_tail_lines = 12
 
     def download(self, path: str, daemon: Fleetyd | None = None) -> tuple:
         daemon = daemon or self.fleetyd

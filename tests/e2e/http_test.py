@@ -239,6 +239,7 @@ def multipart_parts(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
 
 class HttpThroughFleetyd(LabTestCase):
     prefix = PREFIX
+    log_tail_lines = 25
     fleetyd: Fleetyd
     tmp: Path
     text: Path
@@ -293,9 +294,6 @@ class HttpThroughFleetyd(LabTestCase):
 
     @classmethod
     def tear_down_lab(cls):
-        if getattr(cls, "fleetyd", None):
-            cls.fleetyd.stop()
-            print("--- fleetyd log (tail) ---\n" + "\n".join(cls.fleetyd.log().splitlines()[-25:]))
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     # ---- helpers

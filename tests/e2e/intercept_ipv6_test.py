@@ -92,9 +92,6 @@ class InterceptIPv6InLab(LabTestCase):
             process.wait(10)
         if getattr(cls, "www", None):
             shutil.rmtree(cls.www, ignore_errors=True)
-        if getattr(cls, "fleetyd", None):
-            cls.fleetyd.stop()
-            print("--- fleetyd log (tail) ---\n" + "\n".join(cls.fleetyd.log().splitlines()[-15:]))
 
     def cli(self, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
         return self.lab.exec("cli", argv, timeout=timeout, capture_output=True, text=True,

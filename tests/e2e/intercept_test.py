@@ -99,11 +99,6 @@ class InterceptInLab(LabTestCase):
         # fleety (run, apps, status) finds this fleetyd's control socket here.
         os.environ["FLEETY_CONTROL"] = str(cls.fleetyd.control_socket)
 
-    @classmethod
-    def tear_down_lab(cls):
-        if getattr(cls, "fleetyd", None):
-            cls.fleetyd.stop()
-            print("--- fleetyd log (tail) ---\n" + "\n".join(cls.fleetyd.log().splitlines()[-15:]))
 
     def access_log(self, cdn: str) -> Path:
         return Path(self.lab.info()["state_dir"]) / f"nginx-{cdn}.access.log"

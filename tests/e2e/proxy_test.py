@@ -48,11 +48,6 @@ class ProxyInLab(LabTestCase):
         cls.fleetyd = Fleetyd(cls.lab)
         cls.fleetyd.start()
 
-    @classmethod
-    def tear_down_lab(cls):
-        if getattr(cls, "fleetyd", None):
-            cls.fleetyd.stop()
-            print("--- fleetyd log (tail) ---\n" + "\n".join(cls.fleetyd.log().splitlines()[-15:]))
 
     def fetch_split(self, name: str, url: str | None = None):
         before = len(multipath_summaries(self.fleetyd.log()))

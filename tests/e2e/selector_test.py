@@ -75,6 +75,7 @@ def on_path(line: dict) -> str:
 
 class SelectorInLab(LabTestCase):
     prefix = PREFIX
+    log_tail_lines = 30
     fleetyd: Fleetyd
     processes: list[subprocess.Popen] = []
 
@@ -106,9 +107,6 @@ class SelectorInLab(LabTestCase):
         for process in cls.processes:
             process.kill()
             process.wait(10)
-        if getattr(cls, "fleetyd", None):
-            cls.fleetyd.stop()
-            print("--- fleetyd log (tail) ---\n" + "\n".join(cls.fleetyd.log().splitlines()[-30:]))
         shutil.rmtree(HISTORY.parent, ignore_errors=True)
 
     def restart(self, config: str) -> None:
