@@ -259,6 +259,15 @@ def measured_download(lab: Lab, argv: Sequence[str], out_path: Path, timeout: fl
     return _measured(lab, argv, out_path, timeout, net_only)
 
 
+def with_lab_resolv_conf(lab: Lab, argv: Sequence[str]) -> list[str]:
+    """argv in a private mount namespace whose /etc/resolv.conf is the lab client's
+    (`nsenter --net`, which interception needs, keeps the host's: it names a resolver the
+    lab can't reach), as a program on the client would see it."""
+    resolv = f"/etc/netns/{lab.ns('cli')}/resolv.conf"
+    return ["unshare", "--mount", "--", "sh", "-c",
+            'mount --bind "$0" /etc/resolv.conf && exec "$@"', resolv, *argv]
+
+
 def aria2c(lab: Lab, url: str, interfaces: Sequence[str] = ("wlan0", "rmnet0"),
            timeout: float = 600.0) -> Transfer:
     """The peer: aria2c splitting one download over the interfaces."""

@@ -31,6 +31,7 @@
 #include "mphttp/proxy.hpp"
 #include "net/bound_socket.hpp"
 #include "net/listen.hpp"
+#include "net/service_notify.hpp"
 #include "net/task_group.hpp"
 #include "path/history.hpp"
 #include "path/mptcp_endpoints.hpp"
@@ -152,8 +153,9 @@ int run(const core::config& config, const std::string& config_path) {
     auto started = intercept::interception::start(io, config);
     if (!started) {
       // (EPERM from nft, EACCES making the cgroup: both want the same privileges.)
-      const bool denied = started.error().find("not permitted") != std::string::npos ||
-                          started.error().find("Permission denied") != std::string::npos;
+      const bool denied = (started.error().find("not permitted") != std::string::npos ||
+                           started.error().find("Permission denied") != std::string::npos) &&
+                          started.error().find("another fleetyd") == std::string::npos;
       std::cerr << "fleetyd: intercept: " << started.error()
                 << (denied ? " ([intercept] needs CAP_NET_ADMIN for its nftables table and "
                              "socket marks: run fleetyd as root, or with CAP_NET_ADMIN and "
@@ -198,6 +200,10 @@ int run(const core::config& config, const std::string& config_path) {
   if (metrics_acceptor)
     tasks.spawn(control::run_metrics_server(std::move(*metrics_acceptor), control_api),
                 "metrics server");
+  // systemd (Type=notify, WatchdogSec): pinged from this event loop, so a hung loop is
+  // killed and restarted — and its apps go direct meanwhile.
+  const net::service_notifier notifier;
+  tasks.spawn(net::run_watchdog_keepalive(notifier), "watchdog keepalive");
 
   // SIGHUP: the feature rules are read again (the rest of the file needs a restart).
   asio::signal_set reload(io, SIGHUP);
@@ -217,6 +223,7 @@ int run(const core::config& config, const std::string& config_path) {
   signals.async_wait([&](const boost::system::error_code& ec, int signal) {
     if (ec) return;
     spdlog::info("signal {}: stopping", signal);
+    notifier.stopping();
     reload.cancel();
     asio::co_spawn(
         io,
@@ -238,6 +245,8 @@ int run(const core::config& config, const std::string& config_path) {
   spdlog::info("fleetyd listening on {}:{}; paths: {}; scheduler {}", config.proxy.listen_address,
                config.proxy.listen_port, summary,
                config.scheduler.mode == core::scheduler_mode::cost ? "cost" : "aggregate");
+  notifier.ready(fmt::format("listening on {}:{}; paths: {}", config.proxy.listen_address,
+                             config.proxy.listen_port, summary));
   io.run();
   intercepting.reset();  // apps go direct again
   mptcp.reset();

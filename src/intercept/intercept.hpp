@@ -2,7 +2,8 @@
 // Transparent interception (paper §5): the enabled apps' TCP and DNS are redirected to
 // fleetyd by an nftables table of its own, and the redirected connections are taken
 // over with their original destination. The rules are built by a pure function; the
-// table is applied atomically with libnftables and removed on exit.
+// table is applied atomically with libnftables, owned by the daemon's netlink socket and
+// removed on exit — by the kernel when the daemon dies (fail open).
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -18,6 +19,8 @@
 #include "core/config.hpp"
 #include "core/expected.hpp"
 #include "path/liveness.hpp"
+
+struct nft_ctx;  // libnftables
 
 namespace fleety::mphttp {
 struct proxy_context;
@@ -59,18 +62,21 @@ struct ruleset_spec {
   /// Cgroups (below the mount) of disabled apps inside an enabled one's, e.g. a
   /// disabled `fleety run --app X` below "fleety": they pass before any app rule.
   std::vector<std::string> excluded_cgroups;
+  /// `flags owner`: the table lives only as long as the netlink socket that loads it
+  /// (nft_session). Off only on a kernel that refuses it (before Linux 5.12).
+  bool owned = true;
 };
 
 /// The nft script that replaces fleety's table in one transaction: the table is
-/// created (so that deleting it cannot fail), deleted, and built again. The selected
-/// apps' TCP (and DNS) go to 127.0.0.1 / ::1 (redirect), to a link-local IPv6
-/// destination to the app's own address on that link (dnat to its source address: the
-/// listener must take IPv6 on [::]); an input chain drops what reaches these ports from
-/// outside this host.
+/// created (so that deleting it cannot fail), deleted, and built again (removal_script). The
+/// selected apps' TCP (and DNS) go to 127.0.0.1 / ::1 (redirect), to a link-local IPv6 destination
+/// to the app's own address on that link (dnat to its source address: the listener must take IPv6
+/// on [::]); an input chain drops what reaches these ports from outside this host.
 std::string build_ruleset(const ruleset_spec& spec);
 
-/// The script that removes the table (after creating it, so it never fails).
-std::string removal_script();
+/// The script that removes the table (after creating it, so it never fails); `owned`:
+/// the table is ours with `flags owner` (only our nft_session may run this then).
+std::string removal_script(bool owned = false);
 
 /// The mount point of the cgroup2 hierarchy in a /proc/self/mountinfo text
 /// ("/sys/fs/cgroup" or "/sys/fs/cgroup/unified"); nullopt if there is none.
@@ -79,8 +85,44 @@ std::optional<std::string> cgroup2_mount_in(std::string_view mountinfo);
 /// The cgroup2 mount of this process (reads /proc/self/mountinfo).
 core::expected<std::string> cgroup2_mount();
 
-/// Runs an nft script through libnftables. The error is nft's own message.
+/// Runs an nft script through libnftables, on a context of its own. The error is nft's
+/// own message.
 core::expected<bool> run_nft(const std::string& script);
+
+/// A libnftables context kept open for the daemon's life. Its netlink socket owns the
+/// tables it creates with `flags owner` (Linux 5.12): when the socket closes — the daemon
+/// exits, crashes, is killed or hung and killed by the watchdog — the kernel deletes them
+/// at once, so intercepted apps go direct (fail open). Only this socket may change or
+/// delete such a table; others may list it.
+class nft_session {
+ public:
+  nft_session();
+  ~nft_session();
+  nft_session(const nft_session&) = delete;
+  nft_session& operator=(const nft_session&) = delete;
+
+  /// Runs an nft script. The error is nft's own message.
+  core::expected<bool> run(const std::string& script);
+
+ private:
+  ::nft_ctx* ctx_;
+};
+
+/// Why a connection that reached the intercept listener must not be relayed, or empty.
+/// `original`: its destination before the redirect (none: SO_ORIGINAL_DST had none);
+/// `local`: where it reached us; `own_ports`: every port fleetyd listens on;
+/// `original_is_local`: the original address is this host's (net::is_local_address).
+/// Refused: a connection that was not redirected (someone connected to the listener
+/// itself: we are no open relay), and one whose destination is one of fleetyd's own
+/// listeners on this host, any local address (relaying it would come back to fleetyd,
+/// again and again, until the connection cap).
+std::string refusal_of_intercepted(const std::optional<boost::asio::ip::tcp::endpoint>& original,
+                                   const boost::asio::ip::tcp::endpoint& local,
+                                   const std::vector<std::uint16_t>& own_ports,
+                                   bool original_is_local);
+
+/// Every TCP port fleetyd listens on (proxy, intercept, DNS, metrics when on).
+std::vector<std::uint16_t> own_tcp_ports(const core::config& config);
 
 /// The destination the app connected to before the redirect (SO_ORIGINAL_DST); a
 /// link-local IPv6 one carries its scope (the app's interface).

@@ -101,12 +101,16 @@ core::expected<std::unique_ptr<interception>> interception::start(asio::io_conte
     self->dns_acceptors_.push_back(std::move(dns_tcp).value());
     self->dns_sockets_.push_back(std::move(dns_udp));
   }
+  // A table an older fleetyd left (not owned by any socket) can't be taken over by an
+  // owner's transaction: removed first. A live fleetyd's own table refuses this, and the
+  // load below says so.
+  (void)run_nft(removal_script(false));
   if (auto applied = self->apply(); !applied) return core::make_error(applied.error());
   spdlog::info(
-      "intercept: table inet {} loaded; apps in cgroup {}/{} and {} configured app(s) "
+      "intercept: table inet {} loaded{}; apps in cgroup {}/{} and {} configured app(s) "
       "are taken over on port {}, their DNS on port {} ({})",
-      table_name, *mount, run_cgroup, config.apps.size(), ic.tcp_port, ic.dns_port,
-      fmt::join(listening, ", "));
+      table_name, self->owned_ ? " (owned by fleetyd: gone the moment it dies)" : "", *mount,
+      run_cgroup, config.apps.size(), ic.tcp_port, ic.dns_port, fmt::join(listening, ", "));
   return self;
 }
 
@@ -153,7 +157,7 @@ core::expected<bool> interception::starting(const std::string& name) {
 
 interception::~interception() {
   if (!table_loaded_) return;
-  if (auto removed = run_nft(removal_script()); !removed) {
+  if (auto removed = nft_.run(removal_script(owned_)); !removed) {
     spdlog::error("intercept: cannot remove table inet {}: {}", table_name, removed.error());
   } else {
     spdlog::info("intercept: table inet {} removed", table_name);
@@ -161,11 +165,33 @@ interception::~interception() {
 }
 
 core::expected<bool> interception::apply() {
-  const auto spec = apps_.ruleset(ic_, prefix_, [this](const std::string& cgroup) {
+  auto spec = apps_.ruleset(ic_, prefix_, [this](const std::string& cgroup) {
     return std::filesystem::is_directory(mount_ / cgroup);
   });
-  if (auto applied = run_nft(build_ruleset(spec)); !applied) {
-    return core::make_error("cannot load the interception rules (nftables): " + applied.error());
+  spec.owned = owned_;
+  auto applied = nft_.run(build_ruleset(spec));
+  if (!applied && owned_ && !table_loaded_) {
+    // A kernel before 5.12 knows no table owner: intercept all the same, and say what is
+    // lost. (Any other error fails again below, with its own message.)
+    spec.owned = false;
+    if (nft_.run(build_ruleset(spec))) {
+      owned_ = false;
+      spdlog::warn(
+          "intercept: this kernel cannot tie the table to fleetyd (nftables table owner, Linux "
+          "5.12; it said: {}): if fleetyd dies, its apps stay redirected until it starts again",
+          applied.error());
+      applied = true;
+    }
+  }
+  if (!applied) {
+    const bool taken = applied.error().find("not permitted") != std::string::npos &&
+                       run_nft(fmt::format("list table inet {}", table_name));
+    return core::make_error(
+        "cannot load the interception rules (nftables): " + applied.error() +
+        (taken ? fmt::format(" (table inet {} exists and is another process's: is another "
+                             "fleetyd running?)",
+                             table_name)
+               : std::string()));
   }
   table_loaded_ = true;
   return true;

@@ -1,8 +1,9 @@
 #pragma once
 // Interception as the daemon runs it (the thin I/O around app_table and build_ruleset):
-// fleetyd's nftables table (a stale one from a crash is replaced in the same
+// fleetyd's nftables table (one left by an older fleetyd is replaced in the same
 // transaction), the cgroup `fleety run` puts apps in, and the listening sockets for the
-// redirected connections and the apps' DNS. The table goes away with the object.
+// redirected connections and the apps' DNS. The table goes away with the object, and
+// with the process however it ends: it is owned by the object's netlink socket.
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -36,8 +37,10 @@ class interception {
   static core::expected<std::unique_ptr<interception>> start(boost::asio::io_context& io,
                                                              const core::config& config);
 
-  /// Removes a table left by a fleetyd that crashed while interception was on: it would
-  /// send the apps to a port nobody listens on. Does nothing without root.
+  /// Removes a table left by a fleetyd that crashed while interception was on on a kernel
+  /// without table ownership (or by a version before it): it would send the apps to a
+  /// port nobody listens on. A running fleetyd's own table can't be removed from here.
+  /// Does nothing without root.
   static void remove_stale();
 
   /// Spawns the listeners into `tasks`: the redirected connections
@@ -52,6 +55,10 @@ class interception {
   /// `fleety run --app NAME` made the cgroup fleety/NAME: the rules learn it. Whether the
   /// app is enabled.
   core::expected<bool> starting(const std::string& name);
+
+  /// Whether the table is tied to this process (nft `flags owner`), so that the apps go
+  /// direct the moment it dies.
+  bool fails_open() const { return owned_; }
 
   /// Removes the table.
   ~interception();
@@ -71,7 +78,9 @@ class interception {
   std::vector<boost::asio::ip::tcp::acceptor> acceptors_;
   std::vector<boost::asio::ip::tcp::acceptor> dns_acceptors_;
   std::vector<boost::asio::ip::udp::socket> dns_sockets_;
+  nft_session nft_;  ///< owns the table: declared before it is loaded, closed last
   bool table_loaded_ = false;
+  bool owned_ = true;  ///< false on a kernel that refuses `flags owner`
 };
 
 }  // namespace fleety::intercept

@@ -15,18 +15,28 @@ constexpr int so_original_dst = 80;
 constexpr int ip6t_so_original_dst = 80;
 }  // namespace
 
-core::expected<bool> run_nft(const std::string& script) {
-  std::unique_ptr<nft_ctx, decltype(&nft_ctx_free)> ctx(nft_ctx_new(NFT_CTX_DEFAULT),
-                                                        &nft_ctx_free);
-  if (!ctx) return core::make_error("libnftables: cannot create a context");
-  nft_ctx_buffer_output(ctx.get());
-  nft_ctx_buffer_error(ctx.get());
-  if (nft_run_cmd_from_buffer(ctx.get(), script.c_str()) != 0) {
-    std::string error = nft_ctx_get_error_buffer(ctx.get());
+nft_session::nft_session() : ctx_(nft_ctx_new(NFT_CTX_DEFAULT)) {
+  if (ctx_ == nullptr) return;
+  nft_ctx_buffer_output(ctx_);
+  nft_ctx_buffer_error(ctx_);
+}
+
+nft_session::~nft_session() {
+  if (ctx_ != nullptr) nft_ctx_free(ctx_);
+}
+
+core::expected<bool> nft_session::run(const std::string& script) {
+  if (ctx_ == nullptr) return core::make_error("libnftables: cannot create a context");
+  if (nft_run_cmd_from_buffer(ctx_, script.c_str()) != 0) {
+    std::string error = nft_ctx_get_error_buffer(ctx_);
     while (!error.empty() && (error.back() == '\n' || error.back() == ' ')) error.pop_back();
     return core::make_error(error.empty() ? std::string("nft failed") : error);
   }
   return true;
+}
+
+core::expected<bool> run_nft(const std::string& script) {
+  return nft_session().run(script);
 }
 
 std::optional<boost::asio::ip::tcp::endpoint> original_destination(

@@ -18,6 +18,7 @@
 #include "mphttp/proxy.hpp"
 #include "net/bound_socket.hpp"
 #include "net/connect.hpp"
+#include "net/listen.hpp"
 #include "net/mptcp.hpp"
 #include "path/monitor.hpp"
 #include "select/select.hpp"
@@ -185,12 +186,17 @@ awaitable<void> async_relay_flow(tcp::socket app, tcp::endpoint destination,
 awaitable<void> serve_intercepted(tcp::socket app, mphttp::proxy_context& context,
                                   flow_placement& placement, std::uint64_t id) {
   const auto destination = original_destination(app);
-  if (!destination || destination->address().is_loopback()) {
-    // Not redirected: someone connected to the listener itself. We are not an open proxy.
-    spdlog::warn(
-        "[{}] connection to the intercept port without a redirected destination: "
-        "closed",
-        id);
+  boost::system::error_code local_ec;
+  const auto local = app.local_endpoint(local_ec);
+  const auto own_ports = own_tcp_ports(context.config);
+  const bool to_own_port = destination && std::find(own_ports.begin(), own_ports.end(),
+                                                    destination->port()) != own_ports.end();
+  if (const auto why =
+          refusal_of_intercepted(destination, local, own_ports,
+                                 to_own_port && net::is_local_address(destination->address()));
+      local_ec || !why.empty()) {
+    spdlog::warn("[{}] intercepted connection refused: {}", id,
+                 local_ec ? local_ec.message() : why);
     net::close_with_reset(app);
     co_return;
   }

@@ -36,8 +36,9 @@ std::size_t depth_of(std::string_view cgroup) {
 
 std::string build_ruleset(const ruleset_spec& spec) {
   std::string rules;
-  rules += fmt::format("add table inet {0}\ndelete table inet {0}\n", table_name);
+  rules += removal_script(spec.owned);
   rules += fmt::format("table inet {} {{\n", table_name);
+  if (spec.owned) rules += "  flags owner;\n";
   rules += "  chain output {\n";
   // dstnat for locally generated packets; REDIRECT sends them to 127.0.0.1 / ::1.
   rules += "    type nat hook output priority -100; policy accept;\n";
@@ -105,8 +106,10 @@ std::string build_ruleset(const ruleset_spec& spec) {
   return rules;
 }
 
-std::string removal_script() {
-  return fmt::format("add table inet {0}\ndelete table inet {0}\n", table_name);
+std::string removal_script(bool owned) {
+  // The add must name the flags the table has: the owner flag can't be dropped or taken.
+  return fmt::format("add table inet {0}{1}\ndelete table inet {0}\n", table_name,
+                     owned ? " { flags owner; }" : "");
 }
 
 std::optional<std::string> cgroup2_mount_in(std::string_view mountinfo) {
@@ -137,6 +140,25 @@ core::expected<std::string> cgroup2_mount() {
       "no cgroup2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup/unified), or "
       "/sys is this network namespace's own: start fleetyd with `nsenter --net=...`, not "
       "`ip netns exec`");
+}
+
+std::string refusal_of_intercepted(const std::optional<boost::asio::ip::tcp::endpoint>& original,
+                                   const boost::asio::ip::tcp::endpoint& local,
+                                   const std::vector<std::uint16_t>& own_ports,
+                                   bool original_is_local) {
+  if (!original || original->address().is_loopback() || *original == local)
+    return "no redirected destination (a connection to the intercept port itself)";
+  if (original_is_local &&
+      std::find(own_ports.begin(), own_ports.end(), original->port()) != own_ports.end())
+    return "its destination is fleetyd's own listener on this host (it would loop)";
+  return {};
+}
+
+std::vector<std::uint16_t> own_tcp_ports(const core::config& config) {
+  std::vector<std::uint16_t> ports{config.proxy.listen_port, config.intercept.tcp_port,
+                                   config.intercept.dns_port};
+  if (config.metrics.enabled) ports.push_back(config.metrics.listen_port);
+  return ports;
 }
 
 }  // namespace fleety::intercept

@@ -1,7 +1,11 @@
 #include "net/listen.hpp"
 
 #include <fmt/format.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <boost/asio/ip/udp.hpp>
 #include <boost/asio/ip/v6_only.hpp>
 
 namespace fleety::net {
@@ -40,6 +44,18 @@ core::expected<asio::ip::tcp::acceptor> listen_on(asio::io_context& io, const st
   const auto ip = asio::ip::make_address(address, ec);
   if (ec) return core::make_error(fmt::format("{}: '{}' is not an IP address", setting, address));
   return listen_on(io, asio::ip::tcp::endpoint(ip, port), setting);
+}
+
+bool is_local_address(const asio::ip::address& address) {
+  if (address.is_loopback()) return true;
+  if (address.is_unspecified() || address.is_multicast()) return false;
+  // bind() takes only an address of this host (without IP_FREEBIND): EADDRNOTAVAIL else.
+  const asio::ip::udp::endpoint endpoint(address, 0);
+  const int fd = ::socket(address.is_v4() ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  const bool local = ::bind(fd, endpoint.data(), static_cast<socklen_t>(endpoint.size())) == 0;
+  ::close(fd);
+  return local;
 }
 
 }  // namespace fleety::net

@@ -28,4 +28,9 @@ core::expected<boost::asio::ip::tcp::acceptor> listen_on(boost::asio::io_context
                                                          std::uint16_t port,
                                                          std::string_view setting);
 
+/// Whether `address` is one of this host's own (in this network namespace): loopback, or
+/// assigned to an interface, IPv6 link-local ones with their scope. Asked of the kernel
+/// (a socket bound to it), so it is right the moment an address comes or goes.
+bool is_local_address(const boost::asio::ip::address& address);
+
 }  // namespace fleety::net

@@ -34,6 +34,9 @@ from harness import (LAB_PATHS_TOML, Fleetyd, LabTestCase, Lines, file_sha256,  
                      measured_download)
 
 PREFIX = "fl6"
+# fleetyd's log when it refuses an intercepted connection (src/intercept/ruleset.cpp).
+NOT_REDIRECTED = "refused: no redirected destination"
+LOOPS = "refused: its destination is fleetyd's own listener on this host"
 TOOLS = str(Path(__file__).resolve().parent / "lab_tools.py")
 HTTP_PORT, ECHO_PORT = 8080, 7007
 FILE_BYTES = 1_000_000  # below the min_split_size set here: one path, the app's own destination
@@ -115,11 +118,11 @@ class InterceptIPv6InLab(LabTestCase):
         rules = self.cli(["nft", "list", "table", "inet", "fleety"]).stdout
         self.assertIn("ip6 daddr fe80::/10 meta l4proto tcp dnat ip6 to ip6 saddr:3129", rules)
         # ::1 is served: a connection made to it directly (not redirected) is refused.
-        refused = self.fleetyd.log().count("without a redirected destination")
+        refused = self.fleetyd.log().count(NOT_REDIRECTED)
         cp = self.cli(["curl", "-sS", "--max-time", "5", "http://[::1]:3129/"], timeout=30)
         self.assertNotEqual(cp.returncode, 0)
-        self.wait_for_log("without a redirected destination")
-        self.assertEqual(self.fleetyd.log().count("without a redirected destination"), refused + 1)
+        self.wait_for_log(NOT_REDIRECTED)
+        self.assertEqual(self.fleetyd.log().count(NOT_REDIRECTED), refused + 1)
         # From the network (the Wi-Fi router, over the link) the port is dropped: no
         # connection, and fleetyd never hears of it.
         probe = ("import socket,sys\n"
@@ -132,7 +135,33 @@ class InterceptIPv6InLab(LabTestCase):
         cp = self.lab.exec("wlan", [sys.executable, "-c", probe, f"{IPV6_CLIENT}%to-cli"],
                            timeout=30, capture_output=True, text=True)
         self.assertEqual(cp.stdout.strip(), "timeout", cp.stderr)
-        self.assertEqual(self.fleetyd.log().count("without a redirected destination"), refused + 1)
+        self.assertEqual(self.fleetyd.log().count(NOT_REDIRECTED), refused + 1)
+
+    def test_connections_to_fleetyds_own_listeners_on_this_hosts_addresses_are_refused(self):
+        """A local connection to the [::] listener on one of the host's own addresses, and
+        an enrolled app's connection to one of fleetyd's ports there, would come back to
+        fleetyd: each is refused once and never relayed (it used to loop to the cap)."""
+        log = self.fleetyd.log()
+        refused, looped, relayed = (log.count(NOT_REDIRECTED), log.count(LOOPS),
+                                    log.count(" relayed on "))
+        probe = ("import socket,sys\n"
+                 "s=socket.socket(socket.AF_INET6)\n"
+                 "s.settimeout(5)\n"
+                 "s.connect(socket.getaddrinfo(sys.argv[1],int(sys.argv[2]))[0][4])\n"
+                 "s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n"
+                 "print(repr(s.recv(100)))\n")
+        own = f"{IPV6_CLIENT}%wlan0"
+        cp = self.cli([sys.executable, "-c", probe, own, "3129"], timeout=30)
+        self.assertNotIn("HTTP", cp.stdout, "the direct connection was answered")
+        cp = self.cli([fleety_cli(), "run", "--app", "loop6", "--", sys.executable, "-c", probe,
+                       own, "3128"], timeout=30)
+        self.assertNotIn("HTTP", cp.stdout, "the app's connection to fleetyd's port was answered")
+        self.wait_for_log(LOOPS)
+        time.sleep(1)  # a loop would go on meanwhile
+        log = self.fleetyd.log()
+        self.assertEqual(log.count(NOT_REDIRECTED), refused + 1, log[-3000:])
+        self.assertEqual(log.count(LOOPS), looped + 1, log[-3000:])
+        self.assertEqual(log.count(" relayed on "), relayed, "something was relayed")
 
     def echo(self, dst: str) -> dict:
         cp = self.cli([fleety_cli(), "run", "--app", "echo6", "--", sys.executable, TOOLS,

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "lab"))
 
 from fleety_lab import OBJECT_DIR  # noqa: E402
 from harness import (LAB_PATHS_TOML, Fleetyd, LabTestCase, fleety_cli,  # noqa: E402
-                     measured_download, object_sha256)
+                     measured_download, object_sha256, with_lab_resolv_conf)
 
 PREFIX = "fli"
 WIFI_CDN, CELL_CDN = "198.18.10.1", "198.18.20.1"
@@ -114,13 +114,6 @@ class InterceptInLab(LabTestCase):
         prefix = [fleety_cli(), "run", *(["--app", app] if app else []), "--"]
         return measured_download(self.lab, [*prefix, *argv], out, timeout, net_only=True)
 
-    def with_lab_resolv_conf(self, argv: list[str]) -> list[str]:
-        """argv in a private mount namespace whose /etc/resolv.conf is the lab client's
-        (nsenter keeps the host's, which names a resolver the lab can't reach), as an app
-        on the client would see it."""
-        resolv = f"/etc/netns/{self.lab.ns('cli')}/resolv.conf"
-        return ["unshare", "--mount", "--", "sh", "-c",
-                'mount --bind "$0" /etc/resolv.conf && exec "$@"', resolv, *argv]
 
     def assert_split_over_both_cdns(self, t, size: int, sizes: dict[str, int],
                                     wifi_server: str = WIFI_CDN, cell_server: str = CELL_CDN):
@@ -167,9 +160,9 @@ class InterceptInLab(LabTestCase):
         with tempfile.TemporaryDirectory(prefix="fleety-dns-") as tmp:
             out = Path(tmp) / "body"
             sizes = self.log_sizes()
-            argv = self.with_lab_resolv_conf([fleety_cli(), "run", "--", "curl", "-sS",
-                                              "--noproxy", "*", "-o", str(out),
-                                              f"http://{HOST}/10MB"])
+            argv = with_lab_resolv_conf(self.lab, [fleety_cli(), "run", "--", "curl", "-sS",
+                                                   "--noproxy", "*", "-o", str(out),
+                                                   f"http://{HOST}/10MB"])
             t = measured_download(self.lab, argv, out, 60, net_only=True)
             self.assertEqual(t.sha256, object_sha256("10MB"), t.stderr)
             self.assert_split_over_both_cdns(t, 10_000_000, sizes)
@@ -472,7 +465,7 @@ class InterceptInLab(LabTestCase):
         cp = self.lab.exec("cli", ["curl", "-sS", "--max-time", "5", "http://127.0.0.1:3129/"],
                            timeout=30, capture_output=True, text=True, net_only=True)
         self.assertNotEqual(cp.returncode, 0)
-        self.assertIn("without a redirected destination", self.fleetyd.log())
+        self.assertIn("refused: no redirected destination", self.fleetyd.log())
 
     def test_fleety_run_fails_clearly_without_interception(self):
         # Another namespace of the lab has no fleety table.
@@ -488,8 +481,8 @@ class InterceptInLab(LabTestCase):
         helpers = [h for h in self.lab.helpers() if h["role"] == role]
         self.assertEqual(len(helpers), 1, self.lab.helpers())
         os.kill(helpers[0]["pid"], 9)
-        cp = self.lab.exec("cli", self.with_lab_resolv_conf(
-            [fleety_cli(), "run", "--", "getent", "ahostsv4", HOST]),
+        cp = self.lab.exec("cli", with_lab_resolv_conf(
+            self.lab, [fleety_cli(), "run", "--", "getent", "ahostsv4", HOST]),
             timeout=30, capture_output=True, text=True, net_only=True)
         self.assertEqual(cp.returncode, 0, cp.stderr)
         self.assertIn(CELL_CDN, cp.stdout)
@@ -503,15 +496,26 @@ class InterceptInLab(LabTestCase):
         self.assertTrue(has_table())
         self.fleetyd.stop()
         self.assertFalse(has_table(), "fleetyd left its table behind")
-        # A crash (SIGKILL) leaves it; the next fleetyd without interception removes it.
+        # A crash (SIGKILL) takes it along: it is owned by fleetyd's netlink socket.
         crashed = Fleetyd(self.lab, config_text=CONFIG, net_only=True)
         crashed.start()
+        self.assertTrue(has_table())
         crashed.process.kill()
         crashed.process.wait(10)
-        self.assertTrue(has_table())
+        self.assertFalse(has_table(), "the table outlived fleetyd's SIGKILL")
+        # One an older fleetyd left (no owner) is removed by the next fleetyd without
+        # interception, and replaced by one with interception.
+        self.lab.exec("cli", ["nft", "add table inet fleety"], timeout=30, check=True,
+                      net_only=True)
         with Fleetyd(self.lab, net_only=True) as plain:
             self.assertIn("removed a stale table inet fleety", plain.log())
             self.assertFalse(has_table())
+        self.lab.exec("cli", ["nft", "add table inet fleety"], timeout=30, check=True,
+                      net_only=True)
+        with Fleetyd(self.lab, config_text=CONFIG, net_only=True) as replacing:
+            self.assertIn("owned by fleetyd", replacing.log())
+            self.assertTrue(has_table())
+        self.assertFalse(has_table())
 
 
 if __name__ == "__main__":

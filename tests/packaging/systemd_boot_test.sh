@@ -434,6 +434,38 @@ if [[ $code == 200 ]] && until_ok 5 taken && ct test -d "$cg2/fleety/probe"; the
 else
   fail "fleety run" "curl: $code"
 fi
+
+# --- Fail open: Type=notify, the watchdog, the table owned by fleetyd ---
+check "notify: Type=notify, WatchdogSec=20s, the watchdog pinged since the start" \
+  test "$(prop Type) $(prop WatchdogUSec) $(( $(prop WatchdogTimestampMonotonic) > 0 ))" == "notify 20s 1"
+table_gone() { ct_sh '! nft list table inet fleety >/dev/null 2>&1'; }
+table_back() { ct_sh 'nft list table inet fleety >/dev/null 2>&1'; }
+ct kill -KILL "$pid" || true
+# RestartSec=2s: the table must be gone before systemd starts fleetyd again.
+if until_ok 1 table_gone; then
+  pass "fail open: kill -9 fleetyd removes table inet fleety at once (owned by its netlink socket)"
+else
+  fail "fail open: the table outlived fleetyd after kill -9" "$(ct nft list tables 2>&1)"
+fi
+if until_ok 15 restarted && until_ok 10 table_back; then
+  pass "fail open: systemd restarted fleetyd, which loaded the table again"
+else
+  fail "fail open: no table after the restart" "$(prop ActiveState)"
+fi
+until_ok 15 ct fleety status || true
+pid=$(main_pid)
+hung=$SECONDS
+ct kill -STOP "$pid" || true
+# WatchdogSec=20s: systemd kills the hung process (SIGABRT) and starts a new one.
+if until_ok 40 restarted; then
+  pass "watchdog: a fleetyd stopped with SIGSTOP was killed and restarted after $((SECONDS - hung)) s"
+else
+  ct kill -CONT "$pid" || true
+  fail "watchdog: the hung fleetyd was not restarted" "$(prop ActiveState) $(prop Result)"
+fi
+until_ok 15 ct fleety status || true
+pid=$(main_pid)
+
 ct -t 60 systemctl stop fleetyd || true
 check "intercept: stop removes table inet fleety" ct_sh '! nft list table inet fleety >/dev/null 2>&1'
 

@@ -16,10 +16,18 @@ TEST(BuildRuleset, ReplacesTheTableAtomicallyAndSelectsEachApp) {
                {"browser", "user.slice/browser.scope", 1000, {}},
                {"player", "", {}, 2000}};
   const std::string rules = build_ruleset(spec);
-  // One transaction: create (so the delete never fails), delete, define.
-  EXPECT_EQ(
-      rules.rfind("add table inet fleety\ndelete table inet fleety\ntable inet fleety {\n", 0), 0U)
+  // One transaction: create (so the delete never fails), delete, define — owned by the
+  // netlink socket that loads it, so that it goes when fleetyd dies.
+  EXPECT_EQ(rules.rfind("add table inet fleety { flags owner; }\ndelete table inet fleety\n"
+                        "table inet fleety {\n  flags owner;\n",
+                        0),
+            0U)
       << rules;
+  spec.owned = false;  // a kernel before 5.12
+  EXPECT_EQ(build_ruleset(spec).rfind("add table inet fleety\ndelete table inet fleety\n"
+                                      "table inet fleety {\n  chain output {\n",
+                                      0),
+            0U);
   EXPECT_NE(rules.find("type nat hook output priority -100; policy accept;"), std::string::npos);
   // Our own sockets pass before any app rule.
   const auto mark = rules.find("meta mark 0xf1ee7 return");
@@ -99,6 +107,8 @@ TEST(BuildRuleset, PureCgroup2HostAndNoDnsListener) {
   EXPECT_EQ(rules.find("meta mark"), std::string::npos);
   EXPECT_NE(rules.find("th dport { 4000 } drop"), std::string::npos) << rules;
   EXPECT_EQ(removal_script(), "add table inet fleety\ndelete table inet fleety\n");
+  EXPECT_EQ(removal_script(true),
+            "add table inet fleety { flags owner; }\ndelete table inet fleety\n");
 }
 
 TEST(Cgroup2Mount, HybridPureAndNone) {
@@ -116,6 +126,55 @@ TEST(Cgroup2Mount, HybridPureAndNone) {
   EXPECT_EQ(cgroup2_mount_in("40 35 0:31 / /mnt/my\\040cg rw - cgroup2 none rw\n"), "/mnt/my cg");
   EXPECT_EQ(cgroup2_mount_in(hybrid.substr(0, hybrid.find("29 28"))), std::nullopt);
   EXPECT_EQ(cgroup2_mount_in(""), std::nullopt);
+}
+
+}  // namespace
+}  // namespace fleety::intercept
+
+namespace fleety::intercept {
+namespace {
+
+using boost::asio::ip::make_address;
+using endpoint = boost::asio::ip::tcp::endpoint;
+
+TEST(RefusalOfIntercepted, RedirectedConnectionsToOtherHostsOrPortsAreRelayed) {
+  const std::vector<std::uint16_t> own{3128, 3129, 3053, 9464};
+  const endpoint listener(make_address("::1"), 3129);
+  EXPECT_EQ(
+      refusal_of_intercepted(endpoint(make_address("2001:db8::7"), 443), listener, own, false), "");
+  // This host, another port (a local service the app uses): relayed, our socket is
+  // marked and not redirected again.
+  EXPECT_EQ(
+      refusal_of_intercepted(endpoint(make_address("2001:db8::1"), 8080), listener, own, true), "");
+  // The same port number on another host is no loop.
+  EXPECT_EQ(refusal_of_intercepted(endpoint(make_address("198.51.100.9"), 3128),
+                                   endpoint(make_address("127.0.0.1"), 3129), own, false),
+            "");
+}
+
+TEST(RefusalOfIntercepted, ConnectionsThatWouldLoopOrWereNotRedirectedAreRefused) {
+  const std::vector<std::uint16_t> own{3128, 3129, 3053, 9464};
+  // A local user connected to the [::] listener on one of the host's addresses: the
+  // "original" destination is where it reached us.
+  const endpoint direct(make_address("2001:db8::1"), 3129);
+  EXPECT_NE(refusal_of_intercepted(direct, direct, own, true), "");
+  // An enrolled app connecting to fleetyd's own ports on a local address (any of them,
+  // link-local too): relaying it would come straight back.
+  const endpoint loopback_listener(make_address("::1"), 3129);
+  for (const auto port : own) {
+    EXPECT_NE(refusal_of_intercepted(endpoint(make_address("2001:db8::1"), port), loopback_listener,
+                                     own, true),
+              "")
+        << port;
+  }
+  EXPECT_NE(refusal_of_intercepted(endpoint(make_address("fe80::1%1"), 3128), loopback_listener,
+                                   own, true),
+            "");
+  // No destination, or a loopback one (the listener itself).
+  EXPECT_NE(refusal_of_intercepted(std::nullopt, loopback_listener, own, false), "");
+  EXPECT_NE(refusal_of_intercepted(endpoint(make_address("127.0.0.1"), 80),
+                                   endpoint(make_address("127.0.0.1"), 3129), own, true),
+            "");
 }
 
 }  // namespace
