@@ -5,6 +5,7 @@
 
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -81,10 +82,22 @@ std::optional<asio::ip::tcp::acceptor> listen_at(asio::io_context& io, const std
   return std::nullopt;
 }
 
+/// Each app connection costs descriptors for its upstream sockets on every path and its
+/// splice pipes: the soft limit (often 1024) goes up to the hard one, whoever started us.
+void raise_open_files_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) return;
+  const auto before = limit.rlim_cur;
+  limit.rlim_cur = limit.rlim_max;
+  if (::setrlimit(RLIMIT_NOFILE, &limit) == 0)
+    spdlog::debug("open files limit raised from {} to {}", before, limit.rlim_cur);
+}
+
 int run(const core::config& config, const std::string& config_path) {
   // A peer that closes while we write must be an error on that connection, not the end
   // of the daemon: splice(2), unlike send(MSG_NOSIGNAL), raises SIGPIPE.
   ::signal(SIGPIPE, SIG_IGN);
+  raise_open_files_limit();
   asio::io_context io(1);
   // Declared in the order they are needed: destroyed in reverse, after every task.
   const auto history = path::open_configured_history(config.monitor);

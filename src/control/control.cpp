@@ -20,6 +20,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "net/accept.hpp"
 #include "net/task_group.hpp"
 
 namespace fleety::control {
@@ -91,10 +92,9 @@ asio::awaitable<void> run_control_server(local::acceptor acceptor, daemon_api& d
   // and joins them before it returns.
   co_await asio::this_coro::throw_if_cancelled(false);
   net::task_group connections(co_await asio::this_coro::executor);
-  for (;;) {
-    auto [ec, socket] = co_await acceptor.async_accept(nothrow);
-    if (ec == asio::error::operation_aborted || !acceptor.is_open()) break;
-    if (ec) continue;
+  net::accept_errors errors("control socket");
+  while (auto accepted = co_await net::async_accept_next(acceptor, errors)) {
+    auto& socket = *accepted;
     connections.spawn(
         [](local::socket peer, daemon_api& api) -> asio::awaitable<void> {
           using namespace std::chrono_literals;

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "control/control.hpp"
+#include "net/accept.hpp"
 #include "net/task_group.hpp"
 
 namespace fleety::control {
@@ -231,12 +232,10 @@ asio::awaitable<void> run_metrics_server(asio::ip::tcp::acceptor acceptor, daemo
   // The owner of its connections (see run_control_server).
   co_await asio::this_coro::throw_if_cancelled(false);
   net::task_group connections(co_await asio::this_coro::executor);
-  for (;;) {
-    auto [ec, socket] = co_await acceptor.async_accept(nothrow);
-    if (ec == asio::error::operation_aborted || !acceptor.is_open()) break;
-    if (ec) continue;
+  net::accept_errors errors("metrics");
+  while (auto socket = co_await net::async_accept_next(acceptor, errors)) {
     if (connections.size() >= max_connections) continue;  // closes it: a scraper retries
-    connections.spawn(serve_metrics(std::move(socket), daemon), "metrics connection");
+    connections.spawn(serve_metrics(std::move(*socket), daemon), "metrics connection");
   }
   connections.cancel();
   co_await connections.async_join();

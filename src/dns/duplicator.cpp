@@ -14,6 +14,7 @@
 
 #include "dns/message.hpp"
 #include "dns/reply_choice.hpp"
+#include "net/accept.hpp"
 
 namespace fleety::dns {
 namespace asio = boost::asio;
@@ -161,10 +162,9 @@ awaitable<void> run_dns_tcp(asio::ip::tcp::acceptor acceptor, duplicator& dns,
                             std::size_t max_connections) {
   co_await asio::this_coro::throw_if_cancelled(false);
   net::task_group connections(co_await asio::this_coro::executor);
-  for (;;) {
-    auto [ec, socket] = co_await acceptor.async_accept(nothrow);
-    if (ec == asio::error::operation_aborted || !acceptor.is_open()) break;
-    if (ec) continue;
+  net::accept_errors errors("DNS over TCP");
+  while (auto accepted = co_await net::async_accept_next(acceptor, errors)) {
+    auto& socket = *accepted;
     if (connections.size() >= max_connections) continue;  // closed by the socket's destructor
     connections.spawn(
         [](boost::beast::tcp_stream stream, duplicator& d) -> awaitable<void> {

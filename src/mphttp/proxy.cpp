@@ -25,6 +25,7 @@
 #include "mphttp/http_rules.hpp"
 #include "mphttp/multipath_fetch.hpp"
 #include "mphttp/upstream.hpp"
+#include "net/accept.hpp"
 #include "net/bound_socket.hpp"
 #include "net/splice.hpp"
 #include "net/task_group.hpp"
@@ -1326,41 +1327,33 @@ awaitable<void> run_accept_loop(tcp::acceptor acceptor, proxy_context& context, 
                                 std::function<awaitable<void>(tcp::socket, std::uint64_t)> serve) {
   // We own the sessions: cancelled, we cancel them and wait for them to end.
   co_await asio::this_coro::throw_if_cancelled(false);
-  auto executor = co_await asio::this_coro::executor;
-  net::task_group sessions(executor);
-  asio::steady_timer slot_freed(executor);
-  auto cancelled = [&]() -> awaitable<bool> {
-    co_return (co_await asio::this_coro::cancellation_state).cancelled() !=
-        asio::cancellation_type::none;
-  };
-  while (!co_await cancelled()) {
-    if (context.sessions_active >= context.config.proxy.max_connections) {
-      // At the limit, leave new connections in the kernel's backlog until one ends.
-      co_await async_wait_for_wake(slot_freed, std::chrono::seconds(1));
-      continue;
-    }
-    auto [ec, socket] = co_await acceptor.async_accept(nothrow);
-    if (ec == asio::error::operation_aborted || !acceptor.is_open()) break;
-    if (ec) {
-      spdlog::warn("{}: accept failed: {}", what, ec.message());
+  net::task_group sessions(co_await asio::this_coro::executor);
+  net::accept_errors errors(what);
+  net::log_throttle at_limit;
+  while (auto socket = co_await net::async_accept_next(acceptor, errors)) {
+    const auto limit = context.config.proxy.max_connections;
+    if (context.sessions_active >= limit) {
+      // At the limit a new connection is reset at once: the app sees a refusal it can
+      // retry, not a connection that hangs in the kernel's backlog.
+      if (std::uint64_t held = 0; at_limit.allow(std::chrono::steady_clock::now(), held)) {
+        spdlog::warn("{}: {} connections at once (proxy.max_connections): resetting new ones{}",
+                     what, limit,
+                     held > 0 ? fmt::format(" ({} since the last line)", held + 1) : "");
+      }
+      net::close_with_reset(*socket);
       continue;
     }
     const std::uint64_t id = ++context.sessions_started;
     ++context.sessions_active;
     sessions.spawn(
-        [](awaitable<void> session, proxy_context& counted,
-           asio::steady_timer& freed) -> awaitable<void> {
+        [](awaitable<void> session, proxy_context& counted) -> awaitable<void> {
           // (Also when the session throws: the slot is free then too.)
           struct release {
             proxy_context& context;
-            asio::steady_timer& freed;
-            ~release() {
-              --context.sessions_active;
-              freed.cancel();
-            }
-          } when_done{counted, freed};
+            ~release() { --context.sessions_active; }
+          } when_done{counted};
           co_await std::move(session);
-        }(serve(std::move(socket), id), context, slot_freed),
+        }(serve(std::move(*socket), id), context),
         fmt::format("[{}] {} connection", id, what));
   }
   sessions.cancel();

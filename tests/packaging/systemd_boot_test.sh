@@ -394,8 +394,16 @@ ct systemctl reset-failed fleetyd || true
 # --- Interception: nftables and the cgroup2 tree under the sandbox ---
 ct sed -i '/^\[intercept\]/,/^enabled/ s/^enabled = false/enabled = true/' "$config"
 # A destination that is not loopback (the rules leave 127/8 alone) but is
-# still this container: 10.99.0.1 on lo, where fleetyd's metrics answer.
-ct ip addr add 10.99.0.1/32 dev lo
+# still this container: 198.18.99.1 on lo, where fleetyd's metrics answer, and a
+# one-line HTTP server on port 8080 (systemd-socket-activate, one shell per
+# connection: reads the request, answers 200 "probe").
+ct ip addr add 198.18.99.1/32 dev lo
+ct_sh "printf '%s\n' '#!/bin/bash' \
+  'while IFS= read -r line; do line=\${line%\$(printf \"\\\\r\")}; [[ -z \$line ]] && break; done' \
+  'printf \"HTTP/1.0 200 OK\\\\r\\\\nContent-Length: 6\\\\r\\\\n\\\\r\\\\nprobe\\\\n\"' >/root/probe-http \
+  && chmod 0755 /root/probe-http"
+ct systemd-run --quiet --unit=probe-http /usr/bin/systemd-socket-activate -a --inetd \
+  -l 198.18.99.1:8080 /root/probe-http || true
 ct_sh "printf '\n[metrics]\nlisten = \"0.0.0.0:9464\"\n' >>$config"
 ct -t 60 systemctl restart fleetyd || true
 until_ok 15 ct fleety status || true
@@ -427,12 +435,20 @@ else
 fi
 ct rm -rf /run/systemd/system/fleetyd.service.d
 ct systemctl daemon-reload
-code=$(ct fleety run --app probe -- curl -sS -m 10 -o /dev/null -w '%{http_code}' http://10.99.0.1:9464/metrics 2>&1 || true)
-taken() { ct journalctl _PID="$pid" -o cat --no-pager | grep -q 'GET http://10.99.0.1:9464/metrics → 200'; }
+code=$(ct fleety run --app probe -- curl -sS -m 10 -o /dev/null -w '%{http_code}' http://198.18.99.1:8080/ 2>&1 || true)
+taken() { ct journalctl _PID="$pid" -o cat --no-pager | grep -q 'GET http://198.18.99.1:8080/ → 200'; }
 if [[ $code == 200 ]] && until_ok 5 taken && ct test -d "$cg2/fleety/probe"; then
   pass "fleety run: curl without a proxy setting is taken over by fleetyd (cgroup fleety/probe)"
 else
   fail "fleety run" "curl: $code"
+fi
+# fleetyd's own listener (metrics, 9464) on a local address: relaying it would loop.
+code=$(ct fleety run --app probe -- curl -sS -m 10 -o /dev/null -w '%{http_code}' http://198.18.99.1:9464/metrics 2>&1 || true)
+looped() { ct journalctl _PID="$pid" -o cat --no-pager | grep -q "refused: its destination is fleetyd's own listener"; }
+if [[ $code != 200 ]] && until_ok 5 looped; then
+  pass "no self-loop: an app's connection to fleetyd's own port on a local address is refused"
+else
+  fail "no self-loop" "curl: $code"
 fi
 
 # --- Fail open: Type=notify, the watchdog, the table owned by fleetyd ---
@@ -515,7 +531,7 @@ ok=1
 active_running || ok=0
 ct fleety --json status >/dev/null 2>&1 || ok=0
 [[ $(ct curl -sS -m 10 -o /dev/null -w '%{http_code}' -x http://127.0.0.1:3128 http://127.0.0.1:9464/metrics) == 200 ]] || ok=0
-[[ $(ct fleety run --app probe -- curl -sS -m 10 -o /dev/null -w '%{http_code}' http://10.99.0.1:9464/metrics) == 200 ]] || ok=0
+[[ $(ct fleety run --app probe -- curl -sS -m 10 -o /dev/null -w '%{http_code}' http://198.18.99.1:8080/) == 200 ]] || ok=0
 ct fleety stats >/dev/null 2>&1 || ok=0
 ct systemctl reload fleetyd || ok=0
 sleep 1
