@@ -322,7 +322,7 @@ class LabTestCase(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         try:
-            if cls.fleetyd is not None:
+            if isinstance(cls.fleetyd, Fleetyd):  # (a class may name a method so)
                 cls.fleetyd.stop()
                 tail = cls.fleetyd.log().splitlines()[-cls.log_tail_lines:]
                 print("--- fleetyd log (tail) ---\n" + "\n".join(tail))

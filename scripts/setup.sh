@@ -15,7 +15,7 @@ packages=(
   # libraries (DESIGN.md "Stack")
   libboost1.81-dev libboost-json1.81-dev libboost-url1.81-dev
   libc-ares-dev libtomlplusplus-dev libspdlog-dev libfmt-dev libcli11-dev
-  libsqlite3-dev libmnl-dev libnftables-dev libnetfilter-queue-dev libnfnetlink-dev
+  libsqlite3-dev libmnl-dev libnftables-dev libnetfilter-queue-dev libnfnetlink-dev libre2-dev
   libssl-dev
   libgtest-dev libgmock-dev
   # lab: namespaces, shaping, servers, peers

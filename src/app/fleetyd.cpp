@@ -59,8 +59,8 @@ std::vector<mphttp::path_runtime> make_paths(asio::io_context& io, const core::c
     if (!net::interface_exists(p.interface))
       spdlog::warn("path {}: interface {} does not exist (yet): the path is skipped until it does",
                    p.name, p.interface);
-    paths.push_back(mphttp::make_path_runtime(io.get_executor(), p, config.scheduler,
-                                              path::known_rtt(history, p.name)));
+    paths.push_back(
+        mphttp::make_path_runtime(io.get_executor(), p, config, path::known_rtt(history, p.name)));
   }
   // Every upstream socket is bound to its path's interface: say it now, once, if we may not.
   const auto why = !any ? fmt::format(
@@ -113,7 +113,8 @@ int run(const core::config& config, const std::string& config_path) {
   }
   mphttp::proxy_context context{config, paths};
   context.features = classify::compile_feature_rules(config);
-  dns::info_db dns_info;  // paper §4.1: every path's DNS answers
+  // Paper §4.1: every path's DNS answers, vetted by [dns].
+  dns::info_db dns_info(4096, mphttp::answer_rules_of(config));
   context.dns_info = &dns_info;
   select::path_supervisor supervisor(
       io.get_executor(), config, history.get(),

@@ -5,14 +5,18 @@
 // peeks and asks, the MPHTTP session asks before it splits.
 
 #include <cstdint>
+#include <memory>
 #include <optional>
-#include <regex>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 #include "core/config.hpp"
+
+namespace re2 {
+class RE2;
+}
 
 namespace fleety::classify {
 
@@ -52,15 +56,21 @@ struct request_view {
   std::vector<std::pair<std::string_view, std::string_view>> fields;  ///< name, value
 };
 
+/// A compiled RE2 pattern: matching takes time linear in the input (the input is the
+/// app's request, which the remote side may shape), and no more than
+/// `max_match_input` bytes of it are looked at.
+using compiled_pattern = std::shared_ptr<const re2::RE2>;
+inline constexpr std::size_t max_match_input = 8 * 1024;
+
 /// One feature rule (config `[[feature]]`): every condition given must hold.
 struct feature_rule {
   std::string name;
-  std::vector<std::string> hosts;        ///< "example.com", "*.cdn.example.com"; empty: any
-  std::optional<std::regex> path_regex;  ///< searched in the path (without the query)
-  std::string path_regex_text;           ///< as written, for logs
-  std::vector<std::string> extensions;   ///< "ts", "m4s" (without the dot, lower case)
-  /// Field name (any case) and an ECMAScript regex searched in its value.
-  std::vector<std::pair<std::string, std::regex>> headers;
+  std::vector<std::string> hosts;       ///< "example.com", "*.cdn.example.com"; empty: any
+  compiled_pattern path_regex;          ///< searched in the path (without the query); or null
+  std::string path_regex_text;          ///< as written, for logs
+  std::vector<std::string> extensions;  ///< "ts", "m4s" (without the dot, lower case)
+  /// Field name (any case) and a pattern searched in its value.
+  std::vector<std::pair<std::string, compiled_pattern>> headers;
   std::vector<std::string> headers_text;
   std::optional<std::uint64_t> min_size;  ///< objects smaller than this stay on one path
   bool multipath = true;                  ///< false: matching requests never split

@@ -1,3 +1,5 @@
+#include <re2/re2.h>
+
 #include <algorithm>
 #include <cctype>
 
@@ -25,14 +27,25 @@ std::string_view path_of(std::string_view target) {
   return target.substr(0, target.find_first_of("?#"));
 }
 
+bool search(const re2::RE2& pattern, std::string_view text) {
+  return re2::RE2::PartialMatch(text.substr(0, max_match_input), pattern);
+}
+
+compiled_pattern compile(const std::string& pattern) {
+  re2::RE2::Options options;
+  options.set_log_errors(false);
+  auto compiled = std::make_shared<const re2::RE2>(pattern, options);
+  // The config was checked (core::config): a pattern that fails here matches nothing.
+  return compiled->ok() ? compiled : std::make_shared<const re2::RE2>("[^\\x00-\\x{10FFFF}]");
+}
+
 bool rule_matches(const feature_rule& rule, const request_view& request) {
   if (!rule.hosts.empty() &&
       std::none_of(rule.hosts.begin(), rule.hosts.end(),
                    [&](const std::string& pattern) { return host_matches(pattern, request.host); }))
     return false;
   const std::string_view path = path_of(request.target);
-  if (rule.path_regex && !std::regex_search(path.begin(), path.end(), *rule.path_regex))
-    return false;
+  if (rule.path_regex && !search(*rule.path_regex, path)) return false;
   if (!rule.extensions.empty()) {
     const std::string extension = path_extension(request.target);
     if (std::find(rule.extensions.begin(), rule.extensions.end(), extension) ==
@@ -44,9 +57,7 @@ bool rule_matches(const feature_rule& rule, const request_view& request) {
     const std::string& name = header.first;
     const auto field = std::find_if(request.fields.begin(), request.fields.end(),
                                     [&](const auto& f) { return iequals(f.first, name); });
-    if (field == request.fields.end() ||
-        !std::regex_search(field->second.begin(), field->second.end(), header.second))
-      return false;
+    if (field == request.fields.end() || !search(*header.second, field->second)) return false;
   }
   return true;
 }
@@ -88,12 +99,12 @@ feature_rules compile_feature_rules(const std::vector<core::feature_config>& fea
     rule.name = f.name;
     rule.hosts = f.hosts;
     if (!f.path_regex.empty()) {
-      rule.path_regex.emplace(f.path_regex, std::regex::ECMAScript | std::regex::optimize);
+      rule.path_regex = compile(f.path_regex);
       rule.path_regex_text = f.path_regex;
     }
     rule.extensions = f.extensions;
     for (const auto& [name, pattern] : f.headers) {
-      rule.headers.emplace_back(name, std::regex(pattern, std::regex::ECMAScript));
+      rule.headers.emplace_back(name, compile(pattern));
       rule.headers_text.push_back(name + " ~ " + pattern);
     }
     rule.min_size = f.min_size;

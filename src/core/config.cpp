@@ -2,13 +2,13 @@
 
 #include <arpa/inet.h>
 #include <fmt/format.h>
+#include <re2/re2.h>
 #include <toml++/toml.h>
 
 #include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <fstream>
-#include <regex>
 #include <set>
 #include <sstream>
 
@@ -405,11 +405,14 @@ std::optional<std::string> read_string_list(const context& ctx, const toml::tabl
 
 std::optional<std::string> check_regex(const context& ctx, const toml::node& node,
                                        std::string_view what, const std::string& pattern) {
-  try {
-    std::regex compiled(pattern, std::regex::ECMAScript);
-  } catch (const std::regex_error& error) {
-    return fmt::format("{}{}: '{}' is not a valid regular expression ({})", ctx.where(node), what,
-                       pattern, error.what());
+  re2::RE2::Options options;
+  options.set_log_errors(false);
+  const re2::RE2 compiled(pattern, options);
+  if (!compiled.ok()) {
+    return fmt::format(
+        "{}{}: '{}' is not a valid regular expression ({}; RE2 syntax: no backreferences or "
+        "lookaround)",
+        ctx.where(node), what, pattern, compiled.error());
   }
   return std::nullopt;
 }
@@ -450,8 +453,8 @@ std::optional<std::string> read_app(const context& ctx, const toml::table& table
   if (!table.contains("name")) return fmt::format("{}[[app]] needs 'name'", ctx.where(table));
   if (auto e = read_string(ctx, table, "name", "app", app.name)) return e;
   // The name becomes a cgroup directory (fleety run) and a key in the CLI.
-  static const std::regex valid_name("[A-Za-z0-9][A-Za-z0-9._-]{0,63}");
-  if (!std::regex_match(app.name, valid_name)) {
+  static const re2::RE2 valid_name("[A-Za-z0-9][A-Za-z0-9._-]{0,63}");
+  if (!re2::RE2::FullMatch(app.name, valid_name)) {
     return fmt::format(
         "{}app name '{}': use letters, digits, '.', '_' or '-' (at most 64, not starting with "
         "'.' or '-')",
@@ -728,16 +731,34 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
         fmt::format("{}:{}: {}", source_name, error.source().begin.line, error.description()));
   }
   config result;
-  if (auto e = check_keys(
-          ctx, root, "the file",
-          {"proxy", "path", "scheduler", "log", "intercept", "app", "feature", "http_dns",
-           "classify", "control", "class", "selector", "monitor", "budget", "mptcp", "metrics"})) {
+  if (auto e = check_keys(ctx, root, "the file",
+                          {"proxy", "path", "scheduler", "log", "intercept", "app", "feature",
+                           "http_dns", "classify", "control", "class", "selector", "monitor",
+                           "budget", "mptcp", "metrics", "dns"})) {
     return make_error(*e);
   }
   if (const toml::node* node = root.get("intercept")) {
     const auto* table = node->as_table();
     if (table == nullptr) return make_error(ctx.where(*node) + "[intercept] must be a table");
     if (auto e = read_intercept(ctx, *table, result.intercept)) return make_error(*e);
+  }
+  if (const toml::node* node = root.get("dns")) {
+    const auto* table = node->as_table();
+    if (table == nullptr) return make_error(ctx.where(*node) + "[dns] must be a table");
+    if (auto e = check_keys(ctx, *table, "[dns]", {"max_ttl", "allow_internal_answers"}))
+      return make_error(*e);
+    if (auto e = read_bool(ctx, *table, "allow_internal_answers", "dns",
+                           result.dns.allow_internal_answers))
+      return make_error(*e);
+    if (auto e = read_unit<std::chrono::microseconds>(
+            ctx, *table, "max_ttl", "dns", parse_duration,
+            [&](std::chrono::microseconds v, const toml::node& n) -> std::optional<std::string> {
+              if (v < std::chrono::seconds(1) || v > std::chrono::hours(24))
+                return fmt::format("{}dns.max_ttl must be from 1s to 24h", ctx.where(n));
+              result.dns.max_ttl = std::chrono::duration_cast<std::chrono::seconds>(v);
+              return std::nullopt;
+            }))
+      return make_error(*e);
   }
   if (const toml::node* node = root.get("classify")) {
     const auto* table = node->as_table();

@@ -150,6 +150,15 @@ struct monitor_config {
   std::chrono::microseconds history_retention{7LL * 24 * 3600 * 1'000'000};
 };
 
+/// `[dns]`: what fleetyd accepts from the paths' resolvers and HTTP-DNS replies.
+struct dns_config {
+  /// No answer is kept longer than this, whatever TTL it came with.
+  std::chrono::seconds max_ttl{3600};
+  /// Loopback, private or link-local addresses for a public name: used (a split-horizon
+  /// network on purpose), instead of left out.
+  bool allow_internal_answers = false;
+};
+
 /// `[budget]`: cellular data.
 struct budget_config {
   /// Bytes a month (UTC) fleetyd may spend on cellular paths; beyond it cellular carries
@@ -161,7 +170,7 @@ struct budget_config {
 struct feature_config {
   std::string name;
   std::vector<std::string> hosts;                            ///< "example.com", "*.example.com"
-  std::string path_regex;                                    ///< ECMAScript, searched in the path
+  std::string path_regex;                                    ///< RE2, searched in the path
   std::vector<std::string> extensions;                       ///< "ts", "m4s" (no dot)
   std::vector<std::pair<std::string, std::string>> headers;  ///< field → regex on its value
   std::optional<std::uint64_t> min_size;
@@ -203,6 +212,7 @@ struct config {
   budget_config budget;
   mptcp_config mptcp;
   metrics_config metrics;
+  dns_config dns;
   /// `[classify] multipath_by_default`: an HTTP GET no feature rule matches may split.
   bool multipath_by_default = true;
   /// `[control] socket`: the fleety CLI's unix socket (root-only).

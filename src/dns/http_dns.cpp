@@ -209,4 +209,24 @@ std::vector<http_dns_answer> parse_http_dns_reply(std::string_view body,
   return out.take();
 }
 
+std::vector<http_dns_answer> answers_for_asked(std::vector<http_dns_answer> answers,
+                                               std::string_view asked_name,
+                                               std::size_t unasked_names) {
+  std::vector<std::string> asked;
+  for (std::size_t at = 0; at <= asked_name.size();) {
+    const std::size_t comma = std::min(asked_name.find(',', at), asked_name.size());
+    if (auto name = info_db::normalize(asked_name.substr(at, comma - at)); !name.empty())
+      asked.push_back(std::move(name));
+    at = comma + 1;
+  }
+  std::vector<http_dns_answer> out;
+  for (auto& answer : answers) {
+    const bool wanted = asked.empty()
+                            ? out.size() < unasked_names
+                            : std::find(asked.begin(), asked.end(), answer.name) != asked.end();
+    if (wanted) out.push_back(std::move(answer));
+  }
+  return out;
+}
+
 }  // namespace fleety::dns

@@ -41,4 +41,12 @@ std::vector<http_dns_answer> parse_http_dns_reply(std::string_view body,
                                                   std::chrono::seconds default_ttl,
                                                   const http_dns_limits& limits = {});
 
+/// The answers fleetyd may keep from a reply to a query for `asked_name` (one name, or a
+/// batch "a.com,b.com"): those for the names asked, so that a reply cannot place
+/// addresses for names the app never looked up. A query whose name fleetyd could not
+/// read keeps the reply's first `unasked_names` names.
+std::vector<http_dns_answer> answers_for_asked(std::vector<http_dns_answer> answers,
+                                               std::string_view asked_name,
+                                               std::size_t unasked_names = 4);
+
 }  // namespace fleety::dns

@@ -23,6 +23,9 @@ void info_db::record(std::string_view name, std::string_view path, std::vector<a
                      std::chrono::seconds ttl, clock_type::time_point now) {
   const std::string key = normalize(name);
   if (key.empty()) return;
+  auto vetted = vet_answer(key, std::move(addresses), ttl, rules_);
+  addresses = std::move(vetted.addresses);
+  ttl = vetted.ttl;
   if (addresses.empty()) {
     if (auto it = names_.find(key); it != names_.end()) {
       it->second.by_path.erase(std::string(path));

@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include "dns/answer_vetting.hpp"
+
 namespace fleety::dns {
 
 class info_db {
@@ -21,9 +23,12 @@ class info_db {
   using address = boost::asio::ip::address;
 
   /// At most `max_names` names are kept; beyond that the entry that expires first goes.
-  explicit info_db(std::size_t max_names = 4096) : max_names_(max_names) {}
+  /// Every answer is vetted by `rules` (vet_answer) before it is kept.
+  explicit info_db(std::size_t max_names = 4096, answer_rules rules = {})
+      : max_names_(max_names), rules_(rules) {}
 
-  /// Path `path` answered `addresses` for `name`, valid for `ttl` from `now`. An empty
+  /// Path `path` answered `addresses` for `name`, valid for `ttl` from `now` (at most
+  /// the rules' max_ttl; internal addresses for a public name are left out). An empty
   /// answer forgets what the path had for the name.
   void record(std::string_view name, std::string_view path, std::vector<address> addresses,
               std::chrono::seconds ttl, clock_type::time_point now);
@@ -61,6 +66,7 @@ class info_db {
   void evict(clock_type::time_point now);
 
   std::size_t max_names_;
+  answer_rules rules_;
   std::map<std::string, entry, std::less<>> names_;
 };
 

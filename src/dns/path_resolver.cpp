@@ -594,6 +594,21 @@ void path_resolver::impl::on_addrinfo(void* arg, int status, int /*timeouts*/,
                               ? to_resolution(info)
                               : resolve_result(make_error_code(from_ares_status(status)));
   if (result) {
+    auto vetted = vet_answer(q->name, std::move(result.value().addresses), result.value().ttl,
+                             self.options_.rules);
+    if (vetted.dropped > 0) {
+      spdlog::warn(
+          "dns[{}]: {} answered {} loopback, private or link-local address(es) for a "
+          "public name: left out ([dns] allow_internal_answers)",
+          self.options_.interface, q->name, vetted.dropped);
+    }
+    if (vetted.addresses.empty()) {
+      result = make_error_code(errc::not_found);
+    } else {
+      result = resolution{std::move(vetted.addresses), vetted.ttl};
+    }
+  }
+  if (result) {
     const resolution& value = result.value();
     spdlog::debug("dns[{}]: {} → {} address(es), ttl {}s", self.options_.interface, q->name,
                   value.addresses.size(), value.ttl.count());
@@ -780,7 +795,11 @@ asio::awaitable<raw_result> path_resolver::async_query(std::vector<std::uint8_t>
 
 void path_resolver::remember(std::string_view host, const resolution& answer) {
   if (answer.addresses.empty()) return;
-  if (auto key = normalise_name(host)) impl_->cache_put(*key, answer);
+  auto key = normalise_name(host);
+  if (!key) return;
+  auto vetted = vet_answer(*key, answer.addresses, answer.ttl, impl_->options_.rules);
+  if (!vetted.addresses.empty())
+    impl_->cache_put(*key, resolution{std::move(vetted.addresses), vetted.ttl});
 }
 
 asio::awaitable<boost::system::result<resolution>> path_resolver::async_resolve(std::string host) {

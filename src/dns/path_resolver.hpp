@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "dns/answer_vetting.hpp"
+
 namespace fleety::dns {
 
 /// Why a resolution failed.
@@ -52,6 +54,9 @@ class path_resolver {
     std::chrono::milliseconds timeout{2000};  ///< whole-query deadline, all retries included
     int tries = 2;                            ///< attempts per server
     std::size_t max_cache_entries = 1024;     ///< answers kept until their TTL runs out
+    /// What is accepted from the resolvers (vet_answer): TTL cap, no internal addresses
+    /// for a public name. A name left with no address is not found.
+    answer_rules rules;
   };
 
   /// Throws std::runtime_error with a clear message when c-ares cannot be set up

@@ -641,8 +641,7 @@ download_result download(const download_options& options) {
       continue;
     }
     try {
-      state.paths.push_back(
-          make_path_runtime(io.get_executor(), path_config, options.config.scheduler));
+      state.paths.push_back(make_path_runtime(io.get_executor(), path_config, options.config));
     } catch (const std::exception& e) {
       state.fail(fmt::format("path {}: {}", path_config.name, e.what()), 2);
       return state.result;

@@ -4,12 +4,13 @@
 namespace fleety::mphttp {
 
 path_runtime make_path_runtime(const boost::asio::any_io_executor& executor,
-                               const core::path_config& path,
-                               const core::scheduler_config& scheduler,
+                               const core::path_config& path, const core::config& config,
                                std::chrono::microseconds known_rtt) {
+  const auto& scheduler = config.scheduler;
   dns::path_resolver::options options;
   options.interface = path.interface;
   options.servers = path.dns_servers;
+  options.rules = answer_rules_of(config);
   const auto rtt = path.prior_rtt.count() ? path.prior_rtt : known_rtt;
   return path_runtime{
       path, std::make_unique<dns::path_resolver>(executor, options),

@@ -1100,8 +1100,20 @@ awaitable<http_dns_reply> async_http_dns_on_path(path_runtime& path, proxy_conte
   }
   if (out.response.result_int() / 100 != 2 || proxy.dns_info == nullptr) co_return out;
   const auto now = dns::info_db::clock_type::now();
-  for (auto& answer :
-       dns::parse_http_dns_reply(out.response.body(), asked_name, endpoint.default_ttl)) {
+  for (auto& answer : dns::answers_for_asked(
+           dns::parse_http_dns_reply(out.response.body(), asked_name, endpoint.default_ttl),
+           asked_name)) {
+    auto vetted = dns::vet_answer(answer.name, std::move(answer.addresses), answer.ttl,
+                                  answer_rules_of(proxy.config));
+    if (vetted.dropped > 0) {
+      spdlog::warn(
+          "[{}] http-dns {} on {}: {} loopback, private or link-local address(es) for "
+          "{}: left out ([dns] allow_internal_answers)",
+          session_id, endpoint.name, path.config.name, vetted.dropped, answer.name);
+    }
+    if (vetted.addresses.empty()) continue;
+    answer.addresses = std::move(vetted.addresses);
+    answer.ttl = vetted.ttl;
     spdlog::debug("[{}] http-dns: {} on {}: {} (ttl {} s)", session_id, answer.name,
                   path.config.name, answer.addresses.front().to_string(), answer.ttl.count());
     proxy.dns_info->record(answer.name, path.config.name, answer.addresses, answer.ttl, now);

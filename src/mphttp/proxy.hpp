@@ -70,9 +70,13 @@ struct download_snapshot {
 /// daemon's history remembers; zero: nothing), else the scheduler's defaults. Throws
 /// std::runtime_error when the resolver cannot be set up (a server that doesn't parse).
 path_runtime make_path_runtime(const boost::asio::any_io_executor& executor,
-                               const core::path_config& path,
-                               const core::scheduler_config& scheduler,
+                               const core::path_config& path, const core::config& config,
                                std::chrono::microseconds known_rtt = {});
+
+/// `[dns]`: what fleetyd accepts from resolvers and HTTP-DNS replies.
+inline dns::answer_rules answer_rules_of(const core::config& config) {
+  return {config.dns.max_ttl, config.dns.allow_internal_answers};
+}
 
 /// What every session shares; referenced by sessions, outlives them.
 namespace detail {

@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <string>
+
 #include "classify/classify.hpp"
 #include "core/config.hpp"
 
@@ -112,6 +115,63 @@ extension = ["ts"]
   EXPECT_NE(config.error().find("rules.toml:8: unknown key 'extension' in [[feature]]"),
             std::string::npos)
       << config.error();
+}
+
+TEST(DecideFeature, PatternsTakeLinearTimeOnWhatTheRemoteSideSends) {
+  // A pattern that backtracks exponentially in ECMAScript engines (std::regex took
+  // seconds, then overflowed its stack, on a few thousand characters).
+  auto rules = rules_from(R"(
+[classify]
+multipath_by_default = false
+[[feature]]
+name = "nested"
+path_regex = "^/(a+)+$"
+headers = { "User-Agent" = "^(x+x+)+y" }
+)");
+  const std::string path = "/" + std::string(100'000, 'a') + "!";
+  const std::string agent(100'000, 'x');
+  request_view request;
+  request.host = "h.test";
+  request.target = path;
+  request.fields = {{"User-Agent", agent}};
+  const auto started = std::chrono::steady_clock::now();
+  EXPECT_FALSE(decide_feature(rules, request).multipath);
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(1));
+}
+
+TEST(DecideFeature, OnlyTheFirst8KiBOfAnInputAreMatched) {
+  auto rules = rules_from(R"(
+[classify]
+multipath_by_default = false
+[[feature]]
+name = "far"
+path_regex = "needle"
+)");
+  std::string path = "/" + std::string(max_match_input, 'a') + "needle";
+  request_view request;
+  request.host = "h.test";
+  request.target = path;
+  EXPECT_FALSE(decide_feature(rules, request).multipath);
+  path = "/" + std::string(max_match_input - 10, 'a') + "needle";
+  request.target = path;
+  EXPECT_TRUE(decide_feature(rules, request).multipath);
+}
+
+TEST(FeatureConfig, BackreferencesAndLookaroundAreRefusedWithRe2sReason) {
+  auto config = core::parse_config(R"(
+[[path]]
+name = "wifi"
+interface = "wlan0"
+kind = "wifi"
+[[feature]]
+name = "backref"
+path_regex = "(a)\\1"
+)",
+                                   "rules.toml");
+  ASSERT_FALSE(config);
+  EXPECT_NE(config.error().find("is not a valid regular expression"), std::string::npos)
+      << config.error();
+  EXPECT_NE(config.error().find("RE2 syntax"), std::string::npos) << config.error();
 }
 
 }  // namespace

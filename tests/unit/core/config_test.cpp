@@ -439,3 +439,33 @@ mptcp_backup = true
 
 }  // namespace
 }  // namespace fleety::core
+
+namespace fleety::core {
+namespace {
+
+TEST(DnsConfig, MaxTtlAndInternalAnswers) {
+  const std::string paths = R"(
+[[path]]
+name = "wifi"
+interface = "wlan0"
+kind = "wifi"
+)";
+  auto config = parse_config(paths, "f.toml");
+  ASSERT_TRUE(config) << config.error();
+  EXPECT_EQ(config->dns.max_ttl, std::chrono::seconds(3600));
+  EXPECT_FALSE(config->dns.allow_internal_answers);
+  config =
+      parse_config("[dns]\nmax_ttl = \"5m\"\nallow_internal_answers = true\n" + paths, "f.toml");
+  ASSERT_TRUE(config) << config.error();
+  EXPECT_EQ(config->dns.max_ttl, std::chrono::seconds(300));
+  EXPECT_TRUE(config->dns.allow_internal_answers);
+  config = parse_config("[dns]\nmax_ttl = \"25h\"\n" + paths, "f.toml");
+  ASSERT_FALSE(config);
+  EXPECT_NE(config.error().find("dns.max_ttl must be from 1s to 24h"), std::string::npos)
+      << config.error();
+  config = parse_config("[dns]\nttl = 5\n" + paths, "f.toml");
+  ASSERT_FALSE(config);
+}
+
+}  // namespace
+}  // namespace fleety::core
