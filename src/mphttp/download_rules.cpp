@@ -78,6 +78,14 @@ start_point decide_start(std::optional<std::uint64_t> file_size,
           *file_size, record->total);
       return start;
     }
+    if (record->validator.empty()) {
+      // Issue 18: nothing would tell us whether the object changed since: its new bytes
+      // could be spliced onto the old ones. Only a strong validator (If-Range) proves it.
+      start.truncate = true;
+      start.note = "the server gave no strong validator (ETag or Last-Modified) for it: "
+                   "nothing proves the bytes on disk are of the same version: starting over";
+      return start;
+    }
     start.offset = *file_size;
     start.validator = record->validator;
     start.total = record->total;

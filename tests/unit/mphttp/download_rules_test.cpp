@@ -82,6 +82,17 @@ TEST(DecideStart, RecordOfTheSameUrlResumes) {
   EXPECT_TRUE(longer.truncate);
 }
 
+TEST(DecideStart, WithoutAValidatorTheFileStartsOver) {
+  // The node gave no strong validator: If-Range can't confirm the version, so the bytes
+  // on disk could be spliced with a changed object's.
+  auto s = decide_start(4000, resume_record{std::string(url), "", 10000}, url,
+                        existing_file::refuse);
+  EXPECT_EQ(s.offset, 0u);
+  EXPECT_TRUE(s.truncate);
+  EXPECT_TRUE(s.error.empty());
+  EXPECT_NE(s.note.find("no strong validator"), std::string::npos) << s.note;
+}
+
 TEST(DecideStart, ForeignFilesNeedAChoice) {
   auto refused = decide_start(5, std::nullopt, url, existing_file::refuse);
   EXPECT_NE(refused.error.find("--continue"), std::string::npos);
