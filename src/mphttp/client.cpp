@@ -484,6 +484,13 @@ awaitable<void> async_download(download_state& state, tls_connector& tls_connect
             fmt::format("{} redirects to '{}', which fleety cannot follow", current_url, location));
         co_return;
       }
+      if (target->tls && !next_target->tls) {
+        state.fail(
+            fmt::format("{} redirects to '{}': not following https to http (the download would go "
+                        "unencrypted and unauthenticated)",
+                        current_url, *next));
+        co_return;
+      }
       if (++redirects > options.max_redirects) {
         state.fail(
             fmt::format("more than {} redirects (the last to {})", options.max_redirects, *next));

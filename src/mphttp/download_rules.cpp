@@ -82,8 +82,9 @@ start_point decide_start(std::optional<std::uint64_t> file_size,
       // Issue 18: nothing would tell us whether the object changed since: its new bytes
       // could be spliced onto the old ones. Only a strong validator (If-Range) proves it.
       start.truncate = true;
-      start.note = "the server gave no strong validator (ETag or Last-Modified) for it: "
-                   "nothing proves the bytes on disk are of the same version: starting over";
+      start.note =
+          "the server gave no strong validator (ETag or Last-Modified) for it: "
+          "nothing proves the bytes on disk are of the same version: starting over";
       return start;
     }
     start.offset = *file_size;

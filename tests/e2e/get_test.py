@@ -38,7 +38,8 @@ BIG_SIZE = 100_000_000
 TWO_PATHS = ["--path", "wlan0:wifi", "--path", "rmnet0:cellular", "--dns", ANYCAST_DNS]
 MIN_AGGREGATION = 0.90
 # A redirect on both CDNs, for the client to follow.
-REDIRECT = "        location = /moved { return 302 /10MB; }\n"
+REDIRECT = ("        location = /moved { return 302 /10MB; }\n"
+            "        location = /downgrade { return 302 http://cdn.fleety.test/10MB; }\n")
 
 
 def file_sha256(path: Path) -> str:
@@ -225,6 +226,13 @@ class FleetyGet(LabTestCase):
         self.assertEqual(cp.returncode, 0, cp.stderr[-2000:])
         self.assertEqual(s["url"], "https://cdn.fleety.test/10MB")
         self.assertEqual(file_sha256(self.dir / "moved"), object_sha256("10MB"))
+
+    def test_a_redirect_from_https_to_http_is_not_followed(self):
+        cp, s, _ = self.get("https://cdn.fleety.test/downgrade", "--cacert", self.ca, "-o",
+                            "downgraded", timeout=60)
+        self.assertEqual(cp.returncode, 1, cp.stderr[-2000:])
+        self.assertIn("not following https to http", cp.stderr)
+        self.assertFalse((self.dir / "downgraded").exists(), "something was written")
 
     def test_one_path_alone(self):
         cp, s, _ = self.get("http://cdn.fleety.test/10MB", paths=["--path", "wlan0",

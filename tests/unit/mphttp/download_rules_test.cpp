@@ -85,8 +85,8 @@ TEST(DecideStart, RecordOfTheSameUrlResumes) {
 TEST(DecideStart, WithoutAValidatorTheFileStartsOver) {
   // The node gave no strong validator: If-Range can't confirm the version, so the bytes
   // on disk could be spliced with a changed object's.
-  auto s = decide_start(4000, resume_record{std::string(url), "", 10000}, url,
-                        existing_file::refuse);
+  auto s =
+      decide_start(4000, resume_record{std::string(url), "", 10000}, url, existing_file::refuse);
   EXPECT_EQ(s.offset, 0u);
   EXPECT_TRUE(s.truncate);
   EXPECT_TRUE(s.error.empty());
