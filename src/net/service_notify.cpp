@@ -58,6 +58,7 @@ std::optional<std::chrono::microseconds> service_notifier::keepalive_interval() 
 bool service_notifier::send(std::string_view message) const {
   if (!supervised()) return false;
   sockaddr_un address{};
+  if (settings_.socket_path.size() >= sizeof(address.sun_path)) return false;
   address.sun_family = AF_UNIX;
   const std::string& path = settings_.socket_path;
   std::memcpy(address.sun_path, path.data(), path.size());

@@ -54,6 +54,8 @@ TEST(NotifySettings, MalformedValuesCountAsAbsent) {
   EXPECT_FALSE(from({{"NOTIFY_SOCKET", "/n"}, {"WATCHDOG_USEC", "12x"}}).watchdog);
   EXPECT_FALSE(from({{"NOTIFY_SOCKET", "/n"}, {"WATCHDOG_USEC", "0"}}).watchdog);
   EXPECT_FALSE(from({{"NOTIFY_SOCKET", "/n"}, {"WATCHDOG_USEC", "-5"}}).watchdog);
+  // A path too long for a socket address is never copied into one.
+  EXPECT_FALSE(service_notifier(notify_settings{"/" + std::string(200, 'x'), {}}).send("X=1"));
 }
 
 TEST(ServiceNotifier, MessagesArriveAsDatagramsOnTheSocket) {
