@@ -50,6 +50,7 @@ struct fetch_run {
   std::vector<char> sink;
   std::vector<path_phase> phases;
   std::vector<std::uint64_t> bytes;
+  std::vector<std::uint64_t> stolen;  ///< per path: tails it took over from another
   std::uint64_t mismatches = 0;
 };
 
@@ -111,6 +112,7 @@ fetch_run run_fetch(fake_origin& origin, std::size_t size, bool whole_first = fa
     for (std::size_t i = 0; i < state.path_count(); ++i) {
       run.phases.push_back(state.path(i).phase);
       run.bytes.push_back(state.path(i).bytes);
+      run.stolen.push_back(state.path(i).stolen);
     }
     run.mismatches = state.mismatches();
   };
@@ -135,9 +137,12 @@ TEST(MultipathFetch, TwoPathsKeepAliveAndPipelined) {
   ASSERT_EQ(run.delivered, true);
   EXPECT_TRUE(run.sink == object);
   EXPECT_GT(run.bytes[1], 0u);
-  // Every range of a path on its one keep-alive connection.
-  EXPECT_EQ(wifi.log.connections, 1);
-  EXPECT_EQ(cell.log.connections, 1);
+  // Every range of a path on its one keep-alive connection. The in-memory origin has no
+  // rate of its own (a loaded machine makes one path's reader fall behind): where the
+  // other path took over a tail, the cut response cost the slow path its connection, and
+  // that is the only reason for another (none when the slow path had nothing left).
+  EXPECT_LE(wifi.log.connections, 1 + static_cast<int>(run.stolen[1]));
+  EXPECT_LE(cell.log.connections, 1 + static_cast<int>(run.stolen[0]));
   EXPECT_GT(cell.log.requests, 1);
 }
 
