@@ -103,7 +103,8 @@ void add_get_options(CLI::App& get, get_args& args) {
                  "config whose [[path]] and [scheduler] to use (default /etc/fleety/fleety.toml)");
   get.add_option("--mode", args.mode, "cost (Wi-Fi first; default) or aggregate")
       ->check(CLI::IsMember({"cost", "aggregate"}));
-  get.add_option("--cacert", args.ca_file, "trust these CA certificates (PEM) too, for https");
+  get.add_option("--cacert", args.ca_file,
+                 "trust only these CA certificates (PEM), not the system's, for https");
   get.add_option("--sha256", args.sha256, "the file's expected sha256: exit 3 if it differs");
   get.add_flag("--continue", args.resume_any,
                "resume a file that has no resume record (as curl -C -)");

@@ -670,8 +670,11 @@ download_result download(const download_options& options) {
                           asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
                           asio::ssl::context::no_tlsv1_1);
   error_code tls_ec;
-  tls_context.set_default_verify_paths(tls_ec);
-  if (!options.ca_file.empty()) {
+  // --cacert replaces the system's trust store (as curl's does): a user who names the CA
+  // of a server means that one, not any CA the system trusts.
+  if (options.ca_file.empty()) {
+    tls_context.set_default_verify_paths(tls_ec);
+  } else {
     tls_context.load_verify_file(options.ca_file, tls_ec);
     if (tls_ec) {
       state.fail(fmt::format("--cacert {}: {}", options.ca_file, tls_ec.message()), 2);

@@ -162,6 +162,20 @@ class FleetyGet(LabTestCase):
         print(f"resumed at {kept}: received {received} for the {BIG_SIZE - kept} left")
         self.assertLess(received, (BIG_SIZE - kept) * 1.08 + 200_000)
 
+    def test_cacert_replaces_the_system_trust_store(self):
+        # The "system" store (OpenSSL's SSL_CERT_FILE) trusts the lab's CA: a download
+        # without --cacert works; with --cacert naming another CA the lab's is not trusted.
+        os.environ["SSL_CERT_FILE"] = self.ca
+        try:
+            cp, _, _ = self.get("https://cdn.fleety.test/1MB", "-o", "system", timeout=30)
+            self.assertEqual(cp.returncode, 0, cp.stderr[-2000:])
+            cp, _, _ = self.get("https://cdn.fleety.test/1MB", "--cacert", self.other_ca, "-o",
+                                "replaced", timeout=30)
+        finally:
+            del os.environ["SSL_CERT_FILE"]
+        self.assertNotEqual(cp.returncode, 0, "--cacert added to the trust store")
+        self.assertIn("certificate", cp.stderr)
+
     def test_untrusted_certificate_is_refused_on_every_path(self):
         cp, s, _ = self.get("https://cdn.fleety.test/10MB", "--cacert", self.other_ca, timeout=30)
         self.assertEqual(cp.returncode, 1)
