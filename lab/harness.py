@@ -112,6 +112,16 @@ kind = "cellular"
 dns = ["{ANYCAST_DNS}"]
 """
 
+# fleetyd taking over apps (`fleety run`, [[app]]) on the lab's two paths: its proxy on
+# 3128, the redirected connections on 3129.
+INTERCEPT_CONFIG = f"""
+[proxy]
+listen = "127.0.0.1:3128"
+[intercept]
+enabled = true
+port = 3129
+{LAB_PATHS_TOML}"""
+
 
 def object_sha256(name: str) -> str:
     """sha256 of a lab object as the CDNs serve it."""

@@ -23,21 +23,14 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "lab"))
 
 from fleety_lab import LabError  # noqa: E402
-from harness import (LAB_PATHS_TOML, Fleetyd, LabTestCase, fleety_cli,  # noqa: E402
+from harness import (INTERCEPT_CONFIG, Fleetyd, LabTestCase, fleety_cli,  # noqa: E402
                      measured_download, object_sha256, with_lab_resolv_conf)
 
 PREFIX = "flf"
 HOST = "cdn.fleety.test"
 APP = "failopen"
 WORKS_AGAIN_WITHIN_S = 2.0
-CONFIG = f"""
-[proxy]
-listen = "127.0.0.1:3128"
-[intercept]
-enabled = true
-port = 3129
-{LAB_PATHS_TOML}
-"""
+CONFIG = INTERCEPT_CONFIG
 
 
 class FailOpen(LabTestCase):
