@@ -403,6 +403,20 @@ std::optional<std::string> read_string_list(const context& ctx, const toml::tabl
   return add(*node);
 }
 
+/// A DNS time to live ("60s", "1h"): from 1 s to 24 h.
+std::optional<std::string> read_ttl(const context& ctx, const toml::table& table,
+                                    std::string_view key, std::string_view section,
+                                    std::chrono::seconds& out) {
+  return read_unit<std::chrono::microseconds>(
+      ctx, table, key, section, parse_duration,
+      [&](std::chrono::microseconds v, const toml::node& node) -> std::optional<std::string> {
+        if (v < std::chrono::seconds(1) || v > std::chrono::hours(24))
+          return fmt::format("{}{}.{} must be from 1s to 24h", ctx.where(node), section, key);
+        out = std::chrono::duration_cast<std::chrono::seconds>(v);
+        return std::nullopt;
+      });
+}
+
 std::optional<std::string> check_regex(const context& ctx, const toml::node& node,
                                        std::string_view what, const std::string& pattern) {
   re2::RE2::Options options;
@@ -654,15 +668,7 @@ std::optional<std::string> read_http_dns(const context& ctx, const toml::table& 
             read_string_list(ctx, table, "name_parameters", "http_dns", endpoint.name_parameters))
       return e;
   }
-  if (auto e = read_unit<std::chrono::microseconds>(
-          ctx, table, "default_ttl", "http_dns", parse_duration,
-          [&](std::chrono::microseconds v, const toml::node& node) -> std::optional<std::string> {
-            if (v < std::chrono::seconds(1) || v > std::chrono::hours(24))
-              return fmt::format("{}http_dns.default_ttl must be from 1s to 24h", ctx.where(node));
-            endpoint.default_ttl = std::chrono::duration_cast<std::chrono::seconds>(v);
-            return std::nullopt;
-          }))
-    return e;
+  if (auto e = read_ttl(ctx, table, "default_ttl", "http_dns", endpoint.default_ttl)) return e;
   return read_unit<std::uint64_t>(
       ctx, table, "max_reply_size", "http_dns", parse_size_bytes,
       [&](std::uint64_t v, const toml::node& node) -> std::optional<std::string> {
@@ -750,15 +756,7 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
     if (auto e = read_bool(ctx, *table, "allow_internal_answers", "dns",
                            result.dns.allow_internal_answers))
       return make_error(*e);
-    if (auto e = read_unit<std::chrono::microseconds>(
-            ctx, *table, "max_ttl", "dns", parse_duration,
-            [&](std::chrono::microseconds v, const toml::node& n) -> std::optional<std::string> {
-              if (v < std::chrono::seconds(1) || v > std::chrono::hours(24))
-                return fmt::format("{}dns.max_ttl must be from 1s to 24h", ctx.where(n));
-              result.dns.max_ttl = std::chrono::duration_cast<std::chrono::seconds>(v);
-              return std::nullopt;
-            }))
-      return make_error(*e);
+    if (auto e = read_ttl(ctx, *table, "max_ttl", "dns", result.dns.max_ttl)) return make_error(*e);
   }
   if (const toml::node* node = root.get("classify")) {
     const auto* table = node->as_table();

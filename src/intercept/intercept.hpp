@@ -111,15 +111,16 @@ class nft_session {
 /// Why a connection that reached the intercept listener must not be relayed, or empty.
 /// `original`: its destination before the redirect (none: SO_ORIGINAL_DST had none);
 /// `local`: where it reached us; `own_ports`: every port fleetyd listens on;
-/// `original_is_local`: the original address is this host's (net::is_local_address).
+/// `is_local`: whether an address is this host's (net::is_local_address), asked only of
+/// a destination on one of those ports.
 /// Refused: a connection that was not redirected (someone connected to the listener
 /// itself: we are no open relay), and one whose destination is one of fleetyd's own
 /// listeners on this host, any local address (relaying it would come back to fleetyd,
 /// again and again, until the connection cap).
-std::string refusal_of_intercepted(const std::optional<boost::asio::ip::tcp::endpoint>& original,
-                                   const boost::asio::ip::tcp::endpoint& local,
-                                   const std::vector<std::uint16_t>& own_ports,
-                                   bool original_is_local);
+std::string refusal_of_intercepted(
+    const std::optional<boost::asio::ip::tcp::endpoint>& original,
+    const boost::asio::ip::tcp::endpoint& local, const std::vector<std::uint16_t>& own_ports,
+    const std::function<bool(const boost::asio::ip::address&)>& is_local);
 
 /// Every TCP port fleetyd listens on (proxy, intercept, DNS, metrics when on).
 std::vector<std::uint16_t> own_tcp_ports(const core::config& config);

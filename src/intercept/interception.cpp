@@ -27,6 +27,13 @@ std::string ipv6_loopback_problem(asio::io_context& io) {
   return ec ? fmt::format("cannot bind [::1]: {}", ec.message()) : std::string();
 }
 
+/// Removes a table inet fleety that no live fleetyd owns (an older fleetyd's, or one left
+/// on a kernel without table owners): true if there was one. A live fleetyd's own table
+/// refuses this.
+bool remove_unowned_table() {
+  return run_nft(fmt::format("list table inet {}", table_name)) && run_nft(removal_script(false));
+}
+
 }  // namespace
 
 interception::interception(const core::config& config)
@@ -102,9 +109,9 @@ core::expected<std::unique_ptr<interception>> interception::start(asio::io_conte
     self->dns_sockets_.push_back(std::move(dns_udp));
   }
   // A table an older fleetyd left (not owned by any socket) can't be taken over by an
-  // owner's transaction: removed first. A live fleetyd's own table refuses this, and the
-  // load below says so.
-  (void)run_nft(removal_script(false));
+  // owner's transaction: removed first. A live fleetyd's own table stays, and the load
+  // below says so.
+  (void)remove_unowned_table();
   if (auto applied = self->apply(); !applied) return core::make_error(applied.error());
   spdlog::info(
       "intercept: table inet {} loaded{}; apps in cgroup {}/{} and {} configured app(s) "
@@ -117,11 +124,8 @@ core::expected<std::unique_ptr<interception>> interception::start(asio::io_conte
 void interception::remove_stale() {
   // Without root there is no table of ours to find (and nft would only complain).
   if (::geteuid() != 0) return;
-  if (run_nft(fmt::format("list table inet {}", table_name))) {
-    if (auto removed = run_nft(removal_script()); removed) {
-      spdlog::warn("intercept: removed a stale table inet {} (interception is off)", table_name);
-    }
-  }
+  if (remove_unowned_table())
+    spdlog::warn("intercept: removed a stale table inet {} (interception is off)", table_name);
 }
 
 void interception::serve(net::task_group& tasks, dns::duplicator& duplicator,

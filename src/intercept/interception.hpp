@@ -56,10 +56,6 @@ class interception {
   /// app is enabled.
   core::expected<bool> starting(const std::string& name);
 
-  /// Whether the table is tied to this process (nft `flags owner`), so that the apps go
-  /// direct the moment it dies.
-  bool fails_open() const { return owned_; }
-
   /// Removes the table.
   ~interception();
   interception(const interception&) = delete;

@@ -188,12 +188,8 @@ awaitable<void> serve_intercepted(tcp::socket app, mphttp::proxy_context& contex
   const auto destination = original_destination(app);
   boost::system::error_code local_ec;
   const auto local = app.local_endpoint(local_ec);
-  const auto own_ports = own_tcp_ports(context.config);
-  const bool to_own_port = destination && std::find(own_ports.begin(), own_ports.end(),
-                                                    destination->port()) != own_ports.end();
-  if (const auto why =
-          refusal_of_intercepted(destination, local, own_ports,
-                                 to_own_port && net::is_local_address(destination->address()));
+  if (const auto why = refusal_of_intercepted(destination, local, own_tcp_ports(context.config),
+                                              net::is_local_address);
       local_ec || !why.empty()) {
     spdlog::warn("[{}] intercepted connection refused: {}", id,
                  local_ec ? local_ec.message() : why);

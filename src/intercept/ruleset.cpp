@@ -142,14 +142,14 @@ core::expected<std::string> cgroup2_mount() {
       "`ip netns exec`");
 }
 
-std::string refusal_of_intercepted(const std::optional<boost::asio::ip::tcp::endpoint>& original,
-                                   const boost::asio::ip::tcp::endpoint& local,
-                                   const std::vector<std::uint16_t>& own_ports,
-                                   bool original_is_local) {
+std::string refusal_of_intercepted(
+    const std::optional<boost::asio::ip::tcp::endpoint>& original,
+    const boost::asio::ip::tcp::endpoint& local, const std::vector<std::uint16_t>& own_ports,
+    const std::function<bool(const boost::asio::ip::address&)>& is_local) {
   if (!original || original->address().is_loopback() || *original == local)
     return "no redirected destination (a connection to the intercept port itself)";
-  if (original_is_local &&
-      std::find(own_ports.begin(), own_ports.end(), original->port()) != own_ports.end())
+  if (std::find(own_ports.begin(), own_ports.end(), original->port()) != own_ports.end() &&
+      is_local(original->address()))
     return "its destination is fleetyd's own listener on this host (it would loop)";
   return {};
 }

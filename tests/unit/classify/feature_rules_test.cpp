@@ -130,12 +130,8 @@ headers = { "User-Agent" = "^(x+x+)+y" }
 )");
   const std::string path = "/" + std::string(100'000, 'a') + "!";
   const std::string agent(100'000, 'x');
-  request_view request;
-  request.host = "h.test";
-  request.target = path;
-  request.fields = {{"User-Agent", agent}};
   const auto started = std::chrono::steady_clock::now();
-  EXPECT_FALSE(decide_feature(rules, request).multipath);
+  EXPECT_FALSE(decide_feature(rules, {"h.test", path, {{"User-Agent", agent}}}).multipath);
   EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(1));
 }
 
@@ -147,14 +143,10 @@ multipath_by_default = false
 name = "far"
 path_regex = "needle"
 )");
-  std::string path = "/" + std::string(max_match_input, 'a') + "needle";
-  request_view request;
-  request.host = "h.test";
-  request.target = path;
-  EXPECT_FALSE(decide_feature(rules, request).multipath);
-  path = "/" + std::string(max_match_input - 10, 'a') + "needle";
-  request.target = path;
-  EXPECT_TRUE(decide_feature(rules, request).multipath);
+  const std::string beyond = "/" + std::string(max_match_input, 'a') + "needle";
+  EXPECT_FALSE(decide_feature(rules, {"h.test", beyond, {}}).multipath);
+  const std::string within = "/" + std::string(max_match_input - 10, 'a') + "needle";
+  EXPECT_TRUE(decide_feature(rules, {"h.test", within, {}}).multipath);
 }
 
 TEST(FeatureConfig, BackreferencesAndLookaroundAreRefusedWithRe2sReason) {

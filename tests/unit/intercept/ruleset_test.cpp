@@ -136,19 +136,28 @@ namespace {
 
 using boost::asio::ip::make_address;
 using endpoint = boost::asio::ip::tcp::endpoint;
+/// net::is_local_address as the host would answer it: every address ours, or none.
+bool local_host(const boost::asio::ip::address&) {
+  return true;
+}
+bool elsewhere(const boost::asio::ip::address&) {
+  return false;
+}
 
 TEST(RefusalOfIntercepted, RedirectedConnectionsToOtherHostsOrPortsAreRelayed) {
   const std::vector<std::uint16_t> own{3128, 3129, 3053, 9464};
   const endpoint listener(make_address("::1"), 3129);
   EXPECT_EQ(
-      refusal_of_intercepted(endpoint(make_address("2001:db8::7"), 443), listener, own, false), "");
+      refusal_of_intercepted(endpoint(make_address("2001:db8::7"), 443), listener, own, elsewhere),
+      "");
   // This host, another port (a local service the app uses): relayed, our socket is
   // marked and not redirected again.
-  EXPECT_EQ(
-      refusal_of_intercepted(endpoint(make_address("2001:db8::1"), 8080), listener, own, true), "");
+  EXPECT_EQ(refusal_of_intercepted(endpoint(make_address("2001:db8::1"), 8080), listener, own,
+                                   local_host),
+            "");
   // The same port number on another host is no loop.
   EXPECT_EQ(refusal_of_intercepted(endpoint(make_address("198.51.100.9"), 3128),
-                                   endpoint(make_address("127.0.0.1"), 3129), own, false),
+                                   endpoint(make_address("127.0.0.1"), 3129), own, elsewhere),
             "");
 }
 
@@ -157,23 +166,23 @@ TEST(RefusalOfIntercepted, ConnectionsThatWouldLoopOrWereNotRedirectedAreRefused
   // A local user connected to the [::] listener on one of the host's addresses: the
   // "original" destination is where it reached us.
   const endpoint direct(make_address("2001:db8::1"), 3129);
-  EXPECT_NE(refusal_of_intercepted(direct, direct, own, true), "");
+  EXPECT_NE(refusal_of_intercepted(direct, direct, own, local_host), "");
   // An enrolled app connecting to fleetyd's own ports on a local address (any of them,
   // link-local too): relaying it would come straight back.
   const endpoint loopback_listener(make_address("::1"), 3129);
   for (const auto port : own) {
     EXPECT_NE(refusal_of_intercepted(endpoint(make_address("2001:db8::1"), port), loopback_listener,
-                                     own, true),
+                                     own, local_host),
               "")
         << port;
   }
   EXPECT_NE(refusal_of_intercepted(endpoint(make_address("fe80::1%1"), 3128), loopback_listener,
-                                   own, true),
+                                   own, local_host),
             "");
   // No destination, or a loopback one (the listener itself).
-  EXPECT_NE(refusal_of_intercepted(std::nullopt, loopback_listener, own, false), "");
+  EXPECT_NE(refusal_of_intercepted(std::nullopt, loopback_listener, own, elsewhere), "");
   EXPECT_NE(refusal_of_intercepted(endpoint(make_address("127.0.0.1"), 80),
-                                   endpoint(make_address("127.0.0.1"), 3129), own, true),
+                                   endpoint(make_address("127.0.0.1"), 3129), own, local_host),
             "");
 }
 
