@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -67,7 +68,8 @@ class Limits(LabTestCase):
 
     def cpu_seconds(self, pid: int) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / 100.0  # utime + stime, in clock ticks
+        utime, stime = int(fields[11]), int(fields[12])  # in clock ticks
+        return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
     def flood(self, daemon: Fleetyd, count: int, hold_s: float = 3.0) -> dict:
         """`count` connections held for hold_s; fleetyd's CPU use meanwhile."""
