@@ -21,6 +21,7 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <variant>
@@ -126,7 +127,9 @@ class sha256_hasher {
 };
 
 /// The file the object goes into, in order (the bytes on disk are always a prefix of it),
-/// and the record that lets the next run resume it.
+/// and the record that lets the next run resume it. Until the object is complete its
+/// bytes are in FILE.part (issue 18): FILE appears only whole and synced, and a FILE that
+/// was there (--force) stays until then.
 class output_file {
  public:
   output_file(std::string path) : path_(std::move(path)) {}
@@ -139,13 +142,18 @@ class output_file {
   bool to_stdout() const { return path_ == "-"; }
   const std::string& path() const { return path_; }
   std::string record_path() const { return path_ + ".fleety"; }
+  std::string part_path() const { return path_ + ".part"; }
   std::uint64_t size() const { return size_; }
 
-  /// The file's size now, nullopt when it isn't there.
-  std::optional<std::uint64_t> existing_size() const {
-    struct stat st {};
-    if (to_stdout() || ::stat(path_.c_str(), &st) != 0) return std::nullopt;
-    return static_cast<std::uint64_t>(st.st_size);
+  /// The size of what a run left: FILE.part if there is one, else FILE (a complete
+  /// download, the user's own file, or one to resume with --continue); nullopt when
+  /// neither is there.
+  std::optional<std::uint64_t> existing_size() {
+    if (to_stdout()) return std::nullopt;
+    if (auto part = size_of(part_path())) return part;
+    auto whole = size_of(path_);
+    resumes_whole_file_ = whole.has_value();
+    return whole;
   }
   std::optional<resume_record> existing_record() const {
     if (to_stdout()) return std::nullopt;
@@ -156,14 +164,18 @@ class output_file {
     return parse_resume_record(text.str());
   }
 
-  /// Opens the file keeping its first `keep` bytes (hashed into `hash`), nothing after.
+  /// Opens FILE.part keeping its first `keep` bytes (hashed into `hash`), nothing after.
+  /// Bytes kept from FILE itself (--continue) move to FILE.part first.
   checked open(std::uint64_t keep, sha256_hasher& hash) {
     if (to_stdout()) {
       fd_ = STDOUT_FILENO;
       return std::monostate{};
     }
-    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd_ < 0) return core::make_error(fmt::format("{}: {}", path_, std::strerror(errno)));
+    if (keep > 0 && resumes_whole_file_ && ::rename(path_.c_str(), part_path().c_str()) != 0)
+      return core::make_error(fmt::format("{}: {}", path_, std::strerror(errno)));
+    const std::string part = part_path();
+    fd_ = ::open(part.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) return core::make_error(fmt::format("{}: {}", part, std::strerror(errno)));
     // Before anything is cut: a second run on the same file would interleave its bytes.
     if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
       return core::make_error(
@@ -172,7 +184,7 @@ class output_file {
               : fmt::format("{}: cannot lock it: {}", path_, std::strerror(errno)));
     }
     if (::ftruncate(fd_, static_cast<off_t>(keep)) != 0)
-      return core::make_error(fmt::format("{}: {}", path_, std::strerror(errno)));
+      return core::make_error(fmt::format("{}: {}", part, std::strerror(errno)));
     std::vector<char> chunk(1 << 20);
     std::uint64_t hashed = 0;
     while (hashed < keep) {
@@ -180,13 +192,13 @@ class output_file {
           static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), keep - hashed));
       const ssize_t got = ::pread(fd_, chunk.data(), want, static_cast<off_t>(hashed));
       if (got <= 0)
-        return core::make_error(fmt::format("{}: reading it back: {}", path_,
+        return core::make_error(fmt::format("{}: reading it back: {}", part,
                                             got == 0 ? "short file" : std::strerror(errno)));
       hash.update(chunk.data(), static_cast<std::size_t>(got));
       hashed += static_cast<std::uint64_t>(got);
     }
     if (::lseek(fd_, static_cast<off_t>(keep), SEEK_SET) < 0)
-      return core::make_error(fmt::format("{}: {}", path_, std::strerror(errno)));
+      return core::make_error(fmt::format("{}: {}", part, std::strerror(errno)));
     size_ = keep;
     return std::monostate{};
   }
@@ -226,15 +238,42 @@ class output_file {
     return {};
   }
 
-  /// Makes what was written durable before the record goes.
+  /// Makes what was written durable (an interrupted run keeps it for the next).
   void sync() {
     if (!to_stdout() && fd_ >= 0) ::fsync(fd_);
   }
 
+  /// The object is whole: FILE.part, synced, becomes FILE (replacing what was there), the
+  /// rename made durable too, then the record goes.
+  checked complete() {
+    if (to_stdout()) return std::monostate{};
+    if (::fsync(fd_) != 0)
+      return core::make_error(fmt::format("{}: {}", part_path(), std::strerror(errno)));
+    if (::rename(part_path().c_str(), path_.c_str()) != 0) {
+      return core::make_error(
+          fmt::format("{}: cannot rename it to {}: {}", part_path(), path_, std::strerror(errno)));
+    }
+    auto directory = std::filesystem::path(path_).parent_path();
+    if (directory.empty()) directory = ".";
+    if (const int dir = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dir >= 0) {
+      ::fsync(dir);
+      ::close(dir);
+    }
+    remove_record();
+    return std::monostate{};
+  }
+
  private:
+  static std::optional<std::uint64_t> size_of(const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+    return static_cast<std::uint64_t>(st.st_size);
+  }
+
   std::string path_;
   int fd_ = -1;
   std::uint64_t size_ = 0;
+  bool resumes_whole_file_ = false;  ///< existing_size() found FILE, not FILE.part
 };
 
 /// What outlives the download's coroutines: a signal or the time limit stops the event
@@ -622,8 +661,10 @@ awaitable<void> async_download(download_state& state, tls_connector& tls_connect
                                                            : "the file is incomplete"));
     co_return;
   }
-  file.sync();
-  file.remove_record();
+  if (auto completed = file.complete(); !completed) {
+    state.fail(completed.error());
+    co_return;
+  }
   result.sha256 = hash.hex();
   result.ok = true;
   result.exit_code = 0;

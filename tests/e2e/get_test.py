@@ -146,7 +146,9 @@ class FleetyGet(LabTestCase):
         cp, s, _ = self.get(url, interrupt_after=4.0)
         self.assertEqual(cp.returncode, 130, cp.stderr[-2000:])
         self.assertIn("run the same command again to resume", cp.stderr)
-        kept = (self.dir / BIG).stat().st_size
+        # The bytes so far are in FILE.part: FILE appears only whole.
+        self.assertFalse((self.dir / BIG).exists(), "an incomplete file has the object's name")
+        kept = (self.dir / f"{BIG}.part").stat().st_size
         self.assertGreater(kept, 1_000_000)
         self.assertLess(kept, BIG_SIZE)
         self.assertTrue((self.dir / f"{BIG}.fleety").exists())
@@ -157,10 +159,38 @@ class FleetyGet(LabTestCase):
         self.assertEqual(s["fetched"], BIG_SIZE - kept)
         self.assertEqual(file_sha256(self.dir / BIG), object_sha256(BIG))
         self.assertFalse((self.dir / f"{BIG}.fleety").exists(), "the record outlived the download")
+        self.assertFalse((self.dir / f"{BIG}.part").exists(), "the partial file outlived the download")
         # Only the rest came over the network (plus overlaps, headers, acks' worth).
         received = s["_rx"]["wlan0"] + s["_rx"]["rmnet0"]
         print(f"resumed at {kept}: received {received} for the {BIG_SIZE - kept} left")
         self.assertLess(received, (BIG_SIZE - kept) * 1.08 + 200_000)
+
+    def test_force_keeps_the_old_file_until_the_new_one_is_whole(self):
+        url = f"http://cdn.fleety.test/{BIG}"
+        mine = self.dir / BIG
+        mine.write_bytes(b"the user's old version")
+        cp, _, _ = self.get(url, "--force", interrupt_after=3.0)
+        self.assertEqual(cp.returncode, 130, cp.stderr[-2000:])
+        self.assertEqual(mine.read_bytes(), b"the user's old version")
+        self.assertGreater((self.dir / f"{BIG}.part").stat().st_size, 0)
+        cp, s, _ = self.get(url)  # resumes the partial download: its record says so
+        self.assertEqual(cp.returncode, 0, cp.stderr[-2000:])
+        self.assertGreater(s["resumed_from"], 0)
+        self.assertEqual(file_sha256(mine), object_sha256(BIG))
+        self.assertFalse((self.dir / f"{BIG}.part").exists())
+
+    def test_continue_resumes_a_whole_file_in_place(self):
+        # curl -C - style: FILE holds the first MB of the object, no record.
+        cp, _, _ = self.get("http://cdn.fleety.test/10MB", "-o", "whole", timeout=60)
+        self.assertEqual(cp.returncode, 0, cp.stderr[-2000:])
+        whole = self.dir / "whole"
+        with open(whole, "r+b") as f:
+            f.truncate(1_000_000)
+        cp, s, _ = self.get("http://cdn.fleety.test/10MB", "-o", "whole", "--continue", timeout=60)
+        self.assertEqual(cp.returncode, 0, cp.stderr[-2000:])
+        self.assertEqual(s["resumed_from"], 1_000_000)
+        self.assertEqual(file_sha256(whole), object_sha256("10MB"))
+        self.assertFalse((self.dir / "whole.part").exists())
 
     def test_cacert_replaces_the_system_trust_store(self):
         # The "system" store (OpenSSL's SSL_CERT_FILE) trusts the lab's CA: a download
