@@ -46,7 +46,7 @@ using namespace fleety;
 /// How long shutdown waits for the tasks after cancelling them (twice at most).
 constexpr auto shutdown_grace = std::chrono::seconds(2);
 
-/// One runtime per [[path]], its RTT seeded from the history (path::known_rtt). Empty when
+/// One runtime per [[path]], its RTT and rate seeded from the history. Empty when
 /// none of the interfaces exists or they may not be bound to (said on stderr).
 std::vector<mphttp::path_runtime> make_paths(asio::io_context& io, const core::config& config,
                                              const path::history* history) {
@@ -59,8 +59,9 @@ std::vector<mphttp::path_runtime> make_paths(asio::io_context& io, const core::c
     if (!net::interface_exists(p.interface))
       spdlog::warn("path {}: interface {} does not exist (yet): the path is skipped until it does",
                    p.name, p.interface);
-    paths.push_back(
-        mphttp::make_path_runtime(io.get_executor(), p, config, path::known_rtt(history, p.name)));
+    paths.push_back(mphttp::make_path_runtime(
+        io.get_executor(), p, config,
+        {path::known_rtt(history, p.name), path::known_rate_bps(history, p.name)}));
   }
   // Every upstream socket is bound to its path's interface: say it now, once, if we may not.
   const auto why = !any ? fmt::format(
@@ -134,6 +135,23 @@ int run(const core::config& config, const std::string& config_path) {
                                                     double multi_bps) {
       (void)store->record_transition(path::wall_clock::now(), host, single_bps, multi_bps);
     };
+    // A download's end: what it taught of the host and of each path's rate.
+    context.on_download = [store = history.get(), &paths](const std::string& host,
+                                                          std::uint64_t size) {
+      const auto now = path::wall_clock::now();
+      (void)store->record_download(host, now, size);
+      for (const auto& p : paths) {
+        if (p.estimator.samples() > 0)
+          (void)store->record_path_rate(p.config.name, now, p.estimator.rate_bytes_per_s() * 8);
+      }
+    };
+    // What the hosts downloaded lately before a restart: their next GETs are predicted.
+    const auto now = path::wall_clock::now();
+    if (auto known =
+            history->downloads_since(now - mphttp::proxy_context::download_prediction_lifetime,
+                                     mphttp::proxy_context::max_cooling_hosts)) {
+      for (const auto& d : *known) mphttp::remember_download(context, d.host, d.bytes, now - d.at);
+    }
     // Per request: kept in memory and written once a second (a write per request cost
     // small requests 40% of their rate).
     context.on_app_bytes = [&supervisor](const std::string& app, const mphttp::path_runtime& path,

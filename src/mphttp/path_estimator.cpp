@@ -8,9 +8,11 @@ constexpr double rate_gain = 0.5;
 constexpr double rtt_gain = 0.25;
 }  // namespace
 
-path_estimator::path_estimator(std::uint64_t prior_rate_bps, std::chrono::microseconds prior_rtt)
+path_estimator::path_estimator(std::uint64_t prior_rate_bps, std::chrono::microseconds prior_rtt,
+                               bool rate_measured)
     : rate_bytes_per_s_(static_cast<double>(prior_rate_bps) / 8.0),
-      rtt_s_(static_cast<double>(prior_rtt.count()) / 1e6) {}
+      rtt_s_(static_cast<double>(prior_rtt.count()) / 1e6),
+      prior_measured_(rate_measured) {}
 
 void path_estimator::on_rate(double bytes_per_s) {
   if (bytes_per_s <= 0) return;

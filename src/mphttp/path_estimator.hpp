@@ -12,8 +12,10 @@ namespace fleety::mphttp {
 
 class path_estimator {
  public:
-  /// `prior_rate_bps` and `prior_rtt` are used until samples arrive.
-  path_estimator(std::uint64_t prior_rate_bps, std::chrono::microseconds prior_rtt);
+  /// `prior_rate_bps` and `prior_rtt` are used until samples arrive. `rate_measured`: the
+  /// prior rate is one measured before (the config's, the history's), not a default.
+  path_estimator(std::uint64_t prior_rate_bps, std::chrono::microseconds prior_rtt,
+                 bool rate_measured = false);
 
   /// A goodput measured over a busy stretch of the path (windowed_rate). The first
   /// sample replaces the prior; later ones are averaged in.
@@ -25,12 +27,15 @@ class path_estimator {
   double rate_bytes_per_s() const { return rate_bytes_per_s_; }
   double rtt_s() const { return rtt_s_; }
   std::uint64_t samples() const { return samples_; }
+  /// The rate is a measured one: a sample, or a measured prior.
+  bool rate_known() const { return prior_measured_ || samples_ > 0; }
 
  private:
   double rate_bytes_per_s_;  ///< EWMA of goodput, bytes/s
   double rtt_s_;             ///< EWMA of RTT, seconds
   std::uint64_t samples_ = 0;
   std::uint64_t rtt_samples_ = 0;
+  bool prior_measured_;
 };
 
 /// Goodput of a path right now: bytes over the last `window_s` of a busy streak (the path

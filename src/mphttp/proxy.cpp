@@ -197,7 +197,8 @@ void start_cooldown(proxy_context& proxy, const std::string& host, clock_type::t
 std::optional<std::uint64_t> downloaded_lately(const proxy_context& proxy, const std::string& host,
                                                clock_type::time_point now) {
   const auto it = proxy.recent_downloads.find(host);
-  if (it == proxy.recent_downloads.end() || now - it->second.when >= std::chrono::hours(1))
+  if (it == proxy.recent_downloads.end() ||
+      now - it->second.when >= proxy_context::download_prediction_lifetime)
     return std::nullopt;
   return it->second.size;
 }
@@ -206,8 +207,9 @@ void note_download(proxy_context& proxy, const std::string& host, std::uint64_t 
                    clock_type::time_point now) {
   auto& hosts = proxy.recent_downloads;
   if (hosts.size() >= proxy_context::max_cooling_hosts && !hosts.contains(host)) {
-    std::erase_if(hosts,
-                  [now](const auto& e) { return now - e.second.when >= std::chrono::hours(1); });
+    std::erase_if(hosts, [now](const auto& e) {
+      return now - e.second.when >= proxy_context::download_prediction_lifetime;
+    });
     if (hosts.size() >= proxy_context::max_cooling_hosts) {
       hosts.erase(std::min_element(hosts.begin(), hosts.end(), [](const auto& a, const auto& b) {
         return a.second.when < b.second.when;
@@ -215,6 +217,12 @@ void note_download(proxy_context& proxy, const std::string& host, std::uint64_t 
     }
   }
   hosts[host] = {now, size};
+}
+
+/// note_download, and the history's record of it.
+void record_download(proxy_context& proxy, const std::string& host, std::uint64_t size) {
+  note_download(proxy, host, size, clock_type::now());
+  if (proxy.on_download) proxy.on_download(host, size);
 }
 
 /// Everything a request handler needs from the session.
@@ -366,8 +374,13 @@ early_connections start_early(const request_context& ctx, const std::vector<path
   // and the first path asks only for its own (the head). A wrong guess costs one range
   // request (a 416 past the end), or leaves a rest the fetch plans as usual.
   std::vector<byte_range> ahead;
-  if (connect_early && plan.expected_bytes && *plan.expected_bytes <= max_asked_ahead_bytes &&
-      *plan.expected_bytes <= ctx.proxy.config.scheduler.memory_per_session_bytes &&
+  const bool rates_known = std::all_of(asking.begin(), asking.end(), [](const path_runtime* p) {
+    return p->estimator.rate_known();
+  });
+  const std::uint64_t most_asked_ahead =
+      std::min(rates_known ? std::numeric_limits<std::uint64_t>::max() : max_asked_ahead_bytes,
+               ctx.proxy.config.scheduler.memory_per_session_bytes);
+  if (connect_early && plan.expected_bytes && *plan.expected_bytes <= most_asked_ahead &&
       !plan.head_basis->app_range && asking.size() > 1) {
     std::vector<path_estimate> estimates;
     for (std::size_t i = 0; i < asking.size(); ++i) {
@@ -653,7 +666,7 @@ awaitable<bool> async_relay_one_path(const request_context& ctx, path_runtime& f
       first_path.estimator.on_rate(static_cast<double>(relayed) / body_s);
   }
   if (!ec && verdict == split_verdict::too_small && relayed >= predicted_download_bytes)
-    note_download(ctx.proxy, ctx.target.host, relayed, clock_type::now());
+    record_download(ctx.proxy, ctx.target.host, relayed);
   spdlog::info("[{}] {} {} → {} one path ({}): {} on {} in {:.2f} s", ctx.session_id,
                std::string(http::to_string(ctx.request.method())), url, response.result_int(),
                to_string(verdict), core::format_size(relayed), first_path.config.name, seconds);
@@ -779,7 +792,7 @@ awaitable<bool> async_fetch_multipath(const request_context& ctx, fetch_state& s
                response.result_int(), core::format_size(length), seconds,
                core::format_rate(multi_bps), per_path);
   if (ctx.proxy.on_transition) ctx.proxy.on_transition(ctx.target.host, single_bps, multi_bps);
-  note_download(ctx.proxy, ctx.target.host, length, clock_type::now());
+  record_download(ctx.proxy, ctx.target.host, length);
   co_return out.keep_alive();
 }
 
@@ -1007,6 +1020,13 @@ awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buf
 }
 
 }  // namespace
+
+void remember_download(proxy_context& context, const std::string& host, std::uint64_t size,
+                       std::chrono::steady_clock::duration age) {
+  if (age < std::chrono::steady_clock::duration::zero()) age = {};  // a clock set back
+  if (age >= proxy_context::download_prediction_lifetime) return;
+  note_download(context, host, size, clock_type::now() - age);
+}
 
 warm_connections warm_connections_of(const proxy_context& context) {
   if (!context.pool) return {};

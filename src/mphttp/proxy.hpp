@@ -65,13 +65,19 @@ struct download_snapshot {
   std::vector<path_share> paths;
 };
 
+/// What the daemon's history remembers of a path (zero: nothing).
+struct known_path_estimate {
+  std::chrono::microseconds rtt{0};
+  std::uint64_t rate_bps = 0;
+};
+
 /// A path as the config names it: its resolver (queries through its interface), and
-/// its estimator primed with the config's rate and RTT, else `known_rtt` (what the
-/// daemon's history remembers; zero: nothing), else the scheduler's defaults. Throws
-/// std::runtime_error when the resolver cannot be set up (a server that doesn't parse).
+/// its estimator primed with the config's rate and RTT, else what the history knows,
+/// else the scheduler's defaults. Throws std::runtime_error when the resolver cannot be
+/// set up (a server that doesn't parse).
 path_runtime make_path_runtime(const boost::asio::any_io_executor& executor,
                                const core::path_config& path, const core::config& config,
-                               std::chrono::microseconds known_rtt = {});
+                               known_path_estimate known = {});
 
 /// `[dns]`: what fleetyd accepts from resolvers and HTTP-DNS replies.
 inline dns::answer_rules answer_rules_of(const core::config& config) {
@@ -102,6 +108,8 @@ struct proxy_context {
     std::uint64_t size = 0;
   };
   std::map<std::string, recent_download> recent_downloads{};
+  /// How long after a download its host's GETs are predicted to be downloads.
+  static constexpr std::chrono::hours download_prediction_lifetime{1};
   /// Paths a host's node refused (403, 429, 5xx, no ranges): not split onto for a while.
   path_refusals refusals{};
   /// Each path's warm keep-alive connections to each host's node, and the per-host
@@ -137,11 +145,21 @@ struct proxy_context {
   std::function<void(const path_runtime& path, const std::string& host,
                      std::chrono::microseconds ttfb)>
       on_ttfb{};
+  /// `host` served a download of `size` bytes (what recent_downloads keeps): written to the
+  /// history, so that a restarted fleetyd still predicts the host's next GET (issue 17).
+  /// May be empty.
+  std::function<void(const std::string& host, std::uint64_t size)> on_download{};
   /// `bytes` of a response to app `app` (named by the intercept listener; empty for the
   /// explicit proxy's apps) came over `path`: per-app usage, e.g. of cellular.
   std::function<void(const std::string& app, const path_runtime& path, std::uint64_t bytes)>
       on_app_bytes{};
 };
+
+/// What the history knew at start: `host`'s last download had `size` bytes, `age` ago.
+/// Its next GET is predicted as if this fleetyd had seen it (older than the prediction's
+/// hour: ignored).
+void remember_download(proxy_context& context, const std::string& host, std::uint64_t size,
+                       std::chrono::steady_clock::duration age);
 
 /// The warm connections (the pool of idle keep-alive connections), as `fleety status`
 /// shows them.

@@ -71,9 +71,10 @@ inline constexpr std::uint64_t min_rate_sample_bytes = 256 * 1024;
 /// The least a path asks for before the first answer (split without waiting): less is
 /// not worth its request.
 inline constexpr std::uint64_t min_asked_range_bytes = 64 * 1024;
-/// Only downloads expected to be at most this big are split before the first answer: for
-/// bigger ones a round trip matters little, and a guess that is wrong (another object
-/// behind the same host) must not cost a big range on the wrong path.
+/// Only downloads expected to be at most this big are split before the first answer while
+/// a path's rate is a default, not a measured one: a plan from defaults could give a slow
+/// path a big range that the fast one then takes over. With every rate measured (lately,
+/// or from the history after a restart) the bound is the session's memory.
 inline constexpr std::uint64_t max_asked_ahead_bytes = 8 * 1000 * 1000;
 /// An asked range nobody took is read to its end (to keep its connection warm) when its
 /// answer is at most this long; a longer one is cut.

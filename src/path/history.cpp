@@ -15,9 +15,10 @@
 namespace fleety::path {
 namespace {
 
-// Version 1 is the first schema. A future fleety that changes the schema bumps it and
-// migrates older files; this one refuses files with a higher version rather than guess.
-constexpr std::int64_t schema_version = 1;
+// Version 1 is the first schema; version 2 adds the hosts' downloads and the paths' rates
+// (issue 17: what fleetyd learned of hosts and paths is still known after a restart). Opening an
+// older file migrates it; a file with a higher version is refused rather than guessed at.
+constexpr std::int64_t schema_version = 2;
 // "Flty" in the file header: a SQLite file without it was written by another program,
 // and is refused rather than having our tables added to it.
 constexpr std::int64_t application_id = 0x466c7479;
@@ -68,18 +69,32 @@ CREATE TABLE usage (
 );
 )sql";
 
+// What version 2 added to version 1 (also part of a new file's schema).
+constexpr const char* version_2_sql = R"sql(
+CREATE TABLE download (
+  host TEXT PRIMARY KEY,
+  at_us INTEGER NOT NULL,
+  bytes INTEGER NOT NULL
+);
+CREATE INDEX download_by_time ON download (at_us);
+CREATE TABLE path_rate (
+  path TEXT PRIMARY KEY,
+  at_us INTEGER NOT NULL,
+  rate_bps REAL NOT NULL
+);
+)sql";
+
 // Samples, times to first byte and telemetry expire with the retention.
-constexpr std::array<const char*, 4> delete_expired_sql = {
-    "DELETE FROM sample WHERE at_us < ?",
-    "DELETE FROM ttfb WHERE at_us < ?",
-    "DELETE FROM transition WHERE at_us < ?",
-    "DELETE FROM path_switch WHERE at_us < ?",
+constexpr std::array<const char*, 6> delete_expired_sql = {
+    "DELETE FROM sample WHERE at_us < ?",     "DELETE FROM ttfb WHERE at_us < ?",
+    "DELETE FROM transition WHERE at_us < ?", "DELETE FROM path_switch WHERE at_us < ?",
+    "DELETE FROM download WHERE at_us < ?",   "DELETE FROM path_rate WHERE at_us < ?",
 };
 // Every table has a row cap: these delete the row `cap` places below the newest and every
 // older one (none if fewer remain). Rowids grow in the order rows were recorded (an upsert
 // keeps its row's rowid, and a month's usage rows are created during that month), so the
 // smallest rowids are the oldest rows, whatever the wall clock did meanwhile.
-constexpr std::array<const char*, 5> delete_beyond_cap_sql = {
+constexpr std::array<const char*, 7> delete_beyond_cap_sql = {
     "DELETE FROM sample WHERE rowid <= "
     "(SELECT rowid FROM sample ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
     "DELETE FROM ttfb WHERE rowid <= "
@@ -90,6 +105,11 @@ constexpr std::array<const char*, 5> delete_beyond_cap_sql = {
     "(SELECT rowid FROM path_switch ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
     "DELETE FROM usage WHERE rowid <= "
     "(SELECT rowid FROM usage ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
+    // (A host's upsert keeps its rowid: the oldest first recorded go first.)
+    "DELETE FROM download WHERE rowid <= "
+    "(SELECT rowid FROM download ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
+    "DELETE FROM path_rate WHERE rowid <= "
+    "(SELECT rowid FROM path_rate ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
 };
 
 struct database_closer {
@@ -295,7 +315,8 @@ std::optional<core::error_message> check_or_create_schema(const std::string& fil
   if (*id == 0 && *version == 0 && *objects == 0) {
     const auto stamp = "PRAGMA application_id = " + std::to_string(application_id) +
                        "; PRAGMA user_version = " + std::to_string(schema_version);
-    if (!execute(db, schema_sql) || !execute(db, stamp)) return failed();
+    if (!execute(db, schema_sql) || !execute(db, version_2_sql) || !execute(db, stamp))
+      return failed();
   } else if (*id != application_id || *version < 1) {
     return refusal(file, "it is not a fleety history (application_id " + std::to_string(*id) +
                              ", user_version " + std::to_string(*version) +
@@ -304,6 +325,8 @@ std::optional<core::error_message> check_or_create_schema(const std::string& fil
     return refusal(file, "a newer fleety wrote it (schema version " + std::to_string(*version) +
                              ", this fleety reads up to " + std::to_string(schema_version) +
                              "): upgrade fleety, or move the file away");
+  } else if (*version == 1) {
+    if (!execute(db, version_2_sql) || !execute(db, "PRAGMA user_version = 2")) return failed();
   }
   if (!execute(db, "COMMIT")) return failed();
   transaction.committed = true;
@@ -331,6 +354,7 @@ struct history::impl {
   statement_handle insert_ttfb, ttfb_since;
   statement_handle insert_transition, transitions_since, insert_switch, switches_since;
   statement_handle add_usage, usage_of_month, usage_total;
+  statement_handle record_download, downloads_since, record_path_rate, path_rate_since;
   std::array<statement_handle, delete_expired_sql.size()> delete_expired;
   std::array<statement_handle, delete_beyond_cap_sql.size()> delete_beyond_cap;
   std::optional<wall_clock::time_point> last_prune;  ///< when prune() last ran, if it has
@@ -403,6 +427,15 @@ core::expected<history> history::open(const std::string& file, history_options o
           "SELECT app, path, bytes FROM usage WHERE month = ? ORDER BY app, path");
   prepare(state->usage_total,
           "SELECT coalesce(sum(bytes), 0) FROM usage WHERE month = ? AND path = ?");
+  prepare(state->record_download,
+          "INSERT INTO download (host, at_us, bytes) VALUES (?, ?, ?) "
+          "ON CONFLICT (host) DO UPDATE SET at_us = excluded.at_us, bytes = excluded.bytes");
+  prepare(state->downloads_since,
+          "SELECT host, at_us, bytes FROM download WHERE at_us >= ? ORDER BY at_us DESC LIMIT ?");
+  prepare(state->record_path_rate,
+          "INSERT INTO path_rate (path, at_us, rate_bps) VALUES (?, ?, ?) "
+          "ON CONFLICT (path) DO UPDATE SET at_us = excluded.at_us, rate_bps = excluded.rate_bps");
+  prepare(state->path_rate_since, "SELECT rate_bps FROM path_rate WHERE path = ? AND at_us >= ?");
   for (std::size_t i = 0; i < delete_expired_sql.size(); ++i) {
     prepare(state->delete_expired[i], delete_expired_sql[i]);
   }
@@ -594,6 +627,47 @@ core::expected<std::uint64_t> history::usage_total(std::string_view month,
   return static_cast<std::uint64_t>(std::max<std::int64_t>(total.int64(0), 0));
 }
 
+core::expected<bool> history::record_download(std::string_view host, wall_clock::time_point when,
+                                              std::uint64_t bytes) {
+  query upsert(impl_->record_download.get());
+  upsert.bind(host).bind(when).bind(clamp_to_int64(bytes));
+  if (upsert.step() != SQLITE_DONE) return impl_->error("recording a download");
+  return true;
+}
+
+core::expected<std::vector<host_download>> history::downloads_since(wall_clock::time_point since,
+                                                                    std::size_t limit) const {
+  query rows(impl_->downloads_since.get());
+  rows.bind(since).bind(clamp_to_int64(limit));
+  std::vector<host_download> result;
+  int stepped;
+  while ((stepped = rows.step()) == SQLITE_ROW) {
+    result.push_back({rows.text(0),
+                      wall_clock::time_point(std::chrono::microseconds(rows.int64(1))),
+                      static_cast<std::uint64_t>(std::max<std::int64_t>(rows.int64(2), 0))});
+  }
+  if (stepped != SQLITE_DONE) return impl_->error("reading downloads");
+  return result;
+}
+
+core::expected<bool> history::record_path_rate(std::string_view path, wall_clock::time_point when,
+                                               double rate_bps) {
+  query upsert(impl_->record_path_rate.get());
+  upsert.bind(path).bind(when).bind(rate_bps);
+  if (upsert.step() != SQLITE_DONE) return impl_->error("recording a path's rate");
+  return true;
+}
+
+core::expected<std::optional<double>> history::path_rate(std::string_view path,
+                                                         wall_clock::time_point since) const {
+  query row(impl_->path_rate_since.get());
+  row.bind(path).bind(since);
+  const int stepped = row.step();
+  if (stepped == SQLITE_ROW) return std::optional<double>(row.real(0));
+  if (stepped != SQLITE_DONE) return impl_->error("reading a path's rate");
+  return std::optional<double>();
+}
+
 core::expected<std::size_t> history::prune(wall_clock::time_point now) {
   write_transaction transaction(impl_->transactions);
   if (!transaction.began()) return impl_->error("pruning");
@@ -641,6 +715,14 @@ std::chrono::microseconds known_rtt(const history* store, std::string_view path)
   spdlog::info("path {}: history of the last hour: {} samples, median RTT {} ms", path,
                known->samples, known->median_rtt->count() / 1000);
   return *known->median_rtt;
+}
+
+std::uint64_t known_rate_bps(const history* store, std::string_view path) {
+  if (store == nullptr) return 0;
+  const auto known = store->path_rate(path, wall_clock::now() - std::chrono::hours(1));
+  if (!known || !*known || **known < 1) return 0;
+  spdlog::info("path {}: rate measured within the last hour {:.1f} Mbit/s", path, **known / 1e6);
+  return static_cast<std::uint64_t>(**known);
 }
 
 }  // namespace fleety::path

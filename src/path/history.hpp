@@ -70,9 +70,18 @@ struct usage_row {
   friend bool operator==(const usage_row&, const usage_row&) = default;
 };
 
+/// A host's last download (an object of at least mphttp's predicted_download_bytes): what
+/// its next GET likely is, also after a restart (issue 17).
+struct host_download {
+  std::string host;
+  wall_clock::time_point at;
+  std::uint64_t bytes = 0;
+  friend bool operator==(const host_download&, const host_download&) = default;
+};
+
 struct history_options {
-  /// Samples, time-to-first-byte and telemetry rows older than this are pruned. Usage rows
-  /// are not: the budget needs the whole month, and they are few.
+  /// Samples, time-to-first-byte, telemetry and download rows older than this are pruned. Usage
+  /// rows are not: the budget needs the whole month, and they are few.
   std::chrono::hours retention{24 * 7};
   /// Each table keeps at most this many rows (the newest), so the file stays bounded
   /// (about 100 bytes a row). At 5 samples/s per path, this bounds samples before the
@@ -146,6 +155,23 @@ class history {
   /// All apps' bytes on `path` in `month`; 0 if none.
   core::expected<std::uint64_t> usage_total(std::string_view month, std::string_view path) const;
 
+  /// `host` served a download of `bytes` at `when` (replaces what was known of it).
+  core::expected<bool> record_download(std::string_view host, wall_clock::time_point when,
+                                       std::uint64_t bytes);
+
+  /// The hosts whose last download was at or after `since`, newest first, at most `limit`.
+  core::expected<std::vector<host_download>> downloads_since(wall_clock::time_point since,
+                                                             std::size_t limit) const;
+
+  /// `path`'s goodput as fleety's own transfers measured it (its estimator's rate, not
+  /// what the monitor saw it carry), in bits/s; replaces the path's earlier one.
+  core::expected<bool> record_path_rate(std::string_view path, wall_clock::time_point when,
+                                        double rate_bps);
+
+  /// `path`'s rate if recorded at or after `since`.
+  core::expected<std::optional<double>> path_rate(std::string_view path,
+                                                  wall_clock::time_point since) const;
+
   /// Deletes the rows older than the retention and, beyond each table's row cap, the
   /// oldest recorded; returns how many rows went. record_samples() calls it; call it
   /// yourself when nothing records samples.
@@ -167,5 +193,9 @@ std::unique_ptr<history> open_configured_history(const core::monitor_config& con
 /// last hour's samples (logged), else zero. Not its rate: a sample's throughput is what
 /// the path carried, not what it can carry.
 std::chrono::microseconds known_rtt(const history* store, std::string_view path);
+
+/// What `store` (may be null) knows of `path`'s rate after a restart: the rate fleety's
+/// transfers measured within the last hour (logged), in bits/s, else zero.
+std::uint64_t known_rate_bps(const history* store, std::string_view path);
 
 }  // namespace fleety::path

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -339,6 +340,34 @@ class SegmentsInLab(LabTestCase):
                          "the connection that got the 416 was not kept for the next segment")
         # The next segment's cellular part was asked before its answer, not after.
         self.assertRegex(log, r"\[4\] path cell asks for")
+
+    def test_a_restarted_fleetyd_still_knows_the_host_and_the_paths_rates(self):
+        """Issue 17: what a download taught (the host serves 10 MB objects, each path's
+        rate; Wi-Fi 50 Mbit/s here) is in the history: a fleetyd started again on it asks cellular for its part
+        of the next 10 MB before the first answer, sized by the rates it measured, not
+        by the defaults (an even split would give cellular half)."""
+        ensure_object("10MB")
+        self.lab.set_path("wifi", spec="50mbit/25ms")
+        self.addCleanup(self.lab.set_path, "wifi", spec="20mbit/25ms")
+        with tempfile.TemporaryDirectory(prefix="fleety-history-") as state:
+            config = (minimal_config() + '\n[scheduler]\nmode = "aggregate"\n'
+                      f'\n[monitor]\nhistory = "{state}/history.db"\n')
+            with Fleetyd(self.lab, config_text=config) as daemon:
+                t = curl(self.lab, f"{CDN_URL}/10MB?first", proxy=daemon.proxy_url, timeout=60)
+                self.assertEqual(t.sha256, object_sha256("10MB"))
+            with Fleetyd(self.lab, config_text=config, log_level="debug") as daemon:
+                t = curl(self.lab, f"{CDN_URL}/10MB?second", proxy=daemon.proxy_url, timeout=60)
+                self.assertEqual(t.exit_code, 0, t.stderr)
+                self.assertEqual(t.sha256, object_sha256("10MB"))
+                log = daemon.log()
+        self.assertRegex(log, r"path wifi: rate measured within the last hour")
+        asked = re.search(r"\[1\] path cell asks for \[(\d+), 10000000\) of the 9.5 MiB", log)
+        self.assertTrue(asked, log[-3000:])
+        # Wi-Fi 50, cellular 20 Mbit/s: cellular's part is the last 25-35 %, where the
+        # defaults (both 10 Mbit/s) would have asked for the last half.
+        self.assertGreater(int(asked[1]), 6_300_000, asked[0])
+        self.assertLess(int(asked[1]), 7_800_000, asked[0])
+        self.assertGreater(multipath_summaries(log)[-1]["cell"]["bytes"], 2_000_000)
 
 
 if __name__ == "__main__":

@@ -311,6 +311,73 @@ TEST_F(HistoryTest, RecordingPrunesAtMostOnceAMinute) {
   EXPECT_EQ(h.summary("wifi", t0 - 3h, t0 - 1h)->samples, 0U);
 }
 
+TEST_F(HistoryTest, AHostsLastDownloadReplacesItsEarlierOneAndSurvivesReopen) {
+  {
+    auto h = open();
+    ASSERT_TRUE(h.record_download("cdn.a.test", t0 - 2h, 4'000'000));
+    ASSERT_TRUE(h.record_download("cdn.b.test", t0 - 30min, 2'000'000));
+    ASSERT_TRUE(h.record_download("cdn.a.test", t0 - 10min, 10'000'000));
+  }
+  auto h = open();
+  EXPECT_THAT(*h.downloads_since(t0 - 1h, 10),
+              ElementsAre(host_download{"cdn.a.test", t0 - 10min, 10'000'000},
+                          host_download{"cdn.b.test", t0 - 30min, 2'000'000}));
+  EXPECT_THAT(*h.downloads_since(t0 - 1h, 1),
+              ElementsAre(host_download{"cdn.a.test", t0 - 10min, 10'000'000}));
+  EXPECT_THAT(*h.downloads_since(t0 - 20min, 10),
+              ElementsAre(host_download{"cdn.a.test", t0 - 10min, 10'000'000}));
+}
+
+TEST_F(HistoryTest, DownloadsExpireWithTheRetentionAndTheRowCap) {
+  auto h = open({.retention = 1h, .max_rows_per_table = 2});
+  ASSERT_TRUE(h.record_download("old.test", t0 - 2h, 1'000'000));
+  ASSERT_TRUE(h.record_download("a.test", t0 - 3min, 1'000'000));
+  ASSERT_TRUE(h.record_download("b.test", t0 - 2min, 1'000'000));
+  ASSERT_TRUE(h.record_download("c.test", t0 - 1min, 1'000'000));
+  ASSERT_TRUE(h.prune(t0));
+  const auto left = h.downloads_since(wall_clock::time_point{}, 10);
+  ASSERT_EQ(left->size(), 2U);
+  EXPECT_EQ((*left)[0].host, "c.test");
+  EXPECT_EQ((*left)[1].host, "b.test");
+}
+
+TEST_F(HistoryTest, APathsRateIsItsLastAndExpiresWithTheRetention) {
+  auto h = open({.retention = 1h});
+  EXPECT_EQ(*h.path_rate("wifi", t0 - 1h), std::nullopt);
+  ASSERT_TRUE(h.record_path_rate("wifi", t0 - 20min, 30e6));
+  ASSERT_TRUE(h.record_path_rate("wifi", t0 - 10min, 48e6));
+  ASSERT_TRUE(h.record_path_rate("cell", t0 - 2h, 19e6));
+  EXPECT_EQ(*h.path_rate("wifi", t0 - 1h), std::optional<double>(48e6));
+  EXPECT_EQ(*h.path_rate("wifi", t0 - 5min), std::nullopt);  // older than asked
+  EXPECT_EQ(*h.path_rate("cell", wall_clock::time_point{}), std::optional<double>(19e6));
+  ASSERT_TRUE(h.prune(t0));
+  EXPECT_EQ(*h.path_rate("cell", wall_clock::time_point{}), std::nullopt);
+}
+
+TEST_F(HistoryTest, AVersionOneFileIsMigratedKeepingItsRows) {
+  // What fleety with schema version 1 made: no download table.
+  run_sql(file(),
+          "CREATE TABLE usage (month TEXT NOT NULL, app TEXT NOT NULL, path TEXT NOT NULL, "
+          "bytes INTEGER NOT NULL, UNIQUE (month, app, path)); "
+          "CREATE TABLE sample (path TEXT NOT NULL, at_us INTEGER NOT NULL, up INTEGER NOT NULL, "
+          "rtt_us INTEGER, jitter_us INTEGER, loss REAL, throughput_bps REAL); "
+          "CREATE TABLE ttfb (path TEXT NOT NULL, host TEXT NOT NULL, at_us INTEGER NOT NULL, "
+          "ttfb_us INTEGER NOT NULL); "
+          "CREATE TABLE transition (at_us INTEGER NOT NULL, host TEXT NOT NULL, "
+          "single_bps REAL NOT NULL, multi_bps REAL NOT NULL); "
+          "CREATE TABLE path_switch (at_us INTEGER NOT NULL, app TEXT NOT NULL, "
+          "from_path TEXT NOT NULL, to_path TEXT NOT NULL, rtt_before_us INTEGER NOT NULL, "
+          "rtt_after_us INTEGER NOT NULL); "
+          "INSERT INTO usage VALUES ('2024-03', 'wget', 'cell', 7); "
+          "PRAGMA application_id = 1181512825; PRAGMA user_version = 1");
+  auto h = open();
+  EXPECT_EQ(*h.usage_total("2024-03", "cell"), 7U);
+  ASSERT_TRUE(h.record_download("cdn.a.test", t0, 3'000'000));
+  EXPECT_EQ(h.downloads_since(t0 - 1h, 10)->size(), 1U);
+  ASSERT_TRUE(h.record_path_rate("wifi", t0, 48e6));
+  EXPECT_EQ(*h.path_rate("wifi", t0), std::optional<double>(48e6));
+}
+
 TEST_F(HistoryTest, FileFromANewerFleetyIsRefusedAndLeftUnchanged) {
   { open(); }
   run_sql(file(), "PRAGMA user_version = 99");
