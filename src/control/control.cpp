@@ -32,7 +32,6 @@ namespace {
 
 constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 constexpr std::size_t max_line_bytes = 64 * 1024;
-constexpr auto idle_timeout = std::chrono::seconds(30);
 
 std::string reply_error(std::string_view error) {
   return json::serialize(json::object{{"ok", false}, {"error", error}});
@@ -87,7 +86,8 @@ std::string handle_request(std::string_view line, daemon_api& daemon) {
                   command));
 }
 
-asio::awaitable<void> run_control_server(local::acceptor acceptor, daemon_api& daemon) {
+asio::awaitable<void> run_control_server(local::acceptor acceptor, daemon_api& daemon,
+                                         control_timeouts timeouts) {
   // The owner of its connections: it sees its own cancellation as results, and cancels
   // and joins them before it returns.
   co_await asio::this_coro::throw_if_cancelled(false);
@@ -96,26 +96,32 @@ asio::awaitable<void> run_control_server(local::acceptor acceptor, daemon_api& d
   while (auto accepted = co_await net::async_accept_next(acceptor, errors)) {
     auto& socket = *accepted;
     connections.spawn(
-        [](local::socket peer, daemon_api& api) -> asio::awaitable<void> {
-          using namespace std::chrono_literals;
-          asio::steady_timer idle(peer.get_executor());
-          std::string buffer;
-          for (;;) {
-            idle.expires_after(idle_timeout);
-            idle.async_wait([&peer](boost::system::error_code wait_ec) {
+        [](local::socket peer, daemon_api& api, control_timeouts limits) -> asio::awaitable<void> {
+          // Closes the connection unless cancelled within `timeout`: what was waited for
+          // then fails.
+          asio::steady_timer deadline(peer.get_executor());
+          const auto close_after = [&](std::chrono::milliseconds timeout) {
+            deadline.expires_after(timeout);
+            deadline.async_wait([&peer](boost::system::error_code wait_ec) {
               if (!wait_ec) peer.close();
             });
+          };
+          std::string buffer;
+          for (;;) {
+            close_after(limits.idle);
             auto [read_ec, n] = co_await asio::async_read_until(
                 peer, asio::dynamic_buffer(buffer, max_line_bytes), '\n', nothrow);
-            idle.cancel();
+            deadline.cancel();
             if (read_ec) co_return;
             std::string reply =
                 handle_request(std::string_view(buffer).substr(0, n - 1), api) + "\n";
             buffer.erase(0, n);
+            close_after(limits.write);
             auto [write_ec, w] = co_await asio::async_write(peer, asio::buffer(reply), nothrow);
+            deadline.cancel();
             if (write_ec) co_return;
           }
-        }(std::move(socket), daemon),
+        }(std::move(socket), daemon, timeouts),
         "control connection");
   }
   connections.cancel();

@@ -52,11 +52,21 @@ class daemon_api {
 /// {"cmd":"rules.reload"}, {"cmd":"stats"}. Replies: {"ok":true,...} or {"ok":false,"error":"..."}.
 std::string handle_request(std::string_view line, daemon_api& daemon);
 
+/// How long a control connection may wait.
+struct control_timeouts {
+  std::chrono::milliseconds idle{30'000};  ///< for its next request
+  /// For its reply to be written: a client that does not read it is disconnected rather
+  /// than holding the reply (and its connection) forever.
+  std::chrono::milliseconds write{10'000};
+};
+
 /// Serves the socket until the acceptor is closed or the coroutine is cancelled: requests
-/// in order per connection, lines up to 64 KiB, each connection idle at most 30 s. Owns
-/// its connections: when it ends it cancels them and waits for them.
+/// in order per connection, lines up to 64 KiB, each connection closed when it waits
+/// longer than `timeouts` say. Owns its connections: when it ends it cancels them and
+/// waits for them.
 boost::asio::awaitable<void> run_control_server(
-    boost::asio::local::stream_protocol::acceptor acceptor, daemon_api& daemon);
+    boost::asio::local::stream_protocol::acceptor acceptor, daemon_api& daemon,
+    control_timeouts timeouts = {});
 
 /// The status as Prometheus text metrics (exposition format 0.0.4), names `fleety_...`:
 /// per path (up, RTT, jitter, loss, throughput, capacity, signal, bytes, requests, probes),
