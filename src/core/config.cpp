@@ -274,10 +274,10 @@ std::optional<std::string> read_path(const context& ctx, const toml::table& tabl
 
 std::optional<std::string> read_scheduler(const context& ctx, const toml::table& table,
                                           scheduler_config& s) {
-  if (auto e =
-          check_keys(ctx, table, "[scheduler]",
-                     {"mode", "tolerance", "range_time", "mismatch_cooldown", "memory_per_session",
-                      "min_split_size", "overlap", "default_rate", "default_rtt"})) {
+  if (auto e = check_keys(
+          ctx, table, "[scheduler]",
+          {"mode", "tolerance", "range_time", "mismatch_cooldown", "memory_per_session",
+           "memory_budget", "min_split_size", "overlap", "default_rate", "default_rtt"})) {
     return e;
   }
   if (const toml::node* node = table.get("mode")) {
@@ -332,6 +332,10 @@ std::optional<std::string> read_scheduler(const context& ctx, const toml::table&
   if (auto e = read_unit<std::uint64_t>(
           ctx, table, "memory_per_session", "scheduler", parse_size_bytes,
           size_into(s.memory_per_session_bytes, 1ULL << 20, 4ULL << 30, "memory_per_session")))
+    return e;
+  if (auto e = read_unit<std::uint64_t>(
+          ctx, table, "memory_budget", "scheduler", parse_size_bytes,
+          size_into(s.memory_budget_bytes, 4ULL << 20, 64ULL << 30, "memory_budget")))
     return e;
   if (const auto* auto_split = table.get_as<std::string>("min_split_size");
       auto_split != nullptr && auto_split->get() == "auto") {

@@ -52,6 +52,10 @@ struct scheduler_config {
   std::chrono::microseconds mismatch_cooldown{600'000'000};
   /// M: the most a session buffers: no range is requested past delivered + M.
   std::uint64_t memory_per_session_bytes = 32ULL << 20;
+  /// All downloads together hold at most about this much (issue 18): each one's window is
+  /// its fair share of it (split evenly between apps, then between an app's downloads), at
+  /// most memory_per_session.
+  std::uint64_t memory_budget_bytes = 256ULL << 20;
   /// Objects smaller than this are fetched on one path, unsplit. nullopt ("auto", the
   /// default): the size from which a split pays, from the paths' rates and RTTs (issue 17).
   std::optional<std::uint64_t> min_split_bytes;

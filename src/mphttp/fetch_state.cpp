@@ -99,6 +99,13 @@ double path_work::range_time_s(std::chrono::microseconds configured) const {
 
 // ---- the fetch ----------------------------------------------------------------------
 
+std::uint64_t fair_window_bytes(std::uint64_t budget, std::uint64_t per_download, std::size_t apps,
+                                std::size_t downloads_of_app) {
+  const std::uint64_t share =
+      budget / std::max<std::size_t>(apps, 1) / std::max<std::size_t>(downloads_of_app, 1);
+  return std::max(min_window_bytes, std::min(per_download, share));
+}
+
 fetch_state::fetch_state(const fetch_limits& limits, std::vector<fetch_path> paths,
                          fetch_clock::time_point now)
     : limits_(limits), started_(now), last_delivery_(now) {
@@ -665,12 +672,13 @@ bool fetch_state::extend_first_stream(std::size_t index, fetch_clock::time_point
 std::optional<byte_range> fetch_state::take_range(std::size_t index, fetch_clock::time_point now) {
   auto& w = work_[index];
   if (w.out() || phase_ != fetch_phase::fetching) return std::nullopt;
+  // A trickling path's range holds the app up however much is left to claim elsewhere.
+  if (auto taken = take_over_trickling(index, now)) return taken;
   // While path 0 works from the front, the others fill the first window from its end.
   const bool from_back = first_stream_alive_ && index != 0;
-  auto range = from_back
-                   ? claim(index, claim_side::back, buffer_.delivered(),
-                           std::min(end_, begin_ + limits_.scheduler.memory_per_session_bytes), now)
-                   : std::nullopt;
+  auto range = from_back ? claim(index, claim_side::back, buffer_.delivered(),
+                                 std::min(end_, begin_ + window_bytes()), now)
+                         : std::nullopt;
   if (!range && !window_trickle())
     range = claim(index, claim_side::front, buffer_.delivered(), window_end(), now);
   if (!range) {
@@ -680,8 +688,12 @@ std::optional<byte_range> fetch_state::take_range(std::size_t index, fetch_clock
   return range;
 }
 
+std::uint64_t fetch_state::window_bytes() const {
+  return window_source_ ? window_source_() : limits_.scheduler.memory_per_session_bytes;
+}
+
 std::uint64_t fetch_state::window_end() const {
-  return std::min(end_, buffer_.delivered() + limits_.scheduler.memory_per_session_bytes);
+  return std::min(end_, buffer_.delivered() + window_bytes());
 }
 
 bool fetch_state::window_trickle() const {
@@ -728,13 +740,14 @@ std::optional<byte_range> fetch_state::claim(std::size_t index, claim_side side,
   return range;
 }
 
+namespace {
+// Worth a request even when small: the slow path may need seconds for it.
+constexpr std::uint64_t min_steal_bytes = 16 * 1024;
+}  // namespace
+
 std::optional<byte_range> fetch_state::steal_tail(std::size_t index, fetch_clock::time_point now) {
   // DESIGN.md: "when a path runs dry while another still has a long tail, the tail of
-  // the slow path's range is re-requested on the free path". The split point is where
-  // both would finish together; the slow path stops there. Worth a request even when
-  // small: the slow path may need seconds for it.
-  constexpr std::uint64_t min_steal_bytes = 16 * 1024;
-  auto& thief = work_[index];
+  // the slow path's range is re-requested on the free path".
   std::size_t victim = work_.size();
   double longest = 0;
   for (std::size_t i = 0; i < work_.size(); ++i) {
@@ -749,7 +762,62 @@ std::optional<byte_range> fetch_state::steal_tail(std::size_t index, fetch_clock
       victim = i;
     }
   }
-  if (victim == work_.size() || longest <= thief.request_lead_s()) return std::nullopt;
+  if (victim == work_.size()) return std::nullopt;
+  return steal_from(index, victim, longest, now);
+}
+
+void fetch_state::note_trickling(fetch_clock::time_point now) {
+  for (auto& w : work_) {
+    const auto measured = w.meter.rate(seconds_of(now));
+    const bool slow = !w.out() && w.current_left() > 0 && w.current_first_byte && measured &&
+                      *measured < trickle_fraction * w.estimator->rate_bytes_per_s();
+    if (!slow) {
+      w.slow_since.reset();
+    } else if (!w.slow_since) {
+      w.slow_since = now;
+    }
+  }
+}
+
+std::optional<byte_range> fetch_state::take_over_trickling(std::size_t index,
+                                                           fetch_clock::time_point now) {
+  // Issue 18 item 7: a path far below its estimate for a few seconds (a trickle: not
+  // silent, so not stalled) holds up the app at its range, wherever that is in the
+  // object: the others would reach it only once the memory window fills. Its rest is
+  // taken over now, its pipelined request too (its connection is reset at the cut).
+  note_trickling(now);
+  if (work_[index].slow_since) return std::nullopt;  // not onto another trickle
+  std::size_t victim = work_.size();
+  double longest = 0;
+  for (std::size_t i = 0; i < work_.size(); ++i) {
+    const auto& w = work_[i];
+    if (i == index || w.out() || !w.slow_since || w.pipelined_on_spare ||
+        w.current_left() < min_steal_bytes)
+      continue;
+    const double patience_s = std::max(trickle_time_s, 8 * w.estimator->rtt_s());
+    if (seconds_between(*w.slow_since, now) < patience_s) continue;
+    const double time_left =
+        static_cast<double>(w.backlog_bytes()) / std::max(w.live_rate(now), 1.0);
+    if (time_left > longest) {
+      longest = time_left;
+      victim = i;
+    }
+  }
+  if (victim == work_.size()) return std::nullopt;
+  auto& slow = work_[victim];
+  auto taken = steal_from(index, victim, longest, now);
+  if (taken && slow.pipelined) {
+    give_back(victim, *slow.pipelined);
+    slow.pipelined.reset();
+  }
+  return taken;
+}
+
+std::optional<byte_range> fetch_state::steal_from(std::size_t index, std::size_t victim,
+                                                  double longest, fetch_clock::time_point now) {
+  // The split point is where both would finish together; the slow path stops there.
+  auto& thief = work_[index];
+  if (longest <= thief.request_lead_s()) return std::nullopt;
   auto& slow = work_[victim];
   // The same rule as for claims, on the slow path's rest: paths in cost order, so in cost
   // mode a costlier thief gets nothing while the cheaper path finishes in time.

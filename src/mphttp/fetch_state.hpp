@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <span>
@@ -243,7 +244,9 @@ struct path_work {
   fetch_clock::time_point next_claim_attempt{};  ///< pipelining looks again from then
   fetch_clock::time_point spare_deadline{};      ///< awaiting_early gives up then
   fetch_clock::time_point spare_wait_started{};
-  windowed_rate meter;        ///< goodput over the last second of work
+  windowed_rate meter;  ///< goodput over the last second of work
+  /// Since when its goodput has been far below its estimate (issue 18 item 7: trickling).
+  std::optional<fetch_clock::time_point> slow_since;
   std::uint64_t bytes = 0;    ///< bytes of the object this path delivered first
   std::uint64_t ranges = 0;   ///< range responses received
   std::uint64_t stolen = 0;   ///< ranges this path took over from another
@@ -278,6 +281,14 @@ struct overlap_check {
   std::vector<char> later;  ///< its overlap bytes, just before the check's offset
 };
 
+/// Issue 18, one memory budget: a download's window (how far past what its app has read
+/// it may ask for bytes) is its fair share of the daemon's budget — split evenly between
+/// the apps with downloads under way, an app's part evenly between its downloads — at
+/// most `per_download`, and at least min_window_bytes so that every download goes on.
+inline constexpr std::uint64_t min_window_bytes = 1ULL << 20;
+std::uint64_t fair_window_bytes(std::uint64_t budget, std::uint64_t per_download, std::size_t apps,
+                                std::size_t downloads_of_app);
+
 /// The state of one multipath fetch. Owned by the session that serves the request; its
 /// fetchers and writer are children of that session, joined before it goes.
 ///
@@ -298,6 +309,12 @@ class fetch_state {
               fetch_clock::time_point now);
 
   // ---- The fetch ----------------------------------------------------------------------
+
+  /// Where the window's size comes from (fair_window_bytes of the daemon's budget, which
+  /// changes as downloads come and go); without one it is memory_per_session.
+  void set_window_source(std::function<std::uint64_t()> window_bytes) {
+    window_source_ = std::move(window_bytes);
+  }
 
   /// The first path's response header came: split, or relay on path 0 alone.
   void on_first_response(const first_response& response, fetch_clock::time_point now);
@@ -364,12 +381,17 @@ class fetch_state {
                                   fetch_clock::time_point now);
   bool extend_first_stream(std::size_t index, fetch_clock::time_point now);
   std::optional<byte_range> take_range(std::size_t index, fetch_clock::time_point now);
+  std::uint64_t window_bytes() const;
   std::uint64_t window_end() const;
   bool window_trickle() const;
   split_policy policy(fetch_clock::time_point now) const;
   std::optional<byte_range> claim(std::size_t index, claim_side side, std::uint64_t from,
                                   std::uint64_t limit, fetch_clock::time_point now);
   std::optional<byte_range> steal_tail(std::size_t index, fetch_clock::time_point now);
+  std::optional<byte_range> take_over_trickling(std::size_t index, fetch_clock::time_point now);
+  std::optional<byte_range> steal_from(std::size_t index, std::size_t victim, double time_left_s,
+                                       fetch_clock::time_point now);
+  void note_trickling(fetch_clock::time_point now);
   std::uint64_t overlap_for(std::uint64_t begin) const;
   std::optional<std::string> digest_conflict(const std::vector<representation_digest>& digests);
   std::size_t deliverable(std::size_t available);
@@ -380,6 +402,10 @@ class fetch_state {
   /// Far from the end, a range takes up to half of the path's share of what is left, but
   /// no more than this many range_times of its rate (claim_inputs::share_fraction).
   static constexpr double range_share_fraction = 0.5;
+  /// A path whose goodput stays below this fraction of its estimate for trickle_time_s
+  /// (or 8 RTT) has the rest of its range taken over, wherever it is in the object.
+  static constexpr double trickle_fraction = 0.25;
+  static constexpr double trickle_time_s = 2.0;
   static constexpr double max_range_times = 8;
   /// A whole range is a rate sample when it lasted this long and brought this much.
   static constexpr double min_range_span_s = 0.05;
@@ -398,6 +424,7 @@ class fetch_state {
   bool first_stream_alive_ = false;
   /// A path found nothing to claim only because of the memory window.
   bool window_blocked_ = false;
+  std::function<std::uint64_t()> window_source_;
   fetch_clock::time_point started_;
   fetch_clock::time_point last_delivery_;
   std::map<std::uint64_t, overlap_check> checks_;  ///< by offset: not compared yet

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <list>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -219,6 +220,20 @@ void note_download(proxy_context& proxy, const std::string& host, std::uint64_t 
   hosts[host] = {now, size};
 }
 
+/// The window of a download of `app` now: its fair share of the memory budget among the
+/// downloads under way (fair_window_bytes; it counts itself once registered).
+std::uint64_t fair_window_of(const proxy_context& proxy, const std::string& app) {
+  std::set<std::string_view> apps{app};
+  std::size_t of_app = 0;
+  for (const auto& d : proxy.downloads) {
+    apps.insert(d.app);
+    if (d.app == app) ++of_app;
+  }
+  const auto& scheduler = proxy.config.scheduler;
+  return fair_window_bytes(scheduler.memory_budget_bytes, scheduler.memory_per_session_bytes,
+                           apps.size(), of_app);
+}
+
 /// note_download, and the history's record of it.
 void record_download(proxy_context& proxy, const std::string& host, std::uint64_t size) {
   note_download(proxy, host, size, clock_type::now());
@@ -379,7 +394,7 @@ early_connections start_early(const request_context& ctx, const std::vector<path
   });
   const std::uint64_t most_asked_ahead =
       std::min(rates_known ? std::numeric_limits<std::uint64_t>::max() : max_asked_ahead_bytes,
-               ctx.proxy.config.scheduler.memory_per_session_bytes);
+               fair_window_of(ctx.proxy, ctx.app_name));
   if (connect_early && plan.expected_bytes && *plan.expected_bytes <= most_asked_ahead &&
       !plan.head_basis->app_range && asking.size() > 1) {
     std::vector<path_estimate> estimates;
@@ -728,6 +743,9 @@ awaitable<bool> async_fetch_multipath(const request_context& ctx, fetch_state& s
     std::list<proxy_context::active_download>::iterator entry;
     ~unregister_download() { list.erase(entry); }
   } remove_when_done{ctx.proxy.downloads, shown};
+  // One budget for all downloads (issue 18): the window shrinks as others start.
+  state.set_window_source(
+      [&proxy = ctx.proxy, &app = ctx.app_name] { return fair_window_of(proxy, app); });
   // A named variable, not a temporary in the co_await: GCC 12 destroys such temporaries
   // twice (GCC PR 100611).
   fetch_start start{ctx.request,

@@ -329,6 +329,9 @@ else
   fail "LimitNOFILE" "$nofile (container hard limit $ct_nofile)"
 fi
 
+check "unit: MemoryHigh 384M and MemoryMax 512M above the default memory_budget (256 MiB)" \
+  test "$(prop MemoryHigh) $(prop MemoryMax)" == "$((384 << 20)) $((512 << 20))"
+
 # --- State dir, ExecStartPre ---
 check "state: /var/lib/fleety is 0700 root, history.db is there" \
   ct_sh 'test "$(stat -c "%a %U" /var/lib/fleety)" = "700 root" && test -s /var/lib/fleety/history.db'

@@ -71,6 +71,7 @@ tolerance = "500ms"
 range_time = "200ms"
 mismatch_cooldown = "1min"
 memory_per_session = "64MiB"
+memory_budget = "1GiB"
 min_split_size = "1MB"
 overlap = 128
 default_rate = "5mbit"
@@ -100,6 +101,7 @@ rtt = "50ms"
   EXPECT_EQ(config->scheduler.range_time, std::chrono::milliseconds(200));
   EXPECT_EQ(config->scheduler.mismatch_cooldown, std::chrono::minutes(1));
   EXPECT_EQ(config->scheduler.memory_per_session_bytes, 64U << 20);
+  EXPECT_EQ(config->scheduler.memory_budget_bytes, 1ULL << 30);
   EXPECT_EQ(config->scheduler.min_split_bytes.value_or(0), 1'000'000U);
   EXPECT_EQ(config->scheduler.overlap_bytes, 128U);
   EXPECT_EQ(config->scheduler.default_rate_bps, 5'000'000U);
@@ -148,6 +150,8 @@ INSTANTIATE_TEST_SUITE_P(
         bad_case{"DurationWithoutUnit", "[scheduler]\ntolerance = \"1\"\n", "not a duration"},
         bad_case{"MemoryTooSmall", "[scheduler]\nmemory_per_session = \"1KiB\"\n",
                  "memory_per_session must be from"},
+        bad_case{"BudgetTooSmall", "[scheduler]\nmemory_budget = \"1MiB\"\n",
+                 "memory_budget must be from 4.0 MiB"},
         bad_case{"DuplicateName",
                  "[[path]]\nname = \"a\"\ninterface = \"wlan0\"\nkind = \"wifi\"\n"
                  "[[path]]\nname = \"a\"\ninterface = \"rmnet0\"\nkind = \"cellular\"\n",

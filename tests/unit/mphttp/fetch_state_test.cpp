@@ -117,6 +117,7 @@ struct outcome {
   std::vector<std::optional<std::chrono::seconds>> retry_after;
   std::uint64_t mismatches = 0;
   std::uint64_t max_buffered = 0;  ///< most bytes the fetch held at once
+  double slowest_mb_s = 0;         ///< the longest the app waited for any MB of the object
   std::vector<fetch_note> notes;
   bool has_note(fetch_note::kind k, std::size_t path) const {
     return std::any_of(notes.begin(), notes.end(),
@@ -137,6 +138,8 @@ class fetch_sim {
     }
   }
   fetch_limits& limits() { return limits_; }
+  /// The fetch's window comes from here (the daemon's budget), if set.
+  std::function<std::uint64_t()> window_source;
 
   /// Path 0 asked for the head range (the proxy's GET): its 206 to [0, head_end).
   outcome run_head_range(std::uint64_t head_end, clock_ms max_time = 120s) {
@@ -180,6 +183,7 @@ class fetch_sim {
       }
     }
     state_ = std::make_unique<fetch_state>(limits_, std::move(fp), now_);
+    if (window_source) state_->set_window_source(window_source);
   }
 
   double rate_now(const sim_path& p) const {
@@ -190,6 +194,7 @@ class fetch_sim {
   outcome run(std::optional<std::uint64_t> head_end, clock_ms max_time) {
     make_state();
     start_ = now_;
+    last_mb_at_ = now_;
     // Path 0's connection carries the first response, whose header has been read.
     auto& first = *paths_[0];
     first.main.open = true;
@@ -285,6 +290,11 @@ class fetch_sim {
       for (const auto& piece : d.pieces) {
         out.app.insert(out.app.end(), piece.begin(), piece.end());
         n += piece.size();
+      }
+      if (out.app.size() / MB != (out.app.size() - n) / MB) {  // another MB is complete
+        out.slowest_mb_s =
+            std::max(out.slowest_mb_s, std::chrono::duration<double>(now_ - last_mb_at_).count());
+        last_mb_at_ = now_;
       }
       state_->on_delivered(n, now_);
     }
@@ -493,6 +503,7 @@ class fetch_sim {
   fetch_limits limits_;
   std::vector<std::unique_ptr<sim_path>> paths_;
   std::unique_ptr<fetch_state> state_;
+  fetch_clock::time_point last_mb_at_{};  ///< when the app's last whole MB was complete
   fetch_clock::time_point now_ = fetch_clock::time_point{} + 1000s;
   fetch_clock::time_point start_{};
   fetch_clock::duration tick_ = 2ms;
@@ -686,9 +697,9 @@ TEST(FetchState, EqualDigestsOnBothNodesSplit) {
 TEST(FetchState, TricklingPathLosesItsTail) {
   // The cellular path falls to 0.2 Mbit/s after 0.5 s: Wi-Fi takes over the tail of its
   // range; the download ends near Wi-Fi's pace (4.0 s alone), not at the trickle's (its
-  // two ranges left would take 30 s). TODO(issue 18, item 7): the range it has in flight
-  // when it slows has a request pipelined behind it, so it is not cut short and runs to
-  // its end at the trickle (5.7 s here); only the pipelined one is taken over.
+  // two ranges left would take 30 s). The range it has in flight when it slows has a
+  // request pipelined behind it: both are taken over (issue 18 item 7; before, the one in
+  // flight ran to its end at the trickle: 5.7 s).
   fetch_sim sim({{}, {.slows_at = 500ms, .slow_rate = 0.2 * mbit, .early_connection = true}},
                 10 * MB);
   const auto out = sim.run_head_range(2 * MB);
@@ -696,7 +707,26 @@ TEST(FetchState, TricklingPathLosesItsTail) {
   EXPECT_TRUE(out.app == object_bytes(10 * MB, 1));
   EXPECT_TRUE(out.has_note(fetch_note::kind::took_tail, 0) ||
               out.has_note(fetch_note::kind::stalled, 1));
+  std::printf("%.2f s\n", out.seconds);
   EXPECT_LE(out.seconds, 6.5);
+}
+
+TEST(FetchState, ATricklingPathsRangeIsTakenOverInTheMiddleOfTheObject) {
+  // Issue 18 item 7: both paths 20 Mbit/s, 100 MB; at 12 s, with 40 MB left, cellular
+  // trickles at 0.2 Mbit/s (bytes still come: not a stall). The app reads at cellular's
+  // range at the trickle's pace until that range is taken over: without a takeover in the
+  // middle of the object one MB took the app 10.3 s (until Wi-Fi had run out of other
+  // ranges); with it, after the trickle's 2 s of patience, about 5 s.
+  fetch_sim sim({{}, {.slows_at = 12s, .slow_rate = 0.2 * mbit, .early_connection = true}},
+                100 * MB);
+  const auto out = sim.run_head_range(2 * MB);
+  ASSERT_EQ(out.phase, fetch_phase::complete);
+  EXPECT_TRUE(out.app == object_bytes(100 * MB, 1));
+  EXPECT_TRUE(out.has_note(fetch_note::kind::took_tail, 0));
+  EXPECT_FALSE(out.failed[1]);
+  EXPECT_LE(out.slowest_mb_s, 6.5);
+  // 60 MB at 40 Mbit/s, the rest at 20: 28 s.
+  EXPECT_LE(out.seconds, 29.5);
 }
 
 TEST(FetchState, SilentPathIsTakenAsStalled) {
@@ -789,6 +819,32 @@ TEST(FetchState, NeverHoldsMoreThanTheWindow) {
   // holds never exceeds it (plus the ranges in flight at its edge).
   fetch_sim sim({{}, {.rate_bytes_per_s = 50 * mbit, .early_connection = true}}, 60 * MB);
   sim.limits().scheduler.memory_per_session_bytes = 4 << 20;
+  const auto out = sim.run_head_range(2 * MB);
+  ASSERT_EQ(out.phase, fetch_phase::complete);
+  EXPECT_TRUE(out.app == object_bytes(60 * MB, 1));
+  EXPECT_LE(out.max_buffered, (4u << 20) + 2 * MB);
+}
+
+TEST(FairWindow, TheBudgetSplitsEvenlyBetweenAppsThenBetweenAnAppsDownloads) {
+  constexpr std::uint64_t MiB = 1 << 20;
+  // One download alone: the per-download cap, not the whole budget.
+  EXPECT_EQ(fair_window_bytes(256 * MiB, 32 * MiB, 1, 1), 32 * MiB);
+  // 32 downloads of one app share the budget: 8 MiB each.
+  EXPECT_EQ(fair_window_bytes(256 * MiB, 32 * MiB, 1, 32), 8 * MiB);
+  // A second app gets half the budget whatever the first one runs: its one download has
+  // its cap, the first app's 32 have 4 MiB each.
+  EXPECT_EQ(fair_window_bytes(256 * MiB, 32 * MiB, 2, 1), 32 * MiB);
+  EXPECT_EQ(fair_window_bytes(256 * MiB, 32 * MiB, 2, 32), 4 * MiB);
+  // However many: each download keeps a window to go on with.
+  EXPECT_EQ(fair_window_bytes(256 * MiB, 32 * MiB, 16, 256), min_window_bytes);
+  EXPECT_EQ(fair_window_bytes(256 * MiB, 32 * MiB, 0, 0), 32 * MiB);
+}
+
+TEST(FetchState, HoldsNoMoreThanItsShareOfTheBudget) {
+  // memory_per_session 32 MiB, but the daemon's budget gives this download 4 MiB (eight
+  // downloads share 32 MiB): what it holds follows the share.
+  fetch_sim sim({{}, {.rate_bytes_per_s = 50 * mbit, .early_connection = true}}, 60 * MB);
+  sim.window_source = [] { return fair_window_bytes(32 << 20, 32 << 20, 1, 8); };
   const auto out = sim.run_head_range(2 * MB);
   ASSERT_EQ(out.phase, fetch_phase::complete);
   EXPECT_TRUE(out.app == object_bytes(60 * MB, 1));
