@@ -42,14 +42,6 @@ std::string app_name_of(const std::string& command) {
   return name.empty() ? std::string("app") : name.substr(0, 64);
 }
 
-bool valid_app_name(const std::string& name) {
-  if (name.empty() || name.size() > 64 || name.front() == '.' || name.front() == '-') return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == '-';
-  });
-}
-
 int run_command(std::string app, const std::vector<std::string>& command,
                 const std::string& socket) {
   if (command.empty()) {
@@ -57,7 +49,7 @@ int run_command(std::string app, const std::vector<std::string>& command,
     return 2;
   }
   if (app.empty()) app = app_name_of(command.front());
-  if (!valid_app_name(app)) {
+  if (!intercept::valid_app_name(app)) {
     std::cerr << "fleety run: app name '" << app
               << "': use letters, digits, '.', '_' or '-' (at most 64)\n";
     return 2;

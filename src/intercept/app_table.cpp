@@ -2,12 +2,21 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <utility>
 
 namespace fleety::intercept {
 
 app_table::app_table(std::vector<core::app_config> apps, std::string default_class)
-    : apps_(std::move(apps)), default_class_(std::move(default_class)) {}
+    : apps_(std::move(apps)), configured_(apps_.size()), default_class_(std::move(default_class)) {}
+
+bool valid_app_name(std::string_view name) {
+  if (name.empty() || name.size() > 64 || name.front() == '.' || name.front() == '-') return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+  });
+}
 
 const core::app_config* app_table::find(std::string_view name) const {
   for (const auto& app : apps_)
@@ -40,8 +49,19 @@ core::expected<bool> app_table::set_enabled(std::string_view name, bool enabled)
   return before;
 }
 
-bool app_table::starting(std::string_view name) {
+core::expected<bool> app_table::starting(std::string_view name) {
+  if (!valid_app_name(name)) {
+    return core::make_error(fmt::format(
+        "app name '{}': use letters, digits, '.', '_' or '-' (at most 64, not first '.' or '-')",
+        name.substr(0, 80)));
+  }
   if (const auto* app = find(name)) return app->enabled;
+  if (apps_.size() >= configured_ + max_run_apps) {
+    return core::make_error(fmt::format(
+        "app '{}': fleety run has added {} apps already, the most fleetyd keeps rules for "
+        "(restart fleetyd to forget them)",
+        name, max_run_apps));
+  }
   core::app_config added;
   added.name = std::string(name);
   apps_.push_back(std::move(added));

@@ -40,8 +40,9 @@ class app_table {
   [[nodiscard]] core::expected<bool> set_enabled(std::string_view name, bool enabled);
 
   /// `fleety run --app NAME` is about to start NAME in its cgroup fleety/NAME: an unknown
-  /// name becomes a new, enabled app. Returns whether the app is enabled.
-  bool starting(std::string_view name);
+  /// name becomes a new, enabled app. Returns whether the app is enabled; the error says
+  /// why a name is refused (not a valid_app_name, or max_run_apps added already).
+  [[nodiscard]] core::expected<bool> starting(std::string_view name);
 
   /// The ruleset for the apps as they are now. `ports`: tcp_port, dns_port and mark from
   /// there; `cgroup2_prefix`: the mount relative to /sys/fs/cgroup (ruleset_spec). Apps in
@@ -55,6 +56,7 @@ class app_table {
   core::app_config* find_mutable(std::string_view name);
 
   std::vector<core::app_config> apps_;
+  std::size_t configured_ = 0;  ///< apps_ from the config; those after came from fleety run
   std::string default_class_;
 };
 

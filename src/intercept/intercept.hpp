@@ -39,6 +39,12 @@ namespace fleety::intercept {
 inline constexpr std::string_view table_name = "fleety";
 /// The cgroup (below the cgroup2 mount) under which `fleety run` puts apps.
 inline constexpr std::string_view run_cgroup = "fleety";
+/// Whether `name` may name an app of `fleety run` (its cgroup fleety/NAME, a word in the
+/// nftables rules): letters, digits, '.', '_' and '-', at most 64, not starting with '.'
+/// or '-' — so that no name climbs out of fleety/ ("..") or into the rules' syntax.
+bool valid_app_name(std::string_view name);
+/// Apps `fleety run` may add beyond the configured ones (each has rules while fleetyd runs).
+inline constexpr std::size_t max_run_apps = 256;
 /// IPv6 link-local unicast (RFC 4291): destinations only meaningful with their interface.
 inline constexpr std::string_view link_local_net = "fe80::/10";
 

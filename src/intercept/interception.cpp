@@ -154,9 +154,10 @@ core::expected<bool> interception::set_enabled(const std::string& name, bool ena
 }
 
 core::expected<bool> interception::starting(const std::string& name) {
-  const bool enabled = apps_.starting(name);
+  const auto enabled = apps_.starting(name);
+  if (!enabled) return enabled;
   if (auto applied = apply(); !applied) return applied;
-  return enabled;
+  return *enabled;
 }
 
 interception::~interception() {

@@ -1,5 +1,7 @@
 #include "intercept/app_table.hpp"
 
+#include <fmt/format.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <set>
@@ -88,14 +90,32 @@ TEST(AppTable, EnableDisableReportsWhatWasBeforeAndUnknownNames) {
   EXPECT_EQ(none.set_enabled("x", true).error(), "no app named 'x' (apps: none yet)");
 }
 
+TEST(AppTable, FleetyRunNamesStayInsideFleetysCgroupAndAreBounded) {
+  app_table table({app("mail", "", 1001, std::nullopt, false)}, "web");
+  for (const char* bad : {"..", ".hidden", "-x", "a/b", "a\"b", "", "x y", "fleety\n"}) {
+    const auto refused = table.starting(bad);
+    ASSERT_FALSE(refused) << bad;
+    EXPECT_THAT(refused.error(), ::testing::HasSubstr("use letters, digits"));
+  }
+  EXPECT_FALSE(table.starting(std::string(65, 'a')));
+  EXPECT_EQ(table.apps().size(), 1U);
+  for (std::size_t i = 0; i < max_run_apps; ++i)
+    ASSERT_TRUE(table.starting(fmt::format("app{}", i)));
+  const auto over = table.starting("one-more");
+  ASSERT_FALSE(over);
+  EXPECT_THAT(over.error(), ::testing::HasSubstr("fleety run has added 256 apps already"));
+  EXPECT_TRUE(table.starting("app7"));  // one it knows still starts
+  EXPECT_FALSE(*table.starting("mail"));
+}
+
 TEST(AppTable, FleetyRunAddsAnEnabledAppOnceAndKeepsADisabledOneDisabled) {
   app_table table({app("mail", "", 1001, std::nullopt, false)}, "web");
-  EXPECT_TRUE(table.starting("curl"));  // unknown: a new app, enabled
+  EXPECT_TRUE(*table.starting("curl"));  // unknown: a new app, enabled
   ASSERT_EQ(table.apps().size(), 2U);
   EXPECT_EQ(table.apps()[1].name, "curl");
-  EXPECT_TRUE(table.starting("curl"));  // again: the same app
+  EXPECT_TRUE(*table.starting("curl"));  // again: the same app
   EXPECT_EQ(table.apps().size(), 2U);
-  EXPECT_FALSE(table.starting("mail"));  // configured and disabled: stays so
+  EXPECT_FALSE(*table.starting("mail"));  // configured and disabled: stays so
   // Its cgroup is fleety/curl, inside "fleety": no rule of its own is needed.
   EXPECT_EQ(app_table::cgroup_of(table.apps()[1]), "fleety/curl");
   EXPECT_EQ(table.class_of(table.apps()[1]), "web");  // the default class
