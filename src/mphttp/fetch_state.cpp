@@ -100,10 +100,17 @@ double path_work::range_time_s(std::chrono::microseconds configured) const {
 // ---- the fetch ----------------------------------------------------------------------
 
 std::uint64_t fair_window_bytes(std::uint64_t budget, std::uint64_t per_download, std::size_t apps,
-                                std::size_t downloads_of_app) {
+                                std::size_t downloads_of_app, std::uint64_t others_committed) {
   const std::uint64_t share =
       budget / std::max<std::size_t>(apps, 1) / std::max<std::size_t>(downloads_of_app, 1);
-  return std::max(min_window_bytes, std::min(per_download, share));
+  const std::uint64_t uncommitted = budget > others_committed ? budget - others_committed : 0;
+  return std::max(min_window_bytes, std::min({per_download, share, uncommitted}));
+}
+
+std::uint64_t fetch_state::committed_bytes() const {
+  std::uint64_t committed = buffer_.buffered_bytes();
+  for (const auto& w : work_) committed += w.backlog_bytes();
+  return committed;
 }
 
 fetch_state::fetch_state(const fetch_limits& limits, std::vector<fetch_path> paths,
@@ -769,8 +776,9 @@ std::optional<byte_range> fetch_state::steal_tail(std::size_t index, fetch_clock
 void fetch_state::note_trickling(fetch_clock::time_point now) {
   for (auto& w : work_) {
     const auto measured = w.meter.rate(seconds_of(now));
+    if (measured) w.best_rate = std::max(w.best_rate, *measured);
     const bool slow = !w.out() && w.current_left() > 0 && w.current_first_byte && measured &&
-                      *measured < trickle_fraction * w.estimator->rate_bytes_per_s();
+                      *measured < trickle_fraction * w.best_rate;
     if (!slow) {
       w.slow_since.reset();
     } else if (!w.slow_since) {
@@ -781,7 +789,7 @@ void fetch_state::note_trickling(fetch_clock::time_point now) {
 
 std::optional<byte_range> fetch_state::take_over_trickling(std::size_t index,
                                                            fetch_clock::time_point now) {
-  // Issue 18 item 7: a path far below its estimate for a few seconds (a trickle: not
+  // Issue 18 item 7: a path far below its own pace for a few seconds (a trickle: not
   // silent, so not stalled) holds up the app at its range, wherever that is in the
   // object: the others would reach it only once the memory window fills. Its rest is
   // taken over now, its pipelined request too (its connection is reset at the cut).

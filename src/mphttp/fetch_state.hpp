@@ -245,7 +245,10 @@ struct path_work {
   fetch_clock::time_point spare_deadline{};      ///< awaiting_early gives up then
   fetch_clock::time_point spare_wait_started{};
   windowed_rate meter;  ///< goodput over the last second of work
-  /// Since when its goodput has been far below its estimate (issue 18 item 7: trickling).
+  /// The best goodput it had in this fetch (its meter's), and since when its goodput has
+  /// been far below that (issue 18 item 7: trickling). Not against the path's estimate:
+  /// that is daemon-wide, and downloads running side by side share the path's rate.
+  double best_rate = 0;
   std::optional<fetch_clock::time_point> slow_since;
   std::uint64_t bytes = 0;    ///< bytes of the object this path delivered first
   std::uint64_t ranges = 0;   ///< range responses received
@@ -284,10 +287,13 @@ struct overlap_check {
 /// Issue 18, one memory budget: a download's window (how far past what its app has read
 /// it may ask for bytes) is its fair share of the daemon's budget — split evenly between
 /// the apps with downloads under way, an app's part evenly between its downloads — at
-/// most `per_download`, and at least min_window_bytes so that every download goes on.
+/// most `per_download`, and no more than what the other downloads have not committed
+/// (`others_committed`: held or asked for; a share shrinks as downloads join, but what
+/// was asked for before still comes). At least min_window_bytes, so that every download
+/// goes on.
 inline constexpr std::uint64_t min_window_bytes = 1ULL << 20;
 std::uint64_t fair_window_bytes(std::uint64_t budget, std::uint64_t per_download, std::size_t apps,
-                                std::size_t downloads_of_app);
+                                std::size_t downloads_of_app, std::uint64_t others_committed = 0);
 
 /// The state of one multipath fetch. Owned by the session that serves the request; its
 /// fetchers and writer are children of that session, joined before it goes.
@@ -328,6 +334,8 @@ class fetch_state {
   std::uint64_t delivered() const { return buffer_.delivered(); }
   /// Bytes held for the app, not delivered yet (bounded by the memory window).
   std::uint64_t buffered_bytes() const { return buffer_.buffered_bytes(); }
+  /// Held, or asked for and still to come: what the fetch may come to hold.
+  std::uint64_t committed_bytes() const;
   std::size_t path_count() const { return work_.size(); }
   const path_work& path(std::size_t index) const { return work_[index]; }
   bool all_failed() const;
@@ -402,8 +410,8 @@ class fetch_state {
   /// Far from the end, a range takes up to half of the path's share of what is left, but
   /// no more than this many range_times of its rate (claim_inputs::share_fraction).
   static constexpr double range_share_fraction = 0.5;
-  /// A path whose goodput stays below this fraction of its estimate for trickle_time_s
-  /// (or 8 RTT) has the rest of its range taken over, wherever it is in the object.
+  /// A path whose goodput stays below this fraction of the best it had in this fetch for
+  /// trickle_time_s (or 8 RTT) has the rest of its range taken over, wherever it is.
   static constexpr double trickle_fraction = 0.25;
   static constexpr double trickle_time_s = 2.0;
   static constexpr double max_range_times = 8;

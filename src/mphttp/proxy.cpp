@@ -220,18 +220,22 @@ void note_download(proxy_context& proxy, const std::string& host, std::uint64_t 
   hosts[host] = {now, size};
 }
 
-/// The window of a download of `app` now: its fair share of the memory budget among the
-/// downloads under way (fair_window_bytes; it counts itself once registered).
-std::uint64_t fair_window_of(const proxy_context& proxy, const std::string& app) {
+/// The window of a download of `app` now (`self`: its fetch, once registered): its fair
+/// share of the memory budget among the downloads under way, within what the others have
+/// not committed (fair_window_bytes).
+std::uint64_t fair_window_of(const proxy_context& proxy, const std::string& app,
+                             const fetch_state* self = nullptr) {
   std::set<std::string_view> apps{app};
-  std::size_t of_app = 0;
+  std::size_t of_app = self == nullptr ? 1 : 0;  // (not registered yet: counts itself)
+  std::uint64_t others_committed = 0;
   for (const auto& d : proxy.downloads) {
     apps.insert(d.app);
     if (d.app == app) ++of_app;
+    if (d.fetch != self) others_committed += d.fetch->committed_bytes();
   }
   const auto& scheduler = proxy.config.scheduler;
   return fair_window_bytes(scheduler.memory_budget_bytes, scheduler.memory_per_session_bytes,
-                           apps.size(), of_app);
+                           apps.size(), of_app, others_committed);
 }
 
 /// note_download, and the history's record of it.
@@ -721,10 +725,15 @@ awaitable<bool> async_fetch_multipath(const request_context& ctx, fetch_state& s
     auto [header_ec, n] = co_await http::async_write_header(ctx.app, serializer, nothrow);
     if (header_ec) co_return false;
   }
-  auto to_app = [&ctx, &limits](const std::vector<asio::const_buffer>& pieces)
+  error_code app_write_error;  // why the app could not be given the bytes, if it could not
+  auto to_app = [&ctx, &limits, &app_write_error](const std::vector<asio::const_buffer>& pieces)
       -> awaitable<std::pair<error_code, std::size_t>> {
-    ctx.app.expires_after(as_duration(limits.io_timeout));
+    // An app may stop reading for a while (a paused player; curl --limit-rate sleeps after
+    // a burst): a direct connection would wait for it, so we do as long as a stream may
+    // stay quiet. Meanwhile the window is full and nothing more is asked of the servers.
+    ctx.app.expires_after(as_duration(limits.stream_idle_timeout));
     auto [write_ec, n] = co_await asio::async_write(ctx.app, pieces, nothrow);
+    if (write_ec) app_write_error = write_ec;
     co_return std::pair{write_ec, n};
   };
   ++ctx.proxy.fetches_active;
@@ -744,8 +753,9 @@ awaitable<bool> async_fetch_multipath(const request_context& ctx, fetch_state& s
     ~unregister_download() { list.erase(entry); }
   } remove_when_done{ctx.proxy.downloads, shown};
   // One budget for all downloads (issue 18): the window shrinks as others start.
-  state.set_window_source(
-      [&proxy = ctx.proxy, &app = ctx.app_name] { return fair_window_of(proxy, app); });
+  state.set_window_source([&proxy = ctx.proxy, &app = ctx.app_name, self = &state] {
+    return fair_window_of(proxy, app, self);
+  });
   // A named variable, not a temporary in the co_await: GCC 12 destroys such temporaries
   // twice (GCC PR 100611).
   fetch_start start{ctx.request,
@@ -797,8 +807,9 @@ awaitable<bool> async_fetch_multipath(const request_context& ctx, fetch_state& s
   if (!delivered) {
     // DESIGN.md: a clean failure, never a truncated body.
     spdlog::warn(
-        "[{}] GET {} multipath failed after {} of {} bytes ({}): resetting the app connection",
-        ctx.session_id, url, state.delivered() - state.begin(), length, per_path);
+        "[{}] GET {} multipath failed after {} of {} bytes ({}){}: resetting the app connection",
+        ctx.session_id, url, state.delivered() - state.begin(), length, per_path,
+        app_write_error ? "; writing to the app: " + app_write_error.message() : std::string());
     net::close_with_reset(ctx.app.socket());
     co_return false;
   }

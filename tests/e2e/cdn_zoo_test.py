@@ -115,6 +115,16 @@ class StreamChecks:
         self.assertEqual(got["bytes"], 5, got)
         self.assertGreaterEqual(got["seconds"], 19.5)
 
+    def test_a_paused_player_gets_the_whole_object(self):
+        """An app that stops reading for 20 s (a paused player) after the first MB of a
+        download: a direct connection would wait for it, and so does fleety — its write to
+        the app is not cut after io_timeout (15 s); nothing more is asked meanwhile."""
+        got, _ = self.client("get", f"http://{HOST}/10MB", "--pause", "20", *self.proxy_args())
+        print(f"paused player: {({k: v for k, v in got.items() if k != 'gaps'})}")
+        self.assertEqual(got["status"], 200, got)
+        self.assertEqual(got.get("sha256"), object_sha256("10MB"), got)
+        self.assertGreaterEqual(got["seconds"], 20)
+
     def test_websocket_echoes(self):
         got, _ = self.client("ws", f"http://{HOST}:{STREAMS_PORT}/ws", *self.proxy_args())
         print(f"WebSocket: {got}")

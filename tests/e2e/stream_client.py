@@ -5,7 +5,8 @@ lab's streaming server (lab/streams.py), directly or through an HTTP proxy, and 
 one JSON line of what it saw.
 
   stream_client.py sse URL [--proxy HOST:PORT]    {"ticks": n, "late_ms": [...], "status": 200}
-  stream_client.py get URL [--proxy HOST:PORT]    {"status": s, "bytes": n, "seconds": t, "gaps": [...]}
+  stream_client.py get URL [--proxy HOST:PORT] [--pause S [--pause-after BYTES]]
+                                                  {"status": s, "bytes": n, "seconds": t, "gaps": [...], "sha256": h}
   stream_client.py ws URL [--proxy HOST:PORT] [--messages N]   {"status": 101, "echoed": n}
 
 The server stamps each event with its clock; this machine's clock is the same, so
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import socket
@@ -24,8 +26,11 @@ import time
 from urllib.parse import urlsplit
 
 
-def connect(url: str, proxy: str | None, timeout: float) -> tuple[socket.socket, str]:
-    """A socket to the server (or the proxy) and the request target to send."""
+def connect(url: str, proxy: str | None, timeout: float,
+            receive_buffer: int = 0) -> tuple[socket.socket, str]:
+    """A socket to the server (or the proxy) and the request target to send;
+    `receive_buffer` (bytes, before the handshake): a small window, so that the sender
+    sees at once that the app stopped reading."""
     u = urlsplit(url)
     if proxy:
         host, port = proxy.rsplit(":", 1)
@@ -33,7 +38,14 @@ def connect(url: str, proxy: str | None, timeout: float) -> tuple[socket.socket,
     else:
         host, port = u.hostname, u.port or 80
         target = (u.path or "/") + (f"?{u.query}" if u.query else "")
-    s = socket.create_connection((host, int(port)), timeout=timeout)
+    if receive_buffer:
+        address = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+        s = socket.socket(address[0], socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        s.settimeout(timeout)
+        s.connect(address[4])
+    else:
+        s = socket.create_connection((host, int(port)), timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s, target
 
@@ -101,23 +113,29 @@ def run_sse(args) -> dict:
 
 
 def run_get(args) -> dict:
-    s, target = connect(args.url, args.proxy, args.timeout)
+    s, target = connect(args.url, args.proxy, args.timeout, 65536 if args.pause else 0)
     started = time.monotonic()
     request(s, target, urlsplit(args.url).netloc)
     f = s.makefile("rb")
     status, headers = read_head(f)
     total, gaps, last = 0, [], time.monotonic()
+    digest = hashlib.sha256()
+    paused = False
     try:
         for piece in body_pieces(f, headers):
             now = time.monotonic()
             gaps.append(round(now - last, 2))
-            last = now
             total += len(piece)
+            digest.update(piece)
+            if args.pause and not paused and total >= args.pause_after:
+                time.sleep(args.pause)  # a paused player: reads nothing meanwhile
+                paused = True
+            last = time.monotonic()
     except (ConnectionError, OSError) as e:
         return {"status": status, "bytes": total, "error": str(e),
                 "seconds": round(time.monotonic() - started, 2)}
     return {"status": status, "bytes": total, "seconds": round(time.monotonic() - started, 2),
-            "gaps": gaps}
+            "gaps": gaps, "sha256": digest.hexdigest()}
 
 
 def ws_frame(payload: bytes) -> bytes:
@@ -157,6 +175,9 @@ def main() -> int:
     ap.add_argument("--proxy")
     ap.add_argument("--timeout", type=float, default=60)
     ap.add_argument("--messages", type=int, default=5)
+    ap.add_argument("--pause", type=float, default=0,
+                    help="get: stop reading this many seconds once --pause-after bytes came")
+    ap.add_argument("--pause-after", type=int, default=1_000_000)
     args = ap.parse_args()
     result = {"sse": run_sse, "get": run_get, "ws": run_ws}[args.mode](args)
     print(json.dumps(result))

@@ -838,6 +838,11 @@ TEST(FairWindow, TheBudgetSplitsEvenlyBetweenAppsThenBetweenAnAppsDownloads) {
   // However many: each download keeps a window to go on with.
   EXPECT_EQ(fair_window_bytes(256 * MiB, 32 * MiB, 16, 256), min_window_bytes);
   EXPECT_EQ(fair_window_bytes(256 * MiB, 32 * MiB, 0, 0), 32 * MiB);
+  // Downloads that started alone asked for 32 MiB each before others joined: a newcomer
+  // gets what they have not committed, not its share on top.
+  EXPECT_EQ(fair_window_bytes(256 * MiB, 32 * MiB, 1, 9, 250 * MiB), 6 * MiB);
+  EXPECT_EQ(fair_window_bytes(256 * MiB, 32 * MiB, 1, 9, 300 * MiB), min_window_bytes);
+  EXPECT_EQ(fair_window_bytes(256 * MiB, 32 * MiB, 1, 9, 100 * MiB), 256 * MiB / 9);
 }
 
 TEST(FetchState, HoldsNoMoreThanItsShareOfTheBudget) {
