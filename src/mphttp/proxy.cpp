@@ -204,8 +204,10 @@ std::optional<std::uint64_t> downloaded_lately(const proxy_context& proxy, const
   return it->second.size;
 }
 
+/// `host` served a download of `size` bytes at `when` (before `now` for one the history
+/// remembers); at the bound, expired hosts go first, then the least recent.
 void note_download(proxy_context& proxy, const std::string& host, std::uint64_t size,
-                   clock_type::time_point now) {
+                   clock_type::time_point when, clock_type::time_point now) {
   auto& hosts = proxy.recent_downloads;
   if (hosts.size() >= proxy_context::max_cooling_hosts && !hosts.contains(host)) {
     std::erase_if(hosts, [now](const auto& e) {
@@ -217,7 +219,7 @@ void note_download(proxy_context& proxy, const std::string& host, std::uint64_t 
       }));
     }
   }
-  hosts[host] = {now, size};
+  hosts[host] = {when, size};
 }
 
 /// The window of a download of `app` now (`self`: its fetch, once registered): its fair
@@ -240,7 +242,8 @@ std::uint64_t fair_window_of(const proxy_context& proxy, const std::string& app,
 
 /// note_download, and the history's record of it.
 void record_download(proxy_context& proxy, const std::string& host, std::uint64_t size) {
-  note_download(proxy, host, size, clock_type::now());
+  const auto now = clock_type::now();
+  note_download(proxy, host, size, now, now);
   if (proxy.on_download) proxy.on_download(host, size);
 }
 
@@ -1054,7 +1057,8 @@ void remember_download(proxy_context& context, const std::string& host, std::uin
                        std::chrono::steady_clock::duration age) {
   if (age < std::chrono::steady_clock::duration::zero()) age = {};  // a clock set back
   if (age >= proxy_context::download_prediction_lifetime) return;
-  note_download(context, host, size, clock_type::now() - age);
+  const auto now = clock_type::now();
+  note_download(context, host, size, now - age, now);
 }
 
 warm_connections warm_connections_of(const proxy_context& context) {
