@@ -76,9 +76,12 @@ core::expected<bool> daemon_control::set_app_enabled(const std::string& name, bo
   return intercepting_->set_enabled(name, enabled);
 }
 
-core::expected<bool> daemon_control::app_starting(const std::string& name) {
+core::expected<bool> daemon_control::app_starting(
+    const std::string& name, const std::optional<control::peer_credentials>& caller) {
   if (!intercepting_) return core::make_error(interception_off);
-  return intercepting_->starting(name);
+  std::optional<intercept::joining_process> joining;
+  if (caller) joining = intercept::joining_process{caller->pid, caller->uid};
+  return intercepting_->starting(name, joining);
 }
 
 core::expected<control::stats_model> daemon_control::stats() {

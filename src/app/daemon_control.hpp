@@ -29,7 +29,8 @@ class daemon_control : public control::daemon_api {
   control::status_model status() override;
   std::vector<control::app_status> apps() override;
   core::expected<bool> set_app_enabled(const std::string& name, bool enabled) override;
-  core::expected<bool> app_starting(const std::string& name) override;
+  core::expected<bool> app_starting(
+      const std::string& name, const std::optional<control::peer_credentials>& caller) override;
   core::expected<control::stats_model> stats() override;
   core::expected<std::size_t> reload_rules() override;
 

@@ -3,18 +3,23 @@
 // fleetyd's interception rules select, then exec'd.
 
 #include <fmt/format.h>
+#include <grp.h>
+#include <pwd.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <boost/json.hpp>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -42,8 +47,46 @@ std::string app_name_of(const std::string& command) {
   return name.empty() ? std::string("app") : name.substr(0, 64);
 }
 
-int run_command(std::string app, const std::vector<std::string>& command,
-                const std::string& socket) {
+/// Under sudo, the user who ran it: the program runs as them, not as root.
+struct sudo_caller {
+  uid_t uid;
+  gid_t gid;
+  std::string user;
+};
+
+std::optional<sudo_caller> sudo_caller_of_environment() {
+  const char* uid_text = std::getenv("SUDO_UID");
+  const char* gid_text = std::getenv("SUDO_GID");
+  const char* user = std::getenv("SUDO_USER");
+  if (uid_text == nullptr || gid_text == nullptr || user == nullptr) return std::nullopt;
+  const std::string_view uid_view(uid_text);
+  const std::string_view gid_view(gid_text);
+  sudo_caller caller{0, 0, user};
+  if (std::from_chars(uid_view.data(), uid_view.data() + uid_view.size(), caller.uid).ec !=
+          std::errc() ||
+      std::from_chars(gid_view.data(), gid_view.data() + gid_view.size(), caller.gid).ec !=
+          std::errc())
+    return std::nullopt;
+  return caller;
+}
+
+/// Becomes `caller` for good (groups, gid, uid: in that order, or the later calls are not
+/// permitted), with their HOME, USER and LOGNAME. Why not, if it fails.
+std::string become(const sudo_caller& caller) {
+  if (::initgroups(caller.user.c_str(), caller.gid) != 0 || ::setgid(caller.gid) != 0 ||
+      ::setuid(caller.uid) != 0)
+    return std::strerror(errno);
+  if (::setuid(0) == 0) return "root could be regained after dropping it";
+  if (const ::passwd* entry = ::getpwuid(caller.uid); entry != nullptr) {
+    ::setenv("HOME", entry->pw_dir, 1);
+    ::setenv("USER", entry->pw_name, 1);
+    ::setenv("LOGNAME", entry->pw_name, 1);
+  }
+  return {};
+}
+
+int run_command(std::string app, const std::vector<std::string>& command, const std::string& socket,
+                bool as_root) {
   if (command.empty()) {
     std::cerr << "fleety run: no command given: fleety run [--app NAME] -- CMD [ARGS...]\n";
     return 2;
@@ -54,37 +97,29 @@ int run_command(std::string app, const std::vector<std::string>& command,
               << "': use letters, digits, '.', '_' or '-' (at most 64)\n";
     return 2;
   }
-  if (::geteuid() != 0) {
-    std::cerr << "fleety run: needs root (it moves the program into fleety's cgroup): run it "
-                 "with sudo\n";
-    return 1;
+  const bool root = ::geteuid() == 0;
+  const auto caller = root ? sudo_caller_of_environment() : std::nullopt;
+  if (as_root && !root) {
+    std::cerr << "fleety run: --as-root needs root (sudo fleety run --as-root ...)\n";
+    return 2;
   }
   // fleetyd must be intercepting in this network namespace, or the program would just
-  // run untouched while the user believes it is multipath.
-  if (auto table = intercept::run_nft(fmt::format("list table inet {}", intercept::table_name));
-      !table) {
-    std::cerr << "fleety run: fleetyd is not intercepting here (no nftables table inet "
-              << intercept::table_name
-              << "): start fleetyd with [intercept] enabled = true in this network namespace\n";
-    return 1;
+  // run untouched while the user believes it is multipath. (Root may list the table; for
+  // others fleetyd's answer below says whether it intercepts.)
+  if (root) {
+    if (auto table = intercept::run_nft(fmt::format("list table inet {}", intercept::table_name));
+        !table) {
+      std::cerr << "fleety run: fleetyd is not intercepting here (no nftables table inet "
+                << intercept::table_name
+                << "): start fleetyd with [intercept] enabled = true in this network namespace\n";
+      return 1;
+    }
   }
-  auto mount = intercept::cgroup2_mount();
-  if (!mount) {
-    std::cerr << "fleety run: " << mount.error() << "\n";
-    return 1;
-  }
-  const fs::path cgroup = fs::path(*mount) / intercept::run_cgroup / app;
-  std::error_code ec;
-  fs::create_directories(cgroup, ec);
-  if (ec) {
-    std::cerr << "fleety run: cannot create the cgroup " << cgroup.string() << ": " << ec.message()
-              << "\n";
-    return 1;
-  }
-  // fleetyd learns the cgroup (its rules need it to exist) and says whether the app is
-  // enabled: a disabled app is not run, rather than run untouched by surprise.
-  auto answer =
-      control::call(socket, {{"cmd", "app.starting"}, {"name", app}}, std::chrono::seconds(5));
+  // fleetyd makes the app's cgroup, loads its rules and moves this process into it (it
+  // knows who we are from the socket: members of group fleety need no root). A disabled
+  // app is not run, rather than run untouched by surprise.
+  auto answer = control::call(socket, {{"cmd", "app.starting"}, {"name", app}, {"join", true}},
+                              std::chrono::seconds(5));
   if (!answer) {
     std::cerr << "fleety run: " << answer.error() << "\n";
     return 1;
@@ -95,11 +130,22 @@ int run_command(std::string app, const std::vector<std::string>& command,
     return 1;
   }
   {
-    std::ofstream procs(cgroup / "cgroup.procs");
-    procs << ::getpid() << std::flush;
-    if (!procs) {
-      std::cerr << "fleety run: cannot move into the cgroup " << cgroup.string() << ": "
-                << std::strerror(errno) << "\n";
+    std::ifstream cgroup_file("/proc/self/cgroup");
+    std::string membership((std::istreambuf_iterator<char>(cgroup_file)),
+                           std::istreambuf_iterator<char>());
+    const std::string expected = fmt::format("/{}/{}\n", intercept::run_cgroup, app);
+    if (membership.find(expected) == std::string::npos) {
+      std::cerr << "fleety run: fleetyd did not move this process into its cgroup "
+                << intercept::run_cgroup << "/" << app << " (it is in " << membership
+                << "): not running the program untouched\n";
+      return 1;
+    }
+  }
+  // The program never runs as root unless root asked: under sudo it runs as the user.
+  if (caller && !as_root) {
+    if (const auto why = become(*caller); !why.empty()) {
+      std::cerr << "fleety run: cannot run as " << caller->user << " (uid " << caller->uid
+                << "): " << why << "\n";
       return 1;
     }
   }
@@ -305,10 +351,14 @@ int main(int argc, char** argv) {
                      std::string(control::default_socket_path) + ")");
   cli.add_flag("--json", as_json, "machine-readable output");
 
-  auto* run =
-      cli.add_subcommand("run", "run a program whose TCP and DNS fleetyd takes over (needs root)");
+  auto* run = cli.add_subcommand(
+      "run", "run a program whose TCP and DNS fleetyd takes over (root or group fleety)");
   std::string app;
   run->add_option("--app", app, "name the app (default: the command's name)");
+  bool as_root = false;
+  run->add_flag("--as-root", as_root,
+                "under sudo, run the program as root (by default it runs as the user who ran "
+                "sudo)");
   run->footer("Usage: fleety run [--app NAME] -- CMD [ARGS...]");
   if (!has_separator) run->prefix_command();
 
@@ -343,7 +393,7 @@ int main(int argc, char** argv) {
   }
   if (run->parsed()) {
     if (!has_separator) command = run->remaining();
-    return run_command(app, command, socket);
+    return run_command(app, command, socket, as_root);
   }
   if (get->parsed()) return app::run_get(get_args, as_json);
   if (status->parsed()) return show(socket, {{"cmd", "status"}}, as_json, print_status);

@@ -18,6 +18,7 @@
 #include <functional>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -94,6 +95,42 @@ void raise_open_files_limit() {
     spdlog::debug("open files limit raised from {} to {}", before, limit.rlim_cur);
 }
 
+/// Keeps fleetyd's local ports to root and the [access] group (issue 18 item 5). Without
+/// the rules (no CAP_NET_ADMIN, [access] everyone) every local user may use them: said once.
+std::unique_ptr<intercept::access_guard> guard_local_ports(
+    const core::config& config, const std::optional<intercept::group_members>& group) {
+  if (config.access.everyone) {
+    spdlog::info("access: the proxy and DNS ports serve every local user ([access] everyone)");
+    return nullptr;
+  }
+  intercept::access_spec spec;
+  spec.tcp_ports = {config.proxy.listen_port};
+  if (config.intercept.enabled) {
+    spec.tcp_ports.push_back(config.intercept.tcp_port);
+    spec.tcp_ports.push_back(config.intercept.dns_port);
+    spec.udp_ports.push_back(config.intercept.dns_port);
+  }
+  if (config.metrics.enabled) spec.tcp_ports.push_back(config.metrics.listen_port);
+  spec.who = "fleetyd: root only";
+  if (group) {
+    spec.gid = group->gid;
+    spec.uids = group->uids;
+    spec.who = fmt::format("fleetyd: root and group {}", group->name);
+  }
+  const std::string ports = fmt::format("{}", fmt::join(spec.tcp_ports, ", "));
+  auto guard = intercept::access_guard::start(std::move(spec));
+  if (!guard) {
+    spdlog::warn(
+        "access: cannot keep fleetyd's ports to root and group {} ({}): every local "
+        "user may use them",
+        config.access.group, guard.error());
+    return nullptr;
+  }
+  spdlog::info("access: fleetyd's ports ({}) refuse other local users (nftables table inet {})",
+               ports, intercept::access_table_name);
+  return std::move(guard).value();
+}
+
 int run(const core::config& config, const std::string& config_path) {
   // A peer that closes while we write must be an error on that connection, not the end
   // of the daemon: splice(2), unlike send(MSG_NOSIGNAL), raises SIGPIPE.
@@ -104,6 +141,25 @@ int run(const core::config& config, const std::string& config_path) {
   const auto history = path::open_configured_history(config.monitor);
   auto paths = make_paths(io, config, history.get());
   if (paths.empty()) return 1;
+  // [access]: the group whose members may use fleety besides root.
+  std::optional<intercept::group_members> access_group;
+  if (!config.access.group.empty()) {
+    if (auto group = intercept::members_of_group(config.access.group)) {
+      access_group = std::move(group).value();
+      spdlog::info("access: root and group {} (gid {}; members: {}) may use fleety",
+                   access_group->name, access_group->gid,
+                   access_group->users.empty()
+                       ? std::string("none listed")
+                       : fmt::format("{}", fmt::join(access_group->users, ", ")));
+    } else {
+      spdlog::warn(
+          "access: {}: only root may use fleety (groupadd --system {}, then add the "
+          "users who may)",
+          group.error(), config.access.group);
+    }
+  }
+  // Before anything listens: no moment when every local user may use the ports.
+  const auto local_ports_guard = guard_local_ports(config, access_group);
   auto proxy_acceptor =
       listen_at(io, config.proxy.listen_address, config.proxy.listen_port, "proxy.listen");
   if (!proxy_acceptor) return 1;
@@ -208,7 +264,9 @@ int run(const core::config& config, const std::string& config_path) {
     mptcp = path::mptcp_endpoints::start(supervisor.monitor(), config);
 
   app::daemon_control control_api(context, intercepting.get(), duplicator, supervisor, config_path);
-  auto control_acceptor = control::listen_control(io, config.control_socket);
+  auto control_acceptor = control::listen_control(
+      io, config.control_socket,
+      access_group ? std::optional<std::uint32_t>(access_group->gid) : std::nullopt);
   if (!control_acceptor) {
     std::cerr << "fleetyd: control socket: " << control_acceptor.error() << "\n";
     return 1;
@@ -244,6 +302,19 @@ int run(const core::config& config, const std::string& config_path) {
         if (wait_ec) return;
         if (auto count = control_api.reload_rules(); !count)
           spdlog::error("SIGHUP: {}", count.error());
+        // A user added to the [access] group since: the ports serve them from now on.
+        if (local_ports_guard && access_group) {
+          auto group = intercept::members_of_group(access_group->name);
+          auto updated = group ? local_ports_guard->update_members(group->uids, group->gid)
+                               : core::expected<bool>(core::make_error(group.error()));
+          if (updated) {
+            spdlog::info("SIGHUP: group {} has {} member(s) listed", group->name,
+                         group->uids.size());
+          } else {
+            spdlog::error("SIGHUP: access of group {} not updated: {}", access_group->name,
+                          updated.error());
+          }
+        }
         reload.async_wait(on_reload);
       };
   reload.async_wait(on_reload);

@@ -44,7 +44,8 @@ std::string reply_ok(json::object body = {}) {
 
 }  // namespace
 
-std::string handle_request(std::string_view line, daemon_api& daemon) {
+std::string handle_request(std::string_view line, daemon_api& daemon,
+                           const peer_credentials& peer) {
   boost::system::error_code ec;
   json::value request = json::parse(line, ec);
   if (ec || !request.is_object()) return reply_error("a request is one JSON object per line");
@@ -63,11 +64,17 @@ std::string handle_request(std::string_view line, daemon_api& daemon) {
     if (!stats) return reply_error(stats.error());
     return reply_ok(stats_json(*stats));
   }
+  const bool for_root_only =
+      command == "app.enable" || command == "app.disable" || command == "rules.reload";
+  if (for_root_only && !peer.is_root())
+    return reply_error(fmt::format("only root may ask {} (run it with sudo)", command));
   if (command == "app.enable" || command == "app.disable" || command == "app.starting") {
     const std::string name = name_of();
     if (name.empty()) return reply_error(fmt::format("{} needs \"name\"", command));
     if (command == "app.starting") {
-      auto enabled = daemon.app_starting(name);
+      const auto* join = object.if_contains("join");
+      const bool joining = join != nullptr && join->is_bool() && join->as_bool();
+      auto enabled = daemon.app_starting(name, joining ? std::optional(peer) : std::nullopt);
       if (!enabled) return reply_error(enabled.error());
       return reply_ok({{"name", name}, {"enabled", *enabled}});
     }
@@ -97,6 +104,14 @@ asio::awaitable<void> run_control_server(local::acceptor acceptor, daemon_api& d
     auto& socket = *accepted;
     connections.spawn(
         [](local::socket peer, daemon_api& api, control_timeouts limits) -> asio::awaitable<void> {
+          // Asked once: the kernel's record of who connected, which the peer cannot forge.
+          peer_credentials caller{.uid = ~0U, .gid = ~0U, .pid = 0};
+          ::ucred credentials{};
+          socklen_t length = sizeof credentials;
+          if (::getsockopt(peer.native_handle(), SOL_SOCKET, SO_PEERCRED, &credentials, &length) ==
+              0) {
+            caller = {credentials.uid, credentials.gid, credentials.pid};
+          }
           // Closes the connection unless cancelled within `timeout`: what was waited for
           // then fails.
           asio::steady_timer deadline(peer.get_executor());
@@ -114,7 +129,7 @@ asio::awaitable<void> run_control_server(local::acceptor acceptor, daemon_api& d
             deadline.cancel();
             if (read_ec) co_return;
             std::string reply =
-                handle_request(std::string_view(buffer).substr(0, n - 1), api) + "\n";
+                handle_request(std::string_view(buffer).substr(0, n - 1), api, caller) + "\n";
             buffer.erase(0, n);
             close_after(limits.write);
             auto [write_ec, w] = co_await asio::async_write(peer, asio::buffer(reply), nothrow);
@@ -128,15 +143,18 @@ asio::awaitable<void> run_control_server(local::acceptor acceptor, daemon_api& d
   co_await connections.async_join();
 }
 
-core::expected<local::acceptor> listen_control(asio::io_context& io, const std::string& path) {
+core::expected<local::acceptor> listen_control(asio::io_context& io, const std::string& path,
+                                               std::optional<std::uint32_t> group) {
   namespace fs = std::filesystem;
   std::error_code fs_ec;
   const fs::path socket_path(path);
   if (socket_path.has_parent_path()) {
-    fs::create_directories(socket_path.parent_path(), fs_ec);
+    const bool made = fs::create_directories(socket_path.parent_path(), fs_ec);
     if (fs_ec)
       return core::make_error(
           fmt::format("cannot create {}: {}", socket_path.parent_path().string(), fs_ec.message()));
+    // Under a umask of 077 the group could not reach the socket in it.
+    if (made) fs::permissions(socket_path.parent_path(), fs::perms(0755), fs_ec);
   }
   // A socket left by a fleetyd that died; one that answers belongs to a live fleetyd.
   if (fs::exists(socket_path, fs_ec)) {
@@ -151,10 +169,19 @@ core::expected<local::acceptor> listen_control(asio::io_context& io, const std::
   boost::system::error_code ec;
   acceptor.open(local(), ec);
   if (!ec) {
-    // Created 0600 (root-only, DESIGN.md): umask for the bind, not a chmod after it.
+    // Created 0600 (root-only, DESIGN.md): umask for the bind, not a chmod after it, so
+    // that nobody else can connect in between. Then the group, then its mode.
     const mode_t old_mask = ::umask(0177);
     acceptor.bind(local::endpoint(path), ec);
     ::umask(old_mask);
+    // Without CAP_CHOWN root may hand a file only to a group it is a member of (the
+    // systemd unit's SupplementaryGroups=fleety). Failing that, the socket stays root's.
+    if (!ec && group &&
+        (::chown(path.c_str(), static_cast<uid_t>(-1), *group) != 0 ||
+         ::chmod(path.c_str(), 0660) != 0)) {
+      spdlog::warn("control socket {}: cannot hand it to group {} ({}): root only (0600)", path,
+                   *group, std::strerror(errno));
+    }
   }
   if (!ec) acceptor.listen(16, ec);
   if (ec) return core::make_error(fmt::format("cannot listen on {}: {}", path, ec.message()));
@@ -187,7 +214,10 @@ core::expected<json::object> call(const std::string& path, const json::object& r
           "or fleetyd --config FILE)",
           path));
     if (err == EACCES)
-      return core::make_error(fmt::format("no permission to use {}: run as root (sudo)", path));
+      return core::make_error(
+          fmt::format("no permission to use {}: run as root (sudo), or be a member of group fleety "
+                      "(sudo usermod -aG fleety $USER, then log in again)",
+                      path));
     return core::make_error(fmt::format("cannot connect to {}: {}", path, std::strerror(err)));
   }
   const std::string line = json::serialize(request) + "\n";

@@ -1,7 +1,7 @@
 #pragma once
-// The control socket: a root-only unix socket over which the `fleety` CLI asks the
-// daemon (one JSON object per line each way). The dispatch is a pure function over
-// the daemon_api interface; the socket server and the CLI's client are thin I/O.
+// The control socket: a unix socket of root and the [access] group over which the `fleety` CLI asks
+// the daemon (one JSON object per line each way). The dispatch is a pure function over the
+// daemon_api interface; the socket server and the CLI's client are thin I/O.
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -9,6 +9,8 @@
 #include <boost/json/object.hpp>
 #include <boost/json/value.hpp>
 #include <chrono>
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -19,6 +21,14 @@ namespace fleety::control {
 
 /// Where fleetyd listens unless the config says otherwise.
 inline constexpr std::string_view default_socket_path = "/run/fleety/control.sock";
+
+/// Who is asking, as the kernel says of the control connection (SO_PEERCRED).
+struct peer_credentials {
+  std::uint32_t uid = 0;
+  std::uint32_t gid = 0;
+  std::int32_t pid = 0;
+  bool is_root() const { return uid == 0; }
+};
 
 /// What the control socket can ask of the daemon (fleetyd implements it). Called on the
 /// io_context's thread.
@@ -33,10 +43,12 @@ class daemon_api {
   /// Enables or disables an app and reloads the interception rules; the error names
   /// an unknown app or what nftables said.
   virtual core::expected<bool> set_app_enabled(const std::string& name, bool enabled) = 0;
-  /// `fleety run --app NAME` is about to start NAME in its cgroup: the rules are loaded
-  /// again so that they know the cgroup. Whether the app is enabled (an unknown name
-  /// is a new, enabled app).
-  virtual core::expected<bool> app_starting(const std::string& name) = 0;
+  /// `fleety run --app NAME` is about to start NAME: fleetyd makes its cgroup and loads the
+  /// rules again so that they know it; when the app is enabled and `caller` is given, the
+  /// caller's process is moved into that cgroup (the program it then execs is the app).
+  /// Whether the app is enabled (an unknown name is a new, enabled app).
+  virtual core::expected<bool> app_starting(const std::string& name,
+                                            const std::optional<peer_credentials>& caller) = 0;
   /// Reads the feature rules again; how many there are.
   virtual core::expected<std::size_t> reload_rules() = 0;
   /// Cellular bytes per app and in total this month, and the paper's §6.1 telemetry
@@ -46,11 +58,13 @@ class daemon_api {
   }
 };
 
-/// One request line → one reply line (without the newline). Requests:
+/// One request line from `peer` → one reply line (without the newline). Requests:
 /// {"cmd":"status"}, {"cmd":"apps"}, {"cmd":"app.enable","name":N},
-/// {"cmd":"app.disable","name":N}, {"cmd":"app.starting","name":N},
+/// {"cmd":"app.disable","name":N}, {"cmd":"app.starting","name":N[,"join":true]},
 /// {"cmd":"rules.reload"}, {"cmd":"stats"}. Replies: {"ok":true,...} or {"ok":false,"error":"..."}.
-std::string handle_request(std::string_view line, daemon_api& daemon);
+/// Who may connect is the socket's mode (root and the [access] group); what changes the
+/// daemon for everyone (app.enable, app.disable, rules.reload) only root may ask.
+std::string handle_request(std::string_view line, daemon_api& daemon, const peer_credentials& peer);
 
 /// How long a control connection may wait.
 struct control_timeouts {
@@ -80,10 +94,12 @@ std::string prometheus_text(const status_model& status);
 boost::asio::awaitable<void> run_metrics_server(boost::asio::ip::tcp::acceptor acceptor,
                                                 daemon_api& daemon);
 
-/// Opens `path` for fleetyd: its directory made root-only, a stale socket removed, the
-/// socket itself mode 0600.
+/// Opens `path` for fleetyd: its directory made if missing (0755), a stale socket removed,
+/// the socket itself mode 0660 owned by root and `group` (the [access] group), or 0600
+/// without one.
 core::expected<boost::asio::local::stream_protocol::acceptor> listen_control(
-    boost::asio::io_context& io, const std::string& path);
+    boost::asio::io_context& io, const std::string& path,
+    std::optional<std::uint32_t> group = std::nullopt);
 
 /// The CLI's side: one request, its reply object (with "ok" true), within `timeout`.
 /// Errors say what to do ("fleetyd is not running: no control socket at PATH").

@@ -110,10 +110,10 @@ std::optional<std::string> read_integer(const context& ctx, const toml::table& t
 
 std::optional<std::string> read_proxy(const context& ctx, const toml::table& table,
                                       proxy_config& proxy) {
-  if (auto e = check_keys(
-          ctx, table, "[proxy]",
-          {"listen", "connect_timeout", "io_timeout", "stream_idle_timeout", "max_connections",
-           "connections_per_host", "idle_connections", "idle_connection_timeout"})) {
+  if (auto e = check_keys(ctx, table, "[proxy]",
+                          {"listen", "connect_timeout", "io_timeout", "stream_idle_timeout",
+                           "max_connections", "connections_per_host", "idle_connections",
+                           "idle_connection_timeout", "connect_ports"})) {
     return e;
   }
   if (auto e = read_listen(ctx, table, "proxy", "127.0.0.1:3128", proxy.listen_address,
@@ -153,6 +153,19 @@ std::optional<std::string> read_proxy(const context& ctx, const toml::table& tab
           ctx, table, "idle_connection_timeout", "proxy", parse_duration,
           store_duration(proxy.idle_connection_timeout))) {
     return e;
+  }
+  if (const toml::node* node = table.get("connect_ports")) {
+    const auto* list = node->as_array();
+    if (list == nullptr)
+      return fmt::format("{}proxy.connect_ports must be a list of ports ([443])", ctx.where(*node));
+    proxy.connect_ports.clear();
+    for (const auto& entry : *list) {
+      const auto port = entry.value<std::int64_t>();
+      if (!port || *port < 1 || *port > 65535)
+        return fmt::format("{}proxy.connect_ports: each must be a port from 1 to 65535",
+                           ctx.where(entry));
+      proxy.connect_ports.push_back(static_cast<std::uint16_t>(*port));
+    }
   }
   return std::nullopt;
 }
@@ -744,7 +757,7 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
   if (auto e = check_keys(ctx, root, "the file",
                           {"proxy", "path", "scheduler", "log", "intercept", "app", "feature",
                            "http_dns", "classify", "control", "class", "selector", "monitor",
-                           "budget", "mptcp", "metrics", "dns"})) {
+                           "budget", "mptcp", "metrics", "dns", "access"})) {
     return make_error(*e);
   }
   if (const toml::node* node = root.get("intercept")) {
@@ -784,6 +797,23 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
                       "characters)",
                       ctx.where(*table->get("socket")), result.control_socket));
     }
+  }
+  if (const toml::node* node = root.get("access")) {
+    const auto* table = node->as_table();
+    if (table == nullptr) return make_error(ctx.where(*node) + "[access] must be a table");
+    if (auto e = check_keys(ctx, *table, "[access]", {"group", "everyone"})) return make_error(*e);
+    if (auto e = read_string(ctx, *table, "group", "access", result.access.group))
+      return make_error(*e);
+    const auto& group = result.access.group;
+    if (group.size() > 32 || !std::all_of(group.begin(), group.end(), [](char c) {
+          return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '_' || c == '-' || c == '.';
+        })) {
+      return make_error(fmt::format("{}access.group '{}' is not a group name",
+                                    ctx.where(*table->get("group")), group));
+    }
+    if (auto e = read_bool(ctx, *table, "everyone", "access", result.access.everyone))
+      return make_error(*e);
   }
   if (auto e = read_array_of_tables(ctx, root, "app", result.apps, read_app)) return make_error(*e);
   {

@@ -85,6 +85,9 @@ struct proxy_config {
   std::size_t idle_connections = 32;
   /// An idle warm connection closes after this long unused.
   std::chrono::microseconds idle_connection_timeout{30'000'000};
+  /// The ports CONNECT may tunnel to: HTTPS only by default, so that the proxy is no
+  /// way to reach mail, SSH or a database in the name of whoever may use it.
+  std::vector<std::uint16_t> connect_ports{443};
 };
 
 /// Transparent interception (`[intercept]`): the redirected apps' TCP and DNS come to
@@ -202,8 +205,19 @@ struct metrics_config {
   std::uint16_t listen_port = 9464;
 };
 
+/// `[access]` (issue 18 item 5): who on this host may use fleetyd. Root always may.
+struct access_config {
+  /// Members of this group (and processes running with it) may use the proxy and DNS
+  /// ports, the control socket and `fleety run`; others are refused by the kernel (an
+  /// nftables rule on the owner of the local socket). "": root only.
+  std::string group = "fleety";
+  /// The proxy and DNS ports open to every local user (fleety before issue 18).
+  bool everyone = false;
+};
+
 struct config {
   proxy_config proxy;
+  access_config access;
   std::vector<path_config> paths;  ///< in preference order: cost, then file order
   scheduler_config scheduler;
   intercept_config intercept;
@@ -219,7 +233,7 @@ struct config {
   dns_config dns;
   /// `[classify] multipath_by_default`: an HTTP GET no feature rule matches may split.
   bool multipath_by_default = true;
-  /// `[control] socket`: the fleety CLI's unix socket (root-only).
+  /// `[control] socket`: the fleety CLI's unix socket (root and [access] group).
   std::string control_socket = "/run/fleety/control.sock";
   std::string log_level = "info";
 };

@@ -52,12 +52,12 @@ app_identity app_directory::identify(std::optional<std::uint64_t> cgroup_id, std
       refresh_cgroups(std::chrono::steady_clock::now());
       it = cgroup_apps_.find(*cgroup_id);
     }
-    if (it != cgroup_apps_.end()) return {it->second, class_of(it->second)};
+    if (it != cgroup_apps_.end()) return {it->second, class_of(it->second), std::nullopt};
   }
   for (const auto& a : apps_) {
-    if (a.uid && *a.uid == uid) return {a.name, class_of(a.name)};
+    if (a.uid && *a.uid == uid) return {a.name, class_of(a.name), std::nullopt};
   }
-  return {"", default_class_};
+  return {"", default_class_, std::nullopt};
 }
 
 app_identity app_directory::identify_connection(const boost::asio::ip::tcp::endpoint& app,
@@ -65,9 +65,11 @@ app_identity app_directory::identify_connection(const boost::asio::ip::tcp::endp
   auto owner = net::find_tcp_socket_owner(app, destination);
   if (!owner) {
     spdlog::debug("which app is {}? {}", app.address().to_string(), owner.error());
-    return {"", default_class_};
+    return {"", default_class_, std::nullopt};
   }
-  return identify(owner->cgroup_id, owner->uid);
+  auto who = identify(owner->cgroup_id, owner->uid);
+  who.user = net::socket_user_of(owner->uid);
+  return who;
 }
 
 }  // namespace fleety::intercept

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -18,6 +19,7 @@
 
 #include "core/config.hpp"
 #include "core/expected.hpp"
+#include "net/bound_socket.hpp"
 #include "path/liveness.hpp"
 
 struct nft_ctx;  // libnftables
@@ -91,6 +93,35 @@ std::optional<std::string> cgroup2_mount_in(std::string_view mountinfo);
 /// The cgroup2 mount of this process (reads /proc/self/mountinfo).
 core::expected<std::string> cgroup2_mount();
 
+/// The nftables table that keeps fleetyd's local ports to the users [access] allows.
+inline constexpr std::string_view access_table_name = "fleety_access";
+
+/// Who may connect to fleetyd's ports from this host (issue 18 item 5).
+struct access_spec {
+  std::vector<std::uint16_t> tcp_ports;  ///< proxy, intercept, DNS, metrics
+  std::vector<std::uint16_t> udp_ports;  ///< DNS
+  std::vector<std::uint32_t> uids;       ///< allowed besides root (the group's members)
+  std::optional<std::uint32_t> gid;      ///< processes running with this group
+  std::string who;                       ///< the rule's comment: "root and group fleety"
+  bool owned = true;                     ///< `flags owner`, as the interception table
+};
+
+/// The nft script that replaces the access table: in the output hook, a new connection
+/// (or datagram) to one of the ports at a local address from a socket whose owner is
+/// not root, not an allowed uid and not the group is refused (TCP reset, port
+/// unreachable). Connections redirected by the interception table (enrolled apps) pass.
+std::string build_access_rules(const access_spec& spec);
+
+/// A group and its members as the system's databases (NSS) say.
+struct group_members {
+  std::string name;
+  std::uint32_t gid = 0;
+  std::vector<std::uint32_t> uids;  ///< the members listed in the group (supplementary)
+  std::vector<std::string> users;
+};
+/// Looks `name` up (getgrnam_r, then each member with getpwnam_r). Blocking: at start.
+core::expected<group_members> members_of_group(const std::string& name);
+
 /// Runs an nft script through libnftables, on a context of its own. The error is nft's
 /// own message.
 core::expected<bool> run_nft(const std::string& script);
@@ -112,6 +143,27 @@ class nft_session {
 
  private:
   ::nft_ctx* ctx_;
+};
+
+/// Owns the access table for the daemon's life (its own netlink socket, so that the
+/// table goes with the process as the interception table does).
+class access_guard {
+ public:
+  /// Loads the rules; the error is nft's (no CAP_NET_ADMIN: "Operation not permitted").
+  static core::expected<std::unique_ptr<access_guard>> start(access_spec spec);
+  /// The group's members again (a user added to it since): the table is replaced in one
+  /// transaction; on an error the rules in force stay.
+  core::expected<bool> update_members(std::vector<std::uint32_t> uids,
+                                      std::optional<std::uint32_t> gid);
+  ~access_guard();
+  access_guard(const access_guard&) = delete;
+  access_guard& operator=(const access_guard&) = delete;
+
+ private:
+  explicit access_guard(access_spec spec);
+  access_spec spec_;
+  nft_session nft_;
+  bool loaded_ = false;
 };
 
 /// Why a connection that reached the intercept listener must not be relayed, or empty.
@@ -140,6 +192,9 @@ std::optional<boost::asio::ip::tcp::endpoint> original_destination(
 struct app_identity {
   std::string app;  ///< empty: no configured app (the class is then the default)
   std::string qos;
+  /// The owner of the app's socket: fleetyd's upstream sockets for it are theirs too
+  /// (net::scoped_socket_user); none for root or when the kernel did not say.
+  std::optional<net::socket_user> user;
 };
 
 /// Names the app behind a connection from what the kernel says of its socket: the

@@ -2,9 +2,13 @@
 
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/asio/ip/v6_only.hpp>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 
 #include "dns/duplicator.hpp"
 #include "net/bound_socket.hpp"
@@ -153,10 +157,38 @@ core::expected<bool> interception::set_enabled(const std::string& name, bool ena
   return true;
 }
 
-core::expected<bool> interception::starting(const std::string& name) {
-  const auto enabled = apps_.starting(name);
+core::expected<bool> interception::starting(const std::string& name,
+                                            const std::optional<joining_process>& joining) {
+  const auto enabled = apps_.starting(name);  // the name is checked here: no "..", no '/'
   if (!enabled) return enabled;
+  const auto cgroup = mount_ / run_cgroup / name;
+  std::error_code fs_ec;
+  std::filesystem::create_directory(cgroup, fs_ec);
+  if (fs_ec) {
+    return core::make_error(
+        fmt::format("cannot create the cgroup {}: {}", cgroup.string(), fs_ec.message()));
+  }
   if (auto applied = apply(); !applied) return applied;
+  if (!*enabled || !joining) return *enabled;
+  // The pid is the kernel's (SO_PEERCRED) and the caller waits for our answer, so it is
+  // still that process; its owner is checked all the same where /proc shows it (the
+  // systemd unit's ProtectProc=invisible hides other users' processes), so that nobody
+  // moves another user's process. A pid that is gone fails the write below (ESRCH).
+  struct stat process {};
+  const auto proc = fmt::format("/proc/{}", joining->pid);
+  if (joining->pid <= 0)
+    return core::make_error(fmt::format("no process to run as app '{}'", name));
+  if (joining->uid != 0 && ::stat(proc.c_str(), &process) == 0 && process.st_uid != joining->uid) {
+    return core::make_error(fmt::format(
+        "process {} is not yours: only your own program can become app '{}'", joining->pid, name));
+  }
+  std::ofstream procs(cgroup / "cgroup.procs");
+  procs << joining->pid << std::flush;
+  if (!procs) {
+    return core::make_error(fmt::format("cannot move process {} into the cgroup {}: {}",
+                                        joining->pid, cgroup.string(), std::strerror(errno)));
+  }
+  spdlog::info("intercept: process {} (uid {}) runs as app {}", joining->pid, joining->uid, name);
   return *enabled;
 }
 

@@ -10,6 +10,7 @@
 #include <boost/asio/ip/udp.hpp>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,12 @@ class task_group;
 }
 
 namespace fleety::intercept {
+
+/// A process that asks to become an app (`fleety run`): its pid and its user.
+struct joining_process {
+  std::int32_t pid = 0;
+  std::uint32_t uid = 0;
+};
 
 /// Owns the table and, until serve(), the listening sockets. Not thread-safe.
 class interception {
@@ -52,9 +59,13 @@ class interception {
   const app_table& apps() const { return apps_; }
   /// Enables or disables an app and loads the rules again (undone if nft refuses).
   core::expected<bool> set_enabled(const std::string& name, bool enabled);
-  /// `fleety run --app NAME` made the cgroup fleety/NAME: the rules learn it. Whether the
-  /// app is enabled.
-  core::expected<bool> starting(const std::string& name);
+  /// `fleety run --app NAME` starts NAME: the cgroup fleety/NAME is made (fleetyd writes
+  /// only below its own fleety/), the rules learn it, and when the app is enabled the
+  /// `joining` process (the caller of fleety run, by the control socket's credentials) is
+  /// moved into it — only a process of that same user, unless root asks. Whether the app
+  /// is enabled.
+  core::expected<bool> starting(const std::string& name,
+                                const std::optional<joining_process>& joining);
 
   /// Removes the table.
   ~interception();

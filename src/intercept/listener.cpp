@@ -133,7 +133,7 @@ awaitable<void> async_relay_flow(tcp::socket app, tcp::endpoint destination,
     // MPTCP gets plain TCP within the same handshake.
     ec = co_await net::async_connect_on_path(
         server, target, path.config.interface, context.config.proxy.connect_timeout,
-        context.config.mptcp.enabled ? net::transport::mptcp : net::transport::tcp);
+        context.config.mptcp.enabled ? net::transport::mptcp : net::transport::tcp, who.user);
     if (!ec) {
       used = k;
       if (context.config.mptcp.enabled) {
@@ -210,7 +210,7 @@ awaitable<void> serve_intercepted(tcp::socket app, mphttp::proxy_context& contex
     spdlog::debug("[{}] intercepted HTTP to {}:{}: {} {}", id, destination->address().to_string(),
                   destination->port(), flow.method, flow.target);
     co_await mphttp::run_intercepted_http_session(std::move(app), *destination, context, id,
-                                                  std::move(who.app));
+                                                  std::move(who.app), who.user);
     co_return;
   }
   co_await async_relay_flow(std::move(app), *destination, flow, who, context, placement, id);

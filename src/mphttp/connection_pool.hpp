@@ -26,14 +26,18 @@ struct pool_key {
   std::string host;
   std::uint16_t port = 0;
   std::string destination;  ///< the app's destination it went to; empty: the path's own node
+  /// Whose socket it is (0: fleetyd's): a connection serves only its own user again, so
+  /// that one user's traffic never leaves on a socket another user's rules apply to.
+  std::uint32_t uid = 0;
 
   friend bool operator<(const pool_key& a, const pool_key& b) {
-    return std::tie(a.path, a.host, a.port, a.destination) <
-           std::tie(b.path, b.host, b.port, b.destination);
+    return std::tie(a.path, a.host, a.port, a.destination, a.uid) <
+           std::tie(b.path, b.host, b.port, b.destination, b.uid);
   }
 };
 
-pool_key pool_key_of(const path_runtime& path, const proxy_target& target, bool to_destination);
+pool_key pool_key_of(const path_runtime& path, const proxy_target& target, bool to_destination,
+                     std::uint32_t uid = 0);
 
 /// What the pool allows.
 struct pool_limits {
@@ -122,6 +126,11 @@ class pooled_connector final : public upstream_connector {
                                       bool to_destination) override;
   void release(upstream& up, path_runtime& path, const proxy_target& target,
                bool to_destination) override;
+  std::optional<net::socket_user> user() const override { return inner_.user(); }
+  std::uint32_t owner_uid() const {
+    const auto who = inner_.user();
+    return who ? who->uid : 0;
+  }
 
  private:
   upstream_connector& inner_;

@@ -28,6 +28,7 @@
 #include "mphttp/upstream.hpp"
 #include "net/accept.hpp"
 #include "net/bound_socket.hpp"
+#include "net/socket_owner.hpp"
 #include "net/splice.hpp"
 #include "net/task_group.hpp"
 #include "select/select.hpp"
@@ -289,7 +290,9 @@ std::vector<path_runtime*> usable_paths(proxy_context& proxy) {
 /// (to the app's destination, or to the path's own node for the host).
 bool has_warm_connection(const request_context& ctx, const path_runtime& path,
                          bool to_destination) {
-  return ctx.proxy.pool && ctx.proxy.pool->has_idle(pool_key_of(path, ctx.target, to_destination));
+  const auto user = ctx.connector.user();
+  return ctx.proxy.pool && ctx.proxy.pool->has_idle(
+                               pool_key_of(path, ctx.target, to_destination, user ? user->uid : 0));
 }
 
 /// What may become of a request, decided before its answer is known.
@@ -946,7 +949,8 @@ awaitable<bool> async_serve_request(request_context ctx, beast::flat_buffer& app
 awaitable<void> async_relay_to_app_proxy(beast::tcp_stream& app, beast::flat_buffer& app_buffer,
                                          proxy_context& proxy, const request_header& request,
                                          tcp::endpoint destination, std::uint64_t session_id,
-                                         const std::string& app_name) {
+                                         const std::string& app_name,
+                                         std::optional<net::socket_user> user) {
   auto executor = co_await asio::this_coro::executor;
   const auto& limits = proxy.config.proxy;
   const auto started = clock_type::now();
@@ -957,7 +961,7 @@ awaitable<void> async_relay_to_app_proxy(beast::tcp_stream& app, beast::flat_buf
   path_runtime* used = nullptr;
   error_code ec = asio::error::network_unreachable;
   for (auto* path : usable_paths(proxy)) {
-    ec = co_await async_connect_endpoint(up, *path, destination, limits);
+    ec = co_await async_connect_endpoint(up, *path, destination, limits, user);
     if (!ec) {
       used = path;
       break;
@@ -998,7 +1002,7 @@ awaitable<void> async_relay_to_app_proxy(beast::tcp_stream& app, beast::flat_buf
 /// like any flow the selector places (splice(2), no copy through user space).
 awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buffer,
                              proxy_context& proxy, const request_header& request,
-                             std::uint64_t session_id) {
+                             std::uint64_t session_id, std::optional<net::socket_user> user) {
   auto executor = co_await asio::this_coro::executor;
   const auto& limits = proxy.config.proxy;
   const std::string authority(request.target());
@@ -1015,11 +1019,23 @@ awaitable<void> async_tunnel(beast::tcp_stream& app, beast::flat_buffer& app_buf
                                request.version(), limits);
     co_return;
   }
+  if (std::find(limits.connect_ports.begin(), limits.connect_ports.end(), port) ==
+      limits.connect_ports.end()) {
+    spdlog::warn("[{}] refused CONNECT {}: port {} is not in [proxy] connect_ports", session_id,
+                 authority, port);
+    co_await async_write_error(app, http::status::forbidden,
+                               fmt::format("CONNECT to port {} is not allowed here ([proxy] "
+                                           "connect_ports of fleetyd's config)",
+                                           port),
+                               request.version(), limits);
+    co_return;
+  }
   upstream up(executor);
   error_code ec = asio::error::host_not_found;
   path_runtime* used = nullptr;
   for (auto& path : proxy.paths) {
-    ec = co_await async_connect_on_path(up, path, host, static_cast<std::uint16_t>(port), limits);
+    ec = co_await async_connect_on_path(up, path, host, static_cast<std::uint16_t>(port), limits,
+                                        user);
     if (!ec) {
       used = &path;
       break;
@@ -1283,7 +1299,8 @@ awaitable<std::optional<bool>> async_serve_http_dns(const request_context& ctx,
 /// intercepted connection (`intercepted`: where the app connected) sends origin-form
 /// requests; an explicit proxy's, absolute-form ones and CONNECT.
 awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::uint64_t session_id,
-                                std::optional<tcp::endpoint> intercepted, std::string app_name) {
+                                std::optional<tcp::endpoint> intercepted, std::string app_name,
+                                std::optional<net::socket_user> user) {
   // We own children (request tasks): our cancellation shows as operation_aborted results,
   // and they are joined before we return.
   co_await asio::this_coro::throw_if_cancelled(false);
@@ -1291,7 +1308,7 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
   beast::flat_buffer app_buffer;
   net::task_group tasks(app.get_executor());
   if (!proxy.pool) proxy.pool = std::make_shared<connection_pool>(pool_limits_of(proxy.config));
-  path_connector direct(proxy.config.proxy);
+  path_connector direct(proxy.config.proxy, nullptr, user);
   pooled_connector connector(direct, *proxy.pool);
   pooled_connector new_connector(direct, *proxy.pool, /*take_idle=*/false);
   // Our writes are whole messages or big body pieces: Nagle would only hold a response's
@@ -1331,12 +1348,12 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
       break;
     }
     if (request.method() == http::verb::connect && !intercepted) {
-      co_await async_tunnel(app, app_buffer, proxy, request, session_id);
+      co_await async_tunnel(app, app_buffer, proxy, request, session_id, user);
       break;
     }
     if (intercepted && is_for_an_app_proxy(request)) {
       co_await async_relay_to_app_proxy(app, app_buffer, proxy, request, *intercepted, session_id,
-                                        app_name);
+                                        app_name, user);
       break;
     }
     auto target = intercepted
@@ -1428,14 +1445,18 @@ awaitable<void> run_accept_loop(tcp::acceptor acceptor, proxy_context& context, 
 awaitable<void> run_proxy_listener(tcp::acceptor acceptor, proxy_context& context) {
   co_await run_accept_loop(
       std::move(acceptor), context, "proxy", [&context](tcp::socket socket, std::uint64_t id) {
-        return run_app_session(std::move(socket), context, id, std::nullopt, std::string());
+        // The explicit proxy's client is a local process too: its user, as for interception.
+        const auto user = net::local_peer_user(socket);
+        return run_app_session(std::move(socket), context, id, std::nullopt, std::string(), user);
       });
 }
 
 awaitable<void> run_intercepted_http_session(tcp::socket socket, tcp::endpoint destination,
                                              proxy_context& context, std::uint64_t session_id,
-                                             std::string app) {
-  co_await run_app_session(std::move(socket), context, session_id, destination, std::move(app));
+                                             std::string app,
+                                             std::optional<net::socket_user> user) {
+  co_await run_app_session(std::move(socket), context, session_id, destination, std::move(app),
+                           user);
 }
 
 }  // namespace fleety::mphttp

@@ -21,6 +21,7 @@
 #include "dns/path_resolver.hpp"
 #include "mphttp/path_estimator.hpp"
 #include "mphttp/path_refusals.hpp"
+#include "net/bound_socket.hpp"
 #include "path/monitor.hpp"
 
 namespace fleety::net {
@@ -194,6 +195,7 @@ boost::asio::awaitable<void> run_proxy_listener(boost::asio::ip::tcp::acceptor a
 /// caller counts it in sessions_started/active.)
 boost::asio::awaitable<void> run_intercepted_http_session(
     boost::asio::ip::tcp::socket socket, boost::asio::ip::tcp::endpoint destination,
-    proxy_context& context, std::uint64_t session_id, std::string app = {});
+    proxy_context& context, std::uint64_t session_id, std::string app = {},
+    std::optional<net::socket_user> user = std::nullopt);
 
 }  // namespace fleety::mphttp

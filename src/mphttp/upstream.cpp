@@ -27,9 +27,11 @@ void upstream::reset() {
 
 awaitable<error_code> async_connect_endpoint(upstream& up, path_runtime& path,
                                              const tcp::endpoint& endpoint,
-                                             const core::proxy_config& limits) {
+                                             const core::proxy_config& limits,
+                                             std::optional<net::socket_user> user) {
   auto ec = co_await net::async_connect_on_path(up.stream.socket(), endpoint, path.config.interface,
-                                                as_duration(limits.connect_timeout));
+                                                as_duration(limits.connect_timeout),
+                                                net::transport::tcp, user);
   if (ec) {
     up.reset();
     co_return ec;
@@ -44,12 +46,13 @@ awaitable<error_code> async_connect_endpoint(upstream& up, path_runtime& path,
 
 awaitable<error_code> async_connect_on_path(upstream& up, path_runtime& path,
                                             const std::string& host, std::uint16_t port,
-                                            const core::proxy_config& limits) {
+                                            const core::proxy_config& limits,
+                                            std::optional<net::socket_user> user) {
   auto resolved = co_await path.resolver->async_resolve(host);
   if (!resolved) co_return resolved.error();
   error_code last = asio::error::host_not_found;
   for (const auto& address : resolved->addresses) {
-    last = co_await async_connect_endpoint(up, path, tcp::endpoint(address, port), limits);
+    last = co_await async_connect_endpoint(up, path, tcp::endpoint(address, port), limits, user);
     if (!last || last == asio::error::operation_aborted) break;
   }
   co_return last;
@@ -63,21 +66,22 @@ namespace {
 /// app's destination when the host doesn't resolve there.
 awaitable<error_code> async_connect_tcp(upstream& up, path_runtime& path,
                                         const proxy_target& target,
-                                        const core::proxy_config& limits, bool to_destination) {
+                                        const core::proxy_config& limits, bool to_destination,
+                                        std::optional<net::socket_user> user) {
   if (target.destination && to_destination) {
     co_return co_await async_connect_endpoint(
-        up, path, tcp::endpoint(*target.destination, target.port), limits);
+        up, path, tcp::endpoint(*target.destination, target.port), limits, user);
   }
   if (const auto* own = to_destination ? nullptr : target.server_on(path.config.name)) {
     // The app reached the host at the address another path's answer gave; this path's
     // own answer (DNS or HTTP-DNS) for the same name is its own ISP's server.
-    if (!co_await async_connect_endpoint(up, path, tcp::endpoint(*own, target.port), limits))
+    if (!co_await async_connect_endpoint(up, path, tcp::endpoint(*own, target.port), limits, user))
       co_return error_code{};
   }
-  auto ec = co_await async_connect_on_path(up, path, target.host, target.port, limits);
+  auto ec = co_await async_connect_on_path(up, path, target.host, target.port, limits, user);
   if (ec && target.destination && ec.category() == dns::error_category()) {
     co_return co_await async_connect_endpoint(
-        up, path, tcp::endpoint(*target.destination, target.port), limits);
+        up, path, tcp::endpoint(*target.destination, target.port), limits, user);
   }
   co_return ec;
 }
@@ -87,7 +91,7 @@ awaitable<error_code> async_connect_tcp(upstream& up, path_runtime& path,
 awaitable<error_code> path_connector::async_connect(upstream& up, path_runtime& path,
                                                     const proxy_target& target,
                                                     bool to_destination) {
-  auto ec = co_await async_connect_tcp(up, path, target, limits_, to_destination);
+  auto ec = co_await async_connect_tcp(up, path, target, limits_, to_destination, user_);
   if (!ec && tls_ != nullptr) ec = co_await tls_->async_handshake(up, target.host, limits_);
   if (ec) up.reset();
   co_return ec;

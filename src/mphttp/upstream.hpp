@@ -33,6 +33,7 @@
 #include "mphttp/byte_range.hpp"
 #include "mphttp/http_rules.hpp"
 #include "mphttp/proxy.hpp"
+#include "net/bound_socket.hpp"
 
 namespace fleety::mphttp::detail {
 
@@ -267,6 +268,9 @@ class upstream_connector {
     (void)to_destination;
     up.reset();
   }
+  /// The local user whose flow the connections are for (their sockets are theirs); none:
+  /// fleetyd's own.
+  virtual std::optional<net::socket_user> user() const { return std::nullopt; }
   /// `up`, at the end of its use: released if reusable_after `parser`, else reset.
   void finish_with(upstream& up, const http::response_parser<http::buffer_body>* parser,
                    path_runtime& path, const proxy_target& target, bool to_destination) {
@@ -283,27 +287,34 @@ class upstream_connector {
 /// bytes it cannot read, so its connector has none).
 class path_connector final : public upstream_connector {
  public:
-  path_connector(const core::proxy_config& limits, tls_connector* tls = nullptr)
-      : limits_(limits), tls_(tls) {}
+  /// `user`: the app's user, whose owner rules then apply to the sockets (issue 18).
+  path_connector(const core::proxy_config& limits, tls_connector* tls = nullptr,
+                 std::optional<net::socket_user> user = std::nullopt)
+      : limits_(limits), tls_(tls), user_(user) {}
   awaitable<error_code> async_connect(upstream& up, path_runtime& path, const proxy_target& target,
                                       bool to_destination) override;
+  std::optional<net::socket_user> user() const override { return user_; }
   bool tls() const { return tls_ != nullptr; }
 
  private:
   const core::proxy_config& limits_;
   tls_connector* tls_;
+  std::optional<net::socket_user> user_;
 };
 
 /// Connects a socket bound to the path's interface to `endpoint`; the path's estimator
 /// learns the handshake's RTT, and the monitor watches the connection.
+/// `user`: whose socket it is (net::scoped_socket_user); none: fleetyd's.
 awaitable<error_code> async_connect_endpoint(upstream& up, path_runtime& path,
                                              const tcp::endpoint& endpoint,
-                                             const core::proxy_config& limits);
+                                             const core::proxy_config& limits,
+                                             std::optional<net::socket_user> user = std::nullopt);
 
 /// Resolves `host` through the path and connects a socket bound to the path's interface.
 awaitable<error_code> async_connect_on_path(upstream& up, path_runtime& path,
                                             const std::string& host, std::uint16_t port,
-                                            const core::proxy_config& limits);
+                                            const core::proxy_config& limits,
+                                            std::optional<net::socket_user> user = std::nullopt);
 
 /// Where a request's first connection went: every path tried before it and why it failed.
 struct first_connect {

@@ -2,10 +2,15 @@
 
 #include <net/if.h>
 #include <netinet/in.h>
+#include <pwd.h>
+#include <spdlog/spdlog.h>
+#include <sys/fsuid.h>
 #include <sys/socket.h>
 
 #include <boost/asio/io_context.hpp>
 #include <cstddef>
+#include <map>
+#include <vector>
 
 #include "net/kernel_tcp_info.hpp"
 
@@ -48,6 +53,48 @@ boost::system::error_code open_bound(boost::asio::ip::tcp::socket& socket,
     socket.close(ignored);
   }
   return ec;
+}
+
+std::optional<socket_user> socket_user_of(std::uint32_t uid) {
+  if (uid == 0) return std::nullopt;
+  // One lookup per uid for the daemon's life; bounded (a host has few users).
+  static std::map<std::uint32_t, std::uint32_t> primary_group;
+  if (auto it = primary_group.find(uid); it != primary_group.end())
+    return socket_user{uid, it->second};
+  std::uint32_t gid = uid;
+  std::vector<char> buffer(16 * 1024);
+  ::passwd entry{};
+  ::passwd* found = nullptr;
+  if (::getpwuid_r(uid, &entry, buffer.data(), buffer.size(), &found) == 0 && found != nullptr)
+    gid = entry.pw_gid;
+  if (primary_group.size() >= 4096) primary_group.clear();
+  primary_group.emplace(uid, gid);
+  return socket_user{uid, gid};
+}
+
+scoped_socket_user::scoped_socket_user(const std::optional<socket_user>& user) {
+  if (!user) return;
+  // setfsgid first: with a user's fsuid, changing the group is still allowed (CAP_SETGID is
+  // no file capability), but the order keeps the restore symmetric.
+  previous_gid_ = static_cast<std::uint32_t>(::setfsgid(user->gid));
+  previous_uid_ = static_cast<std::uint32_t>(::setfsuid(user->uid));
+  active_ = true;
+  // setfsuid says nothing of failure: ask what it is now.
+  if (static_cast<std::uint32_t>(::setfsuid(static_cast<uid_t>(-1))) != user->uid) {
+    static bool warned = false;
+    if (!warned) {
+      warned = true;
+      spdlog::warn(
+          "upstream sockets cannot take their user's identity (no CAP_SETUID/CAP_SETGID): "
+          "they stay root's, and the users' owner-based firewall rules do not see them");
+    }
+  }
+}
+
+scoped_socket_user::~scoped_socket_user() {
+  if (!active_) return;
+  ::setfsuid(previous_uid_);
+  ::setfsgid(previous_gid_);
 }
 
 void close_with_reset(boost::asio::ip::tcp::socket& socket) {

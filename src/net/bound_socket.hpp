@@ -26,6 +26,35 @@ boost::system::error_code open_bound(boost::asio::ip::tcp::socket& socket,
                                      const boost::asio::ip::tcp& protocol,
                                      const std::string& interface);
 
+/// A local user whose traffic fleetyd relays (the owner of the app's socket).
+struct socket_user {
+  std::uint32_t uid = 0;
+  std::uint32_t gid = 0;
+};
+
+/// The user `uid` with their primary group (getpwuid_r, remembered: at most one NSS lookup
+/// per uid); nullopt for root, whose sockets need nothing. A uid without a passwd entry
+/// keeps gid = uid's own number as its group (as the sock_diag answer gives no gid).
+std::optional<socket_user> socket_user_of(std::uint32_t uid);
+
+/// While it lives, the sockets this thread creates belong to `user` (the thread's fsuid and
+/// fsgid, what the kernel records as a socket's owner): the firewall's owner rules (nft
+/// `meta skuid/skgid`, iptables `-m owner`) and uid routing apply to fleetyd's upstream
+/// sockets for a user's flow as they would to the user's own. Nothing for nullopt. Needs
+/// CAP_SETUID and CAP_SETGID; without them the sockets stay root's (warned once).
+class scoped_socket_user {
+ public:
+  explicit scoped_socket_user(const std::optional<socket_user>& user);
+  ~scoped_socket_user();
+  scoped_socket_user(const scoped_socket_user&) = delete;
+  scoped_socket_user& operator=(const scoped_socket_user&) = delete;
+
+ private:
+  bool active_ = false;
+  std::uint32_t previous_uid_ = 0;
+  std::uint32_t previous_gid_ = 0;
+};
+
 /// Closes with an RST instead of a FIN (SO_LINGER 0): used to stop a response we no
 /// longer want without reading the rest of it (paper §4.2: "we reset the connection").
 void close_with_reset(boost::asio::ip::tcp::socket& socket);

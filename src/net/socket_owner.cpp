@@ -278,4 +278,15 @@ std::optional<std::uint64_t> cgroup_id_of(const std::string& cgroup_dir) {
   return static_cast<std::uint64_t>(st.st_ino);
 }
 
+std::optional<socket_user> local_peer_user(boost::asio::ip::tcp::socket& accepted) {
+  boost::system::error_code peer_ec;
+  boost::system::error_code local_ec;
+  const auto peer = accepted.remote_endpoint(peer_ec);
+  const auto local = accepted.local_endpoint(local_ec);
+  if (peer_ec || local_ec) return std::nullopt;
+  auto owner = find_tcp_socket_owner(peer, local);
+  if (!owner) return std::nullopt;
+  return socket_user_of(owner->uid);
+}
+
 }  // namespace fleety::net

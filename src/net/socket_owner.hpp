@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/expected.hpp"
+#include "net/bound_socket.hpp"
 
 namespace fleety::net {
 
@@ -46,6 +47,12 @@ struct socket_owner_info {
 /// Blocking, thread-safe (one netlink socket per thread), needs no privilege.
 core::expected<socket_owner_info> find_tcp_socket_owner(
     const boost::asio::ip::tcp::endpoint& local, const boost::asio::ip::tcp::endpoint& remote);
+
+/// The local user at the other end of `accepted` (a connection from this host to one of
+/// our listeners): the owner of the peer's socket (find_tcp_socket_owner of the 4-tuple
+/// seen from the peer) with their primary group (socket_user_of). nullopt for root, a
+/// remote peer, or when the kernel does not say.
+std::optional<socket_user> local_peer_user(boost::asio::ip::tcp::socket& accepted);
 
 /// The cgroup v2 id of the cgroup directory `cgroup_dir` (absolute, below the cgroup2 mount:
 /// "/sys/fs/cgroup/unified/fleety/curl"), the id find_tcp_socket_owner reports: the kernfs node id

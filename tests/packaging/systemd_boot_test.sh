@@ -297,8 +297,9 @@ check "fleety status (control socket /run/fleety/control.sock): path wifi on lo 
   grep -Eq '^wifi +lo +wifi +up' <<<"$out"
 out=$(ct fleety --json status 2>&1 || true)
 check "fleety --json status: wifi on lo up" grep -q '"name":"wifi","interface":"lo","kind":"wifi","up":true' <<<"$out"
-check "control socket: /run/fleety/control.sock is a socket, mode 0600, root's" \
-  test "$(ct stat -c '%F %a %U' /run/fleety/control.sock)" == "socket 600 root"
+check "group fleety: made by the package (postinst)" ct getent group fleety
+check "control socket: /run/fleety/control.sock is a socket, mode 0660, root:fleety" \
+  test "$(ct stat -c '%F %a %U %G' /run/fleety/control.sock)" == "socket 660 root fleety"
 out=$(ct curl -fsS -m 10 http://127.0.0.1:9464/metrics 2>&1 || true)
 check "metrics: curl http://127.0.0.1:9464/metrics has fleety_path_up for wifi = 1" \
   grep -q '^fleety_path_up{path="wifi",interface="lo",kind="wifi"} 1$' <<<"$out"
@@ -311,13 +312,14 @@ else
 fi
 
 # --- Privileges ---
-check "unit: CapabilityBoundingSet and AmbientCapabilities are cap_net_admin cap_net_raw" \
-  test "$(prop CapabilityBoundingSet)|$(prop AmbientCapabilities)" == "cap_net_admin cap_net_raw|cap_net_admin cap_net_raw"
+caps="cap_setgid cap_setuid cap_net_admin cap_net_raw"
+check "unit: CapabilityBoundingSet and AmbientCapabilities are $caps" \
+  test "$(prop CapabilityBoundingSet)|$(prop AmbientCapabilities)" == "$caps|$caps"
 status=$(ct cat "/proc/$pid/status")
 capeff=$(awk '/^CapEff:/ {print $2}' <<<"$status")
-check "process: CapEff $capeff (= CAP_NET_ADMIN + CAP_NET_RAW, 0x3000), NoNewPrivs 1, Seccomp 2" \
+check "process: CapEff $capeff (= CAP_NET_ADMIN + CAP_NET_RAW + CAP_SETUID + CAP_SETGID, 0x30c0), NoNewPrivs 1, Seccomp 2" \
   test "$capeff $(awk '/^NoNewPrivs:/ {print $2}' <<<"$status") $(awk '/^Seccomp:/ {print $2}' <<<"$status")" \
-  == "0000000000003000 1 2"
+  == "00000000000030c0 1 2"
 check "process: runs as root (uid 0)" test "$(awk '/^Uid:/ {print $2}' <<<"$status")" == 0
 nofile=$(ct cat "/proc/$pid/limits" | awk '/^Max open files/ {print $4}')
 ct_nofile=$(ct cat /proc/1/limits | awk '/^Max open files/ {print $5}')
@@ -453,6 +455,30 @@ if [[ $code != 200 ]] && until_ok 5 looped; then
 else
   fail "no self-loop" "curl: $code"
 fi
+
+# --- Least privilege: group fleety (issue 18 item 5) ---
+# A member added while fleetyd runs is served after a reload; anyone else is refused at
+# the proxy port at once (TCP reset: curl's 000), and cannot reach the control socket.
+ct useradd -M -s /usr/sbin/nologin -G fleety member
+ct useradd -M -s /usr/sbin/nologin outsider
+ct systemctl reload fleetyd
+until_ok 5 ct_sh "journalctl _PID=$pid -o cat --no-pager | grep -q 'SIGHUP: group fleety has 1 member'" || true
+as_user() { local who=$1; shift; ct setpriv --reuid "$who" --regid "$who" --init-groups "$@"; }
+member_code=$(as_user member curl -sS -m 10 -o /dev/null -w '%{http_code}' -x http://127.0.0.1:3128 http://127.0.0.1:9464/metrics 2>&1 || true)
+outsider_code=$(as_user outsider curl -sS -m 10 -o /dev/null -w '%{http_code}' -x http://127.0.0.1:3128 http://127.0.0.1:9464/metrics 2>/dev/null || true)
+if [[ $member_code == 200 && $outsider_code == 000 ]]; then
+  pass "access: the proxy serves a member of group fleety (after reload), refuses another user"
+else
+  fail "access: proxy port" "member: $member_code, outsider: $outsider_code"
+fi
+out=$(as_user member fleety run --app member-probe -- sh -c 'id -un; curl -sS -m 10 -o /dev/null -w "%{http_code}" http://198.18.99.1:8080/' 2>&1 || true)
+if [[ ${out//$'\n'/ } == "member 200" ]] && ct test -d "$cg2/fleety/member-probe"; then
+  pass "fleety run as a member of group fleety, without root: the program runs as member, taken over"
+else
+  fail "fleety run as a member" "$out"
+fi
+out=$(as_user outsider fleety status 2>&1 || true)
+check "control socket: another user is refused ('no permission')" grep -q "no permission" <<<"$out"
 
 # --- Fail open: Type=notify, the watchdog, the table owned by fleetyd ---
 check "notify: Type=notify, WatchdogSec=20s, the watchdog pinged since the start" \

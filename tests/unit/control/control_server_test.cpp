@@ -34,7 +34,10 @@ class many_apps_daemon : public daemon_api {
     return out;
   }
   core::expected<bool> set_app_enabled(const std::string&, bool) override { return true; }
-  core::expected<bool> app_starting(const std::string&) override { return true; }
+  core::expected<bool> app_starting(const std::string&,
+                                    const std::optional<peer_credentials>&) override {
+    return true;
+  }
   core::expected<std::size_t> reload_rules() override { return 0; }
 };
 
@@ -94,13 +97,13 @@ class ControlServer : public ::testing::Test {
 };
 
 TEST_F(ControlServer, AClientThatReadsGetsTheWholeReply) {
-  const std::size_t whole = handle_request(R"({"cmd":"apps"})", daemon_).size() + 1;
+  const std::size_t whole = handle_request(R"({"cmd":"apps"})", daemon_, {}).size() + 1;
   ASSERT_GT(whole, 2'000'000U);  // more than the socket buffers
   EXPECT_EQ(reply_bytes(0ms, 2'000ms), whole);
 }
 
 TEST_F(ControlServer, AClientThatDoesNotReadItsReplyIsDisconnectedAfterTheWriteTimeout) {
-  const std::size_t whole = handle_request(R"({"cmd":"apps"})", daemon_).size() + 1;
+  const std::size_t whole = handle_request(R"({"cmd":"apps"})", daemon_, {}).size() + 1;
   // The client reads only after the write timeout: the server closed the connection with
   // the reply cut short instead of waiting for it.
   EXPECT_LT(reply_bytes(1'000ms, 200ms), whole);

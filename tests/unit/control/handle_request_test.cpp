@@ -33,14 +33,21 @@ class fake_daemon : public daemon_api {
     it->second = enabled;
     return true;
   }
-  core::expected<bool> app_starting(const std::string& name) override {
+  core::expected<bool> app_starting(const std::string& name,
+                                    const std::optional<peer_credentials>& caller) override {
+    joined = caller;
     return apps_enabled.emplace(name, true).first->second;
   }
+  std::optional<peer_credentials> joined;
   core::expected<std::size_t> reload_rules() override { return ++reloads; }
 };
 
-json::object reply(std::string_view request, daemon_api& daemon) {
-  return json::parse(handle_request(request, daemon)).as_object();
+constexpr peer_credentials root{0, 0, 100};
+constexpr peer_credentials member{1000, 1000, 4242};
+
+json::object reply(std::string_view request, daemon_api& daemon,
+                   const peer_credentials& peer = root) {
+  return json::parse(handle_request(request, daemon, peer)).as_object();
 }
 
 TEST(HandleRequest, StatusAndApps) {
@@ -94,6 +101,32 @@ TEST(HandleRequest, EnableDisableAndStarting) {
   EXPECT_EQ(r.at("error"), "no app named 'nobody'");
   r = reply(R"({"cmd":"app.enable"})", daemon);
   EXPECT_EQ(r.at("error"), "app.enable needs \"name\"");
+}
+
+TEST(HandleRequest, AGroupMemberMayLookAndRunButNotChangeWhatOthersGet) {
+  fake_daemon daemon;
+  EXPECT_EQ(reply(R"({"cmd":"status"})", daemon, member).at("ok"), true);
+  EXPECT_EQ(reply(R"({"cmd":"apps"})", daemon, member).at("ok"), true);
+  for (const auto* request :
+       {R"({"cmd":"app.enable","name":"player"})", R"({"cmd":"app.disable","name":"browser"})",
+        R"({"cmd":"rules.reload"})"}) {
+    const auto r = reply(request, daemon, member);
+    EXPECT_EQ(r.at("ok"), false) << request;
+    EXPECT_NE(std::string(r.at("error").as_string()).find("only root may ask"), std::string::npos)
+        << request;
+  }
+  EXPECT_FALSE(daemon.apps_enabled["player"]);
+  EXPECT_TRUE(daemon.apps_enabled["browser"]);
+  EXPECT_EQ(daemon.reloads, 0U);
+  // fleety run: the member's own process (the kernel's credentials) joins the app.
+  auto r = reply(R"({"cmd":"app.starting","name":"mine","join":true})", daemon, member);
+  EXPECT_EQ(r.at("enabled"), true);
+  ASSERT_TRUE(daemon.joined.has_value());
+  EXPECT_EQ(daemon.joined->pid, 4242);
+  EXPECT_EQ(daemon.joined->uid, 1000U);
+  // Without "join", nobody is moved.
+  reply(R"({"cmd":"app.starting","name":"mine"})", daemon, member);
+  EXPECT_FALSE(daemon.joined.has_value());
 }
 
 TEST(HandleRequest, ReloadAndBadRequests) {

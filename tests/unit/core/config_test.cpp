@@ -167,10 +167,34 @@ INSTANTIATE_TEST_SUITE_P(
                  "[[path]]\nname = \"a\"\ninterface = \"w\"\nkind = \"wifi\"\nrate = \"fast\"\n",
                  "fleety.toml:5: path.rate"},
         bad_case{"SyntaxError", "[proxy\n", "fleety.toml:1:"},
+        bad_case{"ConnectPortZero", "[proxy]\nconnect_ports = [443, 0]\n",
+                 "fleety.toml:2: proxy.connect_ports: each must be a port from 1 to 65535"},
+        bad_case{"ConnectPortsNotAList", "[proxy]\nconnect_ports = 443\n",
+                 "proxy.connect_ports must be a list of ports"},
+        bad_case{"AccessGroupWithSpace", "[access]\ngroup = \"wheel users\"\n",
+                 "fleety.toml:2: access.group 'wheel users' is not a group name"},
+        bad_case{"AccessUnknownKey", "[access]\nusers = [\"bob\"]\n",
+                 "unknown key 'users' in [access]"},
         bad_case{"UnknownLogLevel", "[log]\nlevel = \"loud\"\n", "log.level 'loud' is unknown"}),
     [](const testing::TestParamInfo<bad_case>& param_info) {
       return std::string(param_info.param.name);
     });
+
+TEST(Config, AccessAndConnectPortsHaveSafeDefaults) {
+  auto defaults = parse_config(one_path, "d.toml");
+  ASSERT_TRUE(defaults) << defaults.error();
+  EXPECT_EQ(defaults->proxy.connect_ports, std::vector<std::uint16_t>{443});
+  EXPECT_EQ(defaults->access.group, "fleety");
+  EXPECT_FALSE(defaults->access.everyone);
+  auto set = parse_config(std::string(one_path) +
+                              "[proxy]\nconnect_ports = [443, 8443]\n"
+                              "[access]\ngroup = \"netusers\"\neveryone = true\n",
+                          "s.toml");
+  ASSERT_TRUE(set) << set.error();
+  EXPECT_EQ(set->proxy.connect_ports, (std::vector<std::uint16_t>{443, 8443}));
+  EXPECT_EQ(set->access.group, "netusers");
+  EXPECT_TRUE(set->access.everyone);
+}
 
 TEST(Config, MissingFileIsNamed) {
   auto config = load_config("/nonexistent/fleety.toml");
