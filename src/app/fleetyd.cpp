@@ -44,6 +44,12 @@ namespace {
 namespace asio = boost::asio;
 using namespace fleety;
 
+/// stderr for the line that says why fleetyd stops, after the log lines before it.
+std::ostream& fleety_stderr() {
+  core::flush_logging();
+  return std::cerr;
+}
+
 /// How long shutdown waits for the tasks after cancelling them (twice at most).
 constexpr auto shutdown_grace = std::chrono::seconds(2);
 
@@ -71,7 +77,7 @@ std::vector<mphttp::path_runtime> make_paths(asio::io_context& io, const core::c
                               fmt::join(interfaces, ", "))
                         : net::bind_permission_problem(interfaces);
   if (why.empty()) return paths;
-  std::cerr << "fleetyd: " << why << "\n";
+  fleety_stderr() << "fleetyd: " << why << "\n";
   return {};
 }
 
@@ -80,7 +86,7 @@ std::optional<asio::ip::tcp::acceptor> listen_at(asio::io_context& io, const std
                                                  std::uint16_t port, std::string_view setting) {
   auto acceptor = net::listen_on(io, address, port, setting);
   if (acceptor) return std::move(acceptor).value();
-  std::cerr << "fleetyd: " << acceptor.error() << "\n";
+  fleety_stderr() << "fleetyd: " << acceptor.error() << "\n";
   return std::nullopt;
 }
 
@@ -141,6 +147,9 @@ int run(const core::config& config, const std::string& config_path) {
   const auto history = path::open_configured_history(config.monitor);
   auto paths = make_paths(io, config, history.get());
   if (paths.empty()) return 1;
+  // From now on the event loop only queues the history's writes, a thread of its own does
+  // the disk; reads (the start's, `fleety stats`) wait for at most the write in progress.
+  if (history) history->write_behind();
   // [access]: the group whose members may use fleety besides root.
   std::optional<intercept::group_members> access_group;
   if (!config.access.group.empty()) {
@@ -244,12 +253,12 @@ int run(const core::config& config, const std::string& config_path) {
       const bool denied = (started.error().find("not permitted") != std::string::npos ||
                            started.error().find("Permission denied") != std::string::npos) &&
                           started.error().find("another fleetyd") == std::string::npos;
-      std::cerr << "fleetyd: intercept: " << started.error()
-                << (denied ? " ([intercept] needs CAP_NET_ADMIN for its nftables table and "
-                             "socket marks: run fleetyd as root, or with CAP_NET_ADMIN and "
-                             "CAP_NET_RAW as the systemd unit does)"
-                           : "")
-                << "\n";
+      fleety_stderr() << "fleetyd: intercept: " << started.error()
+                      << (denied ? " ([intercept] needs CAP_NET_ADMIN for its nftables table and "
+                                   "socket marks: run fleetyd as root, or with CAP_NET_ADMIN and "
+                                   "CAP_NET_RAW as the systemd unit does)"
+                                 : "")
+                      << "\n";
       return 1;
     }
     intercepting = std::move(started).value();
@@ -268,7 +277,7 @@ int run(const core::config& config, const std::string& config_path) {
       io, config.control_socket,
       access_group ? std::optional<std::uint32_t>(access_group->gid) : std::nullopt);
   if (!control_acceptor) {
-    std::cerr << "fleetyd: control socket: " << control_acceptor.error() << "\n";
+    fleety_stderr() << "fleetyd: control socket: " << control_acceptor.error() << "\n";
     return 1;
   }
   std::optional<asio::ip::tcp::acceptor> metrics_acceptor;
@@ -393,10 +402,12 @@ int main(int argc, char** argv) {
     return 0;
   }
   fleety::core::setup_logging(log_level.empty() ? config->log_level : log_level);
+  int status = 1;
   try {
-    return run(*config, config_path);
+    status = run(*config, config_path);
   } catch (const std::exception& e) {
-    std::cerr << "fleetyd: " << e.what() << "\n";
-    return 1;
+    fleety_stderr() << "fleetyd: " << e.what() << "\n";
   }
+  fleety::core::flush_logging();
+  return status;
 }

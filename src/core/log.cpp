@@ -1,5 +1,6 @@
 #include "core/log.hpp"
 
+#include <spdlog/async.h>
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks.h>
 
@@ -42,18 +43,38 @@ class journal_priority final : public spdlog::custom_flag_formatter {
 
 }  // namespace
 
-void setup_logging(std::string_view level) {
-  auto logger = spdlog::stderr_logger_mt("fleety");
+namespace {
+
+/// The pattern (journald's or a terminal's) and the level, for either logger.
+void configure(spdlog::logger& logger, spdlog::level::level_enum level) {
   // journald stamps each line itself; JOURNAL_STREAM is set when stderr goes to it.
   if (std::getenv("JOURNAL_STREAM") != nullptr) {
     auto formatter = std::make_unique<spdlog::pattern_formatter>();
     formatter->add_flag<journal_priority>('*').set_pattern("%*%v");
-    logger->set_formatter(std::move(formatter));
+    logger.set_formatter(std::move(formatter));
   } else {
-    logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %-5l %v");
+    logger.set_pattern("%Y-%m-%d %H:%M:%S.%e %-5l %v");
   }
-  logger->set_level(spdlog::level::from_str(std::string(level)));
-  logger->flush_on(spdlog::level::info);
+  logger.set_level(level);
+  logger.flush_on(spdlog::level::info);
+}
+
+}  // namespace
+
+void setup_logging(std::string_view level) {
+  spdlog::init_thread_pool(log_queue_messages, 1);
+  auto logger = spdlog::create_async_nb<spdlog::sinks::stderr_sink_mt>("fleety");
+  configure(*logger, spdlog::level::from_str(std::string(level)));
+  spdlog::set_default_logger(logger);
+}
+
+void flush_logging() {
+  const auto level = spdlog::default_logger()->level();
+  // Drains the queue and joins the log thread; what is logged after (the last words of a
+  // stopping daemon) is written at once, in order with direct writes to stderr.
+  spdlog::shutdown();
+  auto logger = spdlog::stderr_logger_mt("fleety");
+  configure(*logger, level);
   spdlog::set_default_logger(logger);
 }
 

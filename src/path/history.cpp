@@ -6,10 +6,15 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <filesystem>
+#include <functional>
 #include <limits>
+#include <mutex>
 #include <numeric>
+#include <thread>
 #include <utility>
 
 namespace fleety::path {
@@ -359,6 +364,23 @@ struct history::impl {
   std::array<statement_handle, delete_beyond_cap_sql.size()> delete_beyond_cap;
   std::optional<wall_clock::time_point> last_prune;  ///< when prune() last ran, if it has
 
+  /// The connection, one user at a time: the loop's reads and the writer's jobs.
+  std::mutex connection;
+  history* owner = nullptr;  ///< the history this is the state of (moves update it)
+
+  // Write-behind (history::write_behind): jobs for the writer thread, in order.
+  std::mutex queue_mutex;
+  std::condition_variable queue_changed;
+  std::deque<std::function<core::expected<bool>(history&)>> jobs;
+  bool writing = false;   ///< a job taken off the queue is running
+  bool stopping = false;  ///< the history is closing: drain, then end
+  std::size_t dropped = 0;
+  std::chrono::steady_clock::time_point last_failure_logged{};
+  std::thread writer;
+
+  void run_writer();
+  void stop_writer();
+
   core::error_message error(std::string_view doing) const {
     return core::make_error("history " + file + ": " + std::string(doing) + ": " +
                             sqlite3_errmsg(db.get()));
@@ -447,12 +469,162 @@ core::expected<history> history::open(const std::string& file, history_options o
   return history(std::move(state));
 }
 
-history::history(std::unique_ptr<impl> state) : impl_(std::move(state)) {}
-history::history(history&&) noexcept = default;
-history& history::operator=(history&&) noexcept = default;
-history::~history() = default;
+history::history(std::unique_ptr<impl> state) : impl_(std::move(state)) {
+  impl_->owner = this;
+}
+
+history::history(history&& other) noexcept : impl_(std::move(other.impl_)) {
+  if (impl_) {
+    const std::lock_guard connection(impl_->connection);
+    impl_->owner = this;
+  }
+}
+
+history& history::operator=(history&& other) noexcept {
+  if (this != &other) {
+    if (impl_) impl_->stop_writer();
+    impl_ = std::move(other.impl_);
+    if (impl_) {
+      const std::lock_guard connection(impl_->connection);
+      impl_->owner = this;
+    }
+  }
+  return *this;
+}
+
+history::~history() {
+  if (impl_) impl_->stop_writer();
+}
+
+void history::write_behind() {
+  const std::lock_guard queue(impl_->queue_mutex);
+  if (impl_->writer.joinable()) return;
+  impl_->writer = std::thread([state = impl_.get()] { state->run_writer(); });
+}
+
+bool history::drain(std::chrono::milliseconds timeout) {
+  std::unique_lock queue(impl_->queue_mutex);
+  return impl_->queue_changed.wait_for(queue, timeout,
+                                       [this] { return impl_->jobs.empty() && !impl_->writing; });
+}
+
+core::expected<bool> history::write(std::function<core::expected<bool>(history&)> job) {
+  {
+    std::unique_lock queue(impl_->queue_mutex);
+    if (impl_->writer.joinable()) {
+      if (impl_->jobs.size() >= max_queued_writes) {
+        // The disk is far behind: lose this record rather than memory or the loop's time.
+        if (impl_->dropped++ % 1000 == 0) {
+          spdlog::warn("history {}: {} writes waiting; dropped {} so far", impl_->file,
+                       impl_->jobs.size(), impl_->dropped);
+        }
+        return core::make_error("history " + impl_->file + ": writes behind, one dropped");
+      }
+      impl_->jobs.push_back(std::move(job));
+      queue.unlock();
+      impl_->queue_changed.notify_all();
+      return true;
+    }
+  }
+  const std::lock_guard connection(impl_->connection);
+  return job(*this);
+}
+
+void history::impl::run_writer() {
+  for (;;) {
+    std::function<core::expected<bool>(history&)> job;
+    {
+      std::unique_lock queue(queue_mutex);
+      queue_changed.wait(queue, [this] { return stopping || !jobs.empty(); });
+      if (jobs.empty()) return;  // stopping, and everything written
+      job = std::move(jobs.front());
+      jobs.pop_front();
+      writing = true;
+    }
+    core::expected<bool> done = true;
+    {
+      const std::lock_guard guard(connection);
+      done = job(*owner);
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (!done && now - last_failure_logged >= std::chrono::minutes(1)) {
+      last_failure_logged = now;
+      spdlog::warn("{} (said at most once a minute)", done.error());
+    }
+    {
+      const std::lock_guard queue(queue_mutex);
+      writing = false;
+    }
+    queue_changed.notify_all();
+  }
+}
+
+void history::impl::stop_writer() {
+  {
+    const std::lock_guard queue(queue_mutex);
+    if (!writer.joinable()) return;
+    stopping = true;
+  }
+  queue_changed.notify_all();
+  writer.join();  // after the queued writes: each is a few statements on a local file
+}
 
 core::expected<bool> history::record_samples(std::span<const named_sample> samples) {
+  return write([samples = std::vector<named_sample>(samples.begin(), samples.end())](
+                   history& self) { return self.record_samples_now(samples); });
+}
+
+core::expected<bool> history::record_ttfb(std::string_view path, std::string_view host,
+                                          wall_clock::time_point when,
+                                          std::chrono::microseconds ttfb) {
+  return write([path = std::string(path), host = std::string(host), when, ttfb](history& self) {
+    return self.record_ttfb_now(path, host, when, ttfb);
+  });
+}
+
+core::expected<bool> history::record_transition(wall_clock::time_point when, std::string_view host,
+                                                double single_bps, double multi_bps) {
+  return write([when, host = std::string(host), single_bps, multi_bps](history& self) {
+    return self.record_transition_now(when, host, single_bps, multi_bps);
+  });
+}
+
+core::expected<bool> history::record_switch(wall_clock::time_point when, std::string_view app,
+                                            std::string_view from_path, std::string_view to_path,
+                                            std::chrono::microseconds rtt_before,
+                                            std::chrono::microseconds rtt_after) {
+  return write([when, app = std::string(app), from_path = std::string(from_path),
+                to_path = std::string(to_path), rtt_before, rtt_after](history& self) {
+    return self.record_switch_now(when, app, from_path, to_path, rtt_before, rtt_after);
+  });
+}
+
+core::expected<bool> history::add_usage(std::string_view month, std::string_view app,
+                                        std::string_view path, std::uint64_t bytes) {
+  return write([month = std::string(month), app = std::string(app), path = std::string(path),
+                bytes](history& self) { return self.add_usage_now(month, app, path, bytes); });
+}
+
+core::expected<bool> history::record_download(std::string_view host, wall_clock::time_point when,
+                                              std::uint64_t bytes) {
+  return write([host = std::string(host), when, bytes](history& self) {
+    return self.record_download_now(host, when, bytes);
+  });
+}
+
+core::expected<bool> history::record_path_rate(std::string_view path, wall_clock::time_point when,
+                                               double rate_bps) {
+  return write([path = std::string(path), when, rate_bps](history& self) {
+    return self.record_path_rate_now(path, when, rate_bps);
+  });
+}
+
+core::expected<std::size_t> history::prune(wall_clock::time_point now) {
+  const std::lock_guard connection(impl_->connection);
+  return prune_now(now);
+}
+
+core::expected<bool> history::record_samples_now(std::span<const named_sample> samples) {
   if (samples.empty()) return true;
   {
     write_transaction transaction(impl_->transactions);
@@ -480,7 +652,7 @@ core::expected<bool> history::record_samples(std::span<const named_sample> sampl
   const bool prune_due =
       !impl_->last_prune || now < *impl_->last_prune || now - *impl_->last_prune >= prune_interval;
   if (prune_due) {
-    auto pruned = prune(now);
+    auto pruned = prune_now(now);
     if (!pruned) return core::make_error(pruned.error());
   }
   return true;
@@ -489,6 +661,7 @@ core::expected<bool> history::record_samples(std::span<const named_sample> sampl
 core::expected<std::optional<quality>> history::latest(std::string_view path,
                                                        std::chrono::microseconds max_age,
                                                        wall_clock::time_point now) const {
+  const std::lock_guard connection(impl_->connection);
   query newest(impl_->latest_sample.get());
   newest.bind(path).bind(now - max_age).bind(now);
   const int stepped = newest.step();
@@ -505,6 +678,7 @@ core::expected<std::optional<quality>> history::latest(std::string_view path,
 
 core::expected<path_summary> history::summary(std::string_view path, wall_clock::time_point since,
                                               wall_clock::time_point now) const {
+  const std::lock_guard connection(impl_->connection);
   query rows(impl_->samples_between.get());
   rows.bind(path).bind(since).bind(now);
   path_summary result;
@@ -523,9 +697,9 @@ core::expected<path_summary> history::summary(std::string_view path, wall_clock:
   return result;
 }
 
-core::expected<bool> history::record_ttfb(std::string_view path, std::string_view host,
-                                          wall_clock::time_point when,
-                                          std::chrono::microseconds ttfb) {
+core::expected<bool> history::record_ttfb_now(std::string_view path, std::string_view host,
+                                              wall_clock::time_point when,
+                                              std::chrono::microseconds ttfb) {
   query insert(impl_->insert_ttfb.get());
   insert.bind(path).bind(host).bind(when).bind(ttfb);
   if (insert.step() != SQLITE_DONE) return impl_->error("recording a time to first byte");
@@ -534,6 +708,7 @@ core::expected<bool> history::record_ttfb(std::string_view path, std::string_vie
 
 core::expected<std::optional<std::chrono::microseconds>> history::median_ttfb(
     std::string_view path, wall_clock::time_point since) const {
+  const std::lock_guard connection(impl_->connection);
   query rows(impl_->ttfb_since.get());
   rows.bind(path).bind(since);
   std::vector<double> ttfbs_us;
@@ -545,18 +720,20 @@ core::expected<std::optional<std::chrono::microseconds>> history::median_ttfb(
   return as_micros(median(std::move(ttfbs_us)));
 }
 
-core::expected<bool> history::record_transition(wall_clock::time_point when, std::string_view host,
-                                                double single_bps, double multi_bps) {
+core::expected<bool> history::record_transition_now(wall_clock::time_point when,
+                                                    std::string_view host, double single_bps,
+                                                    double multi_bps) {
   query insert(impl_->insert_transition.get());
   insert.bind(when).bind(host).bind(single_bps).bind(multi_bps);
   if (insert.step() != SQLITE_DONE) return impl_->error("recording a transition");
   return true;
 }
 
-core::expected<bool> history::record_switch(wall_clock::time_point when, std::string_view app,
-                                            std::string_view from_path, std::string_view to_path,
-                                            std::chrono::microseconds rtt_before,
-                                            std::chrono::microseconds rtt_after) {
+core::expected<bool> history::record_switch_now(wall_clock::time_point when, std::string_view app,
+                                                std::string_view from_path,
+                                                std::string_view to_path,
+                                                std::chrono::microseconds rtt_before,
+                                                std::chrono::microseconds rtt_after) {
   query insert(impl_->insert_switch.get());
   insert.bind(when).bind(app).bind(from_path).bind(to_path).bind(rtt_before).bind(rtt_after);
   if (insert.step() != SQLITE_DONE) return impl_->error("recording a path switch");
@@ -564,6 +741,7 @@ core::expected<bool> history::record_switch(wall_clock::time_point when, std::st
 }
 
 core::expected<telemetry_summary> history::telemetry(wall_clock::time_point since) const {
+  const std::lock_guard connection(impl_->connection);
   telemetry_summary result;
   std::vector<double> gains_bps, speedups;
   {
@@ -598,8 +776,8 @@ core::expected<telemetry_summary> history::telemetry(wall_clock::time_point sinc
   return result;
 }
 
-core::expected<bool> history::add_usage(std::string_view month, std::string_view app,
-                                        std::string_view path, std::uint64_t bytes) {
+core::expected<bool> history::add_usage_now(std::string_view month, std::string_view app,
+                                            std::string_view path, std::uint64_t bytes) {
   query upsert(impl_->add_usage.get());
   upsert.bind(month).bind(app).bind(path).bind(clamp_to_int64(bytes));
   if (upsert.step() != SQLITE_DONE) return impl_->error("adding usage");
@@ -607,6 +785,7 @@ core::expected<bool> history::add_usage(std::string_view month, std::string_view
 }
 
 core::expected<std::vector<usage_row>> history::usage(std::string_view month) const {
+  const std::lock_guard connection(impl_->connection);
   query rows(impl_->usage_of_month.get());
   rows.bind(month);
   std::vector<usage_row> result;
@@ -621,14 +800,16 @@ core::expected<std::vector<usage_row>> history::usage(std::string_view month) co
 
 core::expected<std::uint64_t> history::usage_total(std::string_view month,
                                                    std::string_view path) const {
+  const std::lock_guard connection(impl_->connection);
   query total(impl_->usage_total.get());
   total.bind(month).bind(path);
   if (total.step() != SQLITE_ROW) return impl_->error("reading usage");
   return static_cast<std::uint64_t>(std::max<std::int64_t>(total.int64(0), 0));
 }
 
-core::expected<bool> history::record_download(std::string_view host, wall_clock::time_point when,
-                                              std::uint64_t bytes) {
+core::expected<bool> history::record_download_now(std::string_view host,
+                                                  wall_clock::time_point when,
+                                                  std::uint64_t bytes) {
   query upsert(impl_->record_download.get());
   upsert.bind(host).bind(when).bind(clamp_to_int64(bytes));
   if (upsert.step() != SQLITE_DONE) return impl_->error("recording a download");
@@ -637,6 +818,7 @@ core::expected<bool> history::record_download(std::string_view host, wall_clock:
 
 core::expected<std::vector<host_download>> history::downloads_since(wall_clock::time_point since,
                                                                     std::size_t limit) const {
+  const std::lock_guard connection(impl_->connection);
   query rows(impl_->downloads_since.get());
   rows.bind(since).bind(clamp_to_int64(limit));
   std::vector<host_download> result;
@@ -650,8 +832,8 @@ core::expected<std::vector<host_download>> history::downloads_since(wall_clock::
   return result;
 }
 
-core::expected<bool> history::record_path_rate(std::string_view path, wall_clock::time_point when,
-                                               double rate_bps) {
+core::expected<bool> history::record_path_rate_now(std::string_view path,
+                                                   wall_clock::time_point when, double rate_bps) {
   query upsert(impl_->record_path_rate.get());
   upsert.bind(path).bind(when).bind(rate_bps);
   if (upsert.step() != SQLITE_DONE) return impl_->error("recording a path's rate");
@@ -660,6 +842,7 @@ core::expected<bool> history::record_path_rate(std::string_view path, wall_clock
 
 core::expected<std::optional<double>> history::path_rate(std::string_view path,
                                                          wall_clock::time_point since) const {
+  const std::lock_guard connection(impl_->connection);
   query row(impl_->path_rate_since.get());
   row.bind(path).bind(since);
   const int stepped = row.step();
@@ -668,7 +851,7 @@ core::expected<std::optional<double>> history::path_rate(std::string_view path,
   return std::optional<double>();
 }
 
-core::expected<std::size_t> history::prune(wall_clock::time_point now) {
+core::expected<std::size_t> history::prune_now(wall_clock::time_point now) {
   write_transaction transaction(impl_->transactions);
   if (!transaction.began()) return impl_->error("pruning");
   std::size_t deleted = 0;

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -93,9 +94,11 @@ struct history_options {
 
 /// The history file. Owns its SQLite connection; move-only.
 ///
-/// Not thread-safe: fleetyd uses it from its io thread only. Each call is a few
-/// prepared-statement steps on a local file (WAL, synchronous=NORMAL: a commit does not
-/// wait for the disk).
+/// Each call is a few prepared-statement steps on a local file (WAL, synchronous=NORMAL:
+/// a commit does not wait for the disk), one caller at a time (a mutex). After
+/// write_behind() the record_... and add_usage calls only queue their write for a thread
+/// of the history's own, so that fleetyd's event loop never waits for the disk; reads
+/// then wait for at most the one write in progress.
 class history {
  public:
   /// Opens `file`, creating it and its schema if it does not exist; ":memory:" gives a
@@ -106,7 +109,20 @@ class history {
 
   history(history&&) noexcept;
   history& operator=(history&&) noexcept;
+  /// Writes what is queued first.
   ~history();
+
+  /// Most writes waiting for the writer thread; beyond, a write is dropped (its call
+  /// returns the error, and a warning is logged once per 1,000 dropped).
+  static constexpr std::size_t max_queued_writes = 4096;
+
+  /// From now on writes are queued for a thread of the history's own, in order, and their
+  /// calls return true at once (an error only when max_queued_writes are waiting). A
+  /// write that fails there is logged (at most once a minute).
+  void write_behind();
+
+  /// Waits until every queued write is done, at most `timeout`; whether they are.
+  bool drain(std::chrono::milliseconds timeout);
 
   /// Writes the samples in one transaction. Prunes (see prune()) at most once a minute,
   /// taking the newest sample's time as now; a failed prune is returned as the error,
@@ -180,6 +196,26 @@ class history {
  private:
   struct impl;
   explicit history(std::unique_ptr<impl> state);
+
+  /// Runs `job` now (the connection locked), or queues it after write_behind().
+  core::expected<bool> write(std::function<core::expected<bool>(history&)> job);
+  // The writes themselves, the connection locked by the caller.
+  core::expected<bool> record_samples_now(std::span<const named_sample> samples);
+  core::expected<bool> record_ttfb_now(std::string_view path, std::string_view host,
+                                       wall_clock::time_point when, std::chrono::microseconds ttfb);
+  core::expected<bool> record_transition_now(wall_clock::time_point when, std::string_view host,
+                                             double single_bps, double multi_bps);
+  core::expected<bool> record_switch_now(wall_clock::time_point when, std::string_view app,
+                                         std::string_view from_path, std::string_view to_path,
+                                         std::chrono::microseconds rtt_before,
+                                         std::chrono::microseconds rtt_after);
+  core::expected<bool> add_usage_now(std::string_view month, std::string_view app,
+                                     std::string_view path, std::uint64_t bytes);
+  core::expected<bool> record_download_now(std::string_view host, wall_clock::time_point when,
+                                           std::uint64_t bytes);
+  core::expected<bool> record_path_rate_now(std::string_view path, wall_clock::time_point when,
+                                            double rate_bps);
+  core::expected<std::size_t> prune_now(wall_clock::time_point now);
 
   std::unique_ptr<impl> impl_;  ///< owned; null only in a moved-from history
 };

@@ -448,5 +448,72 @@ TEST_F(HistoryTest, UsesWriteAheadLogging) {
   sqlite3_close(db);
 }
 
+// Another program's write lock on `file` (BEGIN IMMEDIATE) until the object goes.
+class write_lock_holder {
+ public:
+  explicit write_lock_holder(const std::string& file) {
+    EXPECT_EQ(sqlite3_open(file.c_str(), &db_), SQLITE_OK);
+    EXPECT_EQ(sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  }
+  ~write_lock_holder() { release(); }
+  void release() {
+    if (db_ == nullptr) return;
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    sqlite3_close(db_);
+    db_ = nullptr;
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
+
+TEST_F(HistoryTest, WrittenBehindTheCallerInOrderAndAllBeforeClose) {
+  {
+    auto h = open();
+    h.write_behind();
+    for (int i = 0; i < 500; ++i) {
+      ASSERT_TRUE(h.add_usage("2024-03", "wget", "cell", 2));
+      if (i % 100 == 0) {
+        ASSERT_TRUE(h.usage("2024-03"));  // reads meanwhile, on the same connection
+      }
+    }
+    ASSERT_TRUE(h.drain(5s));
+    EXPECT_EQ(*h.usage_total("2024-03", "cell"), 1'000U);
+    history moved = std::move(h);  // the writer follows the history it belongs to
+    for (int i = 0; i < 300; ++i) ASSERT_TRUE(moved.record_download("cdn.fleety.test", t0, 7));
+    ASSERT_TRUE(moved.add_usage("2024-03", "wget", "cell", 1));
+  }  // closed with writes still queued: they are written first
+  auto h = open();
+  EXPECT_EQ(*h.usage_total("2024-03", "cell"), 1'001U);
+  EXPECT_EQ(h.downloads_since(t0 - 1h, 10)->size(), 1U);
+}
+
+TEST_F(HistoryTest, AWriteBehindCallerNeverWaitsForTheDiskAndTheQueueIsBounded) {
+  history_options opts;
+  opts.busy_timeout = 5s;
+  auto h = open(opts);
+  h.write_behind();
+  write_lock_holder other(file());  // the CLI (or a slow disk) holds the file
+  const auto started = std::chrono::steady_clock::now();
+  std::size_t accepted = 0;
+  std::size_t refused = 0;
+  for (std::size_t i = 0; i < history::max_queued_writes + 50; ++i) {
+    if (h.add_usage("2024-03", "wget", "cell", 1)) {
+      ++accepted;
+    } else {
+      ++refused;
+    }
+  }
+  const auto took = std::chrono::steady_clock::now() - started;
+  EXPECT_LT(took, 500ms) << "the caller waited for the locked file";
+  // The writer holds one job while it waits for the lock; the queue holds the bound.
+  EXPECT_GE(accepted, history::max_queued_writes);
+  EXPECT_LE(accepted, history::max_queued_writes + 1);
+  EXPECT_EQ(accepted + refused, history::max_queued_writes + 50);
+  other.release();
+  ASSERT_TRUE(h.drain(10s));
+  EXPECT_EQ(*h.usage_total("2024-03", "cell"), accepted);
+}
+
 }  // namespace
 }  // namespace fleety::path
