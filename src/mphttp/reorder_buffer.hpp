@@ -3,8 +3,10 @@
 // has gone to the app. Pure data structure; the session bounds what it may hold by
 // only requesting ranges inside its window.
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <span>
 #include <utility>
 #include <vector>
@@ -39,10 +41,19 @@ class reorder_buffer {
   std::uint64_t delivered() const { return delivered_; }
   std::uint64_t buffered_bytes() const { return buffered_; }
 
+  /// Bytes are held in blocks of block_bytes (or one larger piece), filled as a path's
+  /// contiguous bytes arrive: one allocation size for the daemon's whole buffer (glibc
+  /// reuses a freed block for the next one instead of fragmenting between read sizes),
+  /// and a map node per 64 KiB rather than per read.
+  static constexpr std::size_t block_bytes = 64 * 1024;
+
  private:
   struct chunk {
-    std::vector<char> bytes;
-    int source = 0;  ///< the path that fetched them
+    std::unique_ptr<char[]> block;
+    std::size_t size = 0;      ///< bytes held, from the start of the block
+    std::size_t capacity = 0;  ///< bytes the block has room for
+    int source = 0;            ///< the path that fetched them
+    std::span<const char> bytes() const { return {block.get(), size}; }
   };
   std::map<std::uint64_t, chunk> chunks_;  ///< start offset → bytes; never overlapping
   std::uint64_t delivered_;                ///< bytes before this went to the app

@@ -32,9 +32,9 @@ TEST(ReorderBuffer, InOrderDataPassesStraightThrough) {
 
 TEST(ReorderBuffer, FrontPiecesGatherContiguousChunksUpToTheLimit) {
   reorder_buffer buffer;
-  buffer.add(0, bytes("abc"));
-  buffer.add(3, bytes("def"));
-  buffer.add(10, bytes("xyz"));  // after a gap: not part of the front
+  buffer.add(0, bytes("abc"), /*source=*/0);
+  buffer.add(3, bytes("def"), /*source=*/1);  // another path's: a chunk of its own
+  buffer.add(10, bytes("xyz"));               // after a gap: not part of the front
   buffer.consume(1);
   auto pieces = buffer.front_pieces(100);
   std::string joined;
@@ -45,6 +45,26 @@ TEST(ReorderBuffer, FrontPiecesGatherContiguousChunksUpToTheLimit) {
   EXPECT_EQ(std::string(pieces[1].data(), pieces[1].size()), "d");
   buffer.consume(5);
   EXPECT_TRUE(buffer.front_pieces(100).empty());  // the gap
+}
+
+TEST(ReorderBuffer, APathsContiguousReadsFillOneBlockAfterAnother) {
+  reorder_buffer buffer;
+  std::string expected;
+  for (int i = 0; i < 1000; ++i) {  // 100 KB in reads of 100 bytes, as a slow socket gives
+    const std::string piece(100, static_cast<char>('a' + i % 26));
+    buffer.add(expected.size(), bytes(piece), /*source=*/1);
+    expected += piece;
+  }
+  // One block holds the first 64 KiB: the reads were not kept one by one.
+  EXPECT_EQ(buffer.front().size(), reorder_buffer::block_bytes);
+  std::string joined;
+  for (auto p : buffer.front_pieces(1 << 20)) joined.append(p.data(), p.size());
+  EXPECT_EQ(joined, expected);
+  EXPECT_EQ(buffer.front_pieces(1 << 20).size(), 2U);
+  // Another path's bytes right after are kept apart (evict() drops one path's bytes).
+  buffer.add(expected.size(), bytes("zz"), /*source=*/0);
+  EXPECT_EQ(buffer.evict(0, /*source=*/0).size(), 1U);
+  EXPECT_EQ(buffer.buffered_bytes(), expected.size());
 }
 
 TEST(ReorderBuffer, LaterRangeWaitsForTheEarlierOne) {
