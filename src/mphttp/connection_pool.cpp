@@ -158,7 +158,7 @@ awaitable<error_code> pooled_connector::async_connect(upstream& up, path_runtime
   }
   // The app's own connection to its destination is the app's to open; what fleety adds
   // on other nodes is limited.
-  if (!to_destination && !pool_.may_open(path.config.name, target.host))
+  if (limited_ && !to_destination && !pool_.may_open(path.config.name, target.host))
     co_return connection_limit_error();
   auto ec = co_await inner_.async_connect(up, path, target, to_destination);
   if (!ec) {

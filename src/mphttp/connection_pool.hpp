@@ -120,8 +120,12 @@ boost::system::error_code connection_limit_error();
 class pooled_connector final : public upstream_connector {
  public:
   /// `take_idle` false: new connections only (still counted, and kept when released).
-  pooled_connector(upstream_connector& inner, connection_pool& pool, bool take_idle = true)
-      : inner_(inner), pool_(pool), take_idle_(take_idle) {}
+  /// `limited` false: for the app's own request, which a direct app would have sent on a
+  /// connection of its own: never refused by connections_per_host (still counted), also
+  /// when it goes to another path's node because its own path is down.
+  pooled_connector(upstream_connector& inner, connection_pool& pool, bool take_idle = true,
+                   bool limited = true)
+      : inner_(inner), pool_(pool), take_idle_(take_idle), limited_(limited) {}
   awaitable<error_code> async_connect(upstream& up, path_runtime& path, const proxy_target& target,
                                       bool to_destination) override;
   void release(upstream& up, path_runtime& path, const proxy_target& target,
@@ -136,6 +140,7 @@ class pooled_connector final : public upstream_connector {
   upstream_connector& inner_;
   connection_pool& pool_;
   bool take_idle_;
+  bool limited_;
 };
 
 /// The pool's limits from [proxy].

@@ -307,6 +307,7 @@ path_command fetch_state::next_command(std::size_t index, fetch_clock::time_poin
       w.phase = path_phase::connecting;
       return {kind::connect};
     case path_phase::idle:
+      if (now < w.retry_not_before) return {kind::wait, {}, 0, false, w.retry_not_before};
       break;
     case path_phase::standby:
     case path_phase::failed:
@@ -604,9 +605,25 @@ void fetch_state::finish_range(std::size_t index, bool response_done, fetch_cloc
   w.phase = path_phase::idle;
 }
 
-void fetch_state::on_failed(std::size_t index, fetch_clock::time_point) {
-  if (work_[index].out()) return;
+void fetch_state::on_failed(std::size_t index, fetch_clock::time_point now) {
+  auto& w = work_[index];
+  if (w.out()) return;
+  // A spare connection in flight belongs to the fetcher's own bookkeeping: no retry then.
+  if (w.retries >= max_path_retries || w.spare != spare_phase::none) {
+    fail_path(index, /*cancel=*/false);
+    return;
+  }
+  const auto pause = std::chrono::seconds(1) * (1U << w.retries);
+  ++w.retries;
+  note({.what = fetch_note::kind::retrying,
+        .path = index,
+        .range = w.current ? *w.current : byte_range{},
+        .bytes = w.retries,
+        .seconds = std::chrono::duration<double>(pause).count()});
   fail_path(index, /*cancel=*/false);
+  w.phase = path_phase::idle;
+  w.connected = false;
+  w.retry_not_before = now + pause;
 }
 
 void fetch_state::fail_path(std::size_t index, bool cancel) {

@@ -147,6 +147,8 @@ struct fetch_note {
                         ///< overlap), or by `detail` (the size, a digest)
     no_progress,        ///< nothing reached the app for `seconds`: the fetch gives up
     all_failed,         ///< every path failed: the fetch gives up
+    retrying,           ///< path's connection failed: its range went to the others; it tries
+                        ///< again in `seconds` (attempt `bytes` of max_path_retries)
   };
   kind what = kind::requested;
   std::size_t path = 0;
@@ -254,6 +256,8 @@ struct path_work {
   std::uint64_t ranges = 0;   ///< range responses received
   std::uint64_t stolen = 0;   ///< ranges this path took over from another
   std::uint64_t planned = 0;  ///< bytes the scheduler gave it, net of what moved
+  unsigned retries = 0;       ///< times on_failed sent it back to idle (max_path_retries)
+  fetch_clock::time_point retry_not_before{};  ///< after a failure: no new range before
 
   bool out() const { return phase == path_phase::failed || phase == path_phase::finished; }
   std::uint64_t current_left() const {
@@ -356,8 +360,11 @@ class fetch_state {
   /// response's body ended with them.
   void on_body(std::size_t index, std::span<const char> data, bool response_done,
                fetch_clock::time_point now);
-  /// The path's connection, request or response failed: it is out of the fetch.
+  /// The path's connection, request or response failed: its ranges go back to the others.
+  /// It tries again after a pause (1 s, then 2 s: a link that flapped, a connection slot
+  /// taken), at most max_path_retries times in this fetch; then it is out.
   void on_failed(std::size_t index, fetch_clock::time_point now);
+  static constexpr unsigned max_path_retries = 2;
 
   // ---- The writer ---------------------------------------------------------------------
 

@@ -119,6 +119,10 @@ struct fetch_io {
       case kind::all_failed:
         spdlog::debug("{}: every path failed after {} bytes", start.url, n.bytes);
         break;
+      case kind::retrying:
+        spdlog::info("path {}: tries {} again in {:.0f} s (attempt {} of {})", name(n.path),
+                     start.url, n.seconds, n.bytes, fetch_state::max_path_retries);
+        break;
     }
   }
 };

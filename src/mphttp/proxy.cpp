@@ -264,6 +264,11 @@ struct request_context {
   /// New connections only (counted in the pool): for a request with a body, which could
   /// not go again if a warm connection turned out closed.
   upstream_connector& new_connector;
+  /// The same two for the request's first connection, the app's own: not refused by
+  /// connections_per_host (a path at its limit is still where the request goes when the
+  /// others are down).
+  upstream_connector& apps_own;
+  upstream_connector& apps_own_new;
 
   void count(const path_runtime& path, std::uint64_t bytes) const {
     if (proxy.on_app_bytes && bytes > 0) proxy.on_app_bytes(app_name, path, bytes);
@@ -497,7 +502,7 @@ awaitable<bool> async_first_exchange(const request_context& ctx, std::vector<pat
   const std::string url = fmt::format("http://{}{}", ctx.target.authority, ctx.target.origin_form);
   {
     const auto connected = co_await async_connect_first(
-        first.up, paths, ctx.target, plan.has_body ? ctx.new_connector : ctx.connector);
+        first.up, paths, ctx.target, plan.has_body ? ctx.apps_own_new : ctx.apps_own);
     for (const auto& [path, failed] : connected.failures) {
       spdlog::warn("[{}] path {}: cannot reach {}:{}: {}", ctx.session_id, path->config.name,
                    ctx.target.host, ctx.target.port, failed.message());
@@ -1311,6 +1316,8 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
   path_connector direct(proxy.config.proxy, nullptr, user);
   pooled_connector connector(direct, *proxy.pool);
   pooled_connector new_connector(direct, *proxy.pool, /*take_idle=*/false);
+  pooled_connector apps_own(direct, *proxy.pool, /*take_idle=*/true, /*limited=*/false);
+  pooled_connector apps_own_new(direct, *proxy.pool, /*take_idle=*/false, /*limited=*/false);
   // Our writes are whole messages or big body pieces: Nagle would only hold a response's
   // last small segment back until the app's delayed ACK (40 ms per small response).
   error_code nodelay_ec;
@@ -1378,8 +1385,8 @@ awaitable<void> run_app_session(tcp::socket socket, proxy_context& proxy, std::u
     }
     learn_path_servers(*target, proxy);
     proxy.pool->expire(clock_type::now());
-    const request_context ctx{app,      proxy, request,   *target,      session_id,
-                              app_name, tasks, connector, new_connector};
+    const request_context ctx{app,   proxy,     request,       *target,  session_id,  app_name,
+                              tasks, connector, new_connector, apps_own, apps_own_new};
     if (!proxy.features.http_dns.empty() && request.method() == http::verb::get &&
         parser.is_done()) {
       classify::request_view view{target->host, request.target(), {}};

@@ -42,6 +42,8 @@ struct path_script {
   std::uint32_t version = 1;  ///< the node's copy of the object (another seed: other bytes)
   /// The path breaks (every connection, and connects fail) once it carried this many bytes.
   std::optional<std::uint64_t> dies_after_bytes{};
+  /// A path that died comes back this long after (a link flap), for good.
+  std::optional<clock_ms> revives_after{};
   bool answers_200_to_ranges = false;  ///< the node ignores Range
   /// From this time on the path carries only `slow_rate` (0: nothing at all).
   std::optional<clock_ms> slows_at{};
@@ -92,6 +94,8 @@ struct sim_path {
   bool spare_ok = false;
   std::uint64_t carried = 0;  ///< bytes the path carried (all responses)
   bool dead = false;
+  bool revived = false;
+  fetch_clock::time_point died_at{};
   // The fetcher.
   bool spawned = false;
   bool done = false;
@@ -259,6 +263,10 @@ class fetch_sim {
     const double dt = std::chrono::duration<double>(tick_).count();
     for (auto& pp : paths_) {
       auto& p = *pp;
+      if (p.dead && p.script.revives_after && now_ >= p.died_at + *p.script.revives_after) {
+        p.dead = false;
+        p.revived = true;
+      }
       if (p.dead) continue;
       double budget = rate_now(p) * dt;
       for (auto* c : {&p.main, &p.spare}) {
@@ -274,8 +282,10 @@ class fetch_sim {
           if (r.sent < r.size()) break;  // the next response waits behind this one
         }
       }
-      if (p.script.dies_after_bytes && p.carried >= *p.script.dies_after_bytes) {
+      if (!p.dead && !p.revived && p.script.dies_after_bytes &&
+          p.carried >= *p.script.dies_after_bytes) {
         p.dead = true;
+        p.died_at = now_;
         p.main.open = false;
         p.spare.open = false;
       }
@@ -564,7 +574,7 @@ TEST(FetchState, SecondPathDiesAtByteX) {
   const auto out = sim.run_head_range(2 * MB);
   ASSERT_EQ(out.phase, fetch_phase::complete);
   EXPECT_TRUE(out.app == object_bytes(10 * MB, 1));
-  EXPECT_TRUE(out.failed[1]);
+  EXPECT_TRUE(out.has_note(fetch_note::kind::retrying, 1));  // (a flap may end: it tries again)
   EXPECT_FALSE(out.failed[0]);
   EXPECT_LE(out.path_bytes[1], 1'500'000u);
   EXPECT_GE(out.path_bytes[0], 10 * MB - 1'500'000u);
@@ -579,6 +589,21 @@ TEST(FetchState, FirstPathDiesMidHeadRange) {
   EXPECT_TRUE(out.app == object_bytes(10 * MB, 1));
   EXPECT_TRUE(out.failed[0]);
   EXPECT_LE(out.seconds, 4.4);
+}
+
+TEST(FetchState, TheOnlyPathFlapsAndTheFetchGoesOnWhenItIsBack) {
+  // Cellular is out of this download from the start (dead: its connect fails), Wi-Fi dies
+  // after 2 MB and is back 1.5 s later (a link flap). Before, the download failed with
+  // Wi-Fi's range; now Wi-Fi tries again after 1 s (still down), then after 2 s more.
+  fetch_sim sim({{.dies_after_bytes = 2 * MB, .revives_after = 1500ms},
+                 {.dies_after_bytes = 0, .early_connection = true}},
+                10 * MB);
+  const auto out = sim.run_head_range(2 * MB);
+  ASSERT_EQ(out.phase, fetch_phase::complete);
+  EXPECT_TRUE(out.app == object_bytes(10 * MB, 1));
+  EXPECT_TRUE(out.has_note(fetch_note::kind::retrying, 0));
+  // 4 s at 20 Mbit/s, plus the 3 s of pauses, plus the reconnects.
+  EXPECT_LE(out.seconds, 7.8);
 }
 
 TEST(FetchState, BothPathsDieTheFetchFails) {

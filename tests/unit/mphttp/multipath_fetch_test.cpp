@@ -214,7 +214,8 @@ TEST(MultipathFetch, ConnectionThatBreaksGivesItsRangeBack) {
   const auto run = run_fetch(origin, object.size());
   ASSERT_EQ(run.delivered, true);
   EXPECT_TRUE(run.sink == object);
-  EXPECT_EQ(run.phases[1], path_phase::failed);
+  // The broken path tries again after a pause; by then Wi-Fi has fetched the rest.
+  EXPECT_NE(run.phases[1], path_phase::failed);
   EXPECT_LT(run.bytes[1], 200'000u);
 }
 
