@@ -608,8 +608,7 @@ void fetch_state::finish_range(std::size_t index, bool response_done, fetch_cloc
 void fetch_state::on_failed(std::size_t index, fetch_clock::time_point now) {
   auto& w = work_[index];
   if (w.out()) return;
-  // A spare connection in flight belongs to the fetcher's own bookkeeping: no retry then.
-  if (w.retries >= max_path_retries || w.spare != spare_phase::none) {
+  if (w.retries >= max_path_retries) {
     fail_path(index, /*cancel=*/false);
     return;
   }
@@ -624,6 +623,12 @@ void fetch_state::on_failed(std::size_t index, fetch_clock::time_point now) {
   w.phase = path_phase::idle;
   w.connected = false;
   w.retry_not_before = now + pause;
+  // A spare still connecting (path 0's, opened while its first response streamed) is
+  // forgotten: its outcome, when the fetcher reports it, changes nothing, and the fetcher
+  // abandons it at the end. The path connects anew.
+  w.spare = spare_phase::none;
+  w.spare_is_early = false;
+  w.pipelined_on_spare = false;
 }
 
 void fetch_state::fail_path(std::size_t index, bool cancel) {
