@@ -15,7 +15,7 @@ std::string_view journal_prefix(spdlog::level::level_enum level);
 
 /// Messages waiting for the log thread at most; past that the oldest are dropped (the
 /// event loop never waits for the log).
-inline constexpr std::size_t log_queue_messages = 8192;
+inline constexpr std::size_t log_queue_messages = 1024;
 
 /// Sets the level ("info", "debug", ...) and a pattern that suits a terminal or journald;
 /// messages are queued (log_queue_messages) and written by one background thread.
