@@ -24,7 +24,7 @@ control::status_model daemon_control::status() {
     s.paths.push_back({p.config.name, p.config.interface,
                        std::string(core::to_string(p.config.kind)), monitor.up(i), q.rtt, q.jitter,
                        q.throughput_bps, q.loss, q.signal_dbm, p.estimator.rate_bytes_per_s() * 8,
-                       monitor.probes_sent(i), p.bytes_received, p.requests});
+                       monitor.probes_sent(i), p.bytes_received, p.requests, p.config.discovered});
   }
   for (const auto& [id, f] : supervisor_.flows().flows()) {
     s.flows.push_back(

@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "app/doctor_command.hpp"
 #include "app/get_command.hpp"
 #include "control/control.hpp"
 #include "core/units.hpp"
@@ -168,7 +169,7 @@ int show(const std::string& socket, const boost::json::object& request, bool as_
   boost::json::object body = std::move(reply).value();
   if (as_json) {
     body.erase("ok");
-    std::cout << boost::json::serialize(body) << "\n";
+    std::cout << control::json_text(body) << "\n";
   } else {
     human(body);
   }
@@ -203,6 +204,14 @@ void print_status(const boost::json::object& s) {
         loss.is_null() ? std::string("-") : fmt::format("{:.1f}", number_of(loss) * 100),
         measured(path.at("throughput_mbps")),
         core::format_size(static_cast<std::uint64_t>(number_of(path.at("bytes_received")))));
+  }
+  for (const auto& p : s.at("paths").as_array()) {
+    const auto* found = p.as_object().if_contains("found");
+    if (found != nullptr && found->is_string()) {
+      std::cout << fmt::format("  {} found on {}: {}\n", std::string(p.at("name").as_string()),
+                               std::string(p.at("interface").as_string()),
+                               std::string(found->as_string()));
+    }
   }
   if (const auto* flows = s.if_contains("flows"); flows != nullptr && !flows->as_array().empty()) {
     std::cout << fmt::format("\n{:<7} {:<14} {:<10} {:<6} {:>8}  {}\n", "flow", "app", "class",
@@ -349,7 +358,10 @@ int main(int argc, char** argv) {
   cli.add_option("--socket", socket,
                  "fleetyd's control socket (default $FLEETY_CONTROL or " +
                      std::string(control::default_socket_path) + ")");
-  cli.add_flag("--json", as_json, "machine-readable output");
+  cli.add_flag("--json", as_json, "machine-readable output (before or after the command)");
+  // `fleety status --json` as well as `fleety --json status`: what a subcommand does not
+  // know goes to fleety's own options.
+  cli.fallthrough();
 
   auto* run = cli.add_subcommand(
       "run", "run a program whose TCP and DNS fleetyd takes over (root or group fleety)");
@@ -381,6 +393,8 @@ int main(int argc, char** argv) {
       cli.add_subcommand("get", "download a URL over every path, without fleetyd (http and https)");
   app::get_args get_args;
   app::add_get_options(*get, get_args);
+  auto* doctor = cli.add_subcommand(
+      "doctor", "check what fleety needs from this machine, each problem with its fix");
   auto* rules = cli.add_subcommand("rules", "the feature rules");
   rules->add_subcommand("reload", "read the config's [[feature]] rules again")->required(false);
   rules->require_subcommand(1);
@@ -396,6 +410,7 @@ int main(int argc, char** argv) {
     return run_command(app, command, socket, as_root);
   }
   if (get->parsed()) return app::run_get(get_args, as_json);
+  if (doctor->parsed()) return app::run_doctor(socket, as_json);
   if (status->parsed()) return show(socket, {{"cmd", "status"}}, as_json, print_status);
   if (watch->parsed()) {
     // A terminal gets the view redrawn in place; a pipe gets one status after another.

@@ -37,6 +37,7 @@
 #include "net/task_group.hpp"
 #include "path/history.hpp"
 #include "path/mptcp_endpoints.hpp"
+#include "path/uplinks.hpp"
 #include "select/path_supervisor.hpp"
 
 namespace {
@@ -398,10 +399,26 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (check_only) {
-    std::cout << config_path << ": ok, " << config->paths.size() << " paths\n";
+    std::cout << config_path << ": ok, "
+              << (config->paths.empty() ? std::string("no [[path]]: the uplinks are found at start")
+                                        : std::to_string(config->paths.size()) + " paths")
+              << "\n";
     return 0;
   }
   fleety::core::setup_logging(log_level.empty() ? config->log_level : log_level);
+  if (config->paths.empty()) {
+    // Zero configuration: every interface with a default route is a path (issue 19).
+    auto found = fleety::path::discover_paths();
+    if (!found) {
+      fleety_stderr() << "fleetyd: " << found.error() << "\n";
+      return 1;
+    }
+    for (const auto& p : *found) {
+      spdlog::info("path {}: {} found as {} ({}); a [[path]] in the config overrides it", p.name,
+                   p.interface, fleety::core::to_string(p.kind), p.discovered);
+    }
+    config.value().paths = std::move(found).value();
+  }
   int status = 1;
   try {
     status = run(*config, config_path);

@@ -16,8 +16,10 @@
 #include <filesystem>
 #include <iostream>
 
+#include "control/status_model.hpp"
 #include "core/units.hpp"
 #include "mphttp/client.hpp"
+#include "path/uplinks.hpp"
 
 namespace fleety::app {
 namespace {
@@ -150,6 +152,19 @@ int run_get(const get_args& args, bool as_json) {
     }
     options.config.paths = parsed->paths;
   }
+  if (options.config.paths.empty()) {
+    // No --path and no [[path]]: the uplinks of this machine (issue 19).
+    auto found = path::discover_paths();
+    if (!found) {
+      say(found.error() + ", or give --path IFACE");
+      return 2;
+    }
+    options.config.paths = std::move(found).value();
+    if (!args.quiet) {
+      for (const auto& p : options.config.paths)
+        say(fmt::format("path {} on {} ({})", p.name, p.interface, p.discovered));
+    }
+  }
   if (args.mode == "aggregate") options.config.scheduler.mode = core::scheduler_mode::aggregate;
   if (args.mode == "cost") options.config.scheduler.mode = core::scheduler_mode::cost;
   options.ca_file = args.ca_file;
@@ -194,7 +209,7 @@ int run_get(const get_args& args, bool as_json) {
   if (!result.ok && !result.error.empty()) say(result.error);
   if (as_json) {
     (result.file == "-" ? std::cerr : std::cout)
-        << boost::json::serialize(result_json(result, options.expected_sha256)) << "\n";
+        << control::json_text(result_json(result, options.expected_sha256)) << "\n";
   } else if (result.sha256.size() == 64) {
     const double rate =
         result.seconds > 0 ? static_cast<double>(result.fetched) * 8 / result.seconds : 0;

@@ -34,12 +34,12 @@ constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 constexpr std::size_t max_line_bytes = 64 * 1024;
 
 std::string reply_error(std::string_view error) {
-  return json::serialize(json::object{{"ok", false}, {"error", error}});
+  return json_text(json::object{{"ok", false}, {"error", error}});
 }
 
 std::string reply_ok(json::object body = {}) {
   body["ok"] = true;
-  return json::serialize(body);
+  return json_text(body);
 }
 
 }  // namespace

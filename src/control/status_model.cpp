@@ -1,6 +1,11 @@
 #include "control/status_model.hpp"
 
+#include <fmt/format.h>
+
+#include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
+#include <cmath>
+#include <string>
 
 namespace fleety::control {
 namespace json = boost::json;
@@ -22,19 +27,21 @@ json::value number(const std::optional<double>& v, double scale = 1) {
 json::object status_json(const status_model& status) {
   json::array paths;
   for (const auto& p : status.paths) {
-    paths.push_back(json::object{{"name", p.name},
-                                 {"interface", p.interface},
-                                 {"kind", p.kind},
-                                 {"up", p.up},
-                                 {"rtt_ms", ms(p.rtt)},
-                                 {"jitter_ms", ms(p.jitter)},
-                                 {"throughput_mbps", number(p.throughput_bps, 1e6)},
-                                 {"loss", number(p.loss)},
-                                 {"signal_dbm", number(p.signal_dbm)},
-                                 {"capacity_mbps", p.capacity_bps / 1e6},
-                                 {"probes", p.probes},
-                                 {"bytes_received", p.bytes_received},
-                                 {"requests", p.requests}});
+    paths.push_back(
+        json::object{{"name", p.name},
+                     {"interface", p.interface},
+                     {"kind", p.kind},
+                     {"up", p.up},
+                     {"rtt_ms", ms(p.rtt)},
+                     {"jitter_ms", ms(p.jitter)},
+                     {"throughput_mbps", number(p.throughput_bps, 1e6)},
+                     {"loss", number(p.loss)},
+                     {"signal_dbm", number(p.signal_dbm)},
+                     {"capacity_mbps", p.capacity_bps / 1e6},
+                     {"probes", p.probes},
+                     {"bytes_received", p.bytes_received},
+                     {"requests", p.requests},
+                     {"found", p.found.empty() ? json::value(nullptr) : json::value(p.found)}});
   }
   json::array flows;
   for (const auto& f : status.flows) {
@@ -130,6 +137,52 @@ json::object stats_json(const stats_model& stats) {
                                  {"mean_speedup", number(stats.mean_speedup)},
                                  {"switches", stats.switches},
                                  {"median_rtt_change_ms", ms(stats.median_rtt_change)}}}};
+}
+
+namespace {
+
+void append_json(std::string& out, const json::value& value) {
+  switch (value.kind()) {
+    case json::kind::double_: {
+      const double d = value.get_double();
+      out += std::isfinite(d) ? fmt::format("{}", d) : std::string("null");
+      return;
+    }
+    case json::kind::object: {
+      out += '{';
+      bool first = true;
+      for (const auto& [key, member] : value.get_object()) {
+        if (!first) out += ',';
+        first = false;
+        out += json::serialize(json::string(key));
+        out += ':';
+        append_json(out, member);
+      }
+      out += '}';
+      return;
+    }
+    case json::kind::array: {
+      out += '[';
+      bool first = true;
+      for (const auto& element : value.get_array()) {
+        if (!first) out += ',';
+        first = false;
+        append_json(out, element);
+      }
+      out += ']';
+      return;
+    }
+    default:
+      out += json::serialize(value);
+  }
+}
+
+}  // namespace
+
+std::string json_text(const json::value& value) {
+  std::string out;
+  append_json(out, value);
+  return out;
 }
 
 }  // namespace fleety::control

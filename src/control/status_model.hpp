@@ -29,6 +29,8 @@ struct path_status {
   std::uint64_t probes = 0;          ///< idle probes sent since start
   std::uint64_t bytes_received = 0;  ///< response bytes it carried since start
   std::uint64_t requests = 0;        ///< upstream requests sent on it since start
+  /// Why uplink discovery took it (no [[path]] in the config); empty: configured.
+  std::string found;
 };
 
 /// A relayed flow under way.
@@ -113,6 +115,11 @@ struct status_model {
 /// types as `fleety status` and the end-to-end tests read them. Unknown measurements are
 /// null; RTT and jitter in ms, throughput and capacity in Mbit/s.
 boost::json::object status_json(const status_model& status);
+
+/// `value` as JSON text with numbers as people and scripts write them: 58.209, 0, 1e+21
+/// (the shortest text that reads back the same double), never Boost.JSON's 5.8209E1 or
+/// 0E0; a NaN or infinity is null. Everything else as boost::json::serialize.
+std::string json_text(const boost::json::value& value);
 
 /// One configured app, as `fleety apps` shows it.
 struct app_status {

@@ -925,11 +925,9 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
                       ctx.where(*table->get("level")), result.log_level));
     }
   }
+  // No [[path]]: fleetyd and fleety get discover the uplinks (path/uplinks.hpp).
   const toml::node* paths = root.get("path");
-  if (paths == nullptr) {
-    return make_error(fmt::format(
-        "{}: no [[path]]: name at least one uplink (name, interface, kind)", source_name));
-  }
+  if (paths == nullptr) return result;
   const auto* path_array = paths->as_array();
   if (path_array == nullptr) {
     return make_error(ctx.where(*paths) + "path must be an array of tables: write [[path]]");
@@ -949,9 +947,6 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
           fmt::format("{}interface '{}' is used by two paths", ctx.where(entry), path.interface));
     }
     result.paths.push_back(std::move(path));
-  }
-  if (result.paths.empty()) {
-    return make_error(fmt::format("{}: no [[path]]: name at least one uplink", source_name));
   }
   // Preference order: cheapest first; the file's order breaks ties.
   std::stable_sort(result.paths.begin(), result.paths.end(),

@@ -37,6 +37,9 @@ struct path_config {
   /// `mptcp_backup` ([mptcp], paper §3): this path's MPTCP endpoint is a backup one, whose
   /// subflows carry data only when no other subflow can. Default: true for cellular paths.
   bool mptcp_backup = false;
+  /// Why fleetyd took this interface as an uplink when the config names none (uplink
+  /// discovery: "the name wlan0", "driver cdc_ncm ..."); empty for a configured [[path]].
+  std::string discovered;
 };
 
 /// The scheduler's two policies (DESIGN.md): Wi-Fi first with a tolerance, or pure aggregation.

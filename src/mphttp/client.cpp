@@ -326,19 +326,21 @@ class progress_meter {
       progress.paths.push_back(
           {p.config.name, p.config.interface, p.bytes_received, rate(i), failed(i)});
     }
-    progress.rate_bps = rate(state_.paths.size());
+    // The total rate is what the paths carry together, so that the line adds up: the
+    // file's own rate lags it while the reorder buffer fills (early in a split).
+    progress.rate_bps = 0;
+    for (const auto& p : progress.paths) progress.rate_bps += p.rate_bps;
     return progress;
   }
 
  private:
   struct point {
     clock_type::time_point when;
-    std::vector<std::uint64_t> bytes;  ///< per path, then the file
+    std::vector<std::uint64_t> bytes;  ///< per path
   };
   std::vector<std::uint64_t> snapshot() const {
     std::vector<std::uint64_t> bytes;
     for (const auto& p : state_.paths) bytes.push_back(p.bytes_received);
-    bytes.push_back(state_.file ? state_.file->size() : 0);
     return bytes;
   }
   /// Whether the fetch under way gave up on state.paths[i].

@@ -97,7 +97,7 @@ struct download_progress {
   std::uint64_t done = 0;              ///< bytes in the file (resumed ones included)
   std::uint64_t resumed_from = 0;
   double elapsed_s = 0;
-  double rate_bps = 0;  ///< into the file, over the last second
+  double rate_bps = 0;  ///< all paths together over the last second (the sum of theirs)
   std::vector<path_progress> paths;
 };
 

@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
+#include <cmath>
 
 namespace fleety::control {
 namespace {
@@ -14,7 +16,7 @@ TEST(StatusJson, PathsWithTheirUnitsAndUnknownsAsNull) {
   status_model s;
   path_status wifi{
       "wifi", "wlan0", "wifi", true, microseconds(58'209), microseconds(1'500), 20e6, 0.01, -61.0,
-      19.1e6, 7,       1000,   3};
+      19.1e6, 7,       1000,   3,    "the name wlan0"};
   path_status cell;
   cell.name = "cell";
   cell.interface = "rmnet0";
@@ -25,9 +27,9 @@ TEST(StatusJson, PathsWithTheirUnitsAndUnknownsAsNull) {
   ASSERT_EQ(paths.size(), 2U);
   const auto& w = paths[0].as_object();
   // The keys in the order `fleety status --json` has always printed them.
-  const char* keys[] = {"name",      "interface",       "kind",    "up",         "rtt_ms",
-                        "jitter_ms", "throughput_mbps", "loss",    "signal_dbm", "capacity_mbps",
-                        "probes",    "bytes_received",  "requests"};
+  const char* keys[] = {"name",      "interface",       "kind",     "up",         "rtt_ms",
+                        "jitter_ms", "throughput_mbps", "loss",     "signal_dbm", "capacity_mbps",
+                        "probes",    "bytes_received",  "requests", "found"};
   ASSERT_EQ(w.size(), std::size(keys));
   std::size_t k = 0;
   for (const auto& entry : w) EXPECT_EQ(entry.key(), keys[k++]);
@@ -45,6 +47,8 @@ TEST(StatusJson, PathsWithTheirUnitsAndUnknownsAsNull) {
   EXPECT_EQ(w.at("probes").as_uint64(), 7U);
   EXPECT_EQ(w.at("bytes_received").as_uint64(), 1000U);
   EXPECT_EQ(w.at("requests").as_uint64(), 3U);
+  EXPECT_EQ(w.at("found"), "the name wlan0");  // discovered; a configured path has null
+  EXPECT_TRUE(paths[1].as_object().at("found").is_null());
   const auto& c = paths[1].as_object();
   EXPECT_EQ(c.at("up"), false);
   for (const char* unknown : {"rtt_ms", "jitter_ms", "throughput_mbps", "loss", "signal_dbm"})
@@ -172,6 +176,28 @@ TEST(StatsJson, UsageAndTelemetryInMbpsAndMs) {
   EXPECT_TRUE(t.at("mean_speedup").is_null());
   EXPECT_EQ(t.at("switches").as_uint64(), 2U);
   EXPECT_DOUBLE_EQ(t.at("median_rtt_change_ms").as_double(), -20.0);
+}
+
+TEST(JsonText, NumbersAsPeopleAndScriptsWriteThem) {
+  json::object o{{"rtt_ms", 58.209},
+                 {"loss", 0.0},
+                 {"big", 1e21},
+                 {"third", 1.0 / 3},
+                 {"bytes", std::uint64_t{18'446'744'073'709'551'615ULL}},
+                 {"delta", -20},
+                 {"up", true},
+                 {"none", nullptr},
+                 {"nan", std::nan("")},
+                 {"name", "wi\"fi"},
+                 {"list", json::array{1.5, 2.0}}};
+  EXPECT_EQ(json_text(o),
+            R"({"rtt_ms":58.209,"loss":0,"big":1e+21,"third":0.3333333333333333,)"
+            R"("bytes":18446744073709551615,"delta":-20,"up":true,"none":null,"nan":null,)"
+            R"("name":"wi\"fi","list":[1.5,2]})");
+  // It reads back the same values.
+  const auto back = json::parse(json_text(o)).as_object();
+  EXPECT_EQ(back.at("rtt_ms").as_double(), 58.209);
+  EXPECT_EQ(back.at("third").as_double(), 1.0 / 3);
 }
 
 }  // namespace

@@ -134,7 +134,6 @@ constexpr const char* one_path =
 INSTANTIATE_TEST_SUITE_P(
     BadConfigs, ConfigError,
     testing::Values(
-        bad_case{"NoPath", "[proxy]\nlisten = \"127.0.0.1:3128\"\n", "no [[path]]"},
         bad_case{"PathWithoutInterface", "[[path]]\nname = \"wifi\"\nkind = \"wifi\"\n",
                  "needs 'interface'"},
         bad_case{"UnknownKind", "[[path]]\nname = \"w\"\ninterface = \"wlan0\"\nkind = \"wlan\"\n",
@@ -179,6 +178,14 @@ INSTANTIATE_TEST_SUITE_P(
     [](const testing::TestParamInfo<bad_case>& param_info) {
       return std::string(param_info.param.name);
     });
+
+TEST(Config, NoPathMeansTheUplinksAreDiscovered) {
+  auto config = parse_config("[proxy]\nlisten = \"127.0.0.1:3128\"\n", "d.toml");
+  ASSERT_TRUE(config) << config.error();
+  EXPECT_TRUE(config->paths.empty());
+  auto empty = parse_config("", "e.toml");
+  ASSERT_TRUE(empty) << empty.error();
+}
 
 TEST(Config, AccessAndConnectPortsHaveSafeDefaults) {
   auto defaults = parse_config(one_path, "d.toml");

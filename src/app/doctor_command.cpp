@@ -1,0 +1,213 @@
+#include "app/doctor_command.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/json/array.hpp>
+#include <boost/json/object.hpp>
+#include <chrono>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "control/control.hpp"
+#include "control/status_model.hpp"
+#include "intercept/intercept.hpp"
+#include "net/bound_socket.hpp"
+
+namespace fleety::app {
+
+using verdict = doctor_check::verdict;
+
+std::vector<doctor_check> doctor_checks(const machine_facts& f) {
+  std::vector<doctor_check> out;
+  // The uplinks: what there is to combine.
+  {
+    doctor_check c{"uplinks", verdict::ok, {}, {}};
+    std::vector<std::string> named;
+    for (const auto& u : f.uplinks) {
+      named.push_back(fmt::format("{} {} ({})", core::to_string(u.kind), u.interface, u.why));
+    }
+    std::string list;
+    for (const auto& n : named) list += (list.empty() ? "" : "; ") + n;
+    if (!f.uplinks_error.empty()) {
+      c = {"uplinks", verdict::fail, f.uplinks_error, "check `ip route show table all`"};
+    } else if (f.uplinks.empty()) {
+      c = {"uplinks", verdict::fail, "no interface has a default route",
+           "connect Wi-Fi, a phone (USB tethering) or a modem, or name a [[path]]"};
+    } else if (f.uplinks.size() == 1) {
+      c = {"uplinks", verdict::warn, "one only: " + list,
+           "connect a second uplink (a phone's USB tethering, a modem) to combine them"};
+    } else {
+      c.detail = list;
+    }
+    out.push_back(std::move(c));
+  }
+  // Binding sockets to each uplink.
+  if (!f.uplinks.empty()) {
+    out.push_back(
+        f.bind_problem.empty()
+            ? doctor_check{"bind to uplinks",
+                           verdict::ok,
+                           "sockets may be bound to each uplink (SO_BINDTODEVICE)",
+                           {}}
+            : doctor_check{"bind to uplinks", verdict::fail, f.bind_problem,
+                           "run fleetyd from its systemd unit (CAP_NET_RAW), or as root"});
+  }
+  // Each path's resolvers: per-ISP CDN nodes need each path's own.
+  {
+    doctor_check c{"resolvers", verdict::ok, {}, {}};
+    std::string list;
+    for (const auto& r : f.resolvers) list += (list.empty() ? "" : ", ") + r;
+    const bool local_stub =
+        std::any_of(f.resolvers.begin(), f.resolvers.end(),
+                    [](const std::string& r) { return r.starts_with("127.") || r == "::1"; });
+    if (f.resolvers.empty()) {
+      c = {"resolvers", verdict::warn, "/etc/resolv.conf names no server",
+           "give each [[path]] its resolvers: dns = [\"...\"]"};
+    } else if (local_stub) {
+      c = {"resolvers", verdict::warn,
+           fmt::format("a local stub ({}): every path asks it, so no path reaches its own "
+                       "ISP's CDN node",
+                       list),
+           "give each [[path]] its link's servers (resolvectl dns) as dns = [\"...\"]"};
+    } else {
+      c = {"resolvers", verdict::warn,
+           fmt::format("the system's ({}) for every path: a LAN resolver may not answer over "
+                       "cellular",
+                       list),
+           "give each [[path]] its link's servers as dns = [\"...\"]"};
+    }
+    out.push_back(std::move(c));
+  }
+  // Interception: cgroup v2 and nftables.
+  out.push_back(f.cgroup2 ? doctor_check{"cgroup v2", verdict::ok, *f.cgroup2, {}}
+                          : doctor_check{"cgroup v2", verdict::warn,
+                                         f.cgroup2_error + " (fleety run and [[app]] by cgroup)",
+                                         "boot with systemd.unified_cgroup_hierarchy=1"});
+  if (!f.nftables) {
+    out.push_back({"nftables", verdict::skipped, "needs root to try", "sudo fleety doctor"});
+  } else if (!*f.nftables) {
+    out.push_back({"nftables", verdict::fail, f.nftables_error + " (interception, [access])",
+                   "apt-get install nftables; modprobe nf_tables"});
+  } else if (!f.nftables_owner.value_or(false)) {
+    out.push_back({"nftables", verdict::warn,
+                   "no table ownership (Linux < 5.12): if fleetyd dies, its apps stay "
+                   "redirected until it restarts",
+                   "a kernel from 5.12 on (Debian 12's 6.1 has it)"});
+  } else {
+    out.push_back({"nftables", verdict::ok, "tables owned by fleetyd (fail open)", {}});
+  }
+  // MPTCP for relayed flows.
+  if (!f.mptcp_enabled) {
+    out.push_back({"mptcp", verdict::warn, "this kernel has no MPTCP ([mptcp] uses plain TCP)",
+                   "a kernel with CONFIG_MPTCP (Debian 12's has it)"});
+  } else if (*f.mptcp_enabled == 0) {
+    out.push_back({"mptcp", verdict::warn, "net.mptcp.enabled = 0 ([mptcp] uses plain TCP)",
+                   "sysctl -w net.mptcp.enabled=1"});
+  } else {
+    out.push_back({"mptcp", verdict::ok, "net.mptcp.enabled = 1", {}});
+  }
+  // The daemon.
+  out.push_back(f.daemon_error.empty()
+                    ? doctor_check{"fleetyd", verdict::ok, "answers on " + f.control_socket, {}}
+                    : doctor_check{"fleetyd", verdict::warn, f.daemon_error,
+                                   "systemctl enable --now fleetyd"});
+  return out;
+}
+
+namespace {
+
+std::string read_first_line(const std::string& file) {
+  std::ifstream in(file);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+std::string_view verdict_name(verdict v) {
+  switch (v) {
+    case verdict::ok:
+      return "ok";
+    case verdict::warn:
+      return "warn";
+    case verdict::fail:
+      return "FAIL";
+    case verdict::skipped:
+      return "skip";
+  }
+  return "?";
+}
+
+}  // namespace
+
+machine_facts gather_machine_facts(const std::string& socket) {
+  machine_facts f;
+  f.root = ::geteuid() == 0;
+  f.control_socket = socket;
+  if (auto mount = intercept::cgroup2_mount()) {
+    f.cgroup2 = *mount;
+  } else {
+    f.cgroup2_error = mount.error();
+  }
+  if (f.root) {
+    // A table of our own, owned, made and dropped in one transaction per try.
+    const std::string owned = "add table inet fleety_doctor { flags owner; }\n";
+    intercept::nft_session session;
+    if (auto made = session.run(owned + "delete table inet fleety_doctor\n")) {
+      f.nftables = true;
+      f.nftables_owner = true;
+    } else if (auto plain = intercept::run_nft(
+                   "add table inet fleety_doctor\ndelete table inet fleety_doctor\n")) {
+      f.nftables = true;
+      f.nftables_owner = false;
+    } else {
+      f.nftables = false;
+      f.nftables_error = plain.error();
+    }
+  }
+  const std::string mptcp = read_first_line("/proc/sys/net/mptcp/enabled");
+  if (!mptcp.empty()) f.mptcp_enabled = mptcp == "1" ? 1 : 0;
+  if (auto uplinks = path::discover_uplinks()) {
+    f.uplinks = std::move(uplinks).value();
+  } else {
+    f.uplinks_error = uplinks.error();
+  }
+  std::vector<std::string> interfaces;
+  for (const auto& u : f.uplinks) interfaces.push_back(u.interface);
+  f.bind_problem = net::bind_permission_problem(interfaces);
+  std::ifstream resolv("/etc/resolv.conf");
+  for (std::string line; std::getline(resolv, line);) {
+    std::istringstream words(line);
+    std::string key, server;
+    if (words >> key >> server && key == "nameserver") f.resolvers.push_back(server);
+  }
+  if (auto answer = control::call(socket, {{"cmd", "status"}}, std::chrono::seconds(2)); !answer) {
+    f.daemon_error = answer.error();
+  }
+  return f;
+}
+
+int run_doctor(const std::string& socket, bool as_json) {
+  const auto checks = doctor_checks(gather_machine_facts(socket));
+  bool failed = false;
+  boost::json::array rows;
+  for (const auto& c : checks) {
+    failed = failed || c.result == verdict::fail;
+    if (as_json) {
+      rows.push_back(boost::json::object{{"check", c.name},
+                                         {"result", verdict_name(c.result)},
+                                         {"detail", c.detail},
+                                         {"fix", c.fix}});
+      continue;
+    }
+    std::cout << fmt::format("{:<4}  {:<15}  {}\n", verdict_name(c.result), c.name, c.detail);
+    if (!c.fix.empty() && c.result != verdict::ok)
+      std::cout << fmt::format("{:<4}  {:<15}  fix: {}\n", "", "", c.fix);
+  }
+  if (as_json) std::cout << control::json_text(boost::json::object{{"checks", rows}}) << "\n";
+  return failed ? 1 : 0;
+}
+
+}  // namespace fleety::app

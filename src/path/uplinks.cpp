@@ -1,0 +1,280 @@
+#include "path/uplinks.hpp"
+
+#include <fmt/format.h>
+#include <libmnl/libmnl.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <tuple>
+
+namespace fleety::path {
+namespace {
+
+bool starts_with_any(std::string_view name, std::initializer_list<std::string_view> prefixes) {
+  return std::any_of(prefixes.begin(), prefixes.end(),
+                     [&](std::string_view prefix) { return name.starts_with(prefix); });
+}
+
+/// Phones' USB tethering and modems (issue 19's list).
+constexpr std::array<std::string_view, 6> cellular_drivers = {
+    "rndis_host", "cdc_ether", "cdc_ncm", "ipheth", "qmi_wwan", "cdc_mbim"};
+
+int rank(core::path_kind kind) {
+  switch (kind) {
+    case core::path_kind::wired:
+      return 0;
+    case core::path_kind::wifi:
+      return 1;
+    case core::path_kind::cellular:
+      return 2;
+  }
+  return 3;
+}
+
+}  // namespace
+
+uplink classify_uplink(const interface_facts& facts) {
+  uplink out{facts.name, core::path_kind::wired, {}, false};
+  const std::string_view name = facts.name;
+  if (facts.devtype == "wireguard" || starts_with_any(name, {"tun", "tap", "wg"})) {
+    out.excluded = true;
+    out.why = "a tunnel: its packets leave over an uplink anyway";
+    return out;
+  }
+  if (name == "lo" || starts_with_any(name, {"docker", "br-", "virbr", "veth"})) {
+    out.excluded = true;
+    out.why = "a local bridge or container link";
+    return out;
+  }
+  if (facts.wireless || facts.devtype == "wlan") {
+    out.kind = core::path_kind::wifi;
+    out.why = "sysfs: a wireless device";
+    return out;
+  }
+  if (facts.devtype == "wwan") {
+    out.kind = core::path_kind::cellular;
+    out.why = "sysfs: DEVTYPE=wwan";
+    return out;
+  }
+  if (std::find(cellular_drivers.begin(), cellular_drivers.end(), facts.driver) !=
+      cellular_drivers.end()) {
+    out.kind = core::path_kind::cellular;
+    out.why = fmt::format("driver {} (a phone's USB tethering or a modem)", facts.driver);
+    return out;
+  }
+  if (starts_with_any(name, {"wl"})) {
+    out.kind = core::path_kind::wifi;
+    out.why = fmt::format("the name {}", facts.name);
+    return out;
+  }
+  if (starts_with_any(name, {"ww", "rmnet", "usb"})) {
+    out.kind = core::path_kind::cellular;
+    out.why = fmt::format("the name {}", facts.name);
+    return out;
+  }
+  out.why = facts.present ? (facts.driver.empty() ? std::string("neither wireless nor a modem")
+                                                  : fmt::format("driver {}", facts.driver))
+                          : fmt::format("the name {} (no sysfs entry here)", facts.name);
+  return out;
+}
+
+std::vector<uplink> uplinks_from(const std::vector<default_route>& routes,
+                                 const std::vector<interface_facts>& facts) {
+  std::map<std::string, unsigned> best_metric;
+  for (const auto& route : routes) {
+    if (route.interface.empty()) continue;
+    auto [it, added] = best_metric.emplace(route.interface, route.metric);
+    if (!added) it->second = std::min(it->second, route.metric);
+  }
+  std::vector<std::pair<uplink, unsigned>> found;
+  for (const auto& [name, metric] : best_metric) {
+    interface_facts known{name, false, false, {}, {}};
+    for (const auto& f : facts) {
+      if (f.name == name) known = f;
+    }
+    auto u = classify_uplink(known);
+    if (!u.excluded) found.emplace_back(std::move(u), metric);
+  }
+  std::stable_sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
+    return std::tuple(rank(a.first.kind), a.second) < std::tuple(rank(b.first.kind), b.second);
+  });
+  std::vector<uplink> out;
+  for (auto& [u, metric] : found) out.push_back(std::move(u));
+  return out;
+}
+
+std::vector<core::path_config> paths_of(const std::vector<uplink>& uplinks) {
+  std::vector<core::path_config> paths;
+  std::map<core::path_kind, int> seen;
+  for (const auto& u : uplinks) {
+    core::path_config p;
+    const int n = ++seen[u.kind];
+    const std::string base(core::to_string(u.kind));
+    p.name = n == 1 ? base : fmt::format("{}-{}", base, n);
+    p.interface = u.interface;
+    p.kind = u.kind;
+    p.cost = u.kind == core::path_kind::cellular ? 10 : 0;
+    p.mptcp_backup = u.kind == core::path_kind::cellular;
+    p.discovered = u.why;
+    paths.push_back(std::move(p));
+  }
+  return paths;
+}
+
+// ---- I/O ---------------------------------------------------------------------------
+
+namespace {
+
+struct route_attributes {
+  const nlattr* oif = nullptr;
+  const nlattr* table = nullptr;
+  const nlattr* priority = nullptr;
+  const nlattr* multipath = nullptr;
+};
+
+int on_route_attribute(const nlattr* attr, void* data) {
+  auto& found = *static_cast<route_attributes*>(data);
+  if (mnl_attr_type_valid(attr, RTA_MAX) < 0) return MNL_CB_OK;
+  switch (mnl_attr_get_type(attr)) {
+    case RTA_OIF:
+      if (mnl_attr_validate(attr, MNL_TYPE_U32) < 0) return MNL_CB_ERROR;
+      found.oif = attr;
+      break;
+    case RTA_TABLE:
+      if (mnl_attr_validate(attr, MNL_TYPE_U32) < 0) return MNL_CB_ERROR;
+      found.table = attr;
+      break;
+    case RTA_PRIORITY:
+      if (mnl_attr_validate(attr, MNL_TYPE_U32) < 0) return MNL_CB_ERROR;
+      found.priority = attr;
+      break;
+    case RTA_MULTIPATH:
+      found.multipath = attr;
+      break;
+    default:
+      break;
+  }
+  return MNL_CB_OK;
+}
+
+std::string interface_name(unsigned index) {
+  char name[IF_NAMESIZE] = {};
+  return ::if_indextoname(index, name) != nullptr ? std::string(name) : std::string();
+}
+
+int on_route(const nlmsghdr* message, void* data) {
+  auto& routes = *static_cast<std::vector<default_route>*>(data);
+  if (mnl_nlmsg_get_payload_len(message) < sizeof(rtmsg)) return MNL_CB_OK;
+  const auto& route = *static_cast<const rtmsg*>(mnl_nlmsg_get_payload(message));
+  // A default route that leads somewhere (not unreachable, blackhole or prohibit).
+  if (route.rtm_dst_len != 0 || route.rtm_type != RTN_UNICAST) return MNL_CB_OK;
+  route_attributes found;
+  if (mnl_attr_parse(message, sizeof route, on_route_attribute, &found) != MNL_CB_OK)
+    return MNL_CB_OK;
+  const unsigned table = found.table != nullptr ? mnl_attr_get_u32(found.table) : route.rtm_table;
+  const unsigned metric = found.priority != nullptr ? mnl_attr_get_u32(found.priority) : 0;
+  if (found.oif != nullptr) {
+    routes.push_back({interface_name(mnl_attr_get_u32(found.oif)), table, metric});
+  } else if (found.multipath != nullptr) {
+    const auto* hop = static_cast<const rtnexthop*>(mnl_attr_get_payload(found.multipath));
+    auto left = static_cast<int>(mnl_attr_get_payload_len(found.multipath));
+    while (RTNH_OK(hop, left)) {
+      routes.push_back({interface_name(static_cast<unsigned>(hop->rtnh_ifindex)), table, metric});
+      left -= NLMSG_ALIGN(hop->rtnh_len);
+      hop = RTNH_NEXT(hop);
+    }
+  }
+  return MNL_CB_OK;
+}
+
+bool file_exists(const std::filesystem::path& path) {
+  std::error_code ec;
+  return std::filesystem::exists(path, ec);
+}
+
+}  // namespace
+
+core::expected<std::vector<default_route>> read_default_routes() {
+  std::unique_ptr<mnl_socket, decltype(&mnl_socket_close)> socket(
+      mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC), &mnl_socket_close);
+  if (!socket || mnl_socket_bind(socket.get(), 0, MNL_SOCKET_AUTOPID) < 0)
+    return core::make_error(fmt::format("rtnetlink: {}", std::strerror(errno)));
+  // The kernel answers within the send; a second is plenty, and bounds a wedged socket.
+  timeval timeout{1, 0};
+  ::setsockopt(mnl_socket_get_fd(socket.get()), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  // (MNL_SOCKET_BUFFER_SIZE is the page size, or 8 KiB: a run-time value.)
+  std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
+  auto* request = mnl_nlmsg_put_header(buffer.data());
+  request->nlmsg_type = RTM_GETROUTE;
+  request->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  const auto sequence = static_cast<unsigned>(std::time(nullptr));
+  request->nlmsg_seq = sequence;
+  auto* route = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(request, sizeof(rtmsg)));
+  route->rtm_family = AF_UNSPEC;
+  if (mnl_socket_sendto(socket.get(), request, request->nlmsg_len) < 0)
+    return core::make_error(fmt::format("rtnetlink: {}", std::strerror(errno)));
+  std::vector<default_route> routes;
+  const unsigned port = mnl_socket_get_portid(socket.get());
+  for (int messages = 0; messages < 100'000; ++messages) {
+    const auto n = mnl_socket_recvfrom(socket.get(), buffer.data(), buffer.size());
+    if (n < 0) return core::make_error(fmt::format("rtnetlink: {}", std::strerror(errno)));
+    const int run =
+        mnl_cb_run(buffer.data(), static_cast<std::size_t>(n), sequence, port, on_route, &routes);
+    if (run == MNL_CB_STOP) return routes;
+    if (run < 0) return core::make_error(fmt::format("rtnetlink: {}", std::strerror(errno)));
+  }
+  return core::make_error("rtnetlink: the route dump did not end");
+}
+
+interface_facts read_interface_facts(const std::string& name, const std::string& sysfs) {
+  namespace fs = std::filesystem;
+  interface_facts facts;
+  facts.name = name;
+  const fs::path dir = fs::path(sysfs) / name;
+  facts.present = file_exists(dir);
+  if (!facts.present) return facts;
+  facts.wireless = file_exists(dir / "wireless") || file_exists(dir / "phy80211");
+  std::ifstream uevent(dir / "uevent");
+  for (std::string line; std::getline(uevent, line);) {
+    if (line.starts_with("DEVTYPE=")) facts.devtype = line.substr(8);
+  }
+  std::error_code ec;
+  const auto driver = fs::read_symlink(dir / "device" / "driver", ec);
+  if (!ec) facts.driver = driver.filename().string();
+  return facts;
+}
+
+core::expected<std::vector<uplink>> discover_uplinks() {
+  auto routes = read_default_routes();
+  if (!routes) return core::make_error(routes.error());
+  std::set<std::string> names;
+  for (const auto& r : *routes) names.insert(r.interface);
+  std::vector<interface_facts> facts;
+  for (const auto& name : names) facts.push_back(read_interface_facts(name));
+  return uplinks_from(*routes, facts);
+}
+
+core::expected<std::vector<core::path_config>> discover_paths() {
+  auto uplinks = discover_uplinks();
+  if (!uplinks) return core::make_error("cannot list the uplinks: " + uplinks.error());
+  if (uplinks->empty()) {
+    return core::make_error(
+        "no uplink: no interface has a default route (ip route show table all); connect one, "
+        "or name it in a [[path]] (name, interface, kind)");
+  }
+  return paths_of(*uplinks);
+}
+
+}  // namespace fleety::path
