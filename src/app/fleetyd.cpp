@@ -113,6 +113,7 @@ std::unique_ptr<intercept::access_guard> guard_local_ports(
   intercept::access_spec spec;
   spec.tcp_ports = {config.proxy.listen_port};
   if (config.intercept.enabled) {
+    spec.redirects = true;
     spec.tcp_ports.push_back(config.intercept.tcp_port);
     spec.tcp_ports.push_back(config.intercept.dns_port);
     spec.udp_ports.push_back(config.intercept.dns_port);

@@ -38,18 +38,19 @@ std::string build_access_rules(const access_spec& spec) {
   rules += "  chain output {\n";
   // After the nat hook (-100): a redirected connection already has fleetyd's port here.
   rules += "    type filter hook output priority 0; policy accept;\n";
-  // Only the first packet decides; an accepted connection's later packets pass.
-  rules += "    ct state established,related return\n";
+  // No conntrack unless interception is on (its nat needs it anyway): tracking every
+  // connection to the proxy made a flood of 3,000 lose connects (e2e.limits).
   // An enrolled app's connections and DNS, redirected by fleety's own table: whoever
   // runs it, root enrolled it (a configured [[app]]) or fleetyd did (`fleety run`).
-  rules += "    ct status dnat return\n";
+  if (spec.redirects) rules += "    ct status dnat return\n";
   rules += fmt::format("    meta skuid {{ {} }} return\n", fmt::join(uids, ", "));
   if (spec.gid) rules += fmt::format("    meta skgid {} return\n", *spec.gid);
   // A reset (and port unreachable) fails the connect at once: the user sees a refusal,
   // not a hang.
   if (!tcp.empty()) {
     rules += fmt::format(
-        "    fib daddr type local tcp dport {{ {} }} reject with tcp reset comment \"{}\"\n",
+        "    fib daddr type local tcp dport {{ {} }} tcp flags & (syn | ack) == syn reject with "
+        "tcp reset comment \"{}\"\n",
         fmt::join(tcp, ", "), spec.who);
   }
   if (!udp.empty()) {

@@ -104,12 +104,14 @@ struct access_spec {
   std::optional<std::uint32_t> gid;      ///< processes running with this group
   std::string who;                       ///< the rule's comment: "root and group fleety"
   bool owned = true;                     ///< `flags owner`, as the interception table
+  bool redirects = false;                ///< interception is on: its redirected connections pass
 };
 
-/// The nft script that replaces the access table: in the output hook, a new connection
-/// (or datagram) to one of the ports at a local address from a socket whose owner is
-/// not root, not an allowed uid and not the group is refused (TCP reset, port
-/// unreachable). Connections redirected by the interception table (enrolled apps) pass.
+/// The nft script that replaces the access table: in the output hook, a connection's SYN
+/// (or a datagram) to one of the ports at a local address from a socket whose owner is
+/// not root, not an allowed uid and not the group is refused (TCP reset, EPERM for UDP).
+/// With `redirects`, connections the interception table redirected (enrolled apps) pass
+/// (`ct status dnat`); without, no rule needs conntrack.
 std::string build_access_rules(const access_spec& spec);
 
 /// A group and its members as the system's databases (NSS) say.

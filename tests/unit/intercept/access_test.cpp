@@ -12,6 +12,7 @@ access_spec proxy_and_dns() {
   spec.uids = {1000, 1001};
   spec.gid = 998;
   spec.who = "fleetyd: root and group fleety";
+  spec.redirects = true;
   return spec;
 }
 
@@ -25,17 +26,15 @@ TEST(AccessRules, OthersAreRefusedAtTheLocalPortsAfterRootTheGroupAndRedirectedA
   EXPECT_NE(rules.find("  flags owner;\n"), std::string::npos);
   EXPECT_NE(rules.find("type filter hook output priority 0; policy accept;"), std::string::npos);
   // Order matters: every pass comes before the refusals.
-  const auto established = rules.find("ct state established,related return");
   const auto redirected = rules.find("ct status dnat return");
   const auto users = rules.find("meta skuid { 0, 1000, 1001 } return");
   const auto group = rules.find("meta skgid 998 return");
   const auto tcp = rules.find(
-      "fib daddr type local tcp dport { 3053, 3128, 3129 } reject with tcp reset comment "
-      "\"fleetyd: root and group fleety\"");
+      "fib daddr type local tcp dport { 3053, 3128, 3129 } tcp flags & (syn | ack) == syn "
+      "reject with tcp reset comment \"fleetyd: root and group fleety\"");
   const auto udp = rules.find("fib daddr type local udp dport { 3053 } reject");
-  for (const auto at : {established, redirected, users, group, tcp, udp})
+  for (const auto at : {redirected, users, group, tcp, udp})
     ASSERT_NE(at, std::string::npos) << rules;
-  EXPECT_LT(established, redirected);
   EXPECT_LT(redirected, users);
   EXPECT_LT(users, group);
   EXPECT_LT(group, tcp);
@@ -52,7 +51,11 @@ TEST(AccessRules, WithoutAGroupOnlyRootPasses) {
   EXPECT_EQ(rules.find("skgid"), std::string::npos);
   EXPECT_EQ(rules.find("udp dport"), std::string::npos);
   EXPECT_EQ(rules.find("flags owner"), std::string::npos);
-  EXPECT_NE(rules.find("tcp dport { 3128 } reject with tcp reset"), std::string::npos);
+  // Without interception no rule needs conntrack (it would track every proxy connection).
+  EXPECT_EQ(rules.find("ct status"), std::string::npos);
+  EXPECT_EQ(rules.find("ct state"), std::string::npos);
+  EXPECT_NE(rules.find("tcp dport { 3128 } tcp flags & (syn | ack) == syn reject with tcp reset"),
+            std::string::npos);
 }
 
 TEST(AccessRules, AGroupThatDoesNotExistIsAnError) {
