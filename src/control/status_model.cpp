@@ -177,9 +177,29 @@ void append_json(std::string& out, const json::value& value) {
   }
 }
 
+bool has_double(const json::value& value) {
+  switch (value.kind()) {
+    case json::kind::double_:
+      return true;
+    case json::kind::object:
+      for (const auto& member : value.get_object())
+        if (has_double(member.value())) return true;
+      return false;
+    case json::kind::array:
+      for (const auto& element : value.get_array())
+        if (has_double(element)) return true;
+      return false;
+    default:
+      return false;
+  }
+}
+
 }  // namespace
 
 std::string json_text(const json::value& value) {
+  // Boost.JSON's own writer where no double needs rewriting (`apps` of 40,000 rows: several
+  // times faster than rebuilding it here).
+  if (!has_double(value)) return json::serialize(value);
   std::string out;
   append_json(out, value);
   return out;
