@@ -152,14 +152,12 @@ machine_facts gather_machine_facts(const std::string& socket) {
     f.cgroup2_error = mount.error();
   }
   if (f.root) {
-    // A table of our own, owned, made and dropped in one transaction per try.
-    const std::string owned = "add table inet fleety_doctor { flags owner; }\n";
-    intercept::nft_session session;
-    if (auto made = session.run(owned + "delete table inet fleety_doctor\n")) {
+    // A table of our own, made and dropped in one transaction per try: owned, then plain.
+    constexpr std::string_view probe_table = "fleety_doctor";
+    if (intercept::run_nft(intercept::removal_script(true, probe_table))) {
       f.nftables = true;
       f.nftables_owner = true;
-    } else if (auto plain = intercept::run_nft(
-                   "add table inet fleety_doctor\ndelete table inet fleety_doctor\n")) {
+    } else if (auto plain = intercept::run_nft(intercept::removal_script(false, probe_table))) {
       f.nftables = true;
       f.nftables_owner = false;
     } else {

@@ -31,8 +31,7 @@ std::string build_access_rules(const access_spec& spec) {
   uids.push_back(0);
   uids = unique_sorted(std::move(uids));
   std::string rules;
-  rules += fmt::format("add table inet {0}{1}\ndelete table inet {0}\n", access_table_name,
-                       spec.owned ? " { flags owner; }" : "");
+  rules += removal_script(spec.owned, access_table_name);
   rules += fmt::format("table inet {} {{\n", access_table_name);
   if (spec.owned) rules += "  flags owner;\n";
   rules += "  chain output {\n";
@@ -119,9 +118,7 @@ core::expected<bool> access_guard::update_members(std::vector<std::uint32_t> uid
 
 access_guard::~access_guard() {
   if (!loaded_) return;
-  const auto script = fmt::format("add table inet {0}{1}\ndelete table inet {0}\n",
-                                  access_table_name, spec_.owned ? " { flags owner; }" : "");
-  if (auto removed = nft_.run(script); !removed)
+  if (auto removed = nft_.run(removal_script(spec_.owned, access_table_name)); !removed)
     spdlog::error("access: cannot remove table inet {}: {}", access_table_name, removed.error());
 }
 

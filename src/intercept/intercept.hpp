@@ -82,9 +82,9 @@ struct ruleset_spec {
 /// on [::]); an input chain drops what reaches these ports from outside this host.
 std::string build_ruleset(const ruleset_spec& spec);
 
-/// The script that removes the table (after creating it, so it never fails); `owned`:
-/// the table is ours with `flags owner` (only our nft_session may run this then).
-std::string removal_script(bool owned = false);
+/// The script that removes the table `table` (inet; after creating it, so it never fails);
+/// `owned`: the table is ours with `flags owner` (only our nft_session may run this then).
+std::string removal_script(bool owned = false, std::string_view table = table_name);
 
 /// The mount point of the cgroup2 hierarchy in a /proc/self/mountinfo text
 /// ("/sys/fs/cgroup" or "/sys/fs/cgroup/unified"); nullopt if there is none.

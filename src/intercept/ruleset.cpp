@@ -106,9 +106,9 @@ std::string build_ruleset(const ruleset_spec& spec) {
   return rules;
 }
 
-std::string removal_script(bool owned) {
+std::string removal_script(bool owned, std::string_view table) {
   // The add must name the flags the table has: the owner flag can't be dropped or taken.
-  return fmt::format("add table inet {0}{1}\ndelete table inet {0}\n", table_name,
+  return fmt::format("add table inet {0}{1}\ndelete table inet {0}\n", table,
                      owned ? " { flags owner; }" : "");
 }
 
