@@ -39,8 +39,8 @@ pool_limits pool_limits_of(const core::config& config) {
 }
 
 pool_key pool_key_of(const path_runtime& path, const proxy_target& target, bool to_destination,
-                     std::uint32_t uid) {
-  pool_key key{path.config.name, target.host, target.port, {}, uid};
+                     const std::optional<net::socket_user>& user) {
+  pool_key key{path.config.name, target.host, target.port, {}, user ? user->uid : 0};
   if (to_destination && target.destination) key.destination = target.destination->to_string();
   return key;
 }
@@ -150,7 +150,7 @@ pool_counts connection_pool::counts() const {
 awaitable<error_code> pooled_connector::async_connect(upstream& up, path_runtime& path,
                                                       const proxy_target& target,
                                                       bool to_destination) {
-  if (auto idle = take_idle_ ? pool_.take(pool_key_of(path, target, to_destination, owner_uid()),
+  if (auto idle = take_idle_ ? pool_.take(pool_key_of(path, target, to_destination, user()),
                                           clock_type::now())
                              : nullptr) {
     up.adopt(*idle);
@@ -174,7 +174,7 @@ void pooled_connector::release(upstream& up, path_runtime& path, const proxy_tar
     up.reset();
     return;
   }
-  pool_.park(pool_key_of(path, target, to_destination, owner_uid()), up, clock_type::now());
+  pool_.park(pool_key_of(path, target, to_destination, user()), up, clock_type::now());
 }
 
 }  // namespace fleety::mphttp::detail

@@ -36,8 +36,9 @@ struct pool_key {
   }
 };
 
+/// `user`: whose connection it is (the connector's user(); none: fleetyd's own).
 pool_key pool_key_of(const path_runtime& path, const proxy_target& target, bool to_destination,
-                     std::uint32_t uid = 0);
+                     const std::optional<net::socket_user>& user = std::nullopt);
 
 /// What the pool allows.
 struct pool_limits {
@@ -131,10 +132,6 @@ class pooled_connector final : public upstream_connector {
   void release(upstream& up, path_runtime& path, const proxy_target& target,
                bool to_destination) override;
   std::optional<net::socket_user> user() const override { return inner_.user(); }
-  std::uint32_t owner_uid() const {
-    const auto who = inner_.user();
-    return who ? who->uid : 0;
-  }
 
  private:
   upstream_connector& inner_;

@@ -295,9 +295,8 @@ std::vector<path_runtime*> usable_paths(proxy_context& proxy) {
 /// (to the app's destination, or to the path's own node for the host).
 bool has_warm_connection(const request_context& ctx, const path_runtime& path,
                          bool to_destination) {
-  const auto user = ctx.connector.user();
   return ctx.proxy.pool && ctx.proxy.pool->has_idle(
-                               pool_key_of(path, ctx.target, to_destination, user ? user->uid : 0));
+                               pool_key_of(path, ctx.target, to_destination, ctx.connector.user()));
 }
 
 /// What may become of a request, decided before its answer is known.
