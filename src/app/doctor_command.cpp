@@ -1,6 +1,7 @@
 #include "app/doctor_command.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -29,8 +30,7 @@ std::vector<doctor_check> doctor_checks(const machine_facts& f) {
     for (const auto& u : f.uplinks) {
       named.push_back(fmt::format("{} {} ({})", core::to_string(u.kind), u.interface, u.why));
     }
-    std::string list;
-    for (const auto& n : named) list += (list.empty() ? "" : "; ") + n;
+    const std::string list = fmt::format("{}", fmt::join(named, "; "));
     if (!f.uplinks_error.empty()) {
       c = {"uplinks", verdict::fail, f.uplinks_error, "check `ip route show table all`"};
     } else if (f.uplinks.empty()) {
@@ -58,8 +58,7 @@ std::vector<doctor_check> doctor_checks(const machine_facts& f) {
   // Each path's resolvers: per-ISP CDN nodes need each path's own.
   {
     doctor_check c{"resolvers", verdict::ok, {}, {}};
-    std::string list;
-    for (const auto& r : f.resolvers) list += (list.empty() ? "" : ", ") + r;
+    const std::string list = fmt::format("{}", fmt::join(f.resolvers, ", "));
     const bool local_stub =
         std::any_of(f.resolvers.begin(), f.resolvers.end(),
                     [](const std::string& r) { return r.starts_with("127.") || r == "::1"; });
