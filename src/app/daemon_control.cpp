@@ -20,11 +20,15 @@ control::status_model daemon_control::status() {
   const auto& monitor = supervisor_.monitor();
   for (std::size_t i = 0; i < context_.paths.size(); ++i) {
     const auto& p = context_.paths[i];
+    // A free slot (uplink discovery keeps room for uplinks plugged in later) is no path.
+    if (p.config.interface.empty()) continue;
     const auto q = monitor.current(i);
     s.paths.push_back({p.config.name, p.config.interface,
                        std::string(core::to_string(p.config.kind)), monitor.up(i), q.rtt, q.jitter,
                        q.throughput_bps, q.loss, q.signal_dbm, p.estimator.rate_bytes_per_s() * 8,
-                       monitor.probes_sent(i), p.bytes_received, p.requests, p.config.discovered});
+                       monitor.probes_sent(i), p.bytes_received, p.requests, p.config.discovered,
+                       p.config.dns_servers, p.config.dns_found, p.config.dns_fallback,
+                       monitor.probe_description(i)});
   }
   for (const auto& [id, f] : supervisor_.flows().flows()) {
     s.flows.push_back(

@@ -55,30 +55,49 @@ std::vector<doctor_check> doctor_checks(const machine_facts& f) {
             : doctor_check{"bind to uplinks", verdict::fail, f.bind_problem,
                            "run fleetyd from its systemd unit (CAP_NET_RAW), or as root"});
   }
-  // Each path's resolvers: per-ISP CDN nodes need each path's own.
+  // Each path's resolvers: per-ISP CDN nodes need each path's own, and a LAN's resolver
+  // may not answer over cellular.
   {
-    doctor_check c{"resolvers", verdict::ok, {}, {}};
-    const std::string list = fmt::format("{}", fmt::join(f.resolvers, ", "));
+    const std::string system = fmt::format("{}", fmt::join(f.resolvers, ", "));
     const bool local_stub =
         std::any_of(f.resolvers.begin(), f.resolvers.end(),
                     [](const std::string& r) { return r.starts_with("127.") || r == "::1"; });
-    if (f.resolvers.empty()) {
-      c = {"resolvers", verdict::warn, "/etc/resolv.conf names no server",
-           "give each [[path]] its resolvers: dns = [\"...\"]"};
-    } else if (local_stub) {
-      c = {"resolvers", verdict::warn,
-           fmt::format("a local stub ({}): every path asks it, so no path reaches its own "
-                       "ISP's CDN node",
-                       list),
-           "give each [[path]] its link's servers (resolvectl dns) as dns = [\"...\"]"};
-    } else {
-      c = {"resolvers", verdict::warn,
-           fmt::format("the system's ({}) for every path: a LAN resolver may not answer over "
-                       "cellular",
-                       list),
-           "give each [[path]] its link's servers as dns = [\"...\"]"};
+    std::vector<std::string> own;
+    std::vector<std::string> without;
+    for (const auto& u : f.uplink_resolvers) {
+      if (u.servers.empty()) {
+        without.push_back(u.interface);
+      } else {
+        own.push_back(
+            fmt::format("{}: {} from {}", u.interface, fmt::join(u.servers, ", "), u.found));
+      }
     }
-    out.push_back(std::move(c));
+    const std::string system_words =
+        f.resolvers.empty() ? std::string("/etc/resolv.conf names no server")
+        : local_stub
+            ? fmt::format(
+                  "the system's is a local stub ({}): those paths do not reach their own ISP's CDN "
+                  "node",
+                  system)
+            : fmt::format("they ask the system's ({}), which may not answer over every uplink",
+                          system);
+    if (!f.uplink_resolvers.empty() && without.empty()) {
+      out.push_back({"resolvers",
+                     verdict::ok,
+                     fmt::format("each uplink's own: {}", fmt::join(own, "; ")),
+                     {}});
+    } else if (f.uplink_resolvers.empty()) {
+      out.push_back(
+          {"resolvers", verdict::warn, "no uplink: " + system_words, "connect an uplink"});
+    } else {
+      out.push_back({"resolvers", verdict::warn,
+                     fmt::format("no servers of their own found for {} (systemd-resolved, "
+                                 "networkd, NetworkManager, DHCP leases): {}{}",
+                                 fmt::join(without, ", "), system_words,
+                                 own.empty() ? std::string()
+                                             : fmt::format("; found: {}", fmt::join(own, "; "))),
+                     "give those [[path]]s their link's servers: dns = [\"...\"]"});
+    }
   }
   // Interception: cgroup v2 and nftables.
   out.push_back(f.cgroup2 ? doctor_check{"cgroup v2", verdict::ok, *f.cgroup2, {}}
@@ -174,6 +193,11 @@ machine_facts gather_machine_facts(const std::string& socket) {
   std::vector<std::string> interfaces;
   for (const auto& u : f.uplinks) interfaces.push_back(u.interface);
   f.bind_problem = net::bind_permission_problem(interfaces);
+  for (const auto& p : path::paths_of(f.uplinks)) {
+    auto found = path::with_link_resolvers(p);
+    f.uplink_resolvers.push_back(
+        {p.interface, std::move(found.dns_servers), std::move(found.dns_found)});
+  }
   std::ifstream resolv("/etc/resolv.conf");
   for (std::string line; std::getline(resolv, line);) {
     std::istringstream words(line);

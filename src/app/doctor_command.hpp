@@ -24,7 +24,14 @@ struct machine_facts {
   std::string uplinks_error;
   std::string bind_problem;  ///< net::bind_permission_problem of the uplinks ("" = may bind)
   std::vector<std::string> resolvers;  ///< nameserver lines of /etc/resolv.conf
-  std::string daemon_error;            ///< "" when fleetyd answered on its control socket
+  /// Each uplink's own DNS servers (path::with_link_resolvers), in f.uplinks' order.
+  struct uplink_dns {
+    std::string interface;
+    std::vector<std::string> servers;  ///< empty: none found
+    std::string found;                 ///< where from ("systemd-resolved (...)"), or why none
+  };
+  std::vector<uplink_dns> uplink_resolvers;
+  std::string daemon_error;  ///< "" when fleetyd answered on its control socket
   std::string control_socket;
 };
 

@@ -206,12 +206,27 @@ void print_status(const boost::json::object& s) {
         core::format_size(static_cast<std::uint64_t>(number_of(path.at("bytes_received")))));
   }
   for (const auto& p : s.at("paths").as_array()) {
+    const std::string name(p.at("name").as_string());
     const auto* found = p.as_object().if_contains("found");
     if (found != nullptr && found->is_string()) {
-      std::cout << fmt::format("  {} found on {}: {}\n", std::string(p.at("name").as_string()),
+      std::cout << fmt::format("  {} found on {}: {}\n", name,
                                std::string(p.at("interface").as_string()),
                                std::string(found->as_string()));
     }
+    const auto* dns = p.as_object().if_contains("dns");
+    if (dns != nullptr && dns->is_object()) {
+      const auto& d = dns->as_object();
+      const auto* from = d.if_contains("found");
+      const bool fallback = d.if_contains("fallback") != nullptr && d.at("fallback").is_bool() &&
+                            d.at("fallback").as_bool();
+      if (from != nullptr && from->is_string()) {
+        std::cout << fmt::format("  {} DNS: {}{}\n", name, fallback ? "WARNING " : "",
+                                 std::string(from->as_string()));
+      }
+    }
+    const auto* probe = p.as_object().if_contains("probe");
+    if (probe != nullptr && probe->is_string())
+      std::cout << fmt::format("  {} probes: {}\n", name, std::string(probe->as_string()));
   }
   if (const auto* flows = s.if_contains("flows"); flows != nullptr && !flows->as_array().empty()) {
     std::cout << fmt::format("\n{:<7} {:<14} {:<10} {:<6} {:>8}  {}\n", "flow", "app", "class",

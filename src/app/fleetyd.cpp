@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "app/daemon_control.hpp"
+#include "app/uplink_follower.hpp"
 #include "classify/classify.hpp"
 #include "control/control.hpp"
 #include "core/config.hpp"
@@ -51,17 +52,25 @@ std::ostream& fleety_stderr() {
   return std::cerr;
 }
 
+/// How often the uplinks are looked at when they were discovered: a new one is a path
+/// within 2 s (issue 19).
+constexpr auto uplink_check_period = std::chrono::milliseconds(1000);
+
 /// How long shutdown waits for the tasks after cancelling them (twice at most).
 constexpr auto shutdown_grace = std::chrono::seconds(2);
 
 /// One runtime per [[path]], its RTT and rate seeded from the history. Empty when
 /// none of the interfaces exists or they may not be bound to (said on stderr).
 std::vector<mphttp::path_runtime> make_paths(asio::io_context& io, const core::config& config,
-                                             const path::history* history) {
+                                             const path::history* history, bool discovering) {
   std::vector<mphttp::path_runtime> paths;
   std::vector<std::string> interfaces;
-  bool any = false;
+  bool any = discovering;  // (discovered uplinks may all come later)
   for (const auto& p : config.paths) {
+    if (p.interface.empty()) {  // a free slot, for an uplink plugged in later
+      paths.push_back(mphttp::make_path_runtime(io.get_executor(), p, config));
+      continue;
+    }
     interfaces.push_back(p.interface);
     any = any || net::interface_exists(p.interface);
     if (!net::interface_exists(p.interface))
@@ -139,7 +148,7 @@ std::unique_ptr<intercept::access_guard> guard_local_ports(
   return std::move(guard).value();
 }
 
-int run(const core::config& config, const std::string& config_path) {
+int run(const core::config& config, const std::string& config_path, bool discovering) {
   // A peer that closes while we write must be an error on that connection, not the end
   // of the daemon: splice(2), unlike send(MSG_NOSIGNAL), raises SIGPIPE.
   ::signal(SIGPIPE, SIG_IGN);
@@ -147,7 +156,7 @@ int run(const core::config& config, const std::string& config_path) {
   asio::io_context io(1);
   // Declared in the order they are needed: destroyed in reverse, after every task.
   const auto history = path::open_configured_history(config.monitor);
-  auto paths = make_paths(io, config, history.get());
+  auto paths = make_paths(io, config, history.get(), discovering);
   if (paths.empty()) return 1;
   // From now on the event loop only queues the history's writes, a thread of its own does
   // the disk; reads (the start's, `fleety stats`) wait for at most the write in progress.
@@ -295,6 +304,11 @@ int run(const core::config& config, const std::string& config_path) {
   net::task_group tasks(io.get_executor());
   context.background = &tasks;
   tasks.spawn(mphttp::run_proxy_listener(std::move(*proxy_acceptor), context), "proxy listener");
+  if (discovering) {
+    tasks.spawn(app::follow_uplinks({config, paths, supervisor, duplicator, history.get()},
+                                    uplink_check_period),
+                "uplink follower");
+  }
   if (intercepting) intercepting->serve(tasks, duplicator, context, placement);
   tasks.spawn(control::run_control_server(std::move(control_acceptor).value(), control_api),
               "control server");
@@ -353,6 +367,7 @@ int run(const core::config& config, const std::string& config_path) {
 
   std::string summary;
   for (const auto& p : paths) {
+    if (p.config.interface.empty()) continue;
     summary += fmt::format("{}{} ({}, {}, cost {})", summary.empty() ? "" : ", ", p.config.name,
                            p.config.interface, core::to_string(p.config.kind), p.config.cost);
   }
@@ -375,6 +390,7 @@ int run(const core::config& config, const std::string& config_path) {
     std::_Exit(1);
   }
   for (const auto& p : paths) {
+    if (p.config.interface.empty()) continue;
     spdlog::info("path {}: {} received in {} requests", p.config.name,
                  core::format_size(p.bytes_received), p.requests);
   }
@@ -407,22 +423,37 @@ int main(int argc, char** argv) {
     return 0;
   }
   fleety::core::setup_logging(log_level.empty() ? config->log_level : log_level);
-  if (config->paths.empty()) {
-    // Zero configuration: every interface with a default route is a path (issue 19).
-    auto found = fleety::path::discover_paths();
+  const bool discovering = config->paths.empty();
+  if (discovering) {
+    // Zero configuration: every interface with a default route is a path (issue 19), and
+    // the slots keep room for uplinks that come later (app/uplink_follower.hpp).
+    auto found = fleety::path::discover_uplinks();
     if (!found) {
-      fleety_stderr() << "fleetyd: " << found.error() << "\n";
+      fleety_stderr() << "fleetyd: cannot list the uplinks: " << found.error() << "\n";
       return 1;
     }
-    for (const auto& p : *found) {
+    auto paths = fleety::path::paths_of(*found);
+    for (auto& p : paths) {
+      p = fleety::path::with_link_resolvers(std::move(p), config->discovery.root);
       spdlog::info("path {}: {} found as {} ({}); a [[path]] in the config overrides it", p.name,
                    p.interface, fleety::core::to_string(p.kind), p.discovered);
+      if (p.dns_fallback) {
+        spdlog::warn("path {}: {}", p.name, p.dns_found);
+      } else {
+        spdlog::info("path {}: DNS {} from {}", p.name, fmt::join(p.dns_servers, ", "),
+                     p.dns_found);
+      }
     }
-    config.value().paths = std::move(found).value();
+    if (paths.empty()) {
+      spdlog::warn(
+          "no uplink yet (no interface has a default route): fleetyd takes each one up as it "
+          "comes");
+    }
+    config.value().paths = fleety::path::slot_layout(paths);
   }
   int status = 1;
   try {
-    status = run(*config, config_path);
+    status = run(*config, config_path, discovering);
   } catch (const std::exception& e) {
     fleety_stderr() << "fleetyd: " << e.what() << "\n";
   }

@@ -22,6 +22,12 @@ json::value number(const std::optional<double>& v, double scale = 1) {
   return v ? json::value(*v / scale) : json::value(nullptr);
 }
 
+json::array strings(const std::vector<std::string>& items) {
+  json::array out;
+  for (const auto& item : items) out.emplace_back(item);
+  return out;
+}
+
 }  // namespace
 
 json::object status_json(const status_model& status) {
@@ -41,7 +47,12 @@ json::object status_json(const status_model& status) {
                      {"probes", p.probes},
                      {"bytes_received", p.bytes_received},
                      {"requests", p.requests},
-                     {"found", p.found.empty() ? json::value(nullptr) : json::value(p.found)}});
+                     {"found", p.found.empty() ? json::value(nullptr) : json::value(p.found)},
+                     {"dns", json::object{{"servers", strings(p.dns_servers)},
+                                          {"found", p.dns_found.empty() ? json::value(nullptr)
+                                                                        : json::value(p.dns_found)},
+                                          {"fallback", p.dns_fallback}}},
+                     {"probe", p.probe.empty() ? json::value(nullptr) : json::value(p.probe)}});
   }
   json::array flows;
   for (const auto& f : status.flows) {

@@ -31,6 +31,14 @@ struct path_status {
   std::uint64_t requests = 0;        ///< upstream requests sent on it since start
   /// Why uplink discovery took it (no [[path]] in the config); empty: configured.
   std::string found;
+  /// The DNS servers its queries go to; empty: the system's (/etc/resolv.conf).
+  std::vector<std::string> dns_servers;
+  /// Where a discovered path's servers came from, or why none were found.
+  std::string dns_found;
+  bool dns_fallback = false;  ///< no per-link servers: the system's, a warning
+  /// Where its idle probes go, and why there ("198.18.0.1:443, a node it fetched from");
+  /// empty: not probed.
+  std::string probe;
 };
 
 /// A relayed flow under way.

@@ -757,7 +757,7 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
   if (auto e = check_keys(ctx, root, "the file",
                           {"proxy", "path", "scheduler", "log", "intercept", "app", "feature",
                            "http_dns", "classify", "control", "class", "selector", "monitor",
-                           "budget", "mptcp", "metrics", "dns", "access"})) {
+                           "budget", "mptcp", "metrics", "dns", "access", "discovery"})) {
     return make_error(*e);
   }
   if (const toml::node* node = root.get("intercept")) {
@@ -814,6 +814,17 @@ expected<config> parse_config(std::string_view toml_text, std::string_view sourc
     }
     if (auto e = read_bool(ctx, *table, "everyone", "access", result.access.everyone))
       return make_error(*e);
+  }
+  if (const toml::node* node = root.get("discovery")) {
+    const auto* table = node->as_table();
+    if (table == nullptr) return make_error(ctx.where(*node) + "[discovery] must be a table");
+    if (auto e = check_keys(ctx, *table, "[discovery]", {"root"})) return make_error(*e);
+    if (auto e = read_string(ctx, *table, "root", "discovery", result.discovery.root))
+      return make_error(*e);
+    if (result.discovery.root.empty() || result.discovery.root.front() != '/') {
+      return make_error(fmt::format("{}discovery.root '{}' must be an absolute path",
+                                    ctx.where(*table->get("root")), result.discovery.root));
+    }
   }
   if (auto e = read_array_of_tables(ctx, root, "app", result.apps, read_app)) return make_error(*e);
   {

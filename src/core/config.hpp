@@ -40,6 +40,12 @@ struct path_config {
   /// Why fleetyd took this interface as an uplink when the config names none (uplink
   /// discovery: "the name wlan0", "driver cdc_ncm ..."); empty for a configured [[path]].
   std::string discovered;
+  /// For a discovered path: where its DNS servers came from ("systemd-resolved
+  /// (/run/systemd/resolve/netif/3)"), or why the system's resolvers are used instead.
+  std::string dns_found;
+  /// Whether `dns_found` is a warning: no per-link servers were found, so this path's
+  /// queries go to the system's resolvers, which may not answer through it.
+  bool dns_fallback = false;
 };
 
 /// The scheduler's two policies (DESIGN.md): Wi-Fi first with a tolerance, or pure aggregation.
@@ -151,10 +157,13 @@ struct selector_config {
 
 /// `[monitor]`: how paths are measured, and where what was measured is kept.
 struct monitor_config {
-  std::chrono::microseconds interval{200'000};          ///< each path's quality is read this often
-  std::chrono::microseconds probe_interval{1'000'000};  ///< probes while a path is idle
-  /// Bytes per second probes may cost on a cellular path (a probe is about 200 bytes).
-  std::uint64_t cellular_probe_budget_Bps = 1024;
+  std::chrono::microseconds interval{200'000};  ///< each path's quality is read this often
+  /// Probes while a path is idle: twice a second, so that an RTT step shows within 2 s
+  /// (a probe, and a second one that confirms it: issue 19).
+  std::chrono::microseconds probe_interval{500'000};
+  /// Bytes per second probes may cost on a cellular path (a probe is about 200 bytes): one
+  /// a second by default, about 0.5 GB a month if cellular is never busy.
+  std::uint64_t cellular_probe_budget_Bps = 200;
   /// The path history (SQLite); empty: none (nothing survives a restart).
   std::string history_file = "/var/lib/fleety/history.db";
   std::chrono::microseconds history_retention{7LL * 24 * 3600 * 1'000'000};
@@ -218,9 +227,19 @@ struct access_config {
   bool everyone = false;
 };
 
+/// `[discovery]` (issue 19): how the uplinks and their resolvers are found when the config
+/// names no [[path]].
+struct discovery_config {
+  /// Where the machine's network state is read: /run/systemd (resolved, networkd),
+  /// /run/NetworkManager, the DHCP clients' leases under /var/lib. "/" on the machine
+  /// itself; "/host" in a container that mounts the host's there.
+  std::string root = "/";
+};
+
 struct config {
   proxy_config proxy;
   access_config access;
+  discovery_config discovery;
   std::vector<path_config> paths;  ///< in preference order: cost, then file order
   scheduler_config scheduler;
   intercept_config intercept;

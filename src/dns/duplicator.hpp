@@ -52,6 +52,10 @@ class duplicator {
 
   const counters& stats() const { return stats_; }
   info_db& db() { return db_; }
+  /// Path `index` has another name from now on (an uplink took its slot).
+  void rename_path(std::size_t index, std::string name) {
+    if (index < paths_.size()) paths_[index].name = std::move(name);
+  }
 
  private:
   std::vector<path> paths_;

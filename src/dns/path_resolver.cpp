@@ -783,6 +783,15 @@ path_resolver::path_resolver(asio::any_io_executor executor, options opts)
 
 path_resolver::~path_resolver() = default;
 
+void path_resolver::rebind(std::string interface, std::vector<std::string> servers) {
+  auto rebound = impl_->options_;
+  rebound.interface = std::move(interface);
+  rebound.servers = std::move(servers);
+  // Built before the old one goes: a setup that fails leaves the resolver as it was. The
+  // old one's queries end with errc::cancelled (their coroutines check `alive`).
+  impl_ = std::make_unique<impl>(impl_->executor_, std::move(rebound));
+}
+
 asio::awaitable<raw_result> path_resolver::async_query(std::vector<std::uint8_t> message) {
   if (message.size() < 12 || message.size() > 65535) co_return make_error_code(errc::bad_name);
   impl* const state = impl_.get();

@@ -79,6 +79,12 @@ class path_resolver {
   /// TTL runs out.
   void remember(std::string_view host, const resolution& answer);
 
+  /// From now on the queries leave through `interface` to `servers` (empty: the
+  /// system's): an uplink that took the path's slot (hot-plug). The queries in flight end
+  /// cancelled and the cache is dropped. Throws like the constructor, keeping the old
+  /// setup.
+  void rebind(std::string interface, std::vector<std::string> servers);
+
  private:
   struct impl;
   std::unique_ptr<impl> impl_;

@@ -80,6 +80,12 @@ path_runtime make_path_runtime(const boost::asio::any_io_executor& executor,
                                const core::path_config& path, const core::config& config,
                                known_path_estimate known = {});
 
+/// `runtime` is `path` from now on (an uplink took its slot, or left it): its resolver
+/// queries through the new interface, its estimator starts again from `known` (as
+/// make_path_runtime's). Throws like make_path_runtime, leaving `runtime` as it was.
+void assign_path_runtime(path_runtime& runtime, const core::path_config& path,
+                         const core::config& config, known_path_estimate known = {});
+
 /// `[dns]`: what fleetyd accepts from resolvers and HTTP-DNS replies.
 inline dns::answer_rules answer_rules_of(const core::config& config) {
   return {config.dns.max_ttl, config.dns.allow_internal_answers};

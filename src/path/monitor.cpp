@@ -1,10 +1,12 @@
 #include "path/monitor.hpp"
 
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <charconv>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -58,6 +60,10 @@ struct monitor::state {
     bool probing = false;
     std::uint64_t probes = 0;
     std::optional<double> signal_dbm;
+    /// The node the path last opened a watched socket to (a CDN node, a relayed flow's
+    /// server): its probes go there while it is recent.
+    std::optional<tcp::endpoint> node;
+    clock_type::time_point node_at{};
   };
 
   asio::any_io_executor executor;
@@ -82,7 +88,44 @@ struct monitor::state {
   bool history_failed_logged = false;
   std::weak_ptr<state> self;
 
+  std::string describe_probes(std::size_t i, clock_type::time_point now) const {
+    const auto choice = target_of(i, now);
+    if (!choice.target) return "off until it fetches from a node (no probe target, no DNS server)";
+    const auto& address = choice.target->address();
+    const auto host = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
+    return fmt::format("to {}:{} every {} ms while idle ({})", host, choice.target->port(),
+                       probe_interval(i).count() / 1000, choice.why);
+  }
+
+  /// Watches the interfaces of the paths as they are now (a slot taken or freed).
+  void rewatch_links() {
+    if (!running || !links_ok) return;
+    links->stop();
+    links.reset();
+    start_links();
+  }
+
+  void start_links() {
+    std::vector<std::string> interfaces;
+    for (const auto& p : paths) {
+      if (!p.interface.empty()) interfaces.push_back(p.interface);
+    }
+    links = std::make_unique<link_watcher>(
+        executor, interfaces, [weak = self](const link_state& before, const link_state& after) {
+          if (auto me = weak.lock()) me->on_link_change(before, after);
+        });
+    if (auto started = links->start(); !started) {
+      spdlog::warn("path monitor: {}: interfaces are polled every {} ms instead", started.error(),
+                   config.interval.count() / 1000);
+      links.reset();
+      links_ok = false;
+    } else {
+      links_ok = true;
+    }
+  }
+
   bool link_up(std::size_t i) const {
+    if (paths[i].interface.empty()) return false;
     if (links_ok) return usable(links->state(paths[i].interface));
     return net::interface_exists(paths[i].interface);
   }
@@ -136,23 +179,30 @@ struct monitor::state {
     return interval;
   }
 
+  probe_choice target_of(std::size_t i, clock_type::time_point now) const {
+    const auto& p = per_path[i];
+    return choose_probe_target(paths[i], p.node, now - p.node_at);
+  }
+
   void maybe_probe(std::size_t i, clock_type::time_point now) {
     auto& p = per_path[i];
-    if (!paths[i].probe || !p.up || p.probing || now < p.next_probe) return;
+    if (!p.up || p.probing || now < p.next_probe) return;
     if (paths[i].cellular && config.cellular_probe_budget_Bps == 0) return;
     // A path that carried traffic lately is measured by that traffic.
     if (now - p.last_activity < probe_interval(i)) return;
+    const auto target = target_of(i, now).target;
+    if (!target) return;
     p.probing = true;
     p.next_probe = now + probe_interval(i);
     ++p.probes;
-    probes_in_flight.spawn(probe(self, i, *paths[i].probe, paths[i].interface),
+    probes_in_flight.spawn(probe(self, i, paths[i].name, *target, paths[i].interface),
                            "probe on " + paths[i].name);
   }
 
   /// One probe: a TCP connect on the path, bound to its interface. Holds the monitor
   /// weakly (it may be stopped meanwhile; its task group waits for the probe).
-  static asio::awaitable<void> probe(std::weak_ptr<state> weak, std::size_t i, tcp::endpoint target,
-                                     std::string interface) {
+  static asio::awaitable<void> probe(std::weak_ptr<state> weak, std::size_t i, std::string name,
+                                     tcp::endpoint target, std::string interface) {
     tcp::socket socket(co_await asio::this_coro::executor);
     const auto started = clock_type::now();
     const auto ec = co_await net::async_connect_on_path(socket, target, interface, probe_timeout);
@@ -165,9 +215,16 @@ struct monitor::state {
     if (!me) co_return;
     auto& p = me->per_path[i];
     p.probing = false;
-    if (!me->running) co_return;
-    p.tracker.on_probe(answered, clock_type::now());
-    if (answered) p.tracker.on_rtt(rtt, clock_type::now());
+    // (The slot may have become another path meanwhile: its sample is not this one's.)
+    if (!me->running || me->paths[i].name != name || me->paths[i].interface != interface) co_return;
+    const auto now = clock_type::now();
+    p.tracker.on_probe(answered, now);
+    if (!answered || !p.tracker.on_probe_rtt(rtt, now)) co_return;
+    // A step to confirm: at once, where probes are free; a cellular path's budget keeps its
+    // interval.
+    if (me->paths[i].cellular) co_return;
+    p.next_probe = now;
+    me->maybe_probe(i, now);
   }
 
   /// Wi-Fi signal levels, where the kernel lists the interface (wireless extensions).
@@ -192,8 +249,9 @@ struct monitor::state {
     last_history = now;
     std::vector<named_sample> samples;
     const auto wall = wall_clock::now();
-    for (std::size_t i = 0; i < paths.size(); ++i)
-      samples.push_back({paths[i].name, wall, measured(i, now)});
+    for (std::size_t i = 0; i < paths.size(); ++i) {
+      if (!paths[i].interface.empty()) samples.push_back({paths[i].name, wall, measured(i, now)});
+    }
     if (auto ok = store->record_samples(samples); !ok && !history_failed_logged) {
       history_failed_logged = true;
       spdlog::warn("path history: {} (samples are not kept; said once)", ok.error());
@@ -268,21 +326,7 @@ void monitor::start() {
   auto& s = *state_;
   if (s.running) return;
   s.running = true;
-  std::vector<std::string> interfaces;
-  for (const auto& p : s.paths) interfaces.push_back(p.interface);
-  s.links = std::make_unique<link_watcher>(
-      s.executor, interfaces,
-      [weak = std::weak_ptr<state>(state_)](const link_state& before, const link_state& after) {
-        if (auto me = weak.lock()) me->on_link_change(before, after);
-      });
-  if (auto started = s.links->start(); !started) {
-    spdlog::warn("path monitor: {}: interfaces are polled every {} ms instead", started.error(),
-                 s.config.interval.count() / 1000);
-    s.links.reset();
-    s.links_ok = false;
-  } else {
-    s.links_ok = true;
-  }
+  s.start_links();
   const auto started = clock_type::now();
   for (std::size_t i = 0; i < s.paths.size(); ++i) {
     s.per_path[i].up = s.link_up(i);
@@ -293,13 +337,9 @@ void monitor::start() {
           known && *known)
         s.per_path[i].tracker.seed(**known, started);
     }
+    if (s.paths[i].interface.empty()) continue;  // a free slot
     spdlog::info("path {}: {} ({}), probes {}", s.paths[i].name, s.per_path[i].up ? "up" : "down",
-                 s.paths[i].interface,
-                 s.paths[i].probe
-                     ? fmt::format("to {}:{} every {} ms while idle",
-                                   s.paths[i].probe->address().to_string(),
-                                   s.paths[i].probe->port(), s.probe_interval(i).count() / 1000)
-                     : std::string("off (no probe target)"));
+                 s.paths[i].interface, s.describe_probes(i, started));
   }
   s.schedule();
 }
@@ -370,10 +410,56 @@ std::uint64_t monitor::probes_sent(std::size_t path) const {
   return state_->per_path.at(path).probes;
 }
 
+std::string monitor::probe_description(std::size_t path) const {
+  const auto& s = *state_;
+  if (path >= s.paths.size() || s.paths[path].interface.empty()) return {};
+  if (s.paths[path].cellular && s.config.cellular_probe_budget_Bps == 0)
+    return "off ([monitor] cellular_probe_budget = 0)";
+  return s.describe_probes(path, clock_type::now());
+}
+
+void monitor::assign(std::size_t path, path_spec spec) {
+  auto& s = *state_;
+  if (path >= s.paths.size()) return;
+  // Its sockets were on the old interface: they no longer count for this slot.
+  std::erase_if(s.sockets, [path](const auto& entry) { return entry.second.path == path; });
+  s.paths[path] = std::move(spec);
+  s.per_path[path] = state::path_state{};
+  if (s.store != nullptr && !s.paths[path].name.empty()) {
+    if (auto known =
+            s.store->latest(s.paths[path].name, std::chrono::minutes(10), wall_clock::now());
+        known && *known)
+      s.per_path[path].tracker.seed(**known, clock_type::now());
+  }
+  s.rewatch_links();
+  s.per_path[path].up = s.running && s.link_up(path);
+  if (!s.paths[path].interface.empty() && s.running) {
+    spdlog::info("path {}: {} ({}), probes {}", s.paths[path].name,
+                 s.per_path[path].up ? "up" : "down", s.paths[path].interface,
+                 s.describe_probes(path, clock_type::now()));
+  }
+  if (s.running) s.round();
+}
+
 monitor::watch monitor::watch_socket(std::size_t path, int fd) {
   auto& s = *state_;
   const auto id = s.next_watch_id++;
   s.sockets[id] = state::socket_watch{path, fd, std::nullopt};
+  // Where the path's traffic goes: its idle probes go there too (choose_probe_target).
+  sockaddr_storage peer{};
+  socklen_t length = sizeof peer;
+  if (path < s.per_path.size() &&
+      ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &length) == 0) {
+    tcp::endpoint node;
+    if (length <= node.capacity()) {
+      std::memcpy(node.data(), &peer, length);
+      node.resize(length);
+      if (node.port() != 0 && !node.address().is_loopback()) {
+        s.per_path[path].node = node;
+        s.per_path[path].node_at = clock_type::now();
+      }
+    }
+  }
   return watch(state_, id);
 }
 
@@ -391,6 +477,20 @@ monitor::watch& monitor::watch::operator=(watch&& other) noexcept {
 
 monitor::watch::~watch() {
   if (auto s = monitor_.lock()) s->sockets.erase(id_);
+}
+
+monitor::path_spec spec_of(const core::path_config& path) {
+  return {path.name, path.interface, path.kind == core::path_kind::cellular, probe_target(path),
+          !path.probe.empty()};
+}
+
+probe_choice choose_probe_target(const monitor::path_spec& spec,
+                                 const std::optional<tcp::endpoint>& node,
+                                 clock_type::duration node_age) {
+  if (spec.probe_configured && spec.probe) return {spec.probe, "the config's probe"};
+  if (node && node_age <= learned_node_lifetime) return {node, "a node it fetched from"};
+  if (spec.probe) return {spec.probe, "its DNS server; no node fetched from lately"};
+  return {};
 }
 
 std::optional<tcp::endpoint> probe_target(const core::path_config& path) {

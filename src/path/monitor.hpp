@@ -35,8 +35,11 @@ class monitor {
     std::string name;
     std::string interface;
     bool cellular = false;
-    /// Where idle probes connect to; nullopt: the path is not probed.
+    /// Where idle probes connect to when no node it fetched from is known (its first DNS
+    /// server's port 53), or always (`probe_configured`: the config's `probe`); nullopt
+    /// with no node known: the path is not probed.
     std::optional<boost::asio::ip::tcp::endpoint> probe;
+    bool probe_configured = false;
   };
   /// After every round of measurements, and at once when a path goes up or down.
   using round_handler = std::function<void(clock_type::time_point now)>;
@@ -69,6 +72,14 @@ class monitor {
   quality current(std::size_t path) const;
   const std::vector<path_spec>& paths() const;
   std::uint64_t probes_sent(std::size_t path) const;
+  /// Where `path`'s idle probes go now and why ("198.18.1.80:80, a node it fetched from
+  /// 3 s ago"); empty when it is not probed.
+  std::string probe_description(std::size_t path) const;
+
+  /// Slot `path` is another path from now on (uplink hot-plug: a new uplink in a free
+  /// slot, or a slot freed with an empty interface): what was measured on it is
+  /// forgotten, the history seeds it by its new name, and its interface is watched.
+  void assign(std::size_t path, path_spec spec);
 
   /// While it lives, the socket's TCP_INFO counts toward `path`'s RTT, loss and
   /// throughput (and the path is not idle, so it isn't probed). Move-only.
@@ -127,5 +138,23 @@ class monitor {
 /// TCP port 53 ("198.18.0.53" or "[::1]:5353" → port 53 of that address). nullopt when
 /// neither gives a literal address.
 std::optional<boost::asio::ip::tcp::endpoint> probe_target(const core::path_config& path);
+
+/// A path's monitor spec from its config: probe_target, and whether the config named it.
+monitor::path_spec spec_of(const core::path_config& path);
+
+/// How long a node a path fetched from stays its probe target after the last socket to it.
+inline constexpr std::chrono::minutes learned_node_lifetime{10};
+
+/// Where an idle path's probes go (issue 19), and why: the config's `probe`; else the node
+/// the path last fetched from, for learned_node_lifetime after — the probe then crosses
+/// what the path's traffic crosses, not only the home router; else the fallback (its
+/// first DNS server).
+struct probe_choice {
+  std::optional<boost::asio::ip::tcp::endpoint> target;
+  std::string why;  ///< "the config's probe", "a node it fetched from", "its DNS server"
+};
+probe_choice choose_probe_target(const monitor::path_spec& spec,
+                                 const std::optional<boost::asio::ip::tcp::endpoint>& node,
+                                 clock_type::duration node_age);
 
 }  // namespace fleety::path

@@ -4,6 +4,7 @@
 #include <array>
 #include <charconv>
 #include <cmath>
+#include <utility>
 
 namespace fleety::path {
 
@@ -19,6 +20,35 @@ void quality_tracker::on_rtt(std::chrono::microseconds rtt, clock_type::time_poi
     srtt_us_ = 0.875 * *srtt_us_ + 0.125 * sample;
   }
   rtt_at_ = now;
+}
+
+bool quality_tracker::on_probe_rtt(std::chrono::microseconds rtt, clock_type::time_point now) {
+  const double sample = static_cast<double>(rtt.count());
+  const auto held = std::exchange(held_probe_us_, std::nullopt);
+  if (!srtt_us_ || seeded_ || now - rtt_at_ > opts_.max_age) {
+    on_rtt(rtt, now);
+    return false;
+  }
+  const double deviation = std::abs(*srtt_us_ - sample);
+  const double band = std::max(4 * rttvar_us_, *srtt_us_ / 4);
+  if (deviation <= band) {
+    // A held probe followed by one inside the band was jitter: it widens the band, so
+    // that a jittery path does not ask for a second probe each time.
+    if (held) rttvar_us_ = 0.75 * rttvar_us_ + 0.25 * std::abs(*srtt_us_ - *held);
+    rttvar_us_ = 0.75 * rttvar_us_ + 0.25 * deviation;
+    srtt_us_ = 0.75 * *srtt_us_ + 0.25 * sample;
+    rtt_at_ = now;
+    return false;
+  }
+  if (held && (*held > *srtt_us_) == (sample > *srtt_us_)) {
+    // Two in a row on the same side: the path changed. Its new RTT is theirs.
+    srtt_us_ = (*held + sample) / 2;
+    rttvar_us_ = std::max(std::abs(*held - sample) / 2, *srtt_us_ / 8);
+    rtt_at_ = now;
+    return false;
+  }
+  held_probe_us_ = sample;
+  return true;
 }
 
 void quality_tracker::on_smoothed_rtt(std::chrono::microseconds srtt,

@@ -44,6 +44,13 @@ class quality_tracker {
 
   /// One RTT measured on the path (a probe's connect time): smoothed in.
   void on_rtt(std::chrono::microseconds rtt, clock_type::time_point now);
+  /// An idle path's probe, one a second at most: RFC 6298's gains, made for a sample per
+  /// ACK, would take a dozen probes to follow a step (50 → 400 ms showed 167 ms after 3 s).
+  /// A sample within the estimate's band (4 deviations, at least a quarter of it) is
+  /// smoothed in with gain 1/4; one outside it is held, and returns true: the caller
+  /// probes again at once. A second on the same side confirms the step and the estimate
+  /// takes it; one back inside the band was an outlier and is smoothed in alone.
+  bool on_probe_rtt(std::chrono::microseconds rtt, clock_type::time_point now);
   /// An RTT the kernel already smoothed (TCP_INFO of a busy socket on the path) with its
   /// mean deviation: taken as it is, so a change shows without a second smoothing lag.
   void on_smoothed_rtt(std::chrono::microseconds srtt, std::chrono::microseconds rttvar,
@@ -69,6 +76,7 @@ class quality_tracker {
   bool seeded_ = false;
   double rttvar_us_ = 0;
   clock_type::time_point rtt_at_{};
+  std::optional<double> held_probe_us_;  ///< a probe outside the band, awaiting a second
   // Loss: packets sent and lost in the current and previous windows.
   struct loss_window {
     clock_type::time_point start{};

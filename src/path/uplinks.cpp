@@ -19,6 +19,8 @@
 #include <set>
 #include <tuple>
 
+#include "path/link_resolvers.hpp"
+
 namespace fleety::path {
 namespace {
 
@@ -115,22 +117,105 @@ std::vector<uplink> uplinks_from(const std::vector<default_route>& routes,
   return out;
 }
 
+namespace {
+
+/// The [[path]] of `u`, named by its kind with the first number no name in `taken` has.
+core::path_config path_of(const uplink& u, const std::set<std::string>& taken) {
+  core::path_config p;
+  const std::string base(core::to_string(u.kind));
+  p.name = base;
+  for (int n = 2; taken.contains(p.name); ++n) p.name = fmt::format("{}-{}", base, n);
+  p.interface = u.interface;
+  p.kind = u.kind;
+  p.cost = u.kind == core::path_kind::cellular ? 10 : 0;
+  p.mptcp_backup = u.kind == core::path_kind::cellular;
+  p.discovered = u.why;
+  return p;
+}
+
+}  // namespace
+
 std::vector<core::path_config> paths_of(const std::vector<uplink>& uplinks) {
   std::vector<core::path_config> paths;
-  std::map<core::path_kind, int> seen;
+  std::set<std::string> taken;
   for (const auto& u : uplinks) {
-    core::path_config p;
-    const int n = ++seen[u.kind];
-    const std::string base(core::to_string(u.kind));
-    p.name = n == 1 ? base : fmt::format("{}-{}", base, n);
-    p.interface = u.interface;
-    p.kind = u.kind;
-    p.cost = u.kind == core::path_kind::cellular ? 10 : 0;
-    p.mptcp_backup = u.kind == core::path_kind::cellular;
-    p.discovered = u.why;
-    paths.push_back(std::move(p));
+    paths.push_back(path_of(u, taken));
+    taken.insert(paths.back().name);
   }
   return paths;
+}
+
+std::vector<core::path_config> slot_layout(const std::vector<core::path_config>& found) {
+  std::vector<core::path_config> slots;
+  for (const auto kind :
+       {core::path_kind::wired, core::path_kind::wifi, core::path_kind::cellular}) {
+    bool any = false;
+    for (const auto& p : found) {
+      if (p.kind != kind) continue;
+      slots.push_back(p);
+      any = true;
+    }
+    if (any) continue;
+    core::path_config free_slot;
+    free_slot.kind = kind;
+    free_slot.cost = kind == core::path_kind::cellular ? 10 : 0;
+    free_slot.mptcp_backup = kind == core::path_kind::cellular;
+    slots.push_back(std::move(free_slot));
+  }
+  return slots;
+}
+
+slot_plan plan_slots(const std::vector<uplink_slot>& slots, const std::vector<uplink>& found) {
+  slot_plan plan;
+  std::set<std::string> present;
+  for (const auto& u : found) present.insert(u.interface);
+  std::vector<bool> free(slots.size());
+  std::set<std::string> held;
+  std::set<std::string> names;
+  for (std::size_t i = 0; i < slots.size(); ++i) {
+    const auto& slot = slots[i];
+    if (!slot.interface.empty() && !present.contains(slot.interface)) {
+      plan.changes.push_back({i, std::nullopt});
+      free[i] = true;
+      continue;
+    }
+    free[i] = slot.interface.empty();
+    if (!free[i]) {
+      held.insert(slot.interface);
+      names.insert(slot.name);
+    }
+  }
+  // Two passes: first each uplink back in the slot it held last, so that a new one never
+  // takes the slot of one that is also back in this look; then the new ones.
+  const auto take = [&](const uplink& u, std::size_t slot) {
+    free[slot] = false;
+    auto path = path_of(u, names);
+    names.insert(path.name);
+    held.insert(u.interface);
+    plan.changes.push_back({slot, std::move(path)});
+  };
+  for (const auto& u : found) {
+    if (held.contains(u.interface)) continue;
+    for (std::size_t i = 0; i < slots.size(); ++i) {
+      if (free[i] && slots[i].kind == u.kind && slots[i].last_interface == u.interface) {
+        take(u, i);
+        break;
+      }
+    }
+  }
+  for (const auto& u : found) {
+    if (held.contains(u.interface)) continue;
+    std::optional<std::size_t> chosen;
+    for (std::size_t i = 0; i < slots.size() && !chosen; ++i) {
+      if (free[i] && slots[i].kind == u.kind) chosen = i;
+    }
+    if (chosen) {
+      take(u, *chosen);
+    } else {
+      plan.without_slot.push_back(u);
+    }
+  }
+  return plan;
 }
 
 // ---- I/O ---------------------------------------------------------------------------
@@ -274,7 +359,49 @@ core::expected<std::vector<core::path_config>> discover_paths() {
         "no uplink: no interface has a default route (ip route show table all); connect one, "
         "or name it in a [[path]] (name, interface, kind)");
   }
-  return paths_of(*uplinks);
+  auto paths = paths_of(*uplinks);
+  for (auto& p : paths) p = with_link_resolvers(std::move(p));
+  return paths;
+}
+
+namespace {
+
+/// Whether this process is in another network namespace than init's (a lab, a container):
+/// the machine's per-link state then describes other links, whatever their index. Unknown
+/// (no permission to look at init's) counts as the same.
+bool in_own_network_namespace() {
+  std::error_code ec_self;
+  std::error_code ec_init;
+  const auto self = std::filesystem::read_symlink("/proc/self/ns/net", ec_self);
+  const auto init = std::filesystem::read_symlink("/proc/1/ns/net", ec_init);
+  return !ec_self && !ec_init && self != init;
+}
+
+}  // namespace
+
+core::path_config with_link_resolvers(core::path_config path, const std::string& root) {
+  if (!path.dns_servers.empty()) return path;
+  if (root == "/" && in_own_network_namespace()) {
+    path.dns_fallback = true;
+    path.dns_found = fmt::format(
+        "fleetyd runs in a network namespace of its own, whose links the machine's state "
+        "files do not describe: the system's resolvers, through {}",
+        path.interface);
+    return path;
+  }
+  const auto found =
+      find_link_resolvers(path.interface, ::if_nametoindex(path.interface.c_str()), root);
+  if (found.servers.empty()) {
+    path.dns_fallback = true;
+    path.dns_found = fmt::format(
+        "no DNS servers of {} found (systemd-resolved, networkd, NetworkManager, DHCP "
+        "leases): the system's resolvers, through {}",
+        path.interface, path.interface);
+    return path;
+  }
+  path.dns_servers = found.servers;
+  path.dns_found = fmt::format("{} ({})", found.source, found.file);
+  return path;
 }
 
 }  // namespace fleety::path

@@ -4,6 +4,8 @@
 // of the device. The decisions are pure (facts in, uplinks out: unit-tested with literal
 // facts); reading the kernel (an rtnetlink route dump, /sys/class/net) is the thin I/O.
 
+#include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -57,6 +59,42 @@ std::vector<uplink> uplinks_from(const std::vector<default_route>& routes,
 /// cellular, the system's resolvers; `discovered` says why.
 std::vector<core::path_config> paths_of(const std::vector<uplink>& uplinks);
 
+// ---- Hot-plug ----------------------------------------------------------------------
+// fleetyd keeps a fixed set of path slots while it follows the uplinks: every part of the
+// daemon indexes its paths, an index is a preference (cheapest first), and a slot keeps
+// both for the daemon's life. So slots have a kind: a new uplink takes a free slot of its
+// kind, and one that is gone frees its slot (its path is down meanwhile).
+
+/// The slots fleetyd starts with: the paths found now, and a free slot (empty interface
+/// and name) for each kind none was found of, in preference order: wired, Wi-Fi, cellular.
+std::vector<core::path_config> slot_layout(const std::vector<core::path_config>& found);
+
+/// One path slot as the hot-plug planner sees it.
+struct uplink_slot {
+  core::path_kind kind = core::path_kind::wired;
+  std::string interface;       ///< empty: free
+  std::string name;            ///< the path's name while taken
+  std::string last_interface;  ///< who held it last: the same uplink back takes it again
+  friend bool operator==(const uplink_slot&, const uplink_slot&) = default;
+};
+
+/// A slot taken by a new uplink (`take`), or freed (nullopt).
+struct slot_change {
+  std::size_t slot = 0;
+  std::optional<core::path_config> take;
+};
+
+struct slot_plan {
+  std::vector<slot_change> changes;  ///< frees first, then takes
+  std::vector<uplink> without_slot;  ///< found, but no free slot of their kind is left
+};
+
+/// What changes when `found` (uplinks_from, preference order) differs from `slots`: an
+/// uplink no longer found frees its slot; a new one takes a free slot of its kind, the one
+/// it held last if that is free, else the first, with a name by its kind that no taken
+/// slot has ("wifi", then "wifi-2"; paths_of's names and defaults).
+slot_plan plan_slots(const std::vector<uplink_slot>& slots, const std::vector<uplink>& found);
+
 // ---- I/O ---------------------------------------------------------------------------
 
 /// Every default route (IPv4 and IPv6, every table) of this network namespace, by an
@@ -71,7 +109,14 @@ interface_facts read_interface_facts(const std::string& name,
 core::expected<std::vector<uplink>> discover_uplinks();
 
 /// The uplinks of this machine as [[path]]s (paths_of, each with its reason in
-/// `discovered`); an error that says what to do when there is none.
+/// `discovered`, and its link's DNS servers: with_link_resolvers); an error that says
+/// what to do when there is none.
 core::expected<std::vector<core::path_config>> discover_paths();
+
+/// `path` with its interface's own DNS servers (link_resolvers.hpp: systemd-resolved,
+/// networkd, NetworkManager, DHCP leases under `root`) and `dns_found` saying where they
+/// came from; with none found, the system's resolvers (still queried through the
+/// interface) and a `dns_found` that says so. A path whose config names servers keeps them.
+core::path_config with_link_resolvers(core::path_config path, const std::string& root = "/");
 
 }  // namespace fleety::path

@@ -12,9 +12,7 @@ namespace {
 
 std::vector<path::monitor::path_spec> specs(const core::config& config) {
   std::vector<path::monitor::path_spec> out;
-  for (const auto& p : config.paths)
-    out.push_back(
-        {p.name, p.interface, p.kind == core::path_kind::cellular, path::probe_target(p)});
+  for (const auto& p : config.paths) out.push_back(path::spec_of(p));
   return out;
 }
 
@@ -55,6 +53,13 @@ path_supervisor::path_supervisor(const boost::asio::any_io_executor& executor,
     names_.push_back(p.name);
     cellular_.push_back(p.kind == core::path_kind::cellular);
   }
+}
+
+void path_supervisor::assign_path(std::size_t index, const core::path_config& path) {
+  if (index >= names_.size()) return;
+  names_[index] = path.name;
+  cellular_[index] = path.kind == core::path_kind::cellular;
+  monitor_.assign(index, path::spec_of(path));
 }
 
 void path_supervisor::start() {

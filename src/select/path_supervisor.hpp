@@ -52,6 +52,10 @@ class path_supervisor {
   /// Stops the monitor and waits for its probes; the last bytes are counted and written.
   boost::asio::awaitable<void> async_stop();
 
+  /// Path `index` is `path` from now on (an uplink took its slot, or left it: empty
+  /// interface): its name, kind and the monitor's view of it.
+  void assign_path(std::size_t index, const core::path_config& path);
+
   /// An app's bytes on a path (by name), counted for the status and added to the
   /// history's usage at the next flush.
   void note_app_bytes(std::string_view app, std::string_view path, std::uint64_t bytes);

@@ -14,9 +14,24 @@ using std::chrono::microseconds;
 
 TEST(StatusJson, PathsWithTheirUnitsAndUnknownsAsNull) {
   status_model s;
-  path_status wifi{
-      "wifi", "wlan0", "wifi", true, microseconds(58'209), microseconds(1'500), 20e6, 0.01, -61.0,
-      19.1e6, 7,       1000,   3,    "the name wlan0"};
+  path_status wifi{"wifi",
+                   "wlan0",
+                   "wifi",
+                   true,
+                   microseconds(58'209),
+                   microseconds(1'500),
+                   20e6,
+                   0.01,
+                   -61.0,
+                   19.1e6,
+                   7,
+                   1000,
+                   3,
+                   "the name wlan0",
+                   {"192.168.1.1"},
+                   "systemd-resolved (/run/systemd/resolve/netif/3)",
+                   false,
+                   "to 198.18.10.1:80 every 1000 ms while idle (a node it fetched from)"};
   path_status cell;
   cell.name = "cell";
   cell.interface = "rmnet0";
@@ -29,7 +44,8 @@ TEST(StatusJson, PathsWithTheirUnitsAndUnknownsAsNull) {
   // The keys in the order `fleety status --json` has always printed them.
   const char* keys[] = {"name",      "interface",       "kind",     "up",         "rtt_ms",
                         "jitter_ms", "throughput_mbps", "loss",     "signal_dbm", "capacity_mbps",
-                        "probes",    "bytes_received",  "requests", "found"};
+                        "probes",    "bytes_received",  "requests", "found",      "dns",
+                        "probe"};
   ASSERT_EQ(w.size(), std::size(keys));
   std::size_t k = 0;
   for (const auto& entry : w) EXPECT_EQ(entry.key(), keys[k++]);
@@ -49,6 +65,14 @@ TEST(StatusJson, PathsWithTheirUnitsAndUnknownsAsNull) {
   EXPECT_EQ(w.at("requests").as_uint64(), 3U);
   EXPECT_EQ(w.at("found"), "the name wlan0");  // discovered; a configured path has null
   EXPECT_TRUE(paths[1].as_object().at("found").is_null());
+  // Its link's resolvers and where they came from; where its idle probes go.
+  const auto& dns = w.at("dns").as_object();
+  EXPECT_EQ(dns.at("servers").as_array(), json::array({"192.168.1.1"}));
+  EXPECT_EQ(dns.at("found"), "systemd-resolved (/run/systemd/resolve/netif/3)");
+  EXPECT_EQ(dns.at("fallback"), false);
+  EXPECT_EQ(w.at("probe"), "to 198.18.10.1:80 every 1000 ms while idle (a node it fetched from)");
+  EXPECT_TRUE(paths[1].as_object().at("probe").is_null());
+  EXPECT_TRUE(paths[1].as_object().at("dns").as_object().at("found").is_null());
   const auto& c = paths[1].as_object();
   EXPECT_EQ(c.at("up"), false);
   for (const char* unknown : {"rtt_ms", "jitter_ms", "throughput_mbps", "loss", "signal_dbm"})

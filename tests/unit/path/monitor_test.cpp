@@ -34,6 +34,42 @@ TEST(ProbeTarget, ConfiguredElseFirstDnsServerOnPort53) {
   EXPECT_EQ(probe_target(path), tcp::endpoint(asio::ip::make_address("2001:db8::1"), 443));
 }
 
+TEST(ChooseProbeTarget, TheConfigsProbeElseARecentNodeElseTheDnsServer) {
+  const tcp::endpoint dns(asio::ip::make_address("192.168.1.1"), 53);
+  const tcp::endpoint node(asio::ip::make_address("198.18.1.80"), 443);
+  monitor::path_spec spec{"wifi", "wlan0", false, dns, false};
+  EXPECT_EQ(choose_probe_target(spec, std::nullopt, {}).target, dns);
+  EXPECT_EQ(choose_probe_target(spec, std::nullopt, {}).why,
+            "its DNS server; no node fetched from lately");
+  // A node the path fetched from a minute ago: the probes cross what its traffic crosses.
+  const auto learned = choose_probe_target(spec, node, std::chrono::minutes(1));
+  EXPECT_EQ(learned.target, node);
+  EXPECT_EQ(learned.why, "a node it fetched from");
+  // Too long ago: back to the DNS server; with none, not probed.
+  EXPECT_EQ(choose_probe_target(spec, node, std::chrono::minutes(11)).target, dns);
+  spec.probe.reset();
+  EXPECT_EQ(choose_probe_target(spec, node, std::chrono::minutes(11)).target, std::nullopt);
+  EXPECT_EQ(choose_probe_target(spec, node, std::chrono::seconds(3)).target, node);
+  // The config's probe wins over everything.
+  const tcp::endpoint configured(asio::ip::make_address("198.18.10.1"), 80);
+  spec.probe = configured;
+  spec.probe_configured = true;
+  EXPECT_EQ(choose_probe_target(spec, node, std::chrono::seconds(3)).target, configured);
+  // spec_of: the config's probe is marked as such.
+  core::path_config path;
+  path.name = "cell";
+  path.interface = "rmnet0";
+  path.kind = core::path_kind::cellular;
+  path.probe = "198.18.10.1:80";
+  const auto from_config = spec_of(path);
+  EXPECT_TRUE(from_config.probe_configured);
+  EXPECT_TRUE(from_config.cellular);
+  path.probe.clear();
+  path.dns_servers = {"192.168.1.1"};
+  EXPECT_FALSE(spec_of(path).probe_configured);
+  EXPECT_EQ(spec_of(path).probe, dns);
+}
+
 /// Runs `io` until `done()` or `limit`.
 template <class Done>
 bool run_until(asio::io_context& io, Done done, milliseconds limit) {
@@ -121,6 +157,28 @@ TEST(Monitor, LivenessIsTheMonitorsUpAndDownOnceItIsGone) {
   EXPECT_FALSE(up(0));
   EXPECT_FALSE(is_up(up, 0));
   EXPECT_TRUE(is_up(liveness{}, 3));  // nobody measures: every path is tried
+}
+
+TEST(Monitor, ASlotTakenByAnotherInterfaceIsThatOnesFromThen) {
+  asio::io_context io;
+  core::monitor_config config;
+  monitor m(io.get_executor(), config,
+            {{"loop", "lo", false, std::nullopt}, {"", "", false, std::nullopt}}, nullptr, nullptr);
+  m.start();
+  EXPECT_TRUE(m.up(0));
+  EXPECT_FALSE(m.up(1));  // a free slot is down
+  EXPECT_EQ(m.probe_description(1), "");
+  // An uplink takes the free slot: up at once, its interface watched.
+  m.assign(1, {"loop-2", "lo", false, std::nullopt});
+  EXPECT_TRUE(m.up(1));
+  EXPECT_EQ(m.paths()[1].name, "loop-2");
+  EXPECT_EQ(m.probe_description(1),
+            "off until it fetches from a node (no probe target, no DNS server)");
+  // It leaves: down again; the other path did not notice.
+  m.assign(1, {"", "", false, std::nullopt});
+  EXPECT_FALSE(m.up(1));
+  EXPECT_TRUE(m.up(0));
+  m.stop();
 }
 
 // --- with the kernel's links, in a private network namespace (root) ---

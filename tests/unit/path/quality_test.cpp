@@ -33,6 +33,31 @@ TEST(QualityTracker, ProbeRttsAreSmoothedAsRfc6298) {
   EXPECT_EQ(*q.jitter, microseconds(57'500));
 }
 
+TEST(QualityTracker, AnIdlePathsProbesFollowAConfirmedStepAndSkipAnOutlier) {
+  quality_tracker tracker;
+  auto at = [](int s) { return t0 + std::chrono::seconds(s); };
+  for (int s = 0; s < 5; ++s) EXPECT_FALSE(tracker.on_probe_rtt(milliseconds(50), at(s)));
+  EXPECT_EQ(*tracker.current(true, at(4)).rtt, milliseconds(50));
+  // One slow probe: held, and a second one asked for; the estimate stays.
+  EXPECT_TRUE(tracker.on_probe_rtt(milliseconds(400), at(5)));
+  EXPECT_EQ(*tracker.current(true, at(5)).rtt, milliseconds(50));
+  // The second one confirms the step: the estimate is the new RTT at once (RFC 6298's
+  // gains would have shown 94 ms).
+  EXPECT_FALSE(tracker.on_probe_rtt(milliseconds(410), at(5) + milliseconds(410)));
+  EXPECT_EQ(*tracker.current(true, at(6)).rtt, milliseconds(405));
+  // And back down: the same.
+  EXPECT_TRUE(tracker.on_probe_rtt(milliseconds(50), at(7)));
+  EXPECT_FALSE(tracker.on_probe_rtt(milliseconds(50), at(7) + milliseconds(50)));
+  EXPECT_EQ(*tracker.current(true, at(8)).rtt, milliseconds(50));
+  // An outlier, then a normal probe: the outlier is dropped, the normal one smoothed in.
+  EXPECT_TRUE(tracker.on_probe_rtt(milliseconds(400), at(9)));
+  EXPECT_FALSE(tracker.on_probe_rtt(milliseconds(50), at(9) + milliseconds(50)));
+  EXPECT_EQ(*tracker.current(true, at(10)).rtt, milliseconds(50));
+  // Within the band (a quarter of the estimate): smoothed with gain 1/4, no second probe.
+  EXPECT_FALSE(tracker.on_probe_rtt(milliseconds(58), at(11)));
+  EXPECT_EQ(*tracker.current(true, at(11)).rtt, milliseconds(52));
+}
+
 TEST(QualityTracker, KernelSmoothedRttIsTakenAsItIs) {
   quality_tracker tracker;
   tracker.on_rtt(milliseconds(50), t0);

@@ -68,6 +68,90 @@ TEST(UplinksFrom, EachInterfaceOnceInPreferenceOrder) {
   EXPECT_TRUE(paths[3].dns_servers.empty());
 }
 
+uplink found(std::string name, path_kind kind) {
+  return {std::move(name), kind, "the name", false};
+}
+
+core::path_config discovered(std::string name, std::string interface, path_kind kind) {
+  core::path_config p;
+  p.name = std::move(name);
+  p.interface = std::move(interface);
+  p.kind = kind;
+  p.cost = kind == path_kind::cellular ? 10 : 0;
+  return p;
+}
+
+TEST(SlotLayout, WhatWasFoundAndAFreeSlotForEachKindMissingInPreferenceOrder) {
+  const auto slots = slot_layout({discovered("wifi", "wlan0", path_kind::wifi)});
+  ASSERT_EQ(slots.size(), 3U);
+  EXPECT_EQ(slots[0].kind, path_kind::wired);
+  EXPECT_EQ(slots[0].interface, "");
+  EXPECT_EQ(slots[1].interface, "wlan0");
+  EXPECT_EQ(slots[2].kind, path_kind::cellular);
+  EXPECT_EQ(slots[2].interface, "");
+  EXPECT_EQ(slots[2].cost, 10);  // a free slot keeps its kind's cost: preference holds
+  // Nothing found yet (a laptop before its Wi-Fi connects): one free slot of each kind.
+  EXPECT_EQ(slot_layout({}).size(), 3U);
+  // Two wired ones found: both, next to each other, then the free ones.
+  const auto two = slot_layout({discovered("wired", "eth0", path_kind::wired),
+                                discovered("wired-2", "eth1", path_kind::wired)});
+  ASSERT_EQ(two.size(), 4U);
+  EXPECT_EQ(two[1].interface, "eth1");
+  EXPECT_EQ(two[2].kind, path_kind::wifi);
+}
+
+TEST(PlanSlots, ANewUplinkTakesAFreeSlotOfItsKindAndOneGoneFreesIts) {
+  std::vector<uplink_slot> slots = {{path_kind::wired, "", "", ""},
+                                    {path_kind::wifi, "wlan0", "wifi", "wlan0"},
+                                    {path_kind::cellular, "", "", ""}};
+  // Nothing changed: nothing to do.
+  EXPECT_TRUE(plan_slots(slots, {found("wlan0", path_kind::wifi)}).changes.empty());
+  // A phone plugged in (USB tethering): the cellular slot, cost 10, named cellular.
+  auto plan =
+      plan_slots(slots, {found("wlan0", path_kind::wifi), found("usb0", path_kind::cellular)});
+  ASSERT_EQ(plan.changes.size(), 1U);
+  EXPECT_EQ(plan.changes[0].slot, 2U);
+  ASSERT_TRUE(plan.changes[0].take);
+  EXPECT_EQ(plan.changes[0].take->interface, "usb0");
+  EXPECT_EQ(plan.changes[0].take->name, "cellular");
+  EXPECT_EQ(plan.changes[0].take->cost, 10);
+  EXPECT_EQ(plan.changes[0].take->discovered, "the name");
+  // Wi-Fi gone (no default route): its slot is freed.
+  plan = plan_slots(slots, {});
+  ASSERT_EQ(plan.changes.size(), 1U);
+  EXPECT_EQ(plan.changes[0].slot, 1U);
+  EXPECT_FALSE(plan.changes[0].take);
+  // A second Wi-Fi while the one slot is taken: no slot, said.
+  plan = plan_slots(slots, {found("wlan0", path_kind::wifi), found("wlan1", path_kind::wifi)});
+  EXPECT_TRUE(plan.changes.empty());
+  ASSERT_EQ(plan.without_slot.size(), 1U);
+  EXPECT_EQ(plan.without_slot[0].interface, "wlan1");
+  // Wi-Fi swapped for another in one look: the old frees the slot first, the new takes it.
+  plan = plan_slots(slots, {found("wlan1", path_kind::wifi)});
+  ASSERT_EQ(plan.changes.size(), 2U);
+  EXPECT_FALSE(plan.changes[0].take);
+  ASSERT_TRUE(plan.changes[1].take);
+  EXPECT_EQ(plan.changes[1].slot, 1U);
+  EXPECT_EQ(plan.changes[1].take->name, "wifi");
+}
+
+TEST(PlanSlots, AnUplinkBackTakesItsOwnSlotAndNamesStayUnique) {
+  std::vector<uplink_slot> slots = {{path_kind::cellular, "", "", "usb0"},
+                                    {path_kind::cellular, "wwan0", "cellular", "wwan0"},
+                                    {path_kind::cellular, "", "", ""}};
+  auto plan =
+      plan_slots(slots, {found("wwan0", path_kind::cellular), found("usb1", path_kind::cellular),
+                         found("usb0", path_kind::cellular)});
+  ASSERT_EQ(plan.changes.size(), 2U);
+  // usb1 comes first in the list but leaves usb0's own slot to it.
+  EXPECT_EQ(plan.changes[0].slot, 0U);
+  EXPECT_EQ(plan.changes[0].take->interface, "usb0");
+  EXPECT_EQ(plan.changes[0].take->name, "cellular-2");
+  EXPECT_EQ(plan.changes[1].slot, 2U);
+  EXPECT_EQ(plan.changes[1].take->interface, "usb1");
+  EXPECT_EQ(plan.changes[1].take->name, "cellular-3");
+}
+
 TEST(ReadInterfaceFacts, FromAFakeSysfs) {
   namespace fs = std::filesystem;
   std::string dir = fs::temp_directory_path() / "fleety-sysfs-XXXXXX";
