@@ -40,7 +40,8 @@ awaitable<error_code> async_connect_endpoint(upstream& up, path_runtime& path,
     path.estimator.on_rtt(metrics->smoothed_rtt);
   }
   if (path.monitor != nullptr)
-    up.measured = path.monitor->watch_socket(path.index, up.stream.socket().native_handle());
+    up.measured = path.monitor->watch_socket(path.index, up.stream.socket().native_handle(),
+                                             path::monitor::peer_use::probe_target);
   co_return error_code{};
 }
 

@@ -441,20 +441,20 @@ void monitor::assign(std::size_t path, path_spec spec) {
   if (s.running) s.round();
 }
 
-monitor::watch monitor::watch_socket(std::size_t path, int fd) {
+monitor::watch monitor::watch_socket(std::size_t path, int fd, peer_use use) {
   auto& s = *state_;
   const auto id = s.next_watch_id++;
   s.sockets[id] = state::socket_watch{path, fd, std::nullopt};
-  // Where the path's traffic goes: its idle probes go there too (choose_probe_target).
+  // Where the path's downloads go: its idle probes go there too (choose_probe_target).
   sockaddr_storage peer{};
   socklen_t length = sizeof peer;
-  if (path < s.per_path.size() &&
+  if (use == peer_use::probe_target && path < s.per_path.size() &&
       ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &length) == 0) {
     tcp::endpoint node;
     if (length <= node.capacity()) {
       std::memcpy(node.data(), &peer, length);
       node.resize(length);
-      if (node.port() != 0 && !node.address().is_loopback()) {
+      if ((node.port() == 80 || node.port() == 443) && !node.address().is_loopback()) {
         s.per_path[path].node = node;
         s.per_path[path].node_at = clock_type::now();
       }

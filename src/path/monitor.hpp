@@ -98,7 +98,16 @@ class monitor {
     std::weak_ptr<state> monitor_;
     std::uint64_t id_ = 0;
   };
-  [[nodiscard]] watch watch_socket(std::size_t path, int fd);
+  /// What a watched socket is to the path's probes.
+  enum class peer_use {
+    /// Not a probe target: a relayed app flow's server (a game server, SSH) must never see
+    /// connections the app did not make.
+    none,
+    /// An HTTP node fleetyd itself fetches from (port 80 or 443): the path's idle probes
+    /// go there while it is recent (choose_probe_target).
+    probe_target,
+  };
+  [[nodiscard]] watch watch_socket(std::size_t path, int fd, peer_use use = peer_use::none);
 
   /// Told of every change of a watched interface (existence, flags, addresses), after the
   /// monitor itself acted on it; never after stop(). It may drop its subscription.
