@@ -371,6 +371,7 @@ int run(const core::config& config, const std::string& config_path, bool discove
     summary += fmt::format("{}{} ({}, {}, cost {})", summary.empty() ? "" : ", ", p.config.name,
                            p.config.interface, core::to_string(p.config.kind), p.config.cost);
   }
+  if (summary.empty()) summary = "none yet";
   spdlog::info("fleetyd listening on {}:{}; paths: {}; scheduler {}", config.proxy.listen_address,
                config.proxy.listen_port, summary,
                config.scheduler.mode == core::scheduler_mode::cost ? "cost" : "aggregate");

@@ -100,6 +100,12 @@ std::string path_extension(std::string_view target);
 
 feature_decision decide_feature(const feature_rules& rules, const request_view& request);
 
+/// Whether the target names what apps download whole (issue 17: "segment and package
+/// URLs"): a media segment or file (m4s, ts, mp4, webm, mp3, ...), a package or an
+/// archive (deb, rpm, apk, iso, zip, tar.gz, ...), by the extension of its last segment.
+/// A prediction only: the first answer's size decides whether it splits.
+bool names_a_download(std::string_view target);
+
 /// A request to an HTTP-DNS endpoint: which one, and the name it asks for.
 struct http_dns_request {
   const core::http_dns_config* endpoint = nullptr;

@@ -1,6 +1,7 @@
 #include <re2/re2.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 
 #include "classify/classify.hpp"
@@ -81,6 +82,20 @@ std::string path_extension(std::string_view target) {
   std::string extension(segment.substr(dot + 1));
   std::transform(extension.begin(), extension.end(), extension.begin(), lower);
   return extension;
+}
+
+bool names_a_download(std::string_view target) {
+  static constexpr std::array<std::string_view, 39> extensions = {
+      // media segments and files
+      "aac", "cmfa", "cmfv", "flac", "m4a", "m4s", "m4v", "mkv", "mov", "mp3", "mp4", "ogg", "opus",
+      "ts", "webm",
+      // packages and installers
+      "apk", "appimage", "deb", "dmg", "exe", "ipa", "msi", "pkg", "rpm", "snap", "whl",
+      // archives and images
+      "7z", "bin", "bz2", "gz", "img", "iso", "rar", "tar", "tgz", "xz", "zip", "zst", "zstd"};
+  const std::string extension = path_extension(target);
+  return !extension.empty() &&
+         std::find(extensions.begin(), extensions.end(), extension) != extensions.end();
 }
 
 feature_decision decide_feature(const feature_rules& rules, const request_view& request) {

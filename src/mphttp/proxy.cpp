@@ -309,8 +309,9 @@ struct request_plan {
   bool has_body = false;  ///< the app sends a body (it can't be sent twice)
   bool head_request = false;
   bool upgrade = false;  ///< the app asks to switch protocols (WebSocket): relayed, never split
-  /// Predicted to be a download (a feature rule for it, or this host's downloads lately):
-  /// only then do other paths get ready before its answer is known (issue 16).
+  /// Predicted to be a download (a feature rule for it, this host's downloads lately, or a
+  /// URL that names a segment or package): only then do other paths get ready before its
+  /// answer is known (issue 16).
   bool predicted_download = false;
   /// The size this host's last download had: what this one likely has (issue 17).
   std::optional<std::uint64_t> expected_bytes;
@@ -343,8 +344,12 @@ request_plan plan_request(const request_context& ctx, const std::vector<path_run
     plan.head_basis = head_range_basis(ctx.request);
   if (plan.head_basis) {
     plan.expected_bytes = downloaded_lately(ctx.proxy, ctx.target.host, clock_type::now());
+    // A feature rule for it, this host's downloads lately, or a URL that names what apps
+    // download whole (a segment, a package: the first contact with a host).
     plan.predicted_download =
-        (!plan.feature.rule.empty() && plan.feature.multipath) || plan.expected_bytes.has_value();
+        plan.expected_bytes.has_value() ||
+        (plan.feature.multipath &&
+         (!plan.feature.rule.empty() || classify::names_a_download(ctx.request.target())));
   }
   // Split when it pays (issue 17). In aggregate mode a predicted download has the other
   // paths connecting meanwhile (start_early), and a warm connection is open already:

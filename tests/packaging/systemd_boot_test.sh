@@ -230,7 +230,8 @@ prop() { ct systemctl show fleetyd -p "$1" --value; }
 main_pid() { prop MainPID; }
 active_running() { [[ $(prop ActiveState)/$(prop SubState) == active/running ]]; }
 is_state() { [[ $(prop ActiveState) == "$1" ]]; }
-# The packaged config's paths use lo, the container's only interface.
+# The packaged config names no path (discovery); the test names lo, the container's only
+# interface, and a usb0 that is not plugged in.
 config=/etc/fleety/fleety.toml
 
 # Until systemd answers (its bus socket comes a moment after PID 1) and
@@ -270,9 +271,12 @@ fi
 info "$(ct systemd-analyze security fleetyd --no-pager 2>/dev/null | tail -n1 | sed 's/^→ //')"
 
 # --- Configure and start ---
-ct sed -i 's/^interface = "wlan0".*/interface = "lo"/' "$config"
-check "config: the packaged config with interface lo passes fleetyd --check" \
-  ct_sh "fleetyd --check --config $config >/dev/null"
+check "config: the packaged config (no [[path]]: discovery) passes fleetyd --check" \
+  ct_sh "fleetyd --check --config $config | grep -q 'no \[\[path\]\]: the uplinks are found at start'"
+ct_sh "printf '%s\\n' '[[path]]' 'name = \"wifi\"' 'interface = \"lo\"' 'kind = \"wifi\"' \
+  '[[path]]' 'name = \"cell\"' 'interface = \"usb0\"' 'kind = \"cellular\"' >>$config"
+check "config: with paths on lo and usb0, fleetyd --check passes" \
+  ct_sh "fleetyd --check --config $config | grep -q ': ok, 2 paths'"
 ct -t 60 systemctl enable --now fleetyd >/dev/null 2>&1 || true
 until_ok 15 ct fleety status || true
 check "start: systemctl enable --now fleetyd: active (running), enabled" \

@@ -168,3 +168,21 @@ path_regex = "(a)\\1"
 
 }  // namespace
 }  // namespace fleety::classify
+
+namespace fleety::classify {
+namespace {
+
+TEST(NamesADownload, SegmentsPackagesAndArchivesByTheLastSegmentsExtension) {
+  for (const char* target :
+       {"/video/seg_00042.m4s", "/live/chunk-7.ts?token=abc", "http://cdn.example/a/b/movie.MP4",
+        "/pool/main/f/fleety/fleety_0.1.0_amd64.deb", "/ubuntu-24.04.iso#x", "/src.tar.gz",
+        "/app.apk", "/x/y.zst"})
+    EXPECT_TRUE(names_a_download(target)) << target;
+  for (const char* target :
+       {"/10MB", "/index.html", "/api/v1/items.json", "/master.m3u8", "/manifest.mpd", "/", "",
+        "/dir.iso/", "/a.ts.html", "/events?format=m4s", "http://host.mp4/page"})
+    EXPECT_FALSE(names_a_download(target)) << target;
+}
+
+}  // namespace
+}  // namespace fleety::classify
