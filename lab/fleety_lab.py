@@ -485,6 +485,9 @@ http {{
 {alias_listens}{tls_conf}        server_name {CDN_NAME} _;
         root {object_dir};
         location / {{ }}
+        # Each object under the names real downloads have too (/10MB.zip, /4MB.mp4):
+        # the same bytes, for clients that judge a URL by its extension.
+        location ~ "^/(?<object>[0-9]+[KMG]B)\.(zip|iso|deb|mp4|m4s|ts)$" {{ try_files /$object =404; }}
 {''.join(locations)}{zoo_locations(name, object_dir, digest_objects)}{extra_server}
     }}
 }}

@@ -55,6 +55,18 @@ std::vector<doctor_check> doctor_checks(const machine_facts& f) {
             : doctor_check{"bind to uplinks", verdict::fail, f.bind_problem,
                            "run fleetyd from its systemd unit (CAP_NET_RAW), or as root"});
   }
+  // Routing: a socket bound to each uplink must reach the Internet through it.
+  if (!f.uplinks.empty() && f.bind_problem.empty()) {
+    out.push_back(f.route_problems.empty()
+                      ? doctor_check{"routing",
+                                     verdict::ok,
+                                     "a socket bound to each uplink has a route through it",
+                                     {}}
+                      : doctor_check{"routing", verdict::fail,
+                                     fmt::format("{}", fmt::join(f.route_problems, "; ")),
+                                     "add a policy rule (ip rule add oif IFACE lookup TABLE) or "
+                                     "a default route through it in the main table"});
+  }
   // Each path's resolvers: per-ISP CDN nodes need each path's own, and a LAN's resolver
   // may not answer over cellular.
   {
@@ -193,6 +205,12 @@ machine_facts gather_machine_facts(const std::string& socket) {
   std::vector<std::string> interfaces;
   for (const auto& u : f.uplinks) interfaces.push_back(u.interface);
   f.bind_problem = net::bind_permission_problem(interfaces);
+  if (f.bind_problem.empty()) {
+    for (const auto& interface : interfaces) {
+      if (auto problem = path::route_problem(interface); !problem.empty())
+        f.route_problems.push_back(std::move(problem));
+    }
+  }
   for (const auto& p : path::paths_of(f.uplinks)) {
     auto found = path::with_link_resolvers(p);
     f.uplink_resolvers.push_back(

@@ -23,6 +23,8 @@ struct machine_facts {
   std::vector<path::uplink> uplinks;
   std::string uplinks_error;
   std::string bind_problem;  ///< net::bind_permission_problem of the uplinks ("" = may bind)
+  /// net::route_problem of each uplink that has one (policy routing).
+  std::vector<std::string> route_problems;
   std::vector<std::string> resolvers;  ///< nameserver lines of /etc/resolv.conf
   /// Each uplink's own DNS servers (path::with_link_resolvers), in f.uplinks' order.
   struct uplink_dns {

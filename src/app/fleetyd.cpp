@@ -438,6 +438,8 @@ int main(int argc, char** argv) {
       p = fleety::path::with_link_resolvers(std::move(p), config->discovery.root);
       spdlog::info("path {}: {} found as {} ({}); a [[path]] in the config overrides it", p.name,
                    p.interface, fleety::core::to_string(p.kind), p.discovered);
+      if (auto problem = fleety::path::route_problem(p.interface); !problem.empty())
+        spdlog::warn("path {}: {}", p.name, problem);
       if (p.dns_fallback) {
         spdlog::warn("path {}: {}", p.name, p.dns_found);
       } else {

@@ -86,6 +86,8 @@ asio::awaitable<void> follow_uplinks(uplink_slots slots, std::chrono::millisecon
       spdlog::info("path {}: {} found as {} ({}), taken up; DNS: {}", path.name, path.interface,
                    core::to_string(path.kind), path.discovered,
                    path.dns_found.empty() ? "the system's resolvers" : path.dns_found);
+      if (auto problem = path::route_problem(path.interface); !problem.empty())
+        spdlog::warn("path {}: {}", path.name, problem);
     }
     for (const auto& u : plan.without_slot) {
       if (said_without_slot.insert(u.interface).second) {

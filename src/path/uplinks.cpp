@@ -1,5 +1,6 @@
 #include "path/uplinks.hpp"
 
+#include <arpa/inet.h>
 #include <fmt/format.h>
 #include <libmnl/libmnl.h>
 #include <linux/rtnetlink.h>
@@ -18,6 +19,7 @@
 #include <memory>
 #include <set>
 #include <tuple>
+#include <vector>
 
 #include "path/link_resolvers.hpp"
 
@@ -321,6 +323,66 @@ core::expected<std::vector<default_route>> read_default_routes() {
     if (run < 0) return core::make_error(fmt::format("rtnetlink: {}", std::strerror(errno)));
   }
   return core::make_error("rtnetlink: the route dump did not end");
+}
+
+namespace {
+
+struct route_answer {
+  bool answered = false;
+};
+
+int on_route_answer(const nlmsghdr* message, void* data) {
+  auto& answer = *static_cast<route_answer*>(data);
+  if (message->nlmsg_type != RTM_NEWROUTE || mnl_nlmsg_get_payload_len(message) < sizeof(rtmsg))
+    return MNL_CB_OK;
+  const auto& route = *static_cast<const rtmsg*>(mnl_nlmsg_get_payload(message));
+  (void)route;
+  answer.answered = true;
+  return MNL_CB_OK;
+}
+
+}  // namespace
+
+std::string route_problem(const std::string& interface) {
+  const unsigned ifindex = ::if_nametoindex(interface.c_str());
+  if (ifindex == 0) return fmt::format("{} does not exist", interface);
+  std::unique_ptr<mnl_socket, decltype(&mnl_socket_close)> socket(
+      mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC), &mnl_socket_close);
+  if (!socket || mnl_socket_bind(socket.get(), 0, MNL_SOCKET_AUTOPID) < 0)
+    return fmt::format("rtnetlink: {}", std::strerror(errno));
+  timeval timeout{1, 0};
+  ::setsockopt(mnl_socket_get_fd(socket.get()), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
+  auto* request = mnl_nlmsg_put_header(buffer.data());
+  request->nlmsg_type = RTM_GETROUTE;
+  request->nlmsg_flags = NLM_F_REQUEST;
+  const auto sequence = static_cast<unsigned>(std::time(nullptr));
+  request->nlmsg_seq = sequence;
+  auto* route = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(request, sizeof(rtmsg)));
+  route->rtm_family = AF_INET;
+  route->rtm_dst_len = 32;
+  // The routing table's entry that matches, not the route the kernel would make: with no
+  // entry it guesses "on the link" for a socket bound to a device, and answers that.
+  route->rtm_flags = RTM_F_FIB_MATCH;
+  mnl_attr_put_u32(request, RTA_DST, htonl(0xC0000201U));  // 192.0.2.1 (RFC 5737)
+  mnl_attr_put_u32(request, RTA_OIF, ifindex);
+  if (mnl_socket_sendto(socket.get(), request, request->nlmsg_len) < 0)
+    return fmt::format("rtnetlink: {}", std::strerror(errno));
+  const auto n = mnl_socket_recvfrom(socket.get(), buffer.data(), buffer.size());
+  if (n < 0) return fmt::format("rtnetlink: {}", std::strerror(errno));
+  route_answer answer;
+  const int run = mnl_cb_run(buffer.data(), static_cast<std::size_t>(n), sequence,
+                             mnl_socket_get_portid(socket.get()), on_route_answer, &answer);
+  const std::string fix = fmt::format(
+      "its default route is in a table no rule leads to for it (ip rule add oif {} lookup "
+      "TABLE)",
+      interface);
+  if (run < 0)
+    return fmt::format("no route to the Internet through {} ({}): {}", interface,
+                       std::strerror(errno), fix);
+  if (!answer.answered)
+    return fmt::format("no route to the Internet through {}: {}", interface, fix);
+  return {};
 }
 
 interface_facts read_interface_facts(const std::string& name, const std::string& sysfs) {

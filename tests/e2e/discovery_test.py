@@ -120,6 +120,7 @@ class Discovery(LabTestCase):
             self.assertEqual(checks["uplinks"]["detail"],
                              "wifi wlan0 (the name wlan0); cellular rmnet0 (the name rmnet0)")
             self.assertEqual(checks["bind to uplinks"]["result"], "ok")
+            self.assertEqual(checks["routing"]["result"], "ok")
             self.assertEqual(checks["nftables"]["result"], "ok")  # as root, Linux >= 5.12
             self.assertEqual(checks["fleetyd"]["result"], "ok")
             # The lab's resolv.conf names one server for every path: a warning with its fix.
@@ -131,6 +132,24 @@ class Discovery(LabTestCase):
         self.assertEqual(cp.returncode, 0, cp.stdout)
         self.assertRegex(cp.stdout, r"warn +fleetyd +fleetyd is not running")
         self.assertIn("fix: systemctl enable --now fleetyd", cp.stdout)
+
+    def test_doctor_names_an_uplink_whose_default_route_no_rule_leads_to(self):
+        # rmnet0's default route only in its own table, and no rule for its traffic: its
+        # sockets would have no route (the kernel's policy routing, as a real machine may).
+        self.lab._ip("cli", "route", "del", "default", "via", "198.18.2.1", "dev", "rmnet0")
+        self.lab._ip("cli", "rule", "del", "oif", "rmnet0", "lookup", "102")
+        try:
+            cp = self.lab.exec("cli", [fleety_cli(), "doctor", "--json"], capture_output=True,
+                               text=True, timeout=30)
+            self.assertEqual(cp.returncode, 1, cp.stdout)
+            checks = {c["check"]: c for c in json.loads(cp.stdout)["checks"]}
+            self.assertEqual(checks["routing"]["result"], "FAIL", checks)
+            self.assertIn("no route to the Internet through rmnet0", checks["routing"]["detail"])
+            self.assertNotIn("wlan0", checks["routing"]["detail"])
+            self.assertIn("ip rule add oif IFACE lookup TABLE", checks["routing"]["fix"])
+        finally:
+            self.lab._ip("cli", "rule", "add", "oif", "rmnet0", "lookup", "102")
+            self.plug("rmnet0")
 
     def test_a_configured_path_overrides_discovery(self):
         config = NO_PATHS + '[[path]]\nname = "only"\ninterface = "rmnet0"\nkind = "wired"\n'
