@@ -389,10 +389,17 @@ state_file read_state_file(const fs::path& path) {
     file.why = too_big();
     return file;
   }
-  // Read one byte past the cap: a file that grew since fstat is still caught.
-  std::string text(max_state_file_bytes + 1, '\0');
+  // Read up to one byte past the cap, in the file's size first (these files are a few
+  // hundred bytes): a file that grew since fstat is still caught.
+  std::string text(
+      std::min<std::size_t>(static_cast<std::size_t>(status.st_size), max_state_file_bytes) + 1,
+      '\0');
   std::size_t size = 0;
-  while (size < text.size()) {
+  for (;;) {
+    if (size == text.size()) {
+      if (text.size() > max_state_file_bytes) break;
+      text.resize(std::min(text.size() * 2, max_state_file_bytes + 1));
+    }
     const auto n = ::read(fd, text.data() + size, text.size() - size);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
