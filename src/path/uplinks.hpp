@@ -103,7 +103,8 @@ core::expected<std::vector<default_route>> read_default_routes();
 
 /// Whether traffic of a socket bound to `interface` has a route (IPv4) to the Internet: the
 /// kernel's answer to `ip route get fibmatch 192.0.2.1 oif INTERFACE` (a default route in a
-/// table no rule leads to for it is none). "" when there is one; else what is wrong and how to fix it.
+/// table no rule leads to for it is none). "" when there is one; else what is wrong and how to fix
+/// it.
 std::string route_problem(const std::string& interface);
 
 /// The facts of `name` under `sysfs` (default /sys/class/net).
