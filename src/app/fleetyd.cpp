@@ -428,25 +428,14 @@ int main(int argc, char** argv) {
   if (discovering) {
     // Zero configuration: every interface with a default route is a path (issue 19), and
     // the slots keep room for uplinks that come later (app/uplink_follower.hpp).
-    auto found = fleety::path::discover_uplinks();
+    auto found = fleety::path::discover_paths(config->discovery.root);
     if (!found) {
-      fleety_stderr() << "fleetyd: cannot list the uplinks: " << found.error() << "\n";
+      fleety_stderr() << "fleetyd: " << found.error() << "\n";
       return 1;
     }
-    auto paths = fleety::path::paths_of(*found);
-    for (auto& p : paths) {
-      p = fleety::path::with_link_resolvers(std::move(p), config->discovery.root);
-      spdlog::info("path {}: {} found as {} ({}); a [[path]] in the config overrides it", p.name,
-                   p.interface, fleety::core::to_string(p.kind), p.discovered);
-      if (auto problem = fleety::path::route_problem(p.interface); !problem.empty())
-        spdlog::warn("path {}: {}", p.name, problem);
-      if (p.dns_fallback) {
-        spdlog::warn("path {}: {}", p.name, p.dns_found);
-      } else {
-        spdlog::info("path {}: DNS {} from {}", p.name, fmt::join(p.dns_servers, ", "),
-                     p.dns_found);
-      }
-    }
+    auto paths = std::move(found).value();
+    for (const auto& p : paths)
+      fleety::app::log_discovered(p, "; a [[path]] in the config overrides it");
     if (paths.empty()) {
       spdlog::warn(
           "no uplink yet (no interface has a default route): fleetyd takes each one up as it "

@@ -154,7 +154,12 @@ int run_get(const get_args& args, bool as_json) {
   }
   if (options.config.paths.empty()) {
     // No --path and no [[path]]: the uplinks of this machine (issue 19).
-    auto found = path::discover_paths();
+    auto found = path::discover_paths(options.config.discovery.root);
+    if (found && found->empty()) {
+      found = core::make_error(
+          "no uplink: no interface has a default route (ip route show table all); connect one, "
+          "or name it in a [[path]] (name, interface, kind)");
+    }
     if (!found) {
       say(found.error() + ", or give --path IFACE");
       return 2;

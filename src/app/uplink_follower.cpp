@@ -1,5 +1,6 @@
 #include "app/uplink_follower.hpp"
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/steady_timer.hpp>
@@ -47,6 +48,19 @@ bool assign(uplink_slots& slots, std::size_t index, const core::path_config& pat
 
 }  // namespace
 
+void log_discovered(const core::path_config& path, std::string_view how) {
+  spdlog::info("path {}: {} found as {} ({}){}", path.name, path.interface,
+               core::to_string(path.kind), path.discovered, how);
+  if (path.dns_fallback) {
+    spdlog::warn("path {}: {}", path.name, path.dns_found);
+  } else {
+    spdlog::info("path {}: DNS {} from {}", path.name, fmt::join(path.dns_servers, ", "),
+                 path.dns_found);
+  }
+  if (auto problem = path::route_problem(path.interface); !problem.empty())
+    spdlog::warn("path {}: {}", path.name, problem);
+}
+
 asio::awaitable<void> follow_uplinks(uplink_slots slots, std::chrono::milliseconds period) {
   std::vector<std::string> last_interface(slots.paths.size());
   for (std::size_t i = 0; i < slots.paths.size(); ++i)
@@ -83,11 +97,7 @@ asio::awaitable<void> follow_uplinks(uplink_slots slots, std::chrono::millisecon
       if (!assign(slots, change.slot, path)) continue;
       last_interface[change.slot] = path.interface;
       said_without_slot.erase(path.interface);
-      spdlog::info("path {}: {} found as {} ({}), taken up; DNS: {}", path.name, path.interface,
-                   core::to_string(path.kind), path.discovered,
-                   path.dns_found.empty() ? "the system's resolvers" : path.dns_found);
-      if (auto problem = path::route_problem(path.interface); !problem.empty())
-        spdlog::warn("path {}: {}", path.name, problem);
+      log_discovered(path, ", taken up");
     }
     for (const auto& u : plan.without_slot) {
       if (said_without_slot.insert(u.interface).second) {

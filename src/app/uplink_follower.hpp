@@ -6,6 +6,7 @@
 // path::plan_slots', the parts that change are each component's assign call.
 
 #include <boost/asio/awaitable.hpp>
+#include <string_view>
 #include <vector>
 
 #include "core/config.hpp"
@@ -32,6 +33,11 @@ struct uplink_slots {
   dns::duplicator& duplicator;
   const path::history* history = nullptr;
 };
+
+/// Says in the log that `path` was found (`how` follows its reason: "; a [[path]] in the
+/// config overrides it", ", taken up"), with where its DNS servers came from, and what keeps its
+/// traffic from leaving through it (path::route_problem), if anything.
+void log_discovered(const core::path_config& path, std::string_view how);
 
 /// Follows the uplinks until cancelled: every `period`, the default routes are read and
 /// the slots changed to fit them; each change is logged.

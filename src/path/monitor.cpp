@@ -60,8 +60,8 @@ struct monitor::state {
     bool probing = false;
     std::uint64_t probes = 0;
     std::optional<double> signal_dbm;
-    /// The node the path last opened a watched socket to (a CDN node, a relayed flow's
-    /// server): its probes go there while it is recent.
+    /// The HTTP node the path last fetched from (watch_socket, peer_use::probe_target): its
+    /// probes go there while it is recent.
     std::optional<tcp::endpoint> node;
     clock_type::time_point node_at{};
   };
@@ -87,6 +87,20 @@ struct monitor::state {
   clock_type::time_point last_signal{};
   bool history_failed_logged = false;
   std::weak_ptr<state> self;
+
+  /// The last ten minutes' quality from the history seeds path `i` until it is measured.
+  void seed_from_history(std::size_t i, clock_type::time_point now) {
+    if (store == nullptr || paths[i].name.empty()) return;
+    if (auto known = store->latest(paths[i].name, std::chrono::minutes(10), wall_clock::now());
+        known && *known)
+      per_path[i].tracker.seed(**known, now);
+  }
+
+  /// "path wifi: up (wlan0), probes to ...": what a path is when it starts being watched.
+  void log_watched(std::size_t i, clock_type::time_point now) const {
+    spdlog::info("path {}: {} ({}), probes {}", paths[i].name, per_path[i].up ? "up" : "down",
+                 paths[i].interface, describe_probes(i, now));
+  }
 
   std::string describe_probes(std::size_t i, clock_type::time_point now) const {
     const auto choice = target_of(i, now);
@@ -330,16 +344,8 @@ void monitor::start() {
   const auto started = clock_type::now();
   for (std::size_t i = 0; i < s.paths.size(); ++i) {
     s.per_path[i].up = s.link_up(i);
-    // The last ten minutes' RTT from the history seed the path until it is measured.
-    if (s.store != nullptr) {
-      if (auto known =
-              s.store->latest(s.paths[i].name, std::chrono::minutes(10), wall_clock::now());
-          known && *known)
-        s.per_path[i].tracker.seed(**known, started);
-    }
-    if (s.paths[i].interface.empty()) continue;  // a free slot
-    spdlog::info("path {}: {} ({}), probes {}", s.paths[i].name, s.per_path[i].up ? "up" : "down",
-                 s.paths[i].interface, s.describe_probes(i, started));
+    s.seed_from_history(i, started);
+    if (!s.paths[i].interface.empty()) s.log_watched(i, started);  // (not a free slot)
   }
   s.schedule();
 }
@@ -425,19 +431,11 @@ void monitor::assign(std::size_t path, path_spec spec) {
   std::erase_if(s.sockets, [path](const auto& entry) { return entry.second.path == path; });
   s.paths[path] = std::move(spec);
   s.per_path[path] = state::path_state{};
-  if (s.store != nullptr && !s.paths[path].name.empty()) {
-    if (auto known =
-            s.store->latest(s.paths[path].name, std::chrono::minutes(10), wall_clock::now());
-        known && *known)
-      s.per_path[path].tracker.seed(**known, clock_type::now());
-  }
+  const auto now = clock_type::now();
+  s.seed_from_history(path, now);
   s.rewatch_links();
   s.per_path[path].up = s.running && s.link_up(path);
-  if (!s.paths[path].interface.empty() && s.running) {
-    spdlog::info("path {}: {} ({}), probes {}", s.paths[path].name,
-                 s.per_path[path].up ? "up" : "down", s.paths[path].interface,
-                 s.describe_probes(path, clock_type::now()));
-  }
+  if (!s.paths[path].interface.empty() && s.running) s.log_watched(path, now);
   if (s.running) s.round();
 }
 

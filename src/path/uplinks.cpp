@@ -293,51 +293,69 @@ bool file_exists(const std::filesystem::path& path) {
 
 }  // namespace
 
-core::expected<std::vector<default_route>> read_default_routes() {
-  std::unique_ptr<mnl_socket, decltype(&mnl_socket_close)> socket(
-      mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC), &mnl_socket_close);
-  if (!socket || mnl_socket_bind(socket.get(), 0, MNL_SOCKET_AUTOPID) < 0)
-    return core::make_error(fmt::format("rtnetlink: {}", std::strerror(errno)));
+namespace {
+
+std::string rtnetlink_error() {
+  return fmt::format("rtnetlink: {}", std::strerror(errno));
+}
+
+/// One RTM_GETROUTE exchange: its socket, and its request (`flags`, `family`) built in
+/// `buffer` for the caller to finish and send.
+struct route_query {
+  std::unique_ptr<mnl_socket, decltype(&mnl_socket_close)> socket{nullptr, &mnl_socket_close};
+  std::vector<char> buffer;
+  nlmsghdr* request = nullptr;
+  rtmsg* route = nullptr;
+  unsigned sequence = 0;
+};
+
+core::expected<route_query> open_route_query(std::uint16_t flags, unsigned char family) {
+  route_query q;
+  q.socket.reset(mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC));
+  if (!q.socket || mnl_socket_bind(q.socket.get(), 0, MNL_SOCKET_AUTOPID) < 0)
+    return core::make_error(rtnetlink_error());
   // The kernel answers within the send; a second is plenty, and bounds a wedged socket.
   timeval timeout{1, 0};
-  ::setsockopt(mnl_socket_get_fd(socket.get()), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  ::setsockopt(mnl_socket_get_fd(q.socket.get()), SOL_SOCKET, SO_RCVTIMEO, &timeout,
+               sizeof timeout);
   // (MNL_SOCKET_BUFFER_SIZE is the page size, or 8 KiB: a run-time value.)
-  std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
-  auto* request = mnl_nlmsg_put_header(buffer.data());
-  request->nlmsg_type = RTM_GETROUTE;
-  request->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-  const auto sequence = static_cast<unsigned>(std::time(nullptr));
-  request->nlmsg_seq = sequence;
-  auto* route = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(request, sizeof(rtmsg)));
-  route->rtm_family = AF_UNSPEC;
-  if (mnl_socket_sendto(socket.get(), request, request->nlmsg_len) < 0)
-    return core::make_error(fmt::format("rtnetlink: {}", std::strerror(errno)));
+  q.buffer.resize(MNL_SOCKET_BUFFER_SIZE);
+  q.request = mnl_nlmsg_put_header(q.buffer.data());
+  q.request->nlmsg_type = RTM_GETROUTE;
+  q.request->nlmsg_flags = flags;
+  q.sequence = static_cast<unsigned>(std::time(nullptr));
+  q.request->nlmsg_seq = q.sequence;
+  q.route = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(q.request, sizeof(rtmsg)));
+  q.route->rtm_family = family;
+  return q;
+}
+
+}  // namespace
+
+core::expected<std::vector<default_route>> read_default_routes() {
+  auto query = open_route_query(NLM_F_REQUEST | NLM_F_DUMP, AF_UNSPEC);
+  if (!query) return core::make_error(query.error());
+  auto& q = query.value();
+  if (mnl_socket_sendto(q.socket.get(), q.request, q.request->nlmsg_len) < 0)
+    return core::make_error(rtnetlink_error());
   std::vector<default_route> routes;
-  const unsigned port = mnl_socket_get_portid(socket.get());
+  const unsigned port = mnl_socket_get_portid(q.socket.get());
   for (int messages = 0; messages < 100'000; ++messages) {
-    const auto n = mnl_socket_recvfrom(socket.get(), buffer.data(), buffer.size());
-    if (n < 0) return core::make_error(fmt::format("rtnetlink: {}", std::strerror(errno)));
-    const int run =
-        mnl_cb_run(buffer.data(), static_cast<std::size_t>(n), sequence, port, on_route, &routes);
+    const auto n = mnl_socket_recvfrom(q.socket.get(), q.buffer.data(), q.buffer.size());
+    if (n < 0) return core::make_error(rtnetlink_error());
+    const int run = mnl_cb_run(q.buffer.data(), static_cast<std::size_t>(n), q.sequence, port,
+                               on_route, &routes);
     if (run == MNL_CB_STOP) return routes;
-    if (run < 0) return core::make_error(fmt::format("rtnetlink: {}", std::strerror(errno)));
+    if (run < 0) return core::make_error(rtnetlink_error());
   }
   return core::make_error("rtnetlink: the route dump did not end");
 }
 
 namespace {
 
-struct route_answer {
-  bool answered = false;
-};
-
+/// Whether the kernel answered with a route (RTM_NEWROUTE).
 int on_route_answer(const nlmsghdr* message, void* data) {
-  auto& answer = *static_cast<route_answer*>(data);
-  if (message->nlmsg_type != RTM_NEWROUTE || mnl_nlmsg_get_payload_len(message) < sizeof(rtmsg))
-    return MNL_CB_OK;
-  const auto& route = *static_cast<const rtmsg*>(mnl_nlmsg_get_payload(message));
-  (void)route;
-  answer.answered = true;
+  if (message->nlmsg_type == RTM_NEWROUTE) *static_cast<bool*>(data) = true;
   return MNL_CB_OK;
 }
 
@@ -346,33 +364,22 @@ int on_route_answer(const nlmsghdr* message, void* data) {
 std::string route_problem(const std::string& interface) {
   const unsigned ifindex = ::if_nametoindex(interface.c_str());
   if (ifindex == 0) return fmt::format("{} does not exist", interface);
-  std::unique_ptr<mnl_socket, decltype(&mnl_socket_close)> socket(
-      mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC), &mnl_socket_close);
-  if (!socket || mnl_socket_bind(socket.get(), 0, MNL_SOCKET_AUTOPID) < 0)
-    return fmt::format("rtnetlink: {}", std::strerror(errno));
-  timeval timeout{1, 0};
-  ::setsockopt(mnl_socket_get_fd(socket.get()), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
-  auto* request = mnl_nlmsg_put_header(buffer.data());
-  request->nlmsg_type = RTM_GETROUTE;
-  request->nlmsg_flags = NLM_F_REQUEST;
-  const auto sequence = static_cast<unsigned>(std::time(nullptr));
-  request->nlmsg_seq = sequence;
-  auto* route = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(request, sizeof(rtmsg)));
-  route->rtm_family = AF_INET;
-  route->rtm_dst_len = 32;
+  auto query = open_route_query(NLM_F_REQUEST, AF_INET);
+  if (!query) return query.error();
+  auto& q = query.value();
+  q.route->rtm_dst_len = 32;
   // The routing table's entry that matches, not the route the kernel would make: with no
   // entry it guesses "on the link" for a socket bound to a device, and answers that.
-  route->rtm_flags = RTM_F_FIB_MATCH;
-  mnl_attr_put_u32(request, RTA_DST, htonl(0xC0000201U));  // 192.0.2.1 (RFC 5737)
-  mnl_attr_put_u32(request, RTA_OIF, ifindex);
-  if (mnl_socket_sendto(socket.get(), request, request->nlmsg_len) < 0)
-    return fmt::format("rtnetlink: {}", std::strerror(errno));
-  const auto n = mnl_socket_recvfrom(socket.get(), buffer.data(), buffer.size());
-  if (n < 0) return fmt::format("rtnetlink: {}", std::strerror(errno));
-  route_answer answer;
-  const int run = mnl_cb_run(buffer.data(), static_cast<std::size_t>(n), sequence,
-                             mnl_socket_get_portid(socket.get()), on_route_answer, &answer);
+  q.route->rtm_flags = RTM_F_FIB_MATCH;
+  mnl_attr_put_u32(q.request, RTA_DST, htonl(0xC0000201U));  // 192.0.2.1 (RFC 5737)
+  mnl_attr_put_u32(q.request, RTA_OIF, ifindex);
+  if (mnl_socket_sendto(q.socket.get(), q.request, q.request->nlmsg_len) < 0)
+    return rtnetlink_error();
+  const auto n = mnl_socket_recvfrom(q.socket.get(), q.buffer.data(), q.buffer.size());
+  if (n < 0) return rtnetlink_error();
+  bool answered = false;
+  const int run = mnl_cb_run(q.buffer.data(), static_cast<std::size_t>(n), q.sequence,
+                             mnl_socket_get_portid(q.socket.get()), on_route_answer, &answered);
   const std::string fix = fmt::format(
       "its default route is in a table no rule leads to for it (ip rule add oif {} lookup "
       "TABLE)",
@@ -380,8 +387,7 @@ std::string route_problem(const std::string& interface) {
   if (run < 0)
     return fmt::format("no route to the Internet through {} ({}): {}", interface,
                        std::strerror(errno), fix);
-  if (!answer.answered)
-    return fmt::format("no route to the Internet through {}: {}", interface, fix);
+  if (!answered) return fmt::format("no route to the Internet through {}: {}", interface, fix);
   return {};
 }
 
@@ -413,16 +419,11 @@ core::expected<std::vector<uplink>> discover_uplinks() {
   return uplinks_from(*routes, facts);
 }
 
-core::expected<std::vector<core::path_config>> discover_paths() {
+core::expected<std::vector<core::path_config>> discover_paths(const std::string& root) {
   auto uplinks = discover_uplinks();
   if (!uplinks) return core::make_error("cannot list the uplinks: " + uplinks.error());
-  if (uplinks->empty()) {
-    return core::make_error(
-        "no uplink: no interface has a default route (ip route show table all); connect one, "
-        "or name it in a [[path]] (name, interface, kind)");
-  }
   auto paths = paths_of(*uplinks);
-  for (auto& p : paths) p = with_link_resolvers(std::move(p));
+  for (auto& p : paths) p = with_link_resolvers(std::move(p), root);
   return paths;
 }
 

@@ -115,9 +115,10 @@ interface_facts read_interface_facts(const std::string& name,
 core::expected<std::vector<uplink>> discover_uplinks();
 
 /// The uplinks of this machine as [[path]]s (paths_of, each with its reason in
-/// `discovered`, and its link's DNS servers: with_link_resolvers); an error that says
-/// what to do when there is none.
-core::expected<std::vector<core::path_config>> discover_paths();
+/// `discovered`, and its link's DNS servers under `root`: with_link_resolvers); none when
+/// no interface has a default route (the caller says what that means for it); an error
+/// when the routes cannot be read.
+core::expected<std::vector<core::path_config>> discover_paths(const std::string& root = "/");
 
 /// `path` with its interface's own DNS servers (link_resolvers.hpp: systemd-resolved,
 /// networkd, NetworkManager, DHCP leases under `root`) and `dns_found` saying where they
