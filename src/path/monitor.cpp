@@ -233,7 +233,11 @@ struct monitor::state {
     if (!me->running || me->paths[i].name != name || me->paths[i].interface != interface) co_return;
     const auto now = clock_type::now();
     p.tracker.on_probe(answered, now);
-    if (!answered || !p.tracker.on_probe_rtt(rtt, now)) co_return;
+    const bool confirm = answered && p.tracker.on_probe_rtt(rtt, now);
+    // What the status shows now, the selector acts on now: not up to a round later, when
+    // a flow placed meanwhile would go by the path's quality before this probe.
+    if (me->on_round) me->on_round(now);
+    if (!confirm || !me->running) co_return;
     // A step to confirm: at once, where probes are free; a cellular path's budget keeps its
     // interval.
     if (me->paths[i].cellular) co_return;

@@ -41,7 +41,8 @@ class monitor {
     std::optional<boost::asio::ip::tcp::endpoint> probe;
     bool probe_configured = false;
   };
-  /// After every round of measurements, and at once when a path goes up or down.
+  /// After every round of measurements, at once when a path goes up or down, and when a
+  /// probe's answer (or its loss) changed what is known of a path.
   using round_handler = std::function<void(clock_type::time_point now)>;
 
   /// `store` (may be null) must outlive the monitor.

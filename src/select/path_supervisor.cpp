@@ -118,7 +118,10 @@ void path_supervisor::on_round(path::clock_type::time_point now) {
     if (counters_.capacity_bps) view.capacity_bps = counters_.capacity_bps(i);
     views.push_back(view);
   }
-  if (++rounds_ % usage_every_rounds == 0) count_usage();
+  if (now - last_usage_ >= usage_every) {
+    last_usage_ = now;
+    count_usage();
+  }
   const auto moves = selector_round(selector_, views, flows_.flows(), budget_.capped(), now);
   for (const auto& move : moves) {
     const auto& f = flows_.flows().at(move.flow);

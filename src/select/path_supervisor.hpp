@@ -78,7 +78,9 @@ class path_supervisor {
   /// The paths' bytes since the last count, against the budget; the history flushed.
   void count_usage();
 
-  static constexpr std::uint64_t usage_every_rounds = 5;
+  /// How often the paths' bytes are counted against the budget and flushed (by time: the
+  /// monitor also calls back between its rounds, when a probe answers).
+  static constexpr auto usage_every = std::chrono::seconds(1);
 
   const core::config& config_;
   path::history* store_;  ///< not owned; may be null
@@ -90,7 +92,7 @@ class path_supervisor {
   flow_table flows_;
   cellular_budget budget_;
   path::monitor monitor_;  ///< last: its rounds use the members above
-  std::uint64_t rounds_ = 0;
+  path::clock_type::time_point last_usage_{};
   std::uint64_t flow_resets_ = 0;
 };
 
