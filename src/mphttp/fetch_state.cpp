@@ -191,15 +191,24 @@ void fetch_state::take_speculative_ranges(fetch_clock::time_point now) {
   for (std::size_t i = 1; i < work_.size(); ++i) {
     auto& w = work_[i];
     if (!w.speculative) continue;
-    const byte_range asked = *std::exchange(w.speculative, std::nullopt);
-    // The server's answer ends at the object's end at the latest.
-    const byte_range usable{asked.begin, std::min(asked.end, total_)};
+    const speculative_ask asked = *std::exchange(w.speculative, std::nullopt);
+    // The server's answer ends at the object's end at the latest; a suffix's is the
+    // object's last bytes with the overlap before them, if the object is that long (else
+    // it is the whole object).
+    const std::uint64_t overlap = limits_.scheduler.overlap_bytes;
+    const bool suffix = asked.suffix_bytes > 0;
+    const byte_range usable =
+        suffix ? (total_ >= asked.suffix_bytes + overlap
+                      ? byte_range{total_ - asked.suffix_bytes, total_}
+                      : byte_range{})
+               : byte_range{asked.range.begin, std::min(asked.range.end, total_)};
     const auto free = claims_.lowest_unclaimed(usable.begin, usable.end);
     // Wanted as it will come: from where it was asked (its overlap before it), all of it
-    // the app's and nobody else's yet, within the memory window.
+    // the app's and nobody else's yet, within the memory window (a suffix, small, may lie
+    // past it: the reorder buffer holds it until the app gets there).
     const bool wanted = begin_ == 0 && usable.end > usable.begin && usable.end <= end_ &&
-                        usable.end <= window_end() && free && free->begin == usable.begin &&
-                        free->end == usable.end;
+                        (suffix || usable.end <= window_end()) && free &&
+                        free->begin == usable.begin && free->end == usable.end;
     if (!wanted) {
       // Past the end (a 416 is on its way) or not ours: dropped with its connection.
       actions_.push_back({fetch_action::kind::abandon_spare, i});
@@ -320,11 +329,12 @@ path_command fetch_state::next_command(std::size_t index, fetch_clock::time_poin
     if (w.pipelined_on_spare) {
       // Requested on the spare while the first response streamed: the spare is the
       // path's connection now, and the response to come is on it.
+      // (Its range with it: a suffix asked before the size was known is absolute now.)
       w.pipelined_on_spare = false;
       w.spare = spare_phase::none;
       w.connection_open = true;
       w.connected = true;
-      return {kind::adopt_spare};
+      return {kind::adopt_spare, *w.pipelined, overlap_for(w.pipelined->begin)};
     }
     begin_range(w, *w.pipelined, now);
     w.pipelined.reset();
@@ -466,6 +476,12 @@ void fetch_state::on_head(std::size_t index, const response_head& head, fetch_cl
     if (w.validator.empty()) w.validator = head.validator;
     w.response_keep_alive = head.keep_alive;
     w.phase = path_phase::receiving;
+    return;
+  }
+  if (head.status == 206 && head.range && head.range->complete_length != total_) {
+    // (A suffix of another length is another part too, but the length says more.)
+    other_version("size " + std::to_string(head.range->complete_length) + ", not " +
+                  std::to_string(total_));
     return;
   }
   if (head.status == 206) {

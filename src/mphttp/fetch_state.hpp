@@ -38,6 +38,19 @@ struct fetch_limits {
   std::chrono::microseconds io_timeout{15'000'000};      ///< no byte to the app this long: fail
 };
 
+/// Issue 17, split without waiting: what a path asked for on its early connection
+/// (connected then) before the first answer came, with no If-Range.
+struct speculative_ask {
+  /// `[begin − overlap, end)` went out. Its answer is this path's first range if it lies
+  /// within what the app wants and past path 0's head; else (a 416 past the end) it is
+  /// dropped with the connection.
+  byte_range range{};
+  /// Nonzero: the object's last `suffix_bytes` went out instead (`bytes=-(suffix_bytes +
+  /// overlap)`: a first contact, its size unknown), and `range` is unused. Taken when the
+  /// object is longer than those bytes, even past the memory window: a suffix is small.
+  std::uint64_t suffix_bytes = 0;
+};
+
 /// A path as the fetch starts with it, in preference (cost) order: index 0 carries the
 /// first request.
 struct fetch_path {
@@ -45,12 +58,8 @@ struct fetch_path {
   /// A connection opened early (while the first response header is awaited) is on its
   /// way: its first range can go out without a handshake.
   bool connecting_early = false;
-  /// Issue 17, split without waiting: the range this path asked for on its early
-  /// connection (connected then) before the first answer came — `[begin − overlap, end)`
-  /// went out, no If-Range. Its answer is this path's first range if it lies within what
-  /// the app wants and past path 0's head; else (a 416 past the end) it is dropped with
-  /// the connection.
-  std::optional<byte_range> speculative{};
+  /// What this path asked for on its early connection before the first answer came.
+  std::optional<speculative_ask> speculative{};
 };
 
 /// The whole fetch.
@@ -98,7 +107,8 @@ struct path_command {
     wait,         ///< nothing now: until woken (fetch_action::wake_path) or `until`
     open_spare,   ///< start opening the spare connection in the background → on_spare
     await_spare,  ///< wait for the spare's outcome until `until` (then: failed) → on_spare
-    adopt_spare,  ///< the spare becomes the path's connection (no report)
+    adopt_spare,  ///< the spare becomes the path's connection (no report); for one that
+                  ///< asked before the first answer, `range` and `overlap` are what it asked
     connect,      ///< open the path's connection → on_connected / on_failed
     send,         ///< send the request for `range` starting `overlap` bytes early, on the
                   ///< connection, or on the spare if `on_spare` → on_sent / on_failed
@@ -238,7 +248,7 @@ struct path_work {
   unsigned refused_status = 0;
   std::optional<std::chrono::seconds> retry_after;  ///< the refusal's Retry-After
   /// Asked before the first answer (fetch_path::speculative), until that answer is known.
-  std::optional<byte_range> speculative;
+  std::optional<speculative_ask> speculative;
   /// A range whose request is already sent behind `current` (HTTP/1.1 pipelining on the
   /// same connection, or on the spare), so the path doesn't idle for an RTT.
   std::optional<byte_range> pipelined;

@@ -247,7 +247,8 @@ awaitable<void> run_path_fetcher(fetch_io& io, std::size_t index) {
       case kind::adopt_spare:
         if (spare->asked) {
           // Its range went out before the first answer: the response to read is that one.
-          last_sent = path_command{kind::send, spare->ask->range, spare->ask->overlap};
+          // (As the state took it: a suffix's absolute range.)
+          last_sent = path_command{kind::send, command.range, command.overlap};
         }
         up.adopt(spare->up);
         spare.reset();
@@ -377,7 +378,7 @@ std::vector<fetch_path> fetch_paths_of(const std::vector<fetch_route>& routes) {
     if (early) {
       const bool connected = early->result && !*early->result;
       if (early->asked && connected) {
-        p.speculative = early->ask->range;
+        p.speculative = speculative_ask{early->ask->range, early->ask->suffix_bytes};
       } else {
         p.connecting_early = !early->asked && (!early->result || connected);
       }

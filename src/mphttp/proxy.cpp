@@ -425,8 +425,8 @@ early_connections start_early(const request_context& ctx, const std::vector<path
       estimates.push_back(
           {e.rate_bytes_per_s(), request_lead_s(e.rate_bytes_per_s(), e.rtt_s(), warm)});
     }
-    ahead =
-        plan_ahead(*plan.expected_bytes, estimates, min_asked_range_bytes, min_asked_range_bytes);
+    ahead = plan_ahead(*plan.expected_bytes, estimates, min_asked_range_bytes,
+                       min_asked_range_bytes, kept_back_share);
     if (ahead.size() > 1 && std::any_of(ahead.begin() + 1, ahead.end(),
                                         [](const byte_range& r) { return r.size() > 0; })) {
       plan.head_bytes = ahead[0].size();
@@ -434,29 +434,58 @@ early_connections start_early(const request_context& ctx, const std::vector<path
       ahead.clear();
     }
   }
+  // A first contact (its size unknown) predicted to be a download: the first other path
+  // asks for the object's last bytes as soon as it is connected, so that its first byte
+  // comes with the first path's, not a round trip after it (the fetch plans the rest
+  // once the size is known). One path only: a suffix is the one range that needs no size.
+  const bool ask_suffix = connect_early && ahead.empty() &&
+                          (!plan.expected_bytes || *plan.expected_bytes > most_asked_ahead) &&
+                          !plan.head_basis->app_range && asking.size() > 1;
+  const std::uint64_t overlap_bytes = ctx.proxy.config.scheduler.overlap_bytes;
   for (std::size_t at = 1; at < asking.size(); ++at) {
     path_runtime& path = *asking[at];
     if (connect_early) {
       auto& slot = early.emplace_back(&path, std::make_shared<early_connection>(executor));
+      auto& connection = *slot.second;
       if (!ahead.empty() && ahead[at].size() > 0) {
         const auto& range = ahead[at];
-        const auto overlap =
-            std::min<std::uint64_t>(range.begin, ctx.proxy.config.scheduler.overlap_bytes);
-        slot.second->ask = early_connection::range_ask{
+        const auto overlap = std::min<std::uint64_t>(range.begin, overlap_bytes);
+        connection.ask = early_connection::range_ask{
             range_request(ctx.request, ctx.target, "", range, overlap), range, overlap};
-        // Not taken (a smaller object): its answer is read, the connection stays warm.
-        // (The session's group: it outlives every early connection of the session.)
-        slot.second->release_after_answer =
-            [weak = std::weak_ptr(slot.second), &tasks = ctx.tasks, session = ctx.session_id,
-             timeout = as_duration(ctx.proxy.config.proxy.io_timeout), name = path.config.name]() {
-              if (auto unused = weak.lock()) {
-                tasks.spawn(async_release_after_answer(unused, max_unused_answer_bytes, timeout),
-                            fmt::format("[{}] unused answer on path {}", session, name));
-              }
-            };
         spdlog::debug("[{}] path {} asks for [{}, {}) of the {} the host's last download had",
                       ctx.session_id, path.config.name, range.begin, range.end,
                       core::format_size(*plan.expected_bytes));
+      } else if (ask_suffix && at == 1) {
+        connection.ask = early_connection::range_ask{
+            suffix_range_request(ctx.request, ctx.target, suffix_ask_bytes, overlap_bytes),
+            {},
+            overlap_bytes,
+            suffix_ask_bytes};
+        spdlog::debug("[{}] path {} asks for the last {} of what looks like a download",
+                      ctx.session_id, path.config.name, core::format_size(suffix_ask_bytes));
+      }
+      if (connection.ask) {
+        // Not taken (a smaller object, not split): its answer is read, the connection
+        // stays warm. In the daemon's group, straight into the pool: the app may be gone
+        // (and its session with it) before a suffix's answer is in. (Else the session's
+        // group, which outlives every early connection of the session.)
+        connection.release_after_answer =
+            [weak = std::weak_ptr(slot.second),
+             &tasks = ctx.proxy.background ? *ctx.proxy.background : ctx.tasks,
+             pool = ctx.proxy.background ? ctx.proxy.pool : nullptr, &path, target = ctx.target,
+             user = ctx.connector.user(), session = ctx.session_id,
+             timeout = as_duration(ctx.proxy.config.proxy.io_timeout)]() {
+              auto unused = weak.lock();
+              if (!unused) return;
+              if (pool) {
+                unused->release_unused = [pool, &path, target, user](upstream& up) {
+                  pool->park(pool_key_of(path, target, /*to_destination=*/false, user), up,
+                             clock_type::now());
+                };
+              }
+              tasks.spawn(async_release_after_answer(unused, max_unused_answer_bytes, timeout),
+                          fmt::format("[{}] unused answer on path {}", session, path.config.name));
+            };
       }
       ctx.tasks.spawn(
           async_connect_early(slot.second, path, ctx.target, ctx.connector,

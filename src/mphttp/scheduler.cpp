@@ -163,7 +163,8 @@ std::uint64_t split_pays_bytes(std::span<const path_estimate> paths, double marg
 
 std::vector<byte_range> plan_ahead(std::uint64_t expected_bytes,
                                    std::span<const path_estimate> paths,
-                                   std::uint64_t min_first_bytes, std::uint64_t min_part_bytes) {
+                                   std::uint64_t min_first_bytes, std::uint64_t min_part_bytes,
+                                   double kept_back) {
   std::vector<byte_range> out(paths.size());
   if (paths.empty() || expected_bytes == 0) return out;
   const auto plan = split_equal_completion(expected_bytes, paths);
@@ -185,10 +186,25 @@ std::vector<byte_range> plan_ahead(std::uint64_t expected_bytes,
       share[i] = 0;
     }
   }
+  // What a path keeps back of its region: none when that is too small for a request of
+  // its own (a short object: its estimate's error is as small).
+  const double fraction = std::clamp(kept_back, 0.0, 1.0);
+  auto part_of = [fraction, min_part_bytes](std::uint64_t region) {
+    const auto back =
+        static_cast<std::uint64_t>(std::floor(fraction * static_cast<double>(region)));
+    return back < min_part_bytes ? region : region - back;
+  };
   std::uint64_t at = 0;
   for (std::size_t i = 0; i < share.size(); ++i) {
-    out[i] = {at, at + share[i]};
-    at += share[i];
+    const std::uint64_t end = at + share[i];
+    if (i == 0) {
+      out[i] = {0, std::min(end, std::max(part_of(share[i]), min_first_bytes))};
+    } else if (const auto part = part_of(share[i]); part >= min_part_bytes) {
+      out[i] = {end - part, end};
+    } else {
+      out[i] = {end, end};
+    }
+    at = end;
   }
   return out;
 }

@@ -72,11 +72,18 @@ std::uint64_t split_pays_bytes(std::span<const path_estimate> paths, double marg
 
 /// Issue 17, split without waiting: the parts of an object expected to be about
 /// `expected_bytes` long that each path asks for at once, before the first answer says
-/// the size — consecutive ranges from 0 by equal completion (path 0's first; a path the
-/// plan leaves out gets an empty range). Path 0's part is at least `min_first_bytes`;
-/// a part below `min_part_bytes` is not worth a request and goes to the path before it.
+/// the size. The object is shared by equal completion in consecutive regions from 0
+/// (path 0's first; a path the plan leaves out gets an empty range). A path asks for its
+/// region but the fraction `kept_back` of it (none if that is below `min_part_bytes`):
+/// path 0 its front, every other path its back. The bytes between are claimed as the
+/// fetch goes, at the rates it measures then, so that an estimate some percent off (a
+/// cold connection's slow start, a shaper's burst) leaves no path idle at the end. Path
+/// 0's part is at least `min_first_bytes`; a region below `min_part_bytes` is not worth a
+/// request and goes to the path before it; a part below it is not asked for (the path
+/// waits for the size).
 std::vector<byte_range> plan_ahead(std::uint64_t expected_bytes,
                                    std::span<const path_estimate> paths,
-                                   std::uint64_t min_first_bytes, std::uint64_t min_part_bytes);
+                                   std::uint64_t min_first_bytes, std::uint64_t min_part_bytes,
+                                   double kept_back);
 
 }  // namespace fleety::mphttp

@@ -178,6 +178,16 @@ http::request<http::empty_body> range_request(const request_header& app_request,
   return request;
 }
 
+http::request<http::empty_body> suffix_range_request(const request_header& app_request,
+                                                     const proxy_target& target,
+                                                     std::uint64_t suffix_bytes,
+                                                     std::uint64_t overlap) {
+  auto request = upstream_request(app_request, target);
+  request.set(http::field::range, fmt::format("bytes=-{}", suffix_bytes + overlap));
+  request.erase(http::field::if_range);
+  return request;
+}
+
 awaitable<error_code> async_request_range(upstream& up, const request_header& app_request,
                                           const proxy_target& target, const std::string& validator,
                                           byte_range range, std::uint64_t overlap,

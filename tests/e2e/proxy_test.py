@@ -353,6 +353,39 @@ class SegmentsInLab(LabTestCase):
         # The next segment's cellular part was asked before its answer, not after.
         self.assertRegex(log, r"\[4\] path cell asks for")
 
+    def test_a_first_contact_named_like_a_download_asks_cellular_for_its_end_at_once(self):
+        """Issue 17: a fresh fleetyd, a URL that names a download (/10MB.zip): cellular
+        asks for the object's last bytes (`bytes=-N`) as soon as it is connected, before
+        anyone knows the size, and goes on from there; the body is exact. A small object
+        under such a name (100 kB) costs cellular at most that suffix, and its connection
+        stays warm for the next request."""
+        config = minimal_config() + '\n[scheduler]\nmode = "aggregate"\n'
+        ensure_object("10MB")
+        ensure_object("100KB")
+        cell_log = Path(self.lab.info()["state_dir"]) / "nginx-cell.access.log"
+        start = cell_log.stat().st_size if cell_log.exists() else 0
+        with Fleetyd(self.lab, config_text=config, log_level="debug") as daemon:
+            t = curl(self.lab, f"{CDN_URL}/100KB.zip", proxy=daemon.proxy_url, timeout=60)
+            self.assertEqual(t.exit_code, 0, t.stderr)
+            self.assertEqual(t.sha256, object_sha256("100KB"))
+            self.assertLess(t.iface_rx["rmnet0"], 192 * 1024 + 64 + 20_000, t.iface_rx)
+
+            t = curl(self.lab, f"{CDN_URL}/10MB.zip", proxy=daemon.proxy_url, timeout=60)
+            self.assertEqual(t.exit_code, 0, t.stderr)
+            self.assertEqual(t.sha256, object_sha256("10MB"))
+            summary = multipath_summaries(daemon.log())[-1]
+            self.assertGreater(summary["cell"]["bytes"], 2_000_000, summary)
+            self.assertRegex(daemon.log(), r"\[2\] path cell asks for the last 192.0 KiB")
+        lines = cell_log.read_text()[start:].splitlines()
+        small = [line for line in lines if "/100KB.zip" in line]
+        self.assertEqual(len(small), 1, lines)
+        self.assertIn('range="bytes=-196672" 206', small[0])
+        big = [line for line in lines if "/10MB.zip" in line]
+        self.assertTrue(big and 'range="bytes=-196672" 206' in big[0], lines)
+        conn = lambda line: re.search(r"conn=(\d+)", line)[1]  # noqa: E731
+        self.assertEqual(conn(big[0]), conn(small[0]),
+                         "the connection that brought the unused suffix was not kept warm")
+
     def test_a_restarted_fleetyd_still_knows_the_host_and_the_paths_rates(self):
         """Issue 17: what a download taught (the host serves 10 MB objects, each path's
         rate; Wi-Fi 50 Mbit/s here) is in the history: a fleetyd started again on it asks cellular for its part

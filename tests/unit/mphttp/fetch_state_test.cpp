@@ -945,7 +945,7 @@ TEST(FetchStateTransitions, RangeAskedBeforeTheAnswerIsThatPathsFirstRange) {
   // cellular's, read on its early connection; the rest is scheduled as usual.
   path_estimator wifi(20'000'000, 50ms), cell(20'000'000, 50ms);
   const auto t0 = fetch_clock::time_point{} + 10s;
-  fetch_path asked{&cell, false, byte_range{1'200'000, 2 * MB}};
+  fetch_path asked{&cell, false, speculative_ask{byte_range{1'200'000, 2 * MB}}};
   fetch_state s(default_limits(), {{&wifi, false}, asked}, t0);
   EXPECT_EQ(s.path(1).spare, spare_phase::ready);
   s.on_first_response({true, 3 * MB, 0, 3 * MB, 1'200'000}, t0 + 50ms);
@@ -964,7 +964,8 @@ TEST(FetchStateTransitions, RangeAskedBeforeTheAnswerShortenedByTheObjectsEnd) {
   // The object is 1.5 MB: the server answers the asked range up to its end.
   path_estimator wifi(20'000'000, 50ms), cell(20'000'000, 50ms);
   const auto t0 = fetch_clock::time_point{} + 10s;
-  fetch_state s(default_limits(), {{&wifi, false}, {&cell, false, byte_range{1'200'000, 2 * MB}}},
+  fetch_state s(default_limits(),
+                {{&wifi, false}, {&cell, false, speculative_ask{byte_range{1'200'000, 2 * MB}}}},
                 t0);
   s.on_first_response({true, 1'500'000, 0, 1'500'000, 1'200'000}, t0 + 50ms);
   EXPECT_EQ(s.next_command(1, t0 + 50ms).what, path_command::kind::adopt_spare);
@@ -979,7 +980,8 @@ TEST(FetchStateTransitions, RangeAskedPastTheEndIsDroppedWithItsConnection) {
   // connection is dropped (never reused with that answer pending), nothing else is lost.
   path_estimator wifi(20'000'000, 50ms), cell(20'000'000, 50ms);
   const auto t0 = fetch_clock::time_point{} + 10s;
-  fetch_state s(default_limits(), {{&wifi, false}, {&cell, false, byte_range{1'200'000, 2 * MB}}},
+  fetch_state s(default_limits(),
+                {{&wifi, false}, {&cell, false, speculative_ask{byte_range{1'200'000, 2 * MB}}}},
                 t0);
   s.on_first_response({true, 1'150'000, 0, 1'150'000, 1'000'000}, t0 + 50ms);
   const auto actions = s.take_actions();
@@ -988,6 +990,77 @@ TEST(FetchStateTransitions, RangeAskedPastTheEndIsDroppedWithItsConnection) {
   }));
   EXPECT_EQ(s.path(1).spare, spare_phase::none);
   EXPECT_EQ(s.path(1).planned, 0u);
+}
+
+TEST(FetchStateTransitions, SuffixAskedBeforeTheSizeIsThatPathsFirstRange) {
+  // A first contact named like a download: cellular asked for the last 192 KiB (and the
+  // 64-byte overlap before them) as it connected; the size comes with Wi-Fi's head: the
+  // suffix is [10 MB − 192 KiB, 10 MB), read on its early connection, and cellular goes
+  // on claiming below it.
+  path_estimator wifi(20'000'000, 50ms), cell(20'000'000, 50ms);
+  const auto t0 = fetch_clock::time_point{} + 10s;
+  const std::uint64_t suffix = 192 * 1024;
+  fetch_state s(default_limits(), {{&wifi, false}, {&cell, false, speculative_ask{{}, suffix}}},
+                t0);
+  s.on_first_response({true, 10 * MB, 0, 10 * MB, 256 * 1024}, t0 + 50ms);
+  EXPECT_EQ(s.path(1).planned, suffix);
+  const auto adopt = s.next_command(1, t0 + 50ms);
+  EXPECT_EQ(adopt.what, path_command::kind::adopt_spare);
+  EXPECT_EQ(adopt.range, (byte_range{10 * MB - suffix, 10 * MB}));  // as the fetcher checks it
+  EXPECT_EQ(adopt.overlap, 64u);
+  EXPECT_EQ(s.next_command(1, t0 + 50ms).what, path_command::kind::read_head);
+  s.on_head(1, {206, content_range{10 * MB - suffix - 64, 10 * MB - 1, 10 * MB}}, t0 + 60ms);
+  EXPECT_EQ(s.path(1).phase, path_phase::receiving);
+  // Its next range lies right below it (from the back of the window: Wi-Fi works from
+  // the front).
+  const auto next = s.next_command(1, t0 + 60ms);
+  ASSERT_EQ(next.what, path_command::kind::send);
+  EXPECT_EQ(next.range.end, 10 * MB - suffix);
+}
+
+TEST(FetchStateTransitions, SuffixPastTheMemoryWindowIsKept) {
+  // 100 MB with a 32 MiB window: the suffix, small, is held until the app gets there.
+  path_estimator wifi(20'000'000, 50ms), cell(20'000'000, 50ms);
+  const auto t0 = fetch_clock::time_point{} + 10s;
+  fetch_state s(default_limits(), {{&wifi, false}, {&cell, false, speculative_ask{{}, 192 * 1024}}},
+                t0);
+  s.on_first_response({true, 100 * MB, 0, 100 * MB, 256 * 1024}, t0 + 50ms);
+  EXPECT_EQ(s.path(1).planned, 192u * 1024);
+  EXPECT_EQ(s.next_command(1, t0 + 50ms).range, (byte_range{100 * MB - 192 * 1024, 100 * MB}));
+}
+
+TEST(FetchStateTransitions, SuffixOfASmallObjectIsDroppedWithItsConnection) {
+  // The object is 200 kB: the answer to the suffix is the whole object, nobody's range.
+  path_estimator wifi(20'000'000, 50ms), cell(20'000'000, 50ms);
+  const auto t0 = fetch_clock::time_point{} + 10s;
+  fetch_state s(default_limits(), {{&wifi, false}, {&cell, false, speculative_ask{{}, 192 * 1024}}},
+                t0);
+  s.on_first_response({true, 200'000, 0, 200'000, 100'000}, t0 + 50ms);
+  const auto actions = s.take_actions();
+  EXPECT_TRUE(std::any_of(actions.begin(), actions.end(), [](const fetch_action& a) {
+    return a.what == fetch_action::kind::abandon_spare && a.path == 1;
+  }));
+  EXPECT_EQ(s.path(1).planned, 0u);
+}
+
+TEST(FetchStateTransitions, SuffixOfAnotherLengthIsAnotherVersion) {
+  // Cellular's node has another object under the name (its suffix ends elsewhere): two
+  // versions, the path is out; Wi-Fi's bytes go on to the app.
+  path_estimator wifi(20'000'000, 50ms), cell(20'000'000, 50ms);
+  const auto t0 = fetch_clock::time_point{} + 10s;
+  const std::uint64_t suffix = 192 * 1024;
+  fetch_state s(default_limits(), {{&wifi, false}, {&cell, false, speculative_ask{{}, suffix}}},
+                t0);
+  s.on_first_response({true, 10 * MB, 0, 10 * MB, 256 * 1024}, t0 + 50ms);
+  (void)s.next_command(1, t0 + 50ms);
+  (void)s.next_command(1, t0 + 50ms);
+  s.on_head(1, {206, content_range{9 * MB - suffix - 64, 9 * MB - 1, 9 * MB}}, t0 + 60ms);
+  EXPECT_EQ(s.path(1).phase, path_phase::failed);
+  const auto notes = s.take_notes();
+  EXPECT_TRUE(std::any_of(notes.begin(), notes.end(), [](const fetch_note& n) {
+    return n.what == fetch_note::kind::other_version && n.path == 1;
+  }));
+  EXPECT_EQ(s.path(0).phase, path_phase::awaiting_head);
 }
 
 TEST(FetchStateTransitions, RangeAnsweredWithTheWrongPartFailsThePath) {

@@ -146,7 +146,7 @@ TEST(PlanAhead, ExpectedObjectSplitByEqualCompletionInConsecutiveRanges) {
   // 2 MB expected, both 2.5 MB/s; Wi-Fi's first byte in one RTT (50 ms), cellular's in
   // two (it connects): T = (2e6 + 2.5e6·0.05 + 2.5e6·0.1) / 5e6 = 0.475 s.
   const std::vector<path_estimate> paths{{2.5e6, 0.05}, {2.5e6, 0.10}};
-  const auto ranges = plan_ahead(2'000'000, paths, 64 * 1024, 64 * 1024);
+  const auto ranges = plan_ahead(2'000'000, paths, 64 * 1024, 64 * 1024, 0.0);
   ASSERT_EQ(ranges.size(), 2u);
   EXPECT_EQ(ranges[0].begin, 0u);
   EXPECT_NEAR(static_cast<double>(ranges[0].size()), 2.5e6 * (0.475 - 0.05), 2);
@@ -154,10 +154,33 @@ TEST(PlanAhead, ExpectedObjectSplitByEqualCompletionInConsecutiveRanges) {
   EXPECT_EQ(ranges[1].end, 2'000'000u);
 }
 
+TEST(PlanAhead, EachPathKeepsBackPartOfItsRegionForLater) {
+  // 10 MB at 50/20 Mbit/s (6.25 / 2.5 MB/s), both first bytes in 50 ms: regions
+  // [0, 7.14 MB) and [7.14 MB, 10 MB). A tenth kept back: Wi-Fi asks for its region's
+  // front, cellular for its back; the 1 MB between waits for the rates measured meanwhile.
+  const std::vector<path_estimate> paths{{6.25e6, 0.05}, {2.5e6, 0.05}};
+  const auto ranges = plan_ahead(10'000'000, paths, 64 * 1024, 64 * 1024, 0.1);
+  const double wifi_region = 10e6 * 6.25 / 8.75;
+  EXPECT_EQ(ranges[0].begin, 0u);
+  EXPECT_NEAR(static_cast<double>(ranges[0].end), 0.9 * wifi_region, 2);
+  EXPECT_EQ(ranges[1].end, 10'000'000u);
+  EXPECT_NEAR(static_cast<double>(ranges[1].size()), 0.9 * (10e6 - wifi_region), 2);
+  EXPECT_NEAR(static_cast<double>(ranges[1].begin - ranges[0].end), 0.1 * 10e6, 4);
+}
+
+TEST(PlanAhead, ShortObjectKeepsNothingBack) {
+  // 1 MB at 20/20 Mbit/s: a tenth of a 500 kB region is below the least request; each
+  // path asks for its whole region, consecutive (its estimate's error is that small).
+  const std::vector<path_estimate> paths{{2.5e6, 0.05}, {2.5e6, 0.05}};
+  const auto ranges = plan_ahead(1'000'000, paths, 64 * 1024, 64 * 1024, 0.1);
+  EXPECT_EQ(ranges[0], (byte_range{0, 500'000}));
+  EXPECT_EQ(ranges[1], (byte_range{500'000, 1'000'000}));
+}
+
 TEST(PlanAhead, FirstPathGetsAtLeastItsMinimum) {
   // A fast second path would take nearly everything: the head keeps 256 KiB.
   const std::vector<path_estimate> paths{{0.1e6, 0.05}, {10e6, 0.02}};
-  const auto ranges = plan_ahead(1'000'000, paths, 256 * 1024, 64 * 1024);
+  const auto ranges = plan_ahead(1'000'000, paths, 256 * 1024, 64 * 1024, 0.0);
   EXPECT_EQ(ranges[0].size(), 256u * 1024);
   EXPECT_EQ(ranges[1], (byte_range{256 * 1024, 1'000'000}));
 }
@@ -166,14 +189,14 @@ TEST(PlanAhead, PartTooSmallForItsRequestStaysWithTheFirstPath) {
   // 300 kB on fast Wi-Fi: cellular's equal-completion part (T = 48 ms: 20 kB) is not
   // worth a request of its own.
   const std::vector<path_estimate> paths{{10e6, 0.02}, {2.5e6, 0.04}};
-  const auto ranges = plan_ahead(300'000, paths, 64 * 1024, 64 * 1024);
+  const auto ranges = plan_ahead(300'000, paths, 64 * 1024, 64 * 1024, 0.0);
   EXPECT_EQ(ranges[0], (byte_range{0, 300'000}));
   EXPECT_EQ(ranges[1].size(), 0u);
 }
 
 TEST(PlanAhead, SlowPathThatWouldFinishLaterGetsNothing) {
   const std::vector<path_estimate> paths{{10e6, 0.02}, {0.01e6, 2.0}};
-  const auto ranges = plan_ahead(2'000'000, paths, 64 * 1024, 64 * 1024);
+  const auto ranges = plan_ahead(2'000'000, paths, 64 * 1024, 64 * 1024, 0.0);
   EXPECT_EQ(ranges[0].size(), 2'000'000u);
   EXPECT_EQ(ranges[1].size(), 0u);
 }
