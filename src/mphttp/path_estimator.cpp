@@ -1,5 +1,8 @@
 #include "mphttp/path_estimator.hpp"
 
+#include <algorithm>
+#include <iterator>
+
 namespace fleety::mphttp {
 namespace {
 // Weight of a new sample. High on purpose: paths change quickly on a phone, and
@@ -47,6 +50,20 @@ std::optional<double> windowed_rate::rate(double now_s) const {
   const auto& base = samples_.front();
   const double span = now_s - base.first;
   if (span < min_span_s_ - 1e-9) return std::nullopt;
+  return static_cast<double>(samples_.back().second - base.second) / span;
+}
+
+std::optional<double> windowed_rate::recent_rate(double now_s, double span_s) const {
+  if (samples_.size() < 2 || span_s <= 0) return std::nullopt;
+  const double since = now_s - span_s;
+  if (samples_.front().first > since + 1e-9) return std::nullopt;  // a younger streak
+  // The last sample at or before `since`: the base of the measurement.
+  auto after = std::upper_bound(
+      samples_.begin(), samples_.end(), since,
+      [](double t, const std::pair<double, std::uint64_t>& sample) { return t < sample.first; });
+  const auto& base = *std::prev(after);
+  const double span = now_s - base.first;
+  if (span <= 0) return std::nullopt;
   return static_cast<double>(samples_.back().second - base.second) / span;
 }
 

@@ -57,6 +57,10 @@ class windowed_rate {
   /// Bytes/s over the window, once the streak spans `min_span_s`. Measured up to `now_s`,
   /// so a path that stops bringing bytes shows a falling rate.
   std::optional<double> rate(double now_s) const;
+  /// Bytes/s over the last `span_s` only (from the sample at or before its start), once the
+  /// streak is that old: how fast the bytes come now, where the window's rate still
+  /// averages in a slower start.
+  std::optional<double> recent_rate(double now_s, double span_s) const;
 
   static constexpr std::size_t max_samples = 4096;
 

@@ -62,6 +62,20 @@ TEST(WindowedRate, OnlyTheLastWindowCounts) {
   EXPECT_NEAR(*meter.rate(3.0), 100'000, 1e-6);
 }
 
+TEST(WindowedRate, RecentRateSeesASpeedUpTheWindowAveragesAway) {
+  // Slow start: 1 s at 1 MB/s, then 0.1 s at 4 MB/s. Over the window, 1.3 MB/s; over the
+  // last 0.1 s, 4 MB/s (what the next request's lead must be sized for).
+  windowed_rate meter(1.0, 0.2);
+  meter.start(0.0);
+  for (int i = 1; i <= 10; ++i) meter.add(0.1 * i, 100'000);
+  EXPECT_FALSE(meter.recent_rate(0.05, 0.1));  // the streak is younger than the span
+  for (int i = 1; i <= 4; ++i) meter.add(1.0 + 0.025 * i, 100'000);
+  EXPECT_NEAR(*meter.rate(1.1), 1.3e6, 1);
+  EXPECT_NEAR(*meter.recent_rate(1.1, 0.1), 4e6, 1);
+  // From the sample at or before the span's start.
+  EXPECT_NEAR(*meter.recent_rate(1.1, 0.15), 500'000.0 / 0.2, 1);
+}
+
 TEST(WindowedRate, SilenceLowersTheRateAndStopEndsTheStreak) {
   windowed_rate meter(1.0, 0.2);
   meter.start(0.0);
