@@ -387,11 +387,15 @@ std::optional<path_command> fetch_state::maybe_pipeline(std::size_t index,
   // path's rate ahead: a long range on a slow path — the head range — must not be
   // pipelined seconds early, since a path with a pipelined request is not cut short, and
   // other paths may need its tail).
-  // At the rate of its last round trips if that is more: a new connection's slow start, or
-  // a shaper's burst, brings the range's end sooner than the last second's rate says.
+  // At the rate of its last round trips if that is more, while there are bytes to claim: a
+  // new connection's slow start, or a shaper's burst, brings the range's end sooner than
+  // the last second's rate says. (Not when all is claimed: then the next range would be
+  // another path's tail, taken over no sooner than it must be.)
   const double rtt_s = w.estimator->rtt_s();
-  const double rate =
-      std::max(w.live_rate(now), w.meter.recent_rate(seconds_of(now), 2 * rtt_s).value_or(0.0));
+  const double recent = claims_.unclaimed_bytes() > 0
+                            ? w.meter.recent_rate(seconds_of(now), 2 * rtt_s).value_or(0.0)
+                            : 0.0;
+  const double rate = std::max(w.live_rate(now), recent);
   const double rtt_bytes = rate * rtt_s;
   const double range_time_bytes = rate * w.range_time_s(limits_.scheduler.range_time);
   const double lead_bytes =

@@ -323,6 +323,11 @@ class SegmentsInLab(LabTestCase):
     def set_up_lab(cls):
         cls.lab.up(wifi="20mbit/25ms", cell="20mbit/25ms")
 
+    def cell_access_log(self) -> tuple[Path, int]:
+        """The cellular CDN node's access log, and where the lines from now on start."""
+        cell_log = Path(self.lab.info()["state_dir"]) / "nginx-cell.access.log"
+        return cell_log, cell_log.stat().st_size if cell_log.exists() else 0
+
     def test_segments_are_split_from_their_first_round_trip(self):
         """Issue 17: a player's next segment (the host's last download had 2 MB) is split
         before its answer is known: cellular asks for its part at once, on its warm
@@ -332,8 +337,7 @@ class SegmentsInLab(LabTestCase):
         config = minimal_config() + '\n[scheduler]\nmode = "aggregate"\n'
         ensure_object("2MB")
         ensure_object("100KB")
-        cell_log = Path(self.lab.info()["state_dir"]) / "nginx-cell.access.log"
-        start = cell_log.stat().st_size if cell_log.exists() else 0
+        cell_log, start = self.cell_access_log()
         with Fleetyd(self.lab, config_text=config, log_level="debug") as daemon:
             for i, obj in enumerate(["2MB", "2MB", "100KB", "2MB"]):
                 t = curl(self.lab, f"{CDN_URL}/{obj}?seg={i}", proxy=daemon.proxy_url, timeout=60)
@@ -362,8 +366,7 @@ class SegmentsInLab(LabTestCase):
         config = minimal_config() + '\n[scheduler]\nmode = "aggregate"\n'
         ensure_object("10MB")
         ensure_object("100KB")
-        cell_log = Path(self.lab.info()["state_dir"]) / "nginx-cell.access.log"
-        start = cell_log.stat().st_size if cell_log.exists() else 0
+        cell_log, start = self.cell_access_log()
         with Fleetyd(self.lab, config_text=config, log_level="debug") as daemon:
             t = curl(self.lab, f"{CDN_URL}/100KB.zip", proxy=daemon.proxy_url, timeout=60)
             self.assertEqual(t.exit_code, 0, t.stderr)

@@ -992,50 +992,56 @@ TEST(FetchStateTransitions, RangeAskedPastTheEndIsDroppedWithItsConnection) {
   EXPECT_EQ(s.path(1).planned, 0u);
 }
 
+constexpr std::uint64_t suffix_asked = 192 * 1024;
+
+/// A fetch whose cellular path asked for the object's last 192 KiB (and the 64-byte
+/// overlap before them) as it connected, before anyone knew the size: the first answer,
+/// at `answered`, says `total` (Wi-Fi's head: 256 KiB, or half a smaller object).
+fetch_state fetch_with_suffix_asked(path_estimator& wifi, path_estimator& cell, std::uint64_t total,
+                                    fetch_clock::time_point answered) {
+  fetch_state s(default_limits(),
+                {{&wifi, false}, {&cell, false, speculative_ask{{}, suffix_asked}}},
+                answered - 50ms);
+  s.on_first_response({true, total, 0, total, std::min<std::uint64_t>(total / 2, 256 * 1024)},
+                      answered);
+  return s;
+}
+
 TEST(FetchStateTransitions, SuffixAskedBeforeTheSizeIsThatPathsFirstRange) {
-  // A first contact named like a download: cellular asked for the last 192 KiB (and the
-  // 64-byte overlap before them) as it connected; the size comes with Wi-Fi's head: the
-  // suffix is [10 MB − 192 KiB, 10 MB), read on its early connection, and cellular goes
-  // on claiming below it.
+  // A first contact named like a download: the suffix is [10 MB − 192 KiB, 10 MB), read
+  // on its early connection, and cellular goes on claiming below it.
   path_estimator wifi(20'000'000, 50ms), cell(20'000'000, 50ms);
   const auto t0 = fetch_clock::time_point{} + 10s;
-  const std::uint64_t suffix = 192 * 1024;
-  fetch_state s(default_limits(), {{&wifi, false}, {&cell, false, speculative_ask{{}, suffix}}},
-                t0);
-  s.on_first_response({true, 10 * MB, 0, 10 * MB, 256 * 1024}, t0 + 50ms);
-  EXPECT_EQ(s.path(1).planned, suffix);
-  const auto adopt = s.next_command(1, t0 + 50ms);
+  auto s = fetch_with_suffix_asked(wifi, cell, 10 * MB, t0);
+  EXPECT_EQ(s.path(1).planned, suffix_asked);
+  const auto adopt = s.next_command(1, t0);
   EXPECT_EQ(adopt.what, path_command::kind::adopt_spare);
-  EXPECT_EQ(adopt.range, (byte_range{10 * MB - suffix, 10 * MB}));  // as the fetcher checks it
+  // (As the fetcher checks its answer.)
+  EXPECT_EQ(adopt.range, (byte_range{10 * MB - suffix_asked, 10 * MB}));
   EXPECT_EQ(adopt.overlap, 64u);
-  EXPECT_EQ(s.next_command(1, t0 + 50ms).what, path_command::kind::read_head);
-  s.on_head(1, {206, content_range{10 * MB - suffix - 64, 10 * MB - 1, 10 * MB}}, t0 + 60ms);
+  EXPECT_EQ(s.next_command(1, t0).what, path_command::kind::read_head);
+  s.on_head(1, {206, content_range{10 * MB - suffix_asked - 64, 10 * MB - 1, 10 * MB}}, t0 + 10ms);
   EXPECT_EQ(s.path(1).phase, path_phase::receiving);
   // Its next range lies right below it (from the back of the window: Wi-Fi works from
   // the front).
-  const auto next = s.next_command(1, t0 + 60ms);
+  const auto next = s.next_command(1, t0 + 10ms);
   ASSERT_EQ(next.what, path_command::kind::send);
-  EXPECT_EQ(next.range.end, 10 * MB - suffix);
+  EXPECT_EQ(next.range.end, 10 * MB - suffix_asked);
 }
 
 TEST(FetchStateTransitions, SuffixPastTheMemoryWindowIsKept) {
   // 100 MB with a 32 MiB window: the suffix, small, is held until the app gets there.
   path_estimator wifi(20'000'000, 50ms), cell(20'000'000, 50ms);
   const auto t0 = fetch_clock::time_point{} + 10s;
-  fetch_state s(default_limits(), {{&wifi, false}, {&cell, false, speculative_ask{{}, 192 * 1024}}},
-                t0);
-  s.on_first_response({true, 100 * MB, 0, 100 * MB, 256 * 1024}, t0 + 50ms);
-  EXPECT_EQ(s.path(1).planned, 192u * 1024);
-  EXPECT_EQ(s.next_command(1, t0 + 50ms).range, (byte_range{100 * MB - 192 * 1024, 100 * MB}));
+  auto s = fetch_with_suffix_asked(wifi, cell, 100 * MB, t0);
+  EXPECT_EQ(s.path(1).planned, suffix_asked);
+  EXPECT_EQ(s.next_command(1, t0).range, (byte_range{100 * MB - suffix_asked, 100 * MB}));
 }
 
 TEST(FetchStateTransitions, SuffixOfASmallObjectIsDroppedWithItsConnection) {
   // The object is 200 kB: the answer to the suffix is the whole object, nobody's range.
   path_estimator wifi(20'000'000, 50ms), cell(20'000'000, 50ms);
-  const auto t0 = fetch_clock::time_point{} + 10s;
-  fetch_state s(default_limits(), {{&wifi, false}, {&cell, false, speculative_ask{{}, 192 * 1024}}},
-                t0);
-  s.on_first_response({true, 200'000, 0, 200'000, 100'000}, t0 + 50ms);
+  auto s = fetch_with_suffix_asked(wifi, cell, 200'000, fetch_clock::time_point{} + 10s);
   const auto actions = s.take_actions();
   EXPECT_TRUE(std::any_of(actions.begin(), actions.end(), [](const fetch_action& a) {
     return a.what == fetch_action::kind::abandon_spare && a.path == 1;
@@ -1048,13 +1054,10 @@ TEST(FetchStateTransitions, SuffixOfAnotherLengthIsAnotherVersion) {
   // versions, the path is out; Wi-Fi's bytes go on to the app.
   path_estimator wifi(20'000'000, 50ms), cell(20'000'000, 50ms);
   const auto t0 = fetch_clock::time_point{} + 10s;
-  const std::uint64_t suffix = 192 * 1024;
-  fetch_state s(default_limits(), {{&wifi, false}, {&cell, false, speculative_ask{{}, suffix}}},
-                t0);
-  s.on_first_response({true, 10 * MB, 0, 10 * MB, 256 * 1024}, t0 + 50ms);
-  (void)s.next_command(1, t0 + 50ms);
-  (void)s.next_command(1, t0 + 50ms);
-  s.on_head(1, {206, content_range{9 * MB - suffix - 64, 9 * MB - 1, 9 * MB}}, t0 + 60ms);
+  auto s = fetch_with_suffix_asked(wifi, cell, 10 * MB, t0);
+  (void)s.next_command(1, t0);
+  (void)s.next_command(1, t0);
+  s.on_head(1, {206, content_range{9 * MB - suffix_asked - 64, 9 * MB - 1, 9 * MB}}, t0 + 10ms);
   EXPECT_EQ(s.path(1).phase, path_phase::failed);
   const auto notes = s.take_notes();
   EXPECT_TRUE(std::any_of(notes.begin(), notes.end(), [](const fetch_note& n) {
