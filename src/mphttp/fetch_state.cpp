@@ -467,16 +467,18 @@ void fetch_state::on_head(std::size_t index, const response_head& head, fetch_cl
     fail_path(index, /*cancel=*/false);
   };
   const std::uint64_t first = w.current->begin - overlap_for(w.current->begin);
+  // Identity across nodes is by content: the size, the digests of the whole
+  // representation, and the overlap (checked as it is delivered). Another node's
+  // validator says nothing either way. Another size is another version, whatever part came
+  // (a suffix of another length is also another part, but the length says more).
+  if (head.status == 206 && head.range && head.range->complete_length != total_) {
+    other_version("size " + std::to_string(head.range->complete_length) + ", not " +
+                  std::to_string(total_));
+    return;
+  }
   if (head.status == 206 && head.range && head.range->first == first &&
       head.range->last + 1 == w.requested_end) {
-    // The part we asked for (RFC 9110 §14.4). Identity across nodes is by content: the
-    // size, the digests of the whole representation, and the overlap (checked as it is
-    // delivered). Another node's validator says nothing either way.
-    if (head.range->complete_length != total_) {
-      other_version("size " + std::to_string(head.range->complete_length) + ", not " +
-                    std::to_string(total_));
-      return;
-    }
+    // The part we asked for (RFC 9110 §14.4).
     if (auto algorithm = digest_conflict(head.digests)) {
       other_version("its " + *algorithm + " digest differs");
       return;
@@ -484,12 +486,6 @@ void fetch_state::on_head(std::size_t index, const response_head& head, fetch_cl
     if (w.validator.empty()) w.validator = head.validator;
     w.response_keep_alive = head.keep_alive;
     w.phase = path_phase::receiving;
-    return;
-  }
-  if (head.status == 206 && head.range && head.range->complete_length != total_) {
-    // (A suffix of another length is another part too, but the length says more.)
-    other_version("size " + std::to_string(head.range->complete_length) + ", not " +
-                  std::to_string(total_));
     return;
   }
   if (head.status == 206) {
