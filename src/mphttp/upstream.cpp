@@ -165,27 +165,36 @@ http::request<http::empty_body> upstream_request(const request_header& app_reque
   return request;
 }
 
+namespace {
+/// The app's request for `range_field` (a Range value of ours), with If-Range `validator`
+/// if any: ours, never the app's — its If-Range was for its own Range, answered by the
+/// first response already; a range of ours carries this path's node's validator or none.
+http::request<http::empty_body> ranged_request(const request_header& app_request,
+                                               const proxy_target& target,
+                                               const std::string& range_field,
+                                               const std::string& validator) {
+  auto request = upstream_request(app_request, target);
+  request.set(http::field::range, range_field);
+  request.erase(http::field::if_range);
+  if (!validator.empty()) request.set(http::field::if_range, validator);
+  return request;
+}
+}  // namespace
+
 http::request<http::empty_body> range_request(const request_header& app_request,
                                               const proxy_target& target,
                                               const std::string& validator, byte_range range,
                                               std::uint64_t overlap) {
-  auto request = upstream_request(app_request, target);
-  request.set(http::field::range, fmt::format("bytes={}-{}", range.begin - overlap, range.end - 1));
-  // Ours, never the app's: its If-Range was for its own Range, answered by the first
-  // response already; a range of ours carries this path's node's validator or none.
-  request.erase(http::field::if_range);
-  if (!validator.empty()) request.set(http::field::if_range, validator);
-  return request;
+  return ranged_request(app_request, target,
+                        fmt::format("bytes={}-{}", range.begin - overlap, range.end - 1),
+                        validator);
 }
 
 http::request<http::empty_body> suffix_range_request(const request_header& app_request,
                                                      const proxy_target& target,
                                                      std::uint64_t suffix_bytes,
                                                      std::uint64_t overlap) {
-  auto request = upstream_request(app_request, target);
-  request.set(http::field::range, fmt::format("bytes=-{}", suffix_bytes + overlap));
-  request.erase(http::field::if_range);
-  return request;
+  return ranged_request(app_request, target, fmt::format("bytes=-{}", suffix_bytes + overlap), "");
 }
 
 awaitable<error_code> async_request_range(upstream& up, const request_header& app_request,
