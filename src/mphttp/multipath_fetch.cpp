@@ -378,7 +378,7 @@ std::vector<fetch_path> fetch_paths_of(const std::vector<fetch_route>& routes) {
     if (early) {
       const bool connected = early->result && !*early->result;
       if (early->asked && connected) {
-        p.speculative = speculative_ask{early->ask->range, early->ask->suffix_bytes};
+        p.speculative = early->ask->part;
       } else {
         p.connecting_early = !early->asked && (!early->result || connected);
       }

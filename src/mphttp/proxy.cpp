@@ -451,16 +451,14 @@ early_connections start_early(const request_context& ctx, const std::vector<path
         const auto& range = ahead[at];
         const auto overlap = std::min<std::uint64_t>(range.begin, overlap_bytes);
         connection.ask = early_connection::range_ask{
-            range_request(ctx.request, ctx.target, "", range, overlap), range, overlap};
+            range_request(ctx.request, ctx.target, "", range, overlap), {range}};
         spdlog::debug("[{}] path {} asks for [{}, {}) of the {} the host's last download had",
                       ctx.session_id, path.config.name, range.begin, range.end,
                       core::format_size(*plan.expected_bytes));
       } else if (ask_suffix && at == 1) {
         connection.ask = early_connection::range_ask{
             suffix_range_request(ctx.request, ctx.target, suffix_ask_bytes, overlap_bytes),
-            {},
-            overlap_bytes,
-            suffix_ask_bytes};
+            {{}, suffix_ask_bytes}};
         spdlog::debug("[{}] path {} asks for the last {} of what looks like a download",
                       ctx.session_id, path.config.name, core::format_size(suffix_ask_bytes));
       }

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "mphttp/byte_range.hpp"
+#include "mphttp/fetch_state.hpp"
 #include "mphttp/http_rules.hpp"
 #include "mphttp/proxy.hpp"
 #include "net/bound_socket.hpp"
@@ -410,11 +411,7 @@ struct early_connection {
   /// first answer is in: then the fetch plans). `asked`: it went out, its answer pending.
   struct range_ask {
     http::request<http::empty_body> request;
-    byte_range range{};
-    std::uint64_t overlap = 0;  ///< bytes before `range` asked too, to compare
-    /// Nonzero: the object's last this many bytes (and `overlap` before them) were asked
-    /// for, its size unknown; `range` is unused.
-    std::uint64_t suffix_bytes = 0;
+    speculative_ask part;  ///< what the request asks for, as the fetch takes it
   };
   std::optional<range_ask> ask;
   bool may_ask = true;
