@@ -168,13 +168,19 @@ awaitable<error_code> pooled_connector::async_connect(upstream& up, path_runtime
   co_return ec;
 }
 
-void pooled_connector::release(upstream& up, path_runtime& path, const proxy_target& target,
-                               bool to_destination) {
+void release_to_pool(connection_pool& pool, upstream& up, const path_runtime& path,
+                     const proxy_target& target, bool to_destination,
+                     const std::optional<net::socket_user>& user) {
   if (up.stream.has_tls()) {
     up.reset();
     return;
   }
-  pool_.park(pool_key_of(path, target, to_destination, user()), up, clock_type::now());
+  pool.park(pool_key_of(path, target, to_destination, user), up, clock_type::now());
+}
+
+void pooled_connector::release(upstream& up, path_runtime& path, const proxy_target& target,
+                               bool to_destination) {
+  release_to_pool(pool_, up, path, target, to_destination, user());
 }
 
 }  // namespace fleety::mphttp::detail

@@ -111,6 +111,13 @@ class connection_pool {
   std::uint64_t refused_ = 0;
 };
 
+/// `up`, done with, parked in `pool` for the next request to the same place on the path,
+/// for `user` (a TLS connection is closed instead: its session tickets arrive as unread
+/// bytes).
+void release_to_pool(connection_pool& pool, upstream& up, const path_runtime& path,
+                     const proxy_target& target, bool to_destination,
+                     const std::optional<net::socket_user>& user);
+
 /// The error of a connection fleety may not open: the host's limit on the path.
 boost::system::error_code connection_limit_error();
 

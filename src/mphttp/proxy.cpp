@@ -477,8 +477,7 @@ early_connections start_early(const request_context& ctx, const std::vector<path
               if (!unused) return;
               if (pool) {
                 unused->release_unused = [pool, &path, target, user](upstream& up) {
-                  pool->park(pool_key_of(path, target, /*to_destination=*/false, user), up,
-                             clock_type::now());
+                  release_to_pool(*pool, up, path, target, /*to_destination=*/false, user);
                 };
               }
               tasks.spawn(async_release_after_answer(unused, max_unused_answer_bytes, timeout),
