@@ -13,12 +13,14 @@ import hashlib
 import json
 import os
 import queue
+import shutil
 import socket
 import subprocess
 import tempfile
 import threading
 import time
 import unittest
+import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -142,6 +144,11 @@ class Fleetyd:
         self.net_only = net_only  # nsenter --net: needed for interception (cgroups)
         self.port = port
         self.workdir = Path(tempfile.mkdtemp(prefix="fleetyd-"))
+        # The directory (config, log, history) lives as long as this object, so a test can
+        # read the log after stop() or start() it again; then it goes, unless the developer
+        # keeps the lab's leftovers to read (FLEETY_LAB_KEEP=1).
+        if not os.environ.get("FLEETY_LAB_KEEP"):
+            weakref.finalize(self, shutil.rmtree, self.workdir, ignore_errors=True)
         self.config_path = self.workdir / "fleety.toml"
         text = config_text if config_text is not None else minimal_config(port)
         # Each fleetyd its own control socket: tests run several side by side.
