@@ -321,7 +321,12 @@ class SegmentsInLab(LabTestCase):
 
     @classmethod
     def set_up_lab(cls):
-        cls.lab.up(wifi="20mbit/25ms", cell="20mbit/25ms")
+        # /cell-norange/NAME.zip: the object under a download's name; the cellular node
+        # ignores Range there (200 with the whole body, as some origins behind a CDN do).
+        named = '"^/cell-norange/(?<object>[0-9]+[KMG]B)\\.zip$"'
+        cls.lab.up(wifi="20mbit/25ms", cell="20mbit/25ms", extra_server={
+            "wifi": f"location ~ {named} {{ try_files /$object =404; }}",
+            "cell": f"location ~ {named} {{ try_files /$object =404; max_ranges 0; }}"})
 
     def cell_access_log(self) -> tuple[Path, int]:
         """The cellular CDN node's access log, and where the lines from now on start."""
@@ -388,6 +393,33 @@ class SegmentsInLab(LabTestCase):
         conn = lambda line: re.search(r"conn=(\d+)", line)[1]  # noqa: E731
         self.assertEqual(conn(big[0]), conn(small[0]),
                          "the connection that brought the unused suffix was not kept warm")
+
+    def test_a_suffix_answered_with_the_whole_object_costs_cellular_little(self):
+        """Issue 17 against a node that ignores Range: the first contact's suffix ask
+        (`bytes=-N`) gets 200 and the whole 10 MB. The path reads the header, lets the
+        answer go and is off the host (not another version); the app gets the exact
+        object from Wi-Fi, and cellular carries a few round trips of that answer, not the
+        object."""
+        config = minimal_config() + '\n[scheduler]\nmode = "aggregate"\n'
+        ensure_object("10MB")
+        cell_log, start = self.cell_access_log()
+        with Fleetyd(self.lab, config_text=config, log_level="debug") as daemon:
+            t = curl(self.lab, f"{CDN_URL}/cell-norange/10MB.zip", proxy=daemon.proxy_url, timeout=60)
+            # The next download from the host asks nothing of that node meanwhile.
+            again = curl(self.lab, f"{CDN_URL}/cell-norange/10MB.zip?again", proxy=daemon.proxy_url,
+                         timeout=60)
+            log = daemon.log()
+        self.assertEqual(t.exit_code, 0, t.stderr)
+        self.assertEqual(t.sha256, object_sha256("10MB"))
+        self.assertEqual(again.sha256, object_sha256("10MB"), again.stderr)
+        lines = [line for line in cell_log.read_text()[start:].splitlines() if "/cell-norange/" in line]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn('range="bytes=-196672" 200', lines[0])
+        self.assertRegex(log, r"path cell: .*with 200 .*not using this path")
+        self.assertNotIn("two versions", log)
+        self.assertLess(t.iface_rx["rmnet0"], 100_000, t.iface_rx)
+        print(f"suffix answered with 200: cellular carried {t.iface_rx['rmnet0']} bytes; "
+              + next(line for line in log.splitlines() if "not using this path" in line))
 
     def test_a_restarted_fleetyd_still_knows_the_host_and_the_paths_rates(self):
         """Issue 17: what a download taught (the host serves 10 MB objects, each path's
