@@ -414,8 +414,10 @@ early_connections start_early(const request_context& ctx, const std::vector<path
   const std::uint64_t most_asked_ahead =
       std::min(rates_known ? std::numeric_limits<std::uint64_t>::max() : max_asked_ahead_bytes,
                fair_window_of(ctx.proxy, ctx.app_name));
-  if (connect_early && plan.expected_bytes && *plan.expected_bytes <= most_asked_ahead &&
-      !plan.head_basis->app_range && asking.size() > 1) {
+  // Anything is asked for before the first answer only on connections opened now, and not
+  // when the app asked for a range itself (the first answer is then its own).
+  const bool may_ask_ahead = connect_early && !plan.head_basis->app_range && asking.size() > 1;
+  if (may_ask_ahead && plan.expected_bytes && *plan.expected_bytes <= most_asked_ahead) {
     std::vector<path_estimate> estimates;
     for (std::size_t i = 0; i < asking.size(); ++i) {
       const auto& e = asking[i]->estimator;
@@ -438,9 +440,8 @@ early_connections start_early(const request_context& ctx, const std::vector<path
   // asks for the object's last bytes as soon as it is connected, so that its first byte
   // comes with the first path's, not a round trip after it (the fetch plans the rest
   // once the size is known). One path only: a suffix is the one range that needs no size.
-  const bool ask_suffix = connect_early && ahead.empty() &&
-                          (!plan.expected_bytes || *plan.expected_bytes > most_asked_ahead) &&
-                          !plan.head_basis->app_range && asking.size() > 1;
+  const bool ask_suffix = may_ask_ahead && ahead.empty() &&
+                          (!plan.expected_bytes || *plan.expected_bytes > most_asked_ahead);
   const std::uint64_t overlap_bytes = ctx.proxy.config.scheduler.overlap_bytes;
   for (std::size_t at = 1; at < asking.size(); ++at) {
     path_runtime& path = *asking[at];
