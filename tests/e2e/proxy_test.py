@@ -318,6 +318,7 @@ class SegmentsInLab(LabTestCase):
     both paths 20 Mbit/s, RTT 50 ms."""
 
     prefix = "flw"  # (each lab test its own prefix: e2e.get has flg)
+    aggregate = minimal_config() + '\n[scheduler]\nmode = "aggregate"\n'
 
     @classmethod
     def set_up_lab(cls):
@@ -339,7 +340,7 @@ class SegmentsInLab(LabTestCase):
         connection. A smaller object in between (100 kB) costs cellular one 416 for its
         guessed part, and that connection stays warm for the next segment. Every body
         exact."""
-        config = minimal_config() + '\n[scheduler]\nmode = "aggregate"\n'
+        config = self.aggregate
         ensure_object("2MB")
         ensure_object("100KB")
         cell_log, start = self.cell_access_log()
@@ -368,7 +369,7 @@ class SegmentsInLab(LabTestCase):
         anyone knows the size, and goes on from there; the body is exact. A small object
         under such a name (100 kB) costs cellular at most that suffix, and its connection
         stays warm for the next request."""
-        config = minimal_config() + '\n[scheduler]\nmode = "aggregate"\n'
+        config = self.aggregate
         ensure_object("10MB")
         ensure_object("100KB")
         cell_log, start = self.cell_access_log()
@@ -400,7 +401,7 @@ class SegmentsInLab(LabTestCase):
         answer go and is off the host (not another version); the app gets the exact
         object from Wi-Fi, and cellular carries a few round trips of that answer, not the
         object."""
-        config = minimal_config() + '\n[scheduler]\nmode = "aggregate"\n'
+        config = self.aggregate
         ensure_object("10MB")
         cell_log, start = self.cell_access_log()
         with Fleetyd(self.lab, config_text=config, log_level="debug") as daemon:
@@ -430,8 +431,7 @@ class SegmentsInLab(LabTestCase):
         self.lab.set_path("wifi", spec="50mbit/25ms")
         self.addCleanup(self.lab.set_path, "wifi", spec="20mbit/25ms")
         with tempfile.TemporaryDirectory(prefix="fleety-history-") as state:
-            config = (minimal_config() + '\n[scheduler]\nmode = "aggregate"\n'
-                      f'\n[monitor]\nhistory = "{state}/history.db"\n')
+            config = self.aggregate + f'\n[monitor]\nhistory = "{state}/history.db"\n'
             with Fleetyd(self.lab, config_text=config) as daemon:
                 t = curl(self.lab, f"{CDN_URL}/10MB?first", proxy=daemon.proxy_url, timeout=60)
                 self.assertEqual(t.sha256, object_sha256("10MB"))
